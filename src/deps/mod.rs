@@ -1,0 +1,1 @@
+//! Dependency graph, semver constraints and load order.

@@ -1,0 +1,414 @@
+//! The host: registry + policy + runtimes + services. Load, reload and unload are
+//! orchestrated here; calls go straight to a [`Slot`] and never touch the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::artifact;
+use crate::capability::Capabilities;
+use crate::error::{Error, Result};
+use crate::manifest::{self, ManifestFile, RuntimeKind};
+use crate::metrics::{self, MetricsSnapshot};
+use crate::registry::{self, Generation, Registry, Slot};
+use crate::runtime::{self, HostServices, Instance, LoadContext};
+use crate::{bail, err};
+
+/// Lifecycle events delivered to listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LifecycleEvent {
+    /// A plugin was loaded (first generation installed).
+    Loaded = 0,
+    /// A reload verified and initialised the new generation and is about to swap.
+    BeforeSwap = 1,
+    /// The new generation is current; the old one is draining.
+    AfterSwap = 2,
+    /// A reload failed; the old generation keeps serving.
+    ReloadRolledBack = 3,
+    /// A plugin was unloaded.
+    Unloaded = 4,
+}
+
+/// A lifecycle listener: (plugin name, event, generation number).
+pub type Listener = Arc<dyn Fn(&str, LifecycleEvent, u64) + Send + Sync>;
+
+/// Host-wide settings.
+#[derive(Clone, Debug)]
+pub struct HostOptions {
+    /// How long unload/reload wait for in-flight calls of the old generation.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Capabilities a node allows unless configured otherwise: the ones that reach nothing
+/// outside the plugin's own namespace.
+pub fn default_allowlist() -> Capabilities {
+    Capabilities::parse(&["log", "clock", "random", "kv:read", "kv:write", "metrics:write"])
+        .unwrap_or(Capabilities::NONE)
+}
+
+/// A Keel host: owns every loaded plugin.
+pub struct Host {
+    registry: Registry,
+    /// Serialises load, reload and unload (never taken by calls or lookups).
+    lifecycle: Mutex<()>,
+    allowlist: RwLock<Capabilities>,
+    services: HostServices,
+    options: RwLock<HostOptions>,
+    listeners: RwLock<Vec<Listener>>,
+    /// Where each loaded plugin's manifest came from (for reload).
+    sources: Mutex<std::collections::HashMap<String, PathBuf>>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host::new()
+    }
+}
+
+impl Host {
+    pub fn new() -> Host {
+        Host::with_services(HostServices::default())
+    }
+
+    pub fn with_services(services: HostServices) -> Host {
+        Host {
+            registry: Registry::default(),
+            lifecycle: Mutex::new(()),
+            allowlist: RwLock::new(default_allowlist()),
+            services,
+            options: RwLock::new(HostOptions::default()),
+            listeners: RwLock::new(Vec::new()),
+            sources: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn options(&self) -> HostOptions {
+        self.options.read().clone()
+    }
+
+    pub fn set_drain_timeout(&self, timeout: Duration) {
+        self.options.write().drain_timeout = timeout;
+    }
+
+    pub fn allowlist(&self) -> Capabilities {
+        *self.allowlist.read()
+    }
+
+    /// Replace the node's capability allowlist. Plugins already loaded keep their frozen set.
+    pub fn set_allowlist(&self, allow: Capabilities) {
+        *self.allowlist.write() = allow;
+    }
+
+    pub fn add_listener(&self, l: Listener) {
+        self.listeners.write().push(l);
+    }
+
+    fn notify(&self, plugin: &str, ev: LifecycleEvent, generation: u64) {
+        let ls: Vec<Listener> = self.listeners.read().clone();
+        for l in ls {
+            // A listener that panics must not break the lifecycle operation.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(plugin, ev, generation)));
+        }
+    }
+
+    /// A loaded plugin's slot.
+    pub fn get(&self, name: &str) -> Result<Arc<Slot>> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| err!(KEEL_ERR_PLUGIN_NOT_FOUND, "no plugin named '{name}' is loaded"))
+    }
+
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.registry.names()
+    }
+
+    /// Load one plugin from its manifest.
+    pub fn load(&self, manifest_path: &Path) -> Result<Arc<Slot>> {
+        let mut v = self.load_set(&[manifest_path.to_path_buf()])?;
+        v.pop().ok_or_else(|| Error::internal("load_set returned nothing"))
+    }
+
+    /// Load several plugins all-or-nothing: every manifest is read and checked first; then
+    /// plugins are initialised in dependency order; if any fails, those already loaded by
+    /// this call are unloaded again in reverse order and the registry is as before.
+    pub fn load_set(&self, manifest_paths: &[PathBuf]) -> Result<Vec<Arc<Slot>>> {
+        let files = manifest_paths
+            .iter()
+            .map(|p| manifest::read_file(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.load_manifests(files)
+    }
+
+    /// [`Host::load_set`] for manifests already read.
+    pub fn load_manifests(&self, files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
+        let _lc = self.lifecycle.lock();
+        for f in &files {
+            if self.registry.get(&f.manifest.name).is_some() {
+                bail!(
+                    KEEL_ERR_ALREADY_LOADED,
+                    "a plugin named '{}' is already loaded",
+                    f.manifest.name
+                );
+            }
+            self.check_before_load(f)?;
+        }
+        let order = self.plan(&files)?;
+        let mut loaded: Vec<Arc<Slot>> = Vec::with_capacity(files.len());
+        for i in order {
+            let f = &files[i];
+            match self.build_generation(f, 1, None) {
+                Ok(gen) => {
+                    let slot = Arc::new(Slot::new(f.manifest.name.clone()));
+                    slot.metrics.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    slot.install(gen);
+                    self.registry.insert(slot.clone());
+                    self.sources.lock().insert(f.manifest.name.clone(), f.path.clone());
+                    loaded.push(slot);
+                }
+                Err(e) => {
+                    for s in loaded.iter().rev() {
+                        self.registry.remove(s.name());
+                        self.sources.lock().remove(s.name());
+                        if let Some(g) = s.take() {
+                            let _ = registry::drain(g, self.options().drain_timeout, s.name());
+                        }
+                    }
+                    return Err(e.context(format!(
+                        "loading '{}' failed; nothing from this set was loaded",
+                        f.manifest.name
+                    )));
+                }
+            }
+        }
+        for s in &loaded {
+            self.notify(s.name(), LifecycleEvent::Loaded, 1);
+        }
+        // Return in the caller's order.
+        let mut out = Vec::with_capacity(files.len());
+        for f in &files {
+            if let Some(s) = loaded.iter().find(|s| s.name() == f.manifest.name) {
+                out.push(s.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that need no plugin code: trust and capabilities.
+    fn check_before_load(&self, f: &ManifestFile) -> Result<()> {
+        let requested = Capabilities::parse(&f.manifest.capabilities)
+            .map_err(|e| e.context(format!("plugin '{}'", f.manifest.name)))?;
+        Capabilities::check_allowed(requested, self.allowlist(), &f.manifest.name)?;
+        Ok(())
+    }
+
+    /// The order in which to initialise `files`: dependencies first.
+    fn plan(&self, files: &[ManifestFile]) -> Result<Vec<usize>> {
+        let loaded: std::collections::BTreeMap<String, semver::Version> = self
+            .registry
+            .slots()
+            .iter()
+            .filter_map(|s| s.current().map(|g| (s.name().to_string(), g.manifest.version.clone())))
+            .collect();
+        let mut order = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            for (dep, req) in &f.manifest.dependencies {
+                let req = semver::VersionReq::parse(req)
+                    .map_err(|e| err!(KEEL_ERR_BAD_VERSION, "'{}' dependency {dep}: {e}", f.manifest.name))?;
+                let found = loaded.get(dep).cloned().or_else(|| {
+                    files
+                        .iter()
+                        .find(|g| &g.manifest.name == dep)
+                        .map(|g| g.manifest.version.clone())
+                });
+                match found {
+                    None => bail!(
+                        KEEL_ERR_DEPENDENCY_MISSING,
+                        "plugin '{}' requires '{dep}' ({req}), which is not loaded",
+                        f.manifest.name
+                    ),
+                    Some(v) if !req.matches(&v) => bail!(
+                        KEEL_ERR_DEPENDENCY_VERSION,
+                        "plugin '{}' requires '{dep}' {req}, found {v}",
+                        f.manifest.name
+                    ),
+                    Some(_) => {}
+                }
+            }
+            order.push(i);
+        }
+        Ok(order)
+    }
+
+    /// Verify the binary and start one generation of a plugin. Nothing of the plugin's code
+    /// runs before the digest check.
+    fn build_generation(&self, f: &ManifestFile, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
+        let start = Instant::now();
+        let m = &f.manifest;
+        let dir = f.path.parent().unwrap_or_else(|| Path::new("."));
+        let bin = m.binary_for_platform(dir)?;
+        let granted = Capabilities::parse(&m.capabilities)?;
+        Capabilities::check_allowed(granted, self.allowlist(), &m.name)?;
+        let ctx = LoadContext {
+            manifest: m,
+            granted,
+            services: self.services.clone(),
+            restored_state: restored,
+        };
+        let what = format!("plugin '{}' ({})", m.name, bin.path.display());
+        let instance: Box<dyn Instance> = match m.runtime {
+            RuntimeKind::Native => {
+                let art = artifact::read_sealed(&bin.path, &m.name)?;
+                art.check_digest(&bin.sha256, &what)?;
+                Box::new(runtime::native::load(art, &ctx)?)
+            }
+            RuntimeKind::Wasm | RuntimeKind::Themis => {
+                bail!(
+                    KEEL_ERR_UNSUPPORTED,
+                    "{what}: runtime {:?} is not available in this build",
+                    m.runtime
+                )
+            }
+        };
+        let gen = Generation::new(number, m.clone(), bin.sha256.clone(), granted, instance);
+        if let Some(slot) = self.registry.get(&m.name) {
+            slot.metrics
+                .last_load_nanos
+                .store(start.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(gen)
+    }
+
+    /// Hot reload: re-read and verify the manifest and binary, start the new generation with
+    /// the old one's state, swap atomically while calls keep flowing, drain the old one. On
+    /// any failure before the swap the old generation keeps serving, untouched.
+    pub fn reload(&self, name: &str) -> Result<u64> {
+        let _lc = self.lifecycle.lock();
+        let slot = self.get(name)?;
+        let _sl = slot.lifecycle.lock();
+        let path = self
+            .sources
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| err!(KEEL_ERR_PLUGIN_NOT_FOUND, "plugin '{name}' has no manifest path"))?;
+        let start = Instant::now();
+        let result = (|| {
+            let f = manifest::read_file(&path)?;
+            if f.manifest.name != name {
+                bail!(
+                    KEEL_ERR_MANIFEST_INVALID,
+                    "manifest now names plugin '{}', not '{name}'",
+                    f.manifest.name
+                );
+            }
+            self.check_before_load(&f)?;
+            let old = slot
+                .current()
+                .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{name}' is not loaded"))?;
+            let state = old.instance.save_state()?;
+            drop(old);
+            self.build_generation(&f, slot.next_generation_number(), state.as_deref())
+        })();
+        let gen = match result {
+            Ok(g) => g,
+            Err(e) => {
+                slot.metrics
+                    .reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.notify(name, LifecycleEvent::ReloadRolledBack, slot.next_generation_number());
+                return Err(e.context(format!(
+                    "reload of '{name}' rolled back; the old generation keeps serving"
+                )));
+            }
+        };
+        let number = gen.number;
+        self.notify(name, LifecycleEvent::BeforeSwap, number);
+        let old = slot.install(gen);
+        slot.metrics.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        slot.metrics
+            .last_load_nanos
+            .store(start.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.notify(name, LifecycleEvent::AfterSwap, number);
+        if let Some(old) = old {
+            if let Err(e) = registry::drain(old, self.options().drain_timeout, name) {
+                slot.metrics
+                    .drain_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(number)
+    }
+
+    /// Unload a plugin: later calls through existing handles fail with
+    /// KEEL_ERR_PLUGIN_UNLOADED; in-flight calls finish; the plugin is shut down and its code
+    /// unmapped after the last one (waiting at most the drain timeout; on timeout the error
+    /// says so and the last caller releases it).
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let _lc = self.lifecycle.lock();
+        let slot = self.get(name)?;
+        let _sl = slot.lifecycle.lock();
+        self.registry.remove(name);
+        self.sources.lock().remove(name);
+        let old = slot.take();
+        self.notify(
+            name,
+            LifecycleEvent::Unloaded,
+            old.as_ref().map(|g| g.number).unwrap_or(0),
+        );
+        if let Some(old) = old {
+            if let Err(e) = registry::drain(old, self.options().drain_timeout, name) {
+                slot.metrics
+                    .drain_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unload everything (reverse name order), collecting the first error.
+    pub fn unload_all(&self) -> Result<()> {
+        let mut first = None;
+        for name in self.registry.names().into_iter().rev() {
+            if let Err(e) = self.unload(&name) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Metrics of every loaded plugin.
+    pub fn metrics(&self) -> Vec<(String, String, MetricsSnapshot)> {
+        self.registry
+            .slots()
+            .iter()
+            .map(|s| {
+                let v = s.current().map(|g| g.manifest.version.to_string()).unwrap_or_default();
+                (s.name().to_string(), v, s.metrics.snapshot())
+            })
+            .collect()
+    }
+
+    /// Prometheus text exposition of every loaded plugin's metrics.
+    pub fn metrics_text(&self) -> String {
+        metrics::render_prometheus(&self.metrics())
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.unload_all();
+    }
+}

@@ -1,0 +1,22 @@
+//! Keel: a plugin host for C++ database servers.
+//!
+//! Bytes on disk become a verified [`artifact::Artifact`]; a verified artifact plus a
+//! validated [`manifest::Manifest`] become one generation of a plugin; generations live in a
+//! [`registry::Slot`]; slots live in the [`registry::Registry`] of a [`host::Host`]. The C ABI
+//! (`ffi`, header `include/keel/keel.h`) is a thin layer over [`host::Host`].
+
+pub mod error;
+
+pub mod artifact;
+pub mod capability;
+pub mod deps;
+pub mod ffi;
+pub mod host;
+pub mod manifest;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod trust;
+
+pub use error::{keel_status, Error, Result, Status};
+pub use host::Host;

@@ -1,0 +1,414 @@
+//! Plugin manifests: Keel's own JSON format (validated against the embedded JSON Schema,
+//! draft 2020-12) and, through [`themis`], ThemisDB's `plugin.json`.
+//!
+//! This module reads the manifest file and nothing else: binaries are opened by
+//! [`crate::artifact`].
+
+pub mod themis;
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::{bail, err};
+
+/// The embedded JSON Schema of Keel manifests (draft 2020-12).
+pub const KEEL_MANIFEST_SCHEMA: &str = include_str!("keel-manifest.schema.json");
+
+/// Manifests larger than this are refused before parsing.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Which runtime runs the plugin's binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// A shared library exporting Keel's C vtable (`keel_plugin.h`).
+    Native,
+    /// A WebAssembly module speaking Keel's WASM ABI (`keel_wasm.h`).
+    Wasm,
+    /// A ThemisDB C++ plugin exporting `createPlugin`/`destroyPlugin`.
+    Themis,
+}
+
+/// How WASM instances may be shared between concurrent calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceMode {
+    /// Stateless: a pool of ready instances serves concurrent calls.
+    Pooled,
+    /// Stateful: one instance, calls serialised by the plugin's own lock.
+    #[default]
+    Serial,
+}
+
+/// `sha256`: one digest, or one per platform key of `binary`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Digests {
+    One(String),
+    PerPlatform(BTreeMap<String, String>),
+}
+
+/// Per-plugin limits (WASM); node-wide defaults and ceilings apply where absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel_per_call: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+/// A validated Keel manifest. ThemisDB manifests are converted into this type.
+///
+/// The serde shape of this type is exactly the JSON Schema in
+/// [`KEEL_MANIFEST_SCHEMA`]; a test checks that both accept and reject the same documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub manifest_version: u32,
+    pub name: String,
+    pub version: semver::Version,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub plugin_type: Option<String>,
+    pub runtime: RuntimeKind,
+    pub binary: BTreeMap<String, String>,
+    pub sha256: Digests,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dependencies: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstanceMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_load: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_priority: Option<u32>,
+}
+
+/// Which format a manifest file was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Keel,
+    ThemisDb,
+}
+
+impl ManifestFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManifestFormat::Keel => "keel",
+            ManifestFormat::ThemisDb => "themisdb",
+        }
+    }
+}
+
+/// A manifest as read from disk: its exact bytes (what signatures cover), where it lives,
+/// which format it was, and the validated content.
+#[derive(Debug, Clone)]
+pub struct ManifestFile {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub format: ManifestFormat,
+    pub manifest: Manifest,
+}
+
+/// The binary this platform loads, as the manifest names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryRef {
+    /// The platform key that matched (e.g. `linux-x86_64`).
+    pub platform: String,
+    /// Absolute path: manifest directory joined with the relative path.
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256 pinned by the manifest.
+    pub sha256: String,
+}
+
+/// The platform keys tried for this machine, most specific first.
+pub fn platform_keys(runtime: RuntimeKind) -> Vec<String> {
+    if runtime == RuntimeKind::Wasm {
+        return vec!["wasm32".into(), "wasm".into()];
+    }
+    let os = std::env::consts::OS;
+    vec![format!("{os}-{}", std::env::consts::ARCH), os.to_string()]
+}
+
+fn schema_validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(KEEL_MANIFEST_SCHEMA).expect("embedded schema is valid JSON");
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("embedded schema compiles")
+    })
+}
+
+/// Validate a JSON value against the Keel manifest schema. The error names every violation
+/// with its JSON path and the rule (schema keyword) it broke.
+pub fn validate_keel_schema(value: &Value) -> Result<()> {
+    let v = schema_validator();
+    let mut msgs = Vec::new();
+    for e in v.iter_errors(value) {
+        let path = e.instance_path().to_string();
+        let path = if path.is_empty() { "/".to_string() } else { path };
+        msgs.push(format!("at {path}: {e} (rule: {})", e.kind().keyword()));
+        if msgs.len() >= 16 {
+            break;
+        }
+    }
+    if msgs.is_empty() {
+        Ok(())
+    } else {
+        Err(err!(
+            KEEL_ERR_MANIFEST_SCHEMA,
+            "manifest violates the schema: {}",
+            msgs.join("; ")
+        ))
+    }
+}
+
+/// Parse manifest bytes, detecting the format: a document with `manifest_version` is a Keel
+/// manifest; one without it is read as a ThemisDB `plugin.json`.
+pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        err!(
+            KEEL_ERR_MANIFEST_PARSE,
+            "manifest is not valid JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        bail!(KEEL_ERR_MANIFEST_SCHEMA, "manifest must be a JSON object (rule: type)");
+    };
+    if obj.contains_key("manifest_version") {
+        Ok((ManifestFormat::Keel, parse_keel_value(value)?))
+    } else if obj.contains_key("name") && (obj.contains_key("binary") || obj.contains_key("library")) {
+        Ok((ManifestFormat::ThemisDb, themis::convert(&value)?))
+    } else {
+        bail!(
+            KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
+            "manifest is neither a Keel manifest (no \"manifest_version\") nor a ThemisDB plugin.json (no \"name\" with \"binary\")"
+        )
+    }
+}
+
+/// Parse a Keel manifest value: schema first, then the typed view and consistency checks.
+pub fn parse_keel_value(value: Value) -> Result<Manifest> {
+    validate_keel_schema(&value)?;
+    let m: Manifest = serde_json::from_value(value).map_err(|e| {
+        err!(
+            KEEL_ERR_MANIFEST_SCHEMA,
+            "manifest does not match the manifest type: {e}"
+        )
+    })?;
+    m.check_consistency()?;
+    Ok(m)
+}
+
+/// Read and parse a manifest file (size-capped).
+pub fn read_file(path: &Path) -> Result<ManifestFile> {
+    let bytes = read_capped(path, MAX_MANIFEST_BYTES)?;
+    let (format, manifest) = parse(&bytes).map_err(|e| e.context(path.display()))?;
+    Ok(ManifestFile {
+        path: path.to_path_buf(),
+        bytes,
+        format,
+        manifest,
+    })
+}
+
+/// Read a whole small file, refusing anything larger than `cap` bytes.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
+    if !meta.is_file() {
+        bail!(KEEL_ERR_IO, "{}: not a regular file", path.display());
+    }
+    if meta.len() > cap {
+        bail!(
+            KEEL_ERR_FILE_TOO_LARGE,
+            "{}: {} bytes, more than the {} accepted",
+            path.display(),
+            meta.len(),
+            cap
+        );
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(cap + 1).read_to_end(&mut buf).map_err(|e| Error::io(path, &e))?;
+    if buf.len() as u64 > cap {
+        bail!(
+            KEEL_ERR_FILE_TOO_LARGE,
+            "{}: grew past {} bytes while being read",
+            path.display(),
+            cap
+        );
+    }
+    Ok(buf)
+}
+
+impl Manifest {
+    /// Checks the schema cannot express: digests present for every binary, relative paths,
+    /// dependency requirements that parse as semver.
+    pub fn check_consistency(&self) -> Result<()> {
+        for (platform, rel) in &self.binary {
+            check_relative(rel).map_err(|e| e.context(format!("binary.{platform}")))?;
+            if self.digest_for(platform).is_none() {
+                bail!(KEEL_ERR_MANIFEST_INVALID, "binary.{platform} has no sha256 digest (sha256 must be one digest for a single binary, or name every platform)");
+            }
+        }
+        if let Digests::PerPlatform(map) = &self.sha256 {
+            for k in map.keys() {
+                if !self.binary.contains_key(k) {
+                    bail!(
+                        KEEL_ERR_MANIFEST_INVALID,
+                        "sha256.{k} names a platform that binary does not list"
+                    );
+                }
+            }
+        }
+        for (dep, req) in &self.dependencies {
+            semver::VersionReq::parse(req).map_err(|e| {
+                err!(
+                    KEEL_ERR_BAD_VERSION,
+                    "dependencies.{dep}: '{req}' is not a semver requirement: {e}"
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn digest_for(&self, platform: &str) -> Option<String> {
+        match &self.sha256 {
+            Digests::One(d) if self.binary.len() == 1 => Some(d.to_ascii_lowercase()),
+            Digests::One(_) => None,
+            Digests::PerPlatform(m) => m.get(platform).map(|d| d.to_ascii_lowercase()),
+        }
+    }
+
+    /// The binary for this machine, resolved against the manifest's directory.
+    pub fn binary_for_platform(&self, manifest_dir: &Path) -> Result<BinaryRef> {
+        for key in platform_keys(self.runtime) {
+            if let Some(rel) = self.binary.get(&key) {
+                check_relative(rel)?;
+                let sha256 = self
+                    .digest_for(&key)
+                    .ok_or_else(|| err!(KEEL_ERR_MANIFEST_INVALID, "binary.{key} has no sha256 digest"))?;
+                return Ok(BinaryRef {
+                    platform: key,
+                    path: manifest_dir.join(rel),
+                    sha256,
+                });
+            }
+        }
+        bail!(
+            KEEL_ERR_MANIFEST_NO_BINARY,
+            "plugin '{}' names no binary for this platform (tried {}; it lists {})",
+            self.name,
+            platform_keys(self.runtime).join(", "),
+            self.binary.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    /// The `config` object as the JSON text handed to the plugin's init hook.
+    pub fn config_json(&self) -> String {
+        match &self.config {
+            Some(c) => Value::Object(c.clone()).to_string(),
+            None => "{}".to_string(),
+        }
+    }
+}
+
+/// A manifest's binary path must be relative and stay inside the manifest's directory.
+fn check_relative(rel: &str) -> Result<()> {
+    let p = Path::new(rel);
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => bail!(
+                KEEL_ERR_MANIFEST_BAD_PATH,
+                "'{rel}' must be a relative path inside the manifest's directory"
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::keel_status;
+
+    fn good() -> Value {
+        serde_json::json!({
+            "manifest_version": 1,
+            "name": "echo",
+            "version": "1.2.3",
+            "runtime": "native",
+            "binary": {"linux-x86_64": "libecho.so", "linux": "libecho.so"},
+            "sha256": {"linux-x86_64": "AB".repeat(32), "linux": "ab".repeat(32)},
+            "dependencies": {"base": "^1.0"}
+        })
+    }
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = parse_keel_value(good()).unwrap();
+        assert_eq!(m.name, "echo");
+        let b = m.binary_for_platform(Path::new("/p")).unwrap();
+        assert_eq!(b.sha256, "ab".repeat(32));
+        assert!(b.path.ends_with("libecho.so"));
+    }
+
+    #[test]
+    fn schema_errors_name_path_and_rule() {
+        let mut v = good();
+        v["name"] = Value::from("Bad Name");
+        let e = parse_keel_value(v).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_SCHEMA);
+        assert!(e.message().contains("/name"), "{e}");
+        assert!(e.message().contains("rule: pattern"), "{e}");
+    }
+
+    #[test]
+    fn path_escape_is_refused() {
+        let mut v = good();
+        v["binary"]["linux"] = Value::from("../evil.so");
+        let e = parse_keel_value(v).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_BAD_PATH);
+    }
+
+    #[test]
+    fn malformed_json_is_parse_error() {
+        let e = parse(b"{\"manifest_version\": 1,").unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_PARSE);
+    }
+
+    #[test]
+    fn bad_dependency_requirement() {
+        let mut v = good();
+        v["dependencies"]["base"] = Value::from("not a range");
+        assert_eq!(
+            parse_keel_value(v).unwrap_err().status(),
+            keel_status::KEEL_ERR_BAD_VERSION
+        );
+    }
+}
