@@ -14,6 +14,7 @@ use crate::manifest::{self, ManifestFile, RuntimeKind};
 use crate::metrics::{self, MetricsSnapshot};
 use crate::registry::{self, Generation, Registry, Slot};
 use crate::runtime::{self, HostServices, Instance, LoadContext};
+use crate::trust::TrustState;
 use crate::{bail, err};
 
 /// Lifecycle events delivered to listeners.
@@ -68,6 +69,8 @@ pub struct Host {
     listeners: RwLock<Vec<Listener>>,
     /// Where each loaded plugin's manifest came from (for reload).
     sources: Mutex<std::collections::HashMap<String, PathBuf>>,
+    /// Trust store and signature policy (lock-free reads on verification).
+    trust: TrustState,
 }
 
 impl Default for Host {
@@ -90,6 +93,7 @@ impl Host {
             options: RwLock::new(HostOptions::default()),
             listeners: RwLock::new(Vec::new()),
             sources: Mutex::new(Default::default()),
+            trust: TrustState::new(),
         }
     }
 
@@ -99,6 +103,12 @@ impl Host {
 
     pub fn set_drain_timeout(&self, timeout: Duration) {
         self.options.write().drain_timeout = timeout;
+    }
+
+    /// Trust store and signature policy. The policy can be weakened
+    /// (`set_require_signature(false)`) only before the first load; after that only strengthened.
+    pub fn trust(&self) -> &TrustState {
+        &self.trust
     }
 
     pub fn allowlist(&self) -> Capabilities {
@@ -153,6 +163,8 @@ impl Host {
     /// [`Host::load_set`] for manifests already read.
     pub fn load_manifests(&self, files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
         let _lc = self.lifecycle.lock();
+        // The host has started: from now on the signature policy can only be strengthened.
+        self.trust.mark_started();
         for f in &files {
             if self.registry.get(&f.manifest.name).is_some() {
                 bail!(
@@ -206,6 +218,7 @@ impl Host {
 
     /// Checks that need no plugin code: trust and capabilities.
     fn check_before_load(&self, f: &ManifestFile) -> Result<()> {
+        self.trust.verify_manifest(&f.path, &f.bytes, &f.manifest.name)?;
         let requested = Capabilities::parse(&f.manifest.capabilities)
             .map_err(|e| e.context(format!("plugin '{}'", f.manifest.name)))?;
         Capabilities::check_allowed(requested, self.allowlist(), &f.manifest.name)?;
