@@ -195,18 +195,30 @@ pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
             e.column()
         )
     })?;
-    let Some(obj) = value.as_object() else {
+    if !value.is_object() {
         bail!(KEEL_ERR_MANIFEST_SCHEMA, "manifest must be a JSON object (rule: type)");
-    };
-    if obj.contains_key("manifest_version") {
-        Ok((ManifestFormat::Keel, parse_keel_value(value)?))
-    } else if obj.contains_key("name") && (obj.contains_key("binary") || obj.contains_key("library")) {
-        Ok((ManifestFormat::ThemisDb, themis::convert(&value)?))
-    } else {
-        bail!(
+    }
+    match detect_format(&value) {
+        Some(ManifestFormat::Keel) => Ok((ManifestFormat::Keel, parse_keel_value(value)?)),
+        Some(ManifestFormat::ThemisDb) => Ok((ManifestFormat::ThemisDb, themis::convert(&value)?)),
+        None => bail!(
             KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
             "manifest is neither a Keel manifest (no \"manifest_version\") nor a ThemisDB plugin.json (no \"name\" with \"binary\")"
-        )
+        ),
+    }
+}
+
+/// Which format a parsed JSON document claims to be, by the rule [`parse`] applies: an object
+/// with `manifest_version` is a Keel manifest; one with `name` and `binary` (or `library`) is
+/// a ThemisDB `plugin.json`. `None` for anything else.
+pub fn detect_format(value: &Value) -> Option<ManifestFormat> {
+    let obj = value.as_object()?;
+    if obj.contains_key("manifest_version") {
+        Some(ManifestFormat::Keel)
+    } else if obj.contains_key("name") && (obj.contains_key("binary") || obj.contains_key("library")) {
+        Some(ManifestFormat::ThemisDb)
+    } else {
+        None
     }
 }
 
