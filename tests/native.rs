@@ -1,0 +1,659 @@
+//! The foundation, end to end through the C ABI: load verified native plugins, call them,
+//! and get one precise code for every kind of bad input.
+
+mod common;
+
+use std::ffi::{CStr, CString};
+use std::ptr;
+
+use keel::ffi::host::*;
+use keel::ffi::{keel_last_error_message, keel_status_name};
+use keel::keel_status::{self, *};
+
+fn last_error() -> String {
+    let mut p = ptr::null();
+    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+struct TestHost(*mut keel_host);
+
+impl TestHost {
+    fn new() -> TestHost {
+        let mut h = ptr::null_mut();
+        assert_eq!(keel_host_new(&mut h), KEEL_OK);
+        common::allow_unsigned(h);
+        TestHost(h)
+    }
+    fn load(&self, manifest: &std::path::Path) -> Result<*mut keel_plugin, keel_status> {
+        let c = CString::new(manifest.to_str().unwrap()).unwrap();
+        let mut p = ptr::null_mut();
+        match keel_host_load(self.0, c.as_ptr(), &mut p) {
+            KEEL_OK => Ok(p),
+            s => Err(s),
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        assert_eq!(keel_host_free(self.0), KEEL_OK);
+    }
+}
+
+struct Buf(*mut keel_buffer);
+impl Buf {
+    fn new() -> Buf {
+        let mut b = ptr::null_mut();
+        assert_eq!(keel_buffer_new(&mut b), KEEL_OK);
+        Buf(b)
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut d = ptr::null();
+        let mut n = 0;
+        assert_eq!(keel_buffer_data(self.0, &mut d, &mut n), KEEL_OK);
+        if n == 0 {
+            return vec![];
+        }
+        unsafe { std::slice::from_raw_parts(d, n) }.to_vec()
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.bytes()).unwrap()
+    }
+}
+impl Drop for Buf {
+    fn drop(&mut self) {
+        keel_buffer_free(self.0);
+    }
+}
+
+fn function(p: *mut keel_plugin, name: &str) -> Result<keel_function, keel_status> {
+    let c = CString::new(name).unwrap();
+    let mut f = 0;
+    match keel_plugin_function(p, c.as_ptr(), &mut f) {
+        KEEL_OK => Ok(f),
+        s => Err(s),
+    }
+}
+
+fn call(p: *mut keel_plugin, f: keel_function, input: &[u8], out: &Buf) -> keel_status {
+    keel_call(p, f, input.as_ptr(), input.len(), out.0)
+}
+
+#[test]
+fn load_and_call_native_plugin() {
+    let (_dir, manifest) = common::echo_plugin("load", &[], serde_json::json!({}));
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap_or_else(|s| panic!("{s}: {}", last_error()));
+    let echo = function(p, "echo").unwrap();
+    let out = Buf::new();
+    assert_eq!(call(p, echo, b"hello keel", &out), KEEL_OK);
+    assert_eq!(out.bytes(), b"hello keel");
+    // The buffer is reused: a shorter result replaces the longer one.
+    assert_eq!(call(p, echo, b"hi", &out), KEEL_OK);
+    assert_eq!(out.bytes(), b"hi");
+    // Empty input with a NULL pointer is fine.
+    assert_eq!(keel_call(p, echo, ptr::null(), 0, out.0), KEEL_OK);
+    assert_eq!(out.bytes(), b"");
+    let sum = function(p, "sum").unwrap();
+    assert_eq!(call(p, sum, &[1, 2, 3, 250], &out), KEEL_OK);
+    assert_eq!(out.text(), "256");
+    // Same handle by name.
+    let mut p2 = ptr::null_mut();
+    let name = CString::new("echo").unwrap();
+    assert_eq!(keel_plugin_get(host.0, name.as_ptr(), &mut p2), KEEL_OK);
+    assert_eq!(call(p2, echo, b"x", &out), KEEL_OK);
+    keel_plugin_free(p2);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn plugin_error_carries_its_message() {
+    let (_dir, manifest) = common::echo_plugin("fail", &[], serde_json::json!({}));
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    let f = function(p, "fail").unwrap();
+    let out = Buf::new();
+    assert_eq!(call(p, f, b"", &out), KEEL_ERR_CALL_FAILED);
+    let msg = last_error();
+    assert!(msg.contains("asked to fail") && msg.contains("42"), "{msg}");
+    // The host keeps serving.
+    let echo = function(p, "echo").unwrap();
+    assert_eq!(call(p, echo, b"still here", &out), KEEL_OK);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn null_pointers_and_bad_strings_have_their_own_codes() {
+    let host = TestHost::new();
+    let mut p = ptr::null_mut();
+    assert_eq!(
+        keel_host_load(ptr::null(), c"x".as_ptr(), &mut p),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert!(last_error().contains("host is NULL"));
+    assert_eq!(keel_host_load(host.0, ptr::null(), &mut p), KEEL_ERR_NULL_POINTER);
+    let bad = [0xffu8, 0xfe, 0];
+    assert_eq!(
+        keel_host_load(host.0, bad.as_ptr() as *const _, &mut p),
+        KEEL_ERR_INVALID_UTF8
+    );
+    assert_eq!(
+        keel_plugin_get(host.0, c"echo".as_ptr(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_call(ptr::null(), 0, ptr::null(), 0, ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(keel_host_new(ptr::null_mut()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_buffer_new(ptr::null_mut()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_last_error_message(ptr::null_mut()), KEEL_ERR_NULL_POINTER);
+    // Freeing NULL is fine.
+    assert_eq!(keel_host_free(ptr::null_mut()), KEEL_OK);
+    assert_eq!(keel_plugin_free(ptr::null_mut()), KEEL_OK);
+    assert_eq!(keel_buffer_free(ptr::null_mut()), KEEL_OK);
+    // Input pointer NULL with a length.
+    let (_dir, manifest) = common::echo_plugin("nullin", &[], serde_json::json!({}));
+    let p = host.load(&manifest).unwrap();
+    let echo = function(p, "echo").unwrap();
+    let out = Buf::new();
+    assert_eq!(keel_call(p, echo, ptr::null(), 5, out.0), KEEL_ERR_NULL_POINTER);
+    assert_eq!(
+        keel_call(p, echo, b"x".as_ptr(), 1, ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    keel_plugin_free(p);
+}
+
+#[test]
+fn unknown_plugin_and_function() {
+    let host = TestHost::new();
+    let mut p = ptr::null_mut();
+    assert_eq!(
+        keel_plugin_get(host.0, c"nope".as_ptr(), &mut p),
+        KEEL_ERR_PLUGIN_NOT_FOUND
+    );
+    assert!(last_error().contains("nope"));
+    assert_eq!(keel_host_unload(host.0, c"nope".as_ptr()), KEEL_ERR_PLUGIN_NOT_FOUND);
+    let (_dir, manifest) = common::echo_plugin("nofn", &[], serde_json::json!({}));
+    let p = host.load(&manifest).unwrap();
+    assert_eq!(function(p, "frobnicate"), Err(KEEL_ERR_FUNCTION_NOT_FOUND));
+    assert!(last_error().contains("frobnicate"));
+    // An id that was never resolved.
+    let out = Buf::new();
+    assert_eq!(call(p, 200, b"", &out), KEEL_ERR_FUNCTION_NOT_FOUND);
+    assert_eq!(call(p, 100_000, b"", &out), KEEL_ERR_FUNCTION_NOT_FOUND);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn tampered_binary_is_refused_before_it_runs() {
+    let marker_dir = common::tempdir("tamper-marker");
+    let marker = marker_dir.join("shutdown.log");
+    let (dir, manifest) = common::echo_plugin(
+        "tamper",
+        &[],
+        serde_json::json!({"config": {"marker": marker.to_str().unwrap()}}),
+    );
+    // Replace the binary with another (valid, runnable) plugin after the manifest was written.
+    common::build_native("echo", &["ECHO_TAG=\"evil\""], &dir, "libecho.so");
+    let host = TestHost::new();
+    assert_eq!(host.load(&manifest).unwrap_err(), KEEL_ERR_DIGEST_MISMATCH);
+    let msg = last_error();
+    assert!(msg.contains("SHA-256") && msg.contains("pins"), "{msg}");
+    assert!(!marker.exists(), "tampered code must never have run");
+    let mut p = ptr::null_mut();
+    assert_eq!(
+        keel_plugin_get(host.0, c"echo".as_ptr(), &mut p),
+        KEEL_ERR_PLUGIN_NOT_FOUND
+    );
+}
+
+#[test]
+fn upper_case_digest_is_accepted() {
+    let dir = common::tempdir("upper");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let manifest = common::write_manifest(
+        &dir,
+        "echo",
+        "1.0.0",
+        &so,
+        serde_json::json!({"sha256": common::sha256_file(&so).to_uppercase()}),
+    );
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap_or_else(|s| panic!("{s}: {}", last_error()));
+    keel_plugin_free(p);
+}
+
+#[test]
+fn malformed_manifests_get_precise_codes() {
+    let host = TestHost::new();
+    let dir = common::tempdir("badmanifest");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let good = common::write_manifest(&dir, "echo", "1.0.0", &so, serde_json::json!({}));
+    let good_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, keel_status)> = vec![
+        (
+            "truncated",
+            b"{\"manifest_version\": 1, \"name\": ".to_vec(),
+            KEEL_ERR_MANIFEST_PARSE,
+        ),
+        ("notjson", b"\x00\x01garbage".to_vec(), KEEL_ERR_MANIFEST_PARSE),
+        ("array", b"[1,2,3]".to_vec(), KEEL_ERR_MANIFEST_SCHEMA),
+        (
+            "unknown-format",
+            b"{\"hello\": 1}".to_vec(),
+            KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
+        ),
+        (
+            "bad-name",
+            with(&good_json, "name", "Has Spaces"),
+            KEEL_ERR_MANIFEST_SCHEMA,
+        ),
+        (
+            "bad-version",
+            with(&good_json, "version", "1.0"),
+            KEEL_ERR_MANIFEST_SCHEMA,
+        ),
+        (
+            "bad-runtime",
+            with(&good_json, "runtime", "python"),
+            KEEL_ERR_MANIFEST_SCHEMA,
+        ),
+        (
+            "bad-digest",
+            with(&good_json, "sha256", "abc"),
+            KEEL_ERR_MANIFEST_SCHEMA,
+        ),
+        (
+            "extra-field",
+            with(&good_json, "surprise", "x"),
+            KEEL_ERR_MANIFEST_SCHEMA,
+        ),
+        (
+            "escape",
+            with_json(&good_json, "binary", serde_json::json!({"linux": "../libecho.so"})),
+            KEEL_ERR_MANIFEST_BAD_PATH,
+        ),
+        (
+            "no-platform",
+            with_json(&good_json, "binary", serde_json::json!({"windows": "echo.dll"})),
+            KEEL_ERR_MANIFEST_NO_BINARY,
+        ),
+        (
+            "missing-binary",
+            with_json(&good_json, "binary", serde_json::json!({"linux": "nothere.so"})),
+            KEEL_ERR_FILE_NOT_FOUND,
+        ),
+        (
+            "unknown-cap",
+            with_json(&good_json, "capabilities", serde_json::json!(["fly:away"])),
+            KEEL_ERR_CAPABILITY_UNKNOWN,
+        ),
+        (
+            "denied-cap",
+            with_json(&good_json, "capabilities", serde_json::json!(["network:egress"])),
+            KEEL_ERR_CAPABILITY_DENIED,
+        ),
+        (
+            "missing-dep",
+            with_json(&good_json, "dependencies", serde_json::json!({"base": "^1"})),
+            KEEL_ERR_DEPENDENCY_MISSING,
+        ),
+    ];
+    for (tag, bytes, want) in cases {
+        let path = dir.join(format!("{tag}.json"));
+        std::fs::write(&path, &bytes).unwrap();
+        let got = host.load(&path).err();
+        assert_eq!(got, Some(want), "case {tag}: {}", last_error());
+        let msg = last_error();
+        assert!(
+            msg.contains(tag) || msg.contains("'echo'"),
+            "case {tag}: message names the file or plugin: {msg}"
+        );
+    }
+    // The schema error names the JSON path and the rule.
+    let path = dir.join("bad-name.json");
+    assert_eq!(host.load(&path).err(), Some(KEEL_ERR_MANIFEST_SCHEMA));
+    let msg = last_error();
+    assert!(msg.contains("/name") && msg.contains("rule: pattern"), "{msg}");
+    // Nothing was loaded; a good manifest still loads.
+    let p = host.load(&good).unwrap();
+    keel_plugin_free(p);
+    assert_eq!(
+        host.load(&dir.join("nonexistent.json")).err(),
+        Some(KEEL_ERR_FILE_NOT_FOUND)
+    );
+}
+
+fn with(v: &serde_json::Value, k: &str, s: &str) -> Vec<u8> {
+    with_json(v, k, serde_json::Value::from(s))
+}
+
+fn with_json(v: &serde_json::Value, k: &str, val: serde_json::Value) -> Vec<u8> {
+    let mut v = v.clone();
+    v[k] = val;
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn symlinked_binary_is_refused() {
+    let dir = common::tempdir("symlink");
+    let so = common::build_native("echo", &[], &dir, "real.so");
+    std::os::unix::fs::symlink(&so, dir.join("libecho.so")).unwrap();
+    let link = dir.join("libecho.so");
+    let manifest = common::write_manifest(&dir, "echo", "1.0.0", &link, serde_json::json!({}));
+    let host = TestHost::new();
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_SYMLINK_REFUSED));
+    assert!(last_error().contains("symbolic link"));
+}
+
+#[test]
+fn abi_mismatch_is_refused_before_init() {
+    let marker_dir = common::tempdir("abi-marker");
+    let marker = marker_dir.join("m.log");
+    let (_dir, manifest) = common::echo_plugin(
+        "abi",
+        &["ECHO_ABI=2"],
+        serde_json::json!({"config": {"marker": marker.to_str().unwrap()}}),
+    );
+    let host = TestHost::new();
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_ABI_MISMATCH));
+    assert!(last_error().contains("ABI 2"));
+    assert!(!marker.exists(), "neither init nor shutdown may run for a foreign ABI");
+}
+
+#[test]
+fn not_a_plugin_and_failing_init() {
+    let dir = common::tempdir("noentry");
+    let so = common::build_native("noentry", &[], &dir, "libnoentry.so");
+    let manifest = common::write_manifest(&dir, "noentry", "1.0.0", &so, serde_json::json!({}));
+    let host = TestHost::new();
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_SYMBOL_MISSING));
+    let (_d, m2) = common::echo_plugin("initfail", &["ECHO_INIT_FAIL"], serde_json::json!({}));
+    assert_eq!(host.load(&m2).err(), Some(KEEL_ERR_INIT_FAILED));
+    assert!(last_error().contains("fixture configured to fail init"));
+    // Not an ELF file at all.
+    let dir = common::tempdir("garbage");
+    let junk = dir.join("libjunk.so");
+    std::fs::write(&junk, b"this is not a shared library").unwrap();
+    let m3 = common::write_manifest(&dir, "junk", "1.0.0", &junk, serde_json::json!({}));
+    assert_eq!(host.load(&m3).err(), Some(KEEL_ERR_LIBRARY_LOAD));
+}
+
+#[test]
+fn double_load_is_refused_and_unload_invalidates_handles() {
+    let marker_dir = common::tempdir("unload-marker");
+    let marker = marker_dir.join("m.log");
+    let (_dir, manifest) = common::echo_plugin(
+        "unload",
+        &[],
+        serde_json::json!({"config": {"marker": marker.to_str().unwrap()}}),
+    );
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_ALREADY_LOADED));
+    let echo = function(p, "echo").unwrap();
+    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_OK);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "shutdown v1\n",
+        "shutdown ran exactly once"
+    );
+    let out = Buf::new();
+    assert_eq!(call(p, echo, b"x", &out), KEEL_ERR_PLUGIN_UNLOADED);
+    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_ERR_PLUGIN_NOT_FOUND);
+    // It can be loaded again.
+    let p2 = host.load(&manifest).unwrap();
+    assert_eq!(call(p2, function(p2, "echo").unwrap(), b"again", &out), KEEL_OK);
+    keel_plugin_free(p2);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn unload_waits_for_in_flight_calls_and_never_frees_running_code() {
+    let marker_dir = common::tempdir("drain-marker");
+    let marker = marker_dir.join("m.log");
+    let (_dir, manifest) = common::echo_plugin(
+        "drain",
+        &[],
+        serde_json::json!({"config": {"marker": marker.to_str().unwrap()}}),
+    );
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    let sleep = function(p, "sleep_ms").unwrap();
+    let pp = p as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let out = Buf::new();
+        tx.send(()).unwrap();
+        let s = call(pp as *mut keel_plugin, sleep, b"400", &out);
+        (s, out.text())
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // A drain timeout shorter than the call: unload reports it, the call still completes.
+    assert_eq!(keel_host_set_drain_timeout_ms(host.0, 20), KEEL_OK);
+    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_ERR_DRAIN_TIMEOUT);
+    assert!(last_error().contains("in flight"));
+    assert!(!marker.exists(), "shutdown must wait for the running call");
+    let (s, text) = t.join().unwrap();
+    assert_eq!(s, KEEL_OK);
+    assert_eq!(text, "slept");
+    // The last caller released the generation: shutdown has run.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "shutdown v1\n");
+    keel_plugin_free(p);
+
+    // With a long enough timeout, unload waits and succeeds.
+    let p = host.load(&manifest).unwrap();
+    let sleep = function(p, "sleep_ms").unwrap();
+    let pp = p as usize;
+    assert_eq!(keel_host_set_drain_timeout_ms(host.0, 10_000), KEEL_OK);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let out = Buf::new();
+        tx.send(()).unwrap();
+        call(pp as *mut keel_plugin, sleep, b"200", &out)
+    });
+    rx.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_OK);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "shutdown v1\nshutdown v1\n");
+    assert_eq!(t.join().unwrap(), KEEL_OK);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn concurrent_calls_from_many_threads() {
+    for (tag, defines) in [("conc", &[][..]), ("conc-serial", &["ECHO_SERIAL"][..])] {
+        let (_dir, manifest) = common::echo_plugin(tag, defines, serde_json::json!({}));
+        let host = TestHost::new();
+        let p = host.load(&manifest).unwrap();
+        let echo = function(p, "echo").unwrap();
+        let pp = p as usize;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let out = Buf::new();
+                    for i in 0..2000 {
+                        let msg = format!("t{t}-{i}");
+                        assert_eq!(call(pp as *mut keel_plugin, echo, msg.as_bytes(), &out), KEEL_OK);
+                        assert_eq!(out.bytes(), msg.as_bytes());
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        keel_plugin_free(p);
+    }
+}
+
+#[test]
+fn host_api_entries_exist_only_for_granted_capabilities() {
+    let host = TestHost::new();
+    let (_d1, none) = common::echo_plugin("caps-none", &[], serde_json::json!({}));
+    let p = host.load(&none).unwrap();
+    let out = Buf::new();
+    assert_eq!(call(p, function(p, "hostcaps").unwrap(), b"", &out), KEEL_OK);
+    assert_eq!(out.text(), "log=0 clock=0 random=0 kv_get=0 kv_put=0 kv_delete=0");
+    // Without kv:write the plugin cannot write.
+    assert_eq!(
+        call(p, function(p, "kv_put").unwrap(), b"k=v", &out),
+        KEEL_ERR_CALL_FAILED
+    );
+    keel_plugin_free(p);
+    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_OK);
+
+    let (_d2, some) = common::echo_plugin(
+        "caps-kv",
+        &[],
+        serde_json::json!({"capabilities": ["kv:read", "kv:write", "log"]}),
+    );
+    let p = host.load(&some).unwrap();
+    assert_eq!(call(p, function(p, "hostcaps").unwrap(), b"", &out), KEEL_OK);
+    assert_eq!(out.text(), "log=1 clock=0 random=0 kv_get=1 kv_put=1 kv_delete=1");
+    assert_eq!(call(p, function(p, "kv_put").unwrap(), b"color=teal", &out), KEEL_OK);
+    assert_eq!(call(p, function(p, "kv_get").unwrap(), b"color", &out), KEEL_OK);
+    assert_eq!(out.text(), "teal");
+    keel_plugin_free(p);
+}
+
+#[test]
+fn status_names_and_last_error_are_per_thread() {
+    let mut name = ptr::null();
+    assert_eq!(keel_status_name(KEEL_ERR_DIGEST_MISMATCH as u32, &mut name), KEEL_OK);
+    assert_eq!(
+        unsafe { CStr::from_ptr(name) }.to_str().unwrap(),
+        "KEEL_ERR_DIGEST_MISMATCH"
+    );
+    assert_eq!(keel_status_name(99_999, &mut name), KEEL_ERR_INVALID_ARGUMENT);
+    let host = TestHost::new();
+    let mut p = ptr::null_mut();
+    assert_eq!(
+        keel_plugin_get(host.0, c"main-thread-missing".as_ptr(), &mut p),
+        KEEL_ERR_PLUGIN_NOT_FOUND
+    );
+    let hp = host.0 as usize;
+    std::thread::spawn(move || {
+        let mut p = ptr::null_mut();
+        assert_eq!(
+            keel_plugin_get(hp as *mut keel_host, c"other-thread".as_ptr(), &mut p),
+            KEEL_ERR_PLUGIN_NOT_FOUND
+        );
+        assert!(last_error().contains("other-thread"));
+    })
+    .join()
+    .unwrap();
+    assert!(last_error().contains("main-thread-missing"));
+}
+
+#[test]
+fn replaced_file_after_verification_never_runs() {
+    // Verify (hash the sealed copy), then swap the file on disk, then map: the verified code runs.
+    let dir = common::tempdir("toctou");
+    let so = common::build_native("echo", &["ECHO_TAG=\"verified\""], &dir, "libecho.so");
+    let manifest_path = common::write_manifest(&dir, "echo", "1.0.0", &so, serde_json::json!({}));
+    let mf = keel::manifest::read_file(&manifest_path).unwrap();
+    let bin = mf.manifest.binary_for_platform(&dir).unwrap();
+    let art = keel::artifact::read_sealed(&bin.path, "echo").unwrap();
+    art.check_digest(&bin.sha256, "echo").unwrap();
+    // Attacker swaps the file (rename over it, and also overwrite in place).
+    common::build_native("echo", &["ECHO_TAG=\"swapped\""], &dir, "libecho.so");
+    let ctx = keel::runtime::LoadContext {
+        manifest: &mf.manifest,
+        granted: keel::capability::Capabilities::NONE,
+        services: Default::default(),
+        restored_state: None,
+    };
+    let inst = keel::runtime::native::load(art, &ctx).unwrap();
+    use keel::runtime::Instance;
+    let tag = inst.functions().iter().position(|f| f == "tag").unwrap() as u32;
+    let mut out = Vec::new();
+    inst.call(tag, b"", &mut out).unwrap();
+    assert_eq!(out, b"verified");
+    // And a fresh load through the host sees the swapped file's digest mismatch.
+    let host = TestHost::new();
+    assert_eq!(host.load(&manifest_path).err(), Some(KEEL_ERR_DIGEST_MISMATCH));
+}
+
+#[test]
+fn sealed_artifact_cannot_be_modified() {
+    let dir = common::tempdir("sealed");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let art = keel::artifact::read_sealed(&so, "echo").unwrap();
+    let fd = art.sealed_fd().unwrap();
+    let path = keel::artifact::proc_path(fd);
+    // Opening the memfd for writing succeeds, but writing is refused by the seals.
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    assert!(f.write_all(b"evil").is_err(), "F_SEAL_WRITE must refuse writes");
+    assert_eq!(art.sha256_hex(), common::sha256_file(&so));
+}
+
+#[test]
+fn reload_swaps_generation_and_keeps_state() {
+    let dir = common::tempdir("reload");
+    let so = common::build_native("counter", &[], &dir, "libcounter.so");
+    let manifest = common::write_manifest(&dir, "counter", "1.0.0", &so, serde_json::json!({}));
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    let incr = function(p, "incr").unwrap();
+    let out = Buf::new();
+    for _ in 0..3 {
+        assert_eq!(call(p, incr, b"", &out), KEEL_OK);
+    }
+    assert_eq!(out.text(), "3");
+    // New version with step 10.
+    let so2 = common::build_native("counter", &["COUNTER_STEP=10"], &dir, "libcounter.so");
+    common::write_manifest(&dir, "counter", "1.1.0", &so2, serde_json::json!({}));
+    let mut g = 0;
+    assert_eq!(
+        keel_host_reload(host.0, c"counter".as_ptr(), &mut g),
+        KEEL_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(g, 2);
+    assert_eq!(call(p, incr, b"", &out), KEEL_OK);
+    assert_eq!(out.text(), "13", "state carried over, new code runs");
+    // A tampered new binary: reload rolls back, old generation keeps serving.
+    common::build_native("counter", &["COUNTER_STEP=100"], &dir, "libcounter.so");
+    assert_eq!(
+        keel_host_reload(host.0, c"counter".as_ptr(), &mut g),
+        KEEL_ERR_DIGEST_MISMATCH
+    );
+    assert!(last_error().contains("rolled back"));
+    assert_eq!(call(p, incr, b"", &out), KEEL_OK);
+    assert_eq!(out.text(), "23");
+    let mut gen = 0;
+    assert_eq!(keel_plugin_generation(p, &mut gen), KEEL_OK);
+    assert_eq!(gen, 2);
+    keel_plugin_free(p);
+}
+
+#[test]
+fn metrics_count_calls_and_errors() {
+    let (_dir, manifest) = common::echo_plugin("metrics", &[], serde_json::json!({}));
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    let out = Buf::new();
+    let echo = function(p, "echo").unwrap();
+    let fail = function(p, "fail").unwrap();
+    for _ in 0..5 {
+        call(p, echo, b"x", &out);
+    }
+    call(p, fail, b"", &out);
+    assert_eq!(keel_host_metrics_text(host.0, out.0), KEEL_OK);
+    let text = out.text();
+    assert!(
+        text.contains("keel_plugin_calls_total{plugin=\"echo\",version=\"1.0.0\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keel_plugin_errors_total{plugin=\"echo\",version=\"1.0.0\"} 1"),
+        "{text}"
+    );
+    keel_plugin_free(p);
+}
