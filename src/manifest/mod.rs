@@ -92,6 +92,13 @@ pub struct Manifest {
     pub dependencies: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Map<String, Value>>,
+    /// JSON Schema of `config` (ThemisDB `config_schema`); carried, not enforced at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Map<String, Value>>,
+    /// Behaviour the plugin declares (ThemisDB capability flags such as `streaming` or
+    /// `thread_safe`). Informational: unlike `capabilities`, traits grant nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traits: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
