@@ -1,0 +1,42 @@
+// Consumer of the installed Keel package: load a plugin from a manifest and call it.
+#include <keel/keel.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+static int fail(const char *what, keel_status s) {
+    const char *msg = "";
+    keel_last_error_message(&msg);
+    std::fprintf(stderr, "%s failed: %u %s\n", what, static_cast<unsigned>(s), msg);
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: consumer <manifest>\n");
+        return 2;
+    }
+    keel_host *host = nullptr;
+    keel_status s = keel_host_new(&host);
+    if (s != KEEL_OK) return fail("keel_host_new", s);
+    if ((s = keel_host_set_require_signature(host, false)) != KEEL_OK) return fail("set_require_signature", s);
+    keel_plugin *plugin = nullptr;
+    if ((s = keel_host_load(host, argv[1], &plugin)) != KEEL_OK) return fail("keel_host_load", s);
+    keel_function fn = 0;
+    if ((s = keel_plugin_function(plugin, "echo", &fn)) != KEEL_OK) return fail("keel_plugin_function", s);
+    keel_buffer *out = nullptr;
+    if ((s = keel_buffer_new(&out)) != KEEL_OK) return fail("keel_buffer_new", s);
+    const char *msg = "hello from an installed Keel";
+    if ((s = keel_call(plugin, fn, reinterpret_cast<const uint8_t *>(msg), std::strlen(msg), out)) != KEEL_OK)
+        return fail("keel_call", s);
+    const uint8_t *data = nullptr;
+    size_t len = 0;
+    keel_buffer_data(out, &data, &len);
+    std::string got(reinterpret_cast<const char *>(data), len);
+    std::printf("consumer got: %s\n", got.c_str());
+    keel_buffer_free(out);
+    keel_plugin_free(plugin);
+    keel_host_free(host);
+    return got == msg ? 0 : 1;
+}
