@@ -11,6 +11,7 @@
 //! - No panic unwinds across this boundary: each body runs inside [`boundary`].
 
 pub mod host;
+pub mod trust;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};

@@ -345,11 +345,23 @@ impl TrustState {
     }
 }
 
-/// Ensure an `Error` names a file (used by the CLI and the C ABI for messages).
-pub fn with_path(e: Error, path: &Path) -> Error {
-    if e.message().contains(&*path.to_string_lossy()) {
-        e
-    } else {
-        e.context(path.display())
+/// Write `<manifest>.sig` atomically (a temporary file in the same directory, then rename), so
+/// a concurrent verification sees the old signature or the new one, never half of one.
+pub fn write_signature_file(manifest_path: &Path, sig: &KeelSignature) -> Result<PathBuf> {
+    use std::io::Write as _;
+    let path = signature_path(manifest_path);
+    let mut tmp_name = path.as_os_str().to_os_string();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(sig.to_file_text().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(&path, &e));
     }
+    Ok(path)
 }

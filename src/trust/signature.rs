@@ -49,7 +49,9 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use std::path::Path;
+
+use crate::error::{Error, Result};
 use crate::trust::digest;
 use crate::{bail, err};
 
@@ -331,6 +333,43 @@ pub fn parse_secret_key_file(bytes: &[u8]) -> Result<SigningKey> {
         );
     }
     Ok(key)
+}
+
+/// Write a new secret key file at `path`: created exclusively (an existing file is never
+/// overwritten: `KEEL_ERR_IO`), mode 0600 from the moment it exists.
+pub fn write_secret_key_file(path: &Path, key: &SigningKey) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, &e))?;
+    // The umask can only remove bits; make the mode exactly 0600 regardless.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(path, &e))?;
+    f.write_all(secret_key_file_text(key).as_bytes())
+        .map_err(|e| Error::io(path, &e))?;
+    f.sync_all().map_err(|e| Error::io(path, &e))?;
+    Ok(())
+}
+
+/// Read a secret key file. Refused (`KEEL_ERR_INVALID_ARGUMENT`) if group or others may read
+/// or write it, like ssh does: a secret key others can read is no longer secret.
+pub fn read_secret_key_file(path: &Path) -> Result<SigningKey> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, &e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            KEEL_ERR_INVALID_ARGUMENT,
+            "{}: secret key file has mode {mode:04o}; it must not be accessible by group or others (chmod 600)",
+            path.display()
+        );
+    }
+    let bytes = crate::manifest::read_capped(path, 64 << 10)?;
+    parse_secret_key_file(&bytes).map_err(|e| e.context(path.display()))
 }
 
 #[cfg(test)]

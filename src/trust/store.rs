@@ -334,13 +334,7 @@ fn parse_key(k: &KeyDoc) -> Result<TrustedKey> {
         Some(list) => {
             let mut pats = Vec::with_capacity(list.len());
             for (j, p) in list.iter().enumerate() {
-                if p.is_empty() {
-                    return Err(malformed(format!("allowed_plugins/{j}: empty pattern")));
-                }
-                pats.push(
-                    glob::Pattern::new(p)
-                        .map_err(|e| malformed(format!("allowed_plugins/{j}: '{p}' is not a glob pattern: {e}")))?,
-                );
+                pats.push(compile_pattern(j, p)?);
             }
             Some(pats)
         }
@@ -355,6 +349,30 @@ fn parse_key(k: &KeyDoc) -> Result<TrustedKey> {
         revoked,
         allowed_plugins,
     })
+}
+
+/// A trust-store key entry for `key` (what `keel keygen` writes as `<prefix>.pub`), ready to
+/// paste into `"keys"`. Empty `allowed_plugins` leaves the field out (any plugin). Patterns
+/// are checked with the same rules as a store's (`KEEL_ERR_INVALID_ARGUMENT`).
+pub fn key_entry(key: &VerifyingKey, label: &str, allowed_plugins: &[String]) -> Result<serde_json::Value> {
+    for (j, p) in allowed_plugins.iter().enumerate() {
+        compile_pattern(j, p).map_err(|e| err!(KEEL_ERR_INVALID_ARGUMENT, "{}", e.message()))?;
+    }
+    let mut e = serde_json::Map::new();
+    e.insert("id".into(), key_id_hex(&key_id(key)).into());
+    e.insert("public_key".into(), B64.encode(key.as_bytes()).into());
+    e.insert("label".into(), label.into());
+    if !allowed_plugins.is_empty() {
+        e.insert("allowed_plugins".into(), allowed_plugins.to_vec().into());
+    }
+    Ok(serde_json::Value::Object(e))
+}
+
+fn compile_pattern(j: usize, p: &str) -> Result<glob::Pattern> {
+    if p.is_empty() {
+        return Err(malformed(format!("allowed_plugins/{j}: empty pattern")));
+    }
+    glob::Pattern::new(p).map_err(|e| malformed(format!("allowed_plugins/{j}: '{p}' is not a glob pattern: {e}")))
 }
 
 #[cfg(test)]

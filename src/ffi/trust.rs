@@ -1,0 +1,89 @@
+//! C ABI: trust store, signature policy, verification without loading.
+
+use std::ffi::c_char;
+use std::path::Path;
+
+use super::host::keel_host;
+use super::{arg_bytes, arg_ref, arg_str, boundary};
+use crate::error::keel_status;
+
+/// Replace the host's trust store with the JSON file at `path` (format: see docs/trust.md).
+///
+/// `path` is borrowed for the call; the file is read once, completely, during the call (later
+/// edits to it have no effect until this is called again). On failure the store in use is
+/// unchanged: `KEEL_ERR_TRUST_STORE_MALFORMED` if the document does not validate,
+/// `KEEL_ERR_TRUST_STORE_ROLLBACK` if its `version` is lower than the store in use (or equal
+/// with different content), `KEEL_ERR_FILE_NOT_FOUND` / `KEEL_ERR_IO` if it cannot be read.
+/// Loading the same content again succeeds and changes nothing.
+///
+/// Thread-safe: verifications running concurrently see either the old or the new store,
+/// never a mix.
+#[no_mangle]
+pub extern "C" fn keel_host_set_trust_store_file(host: *const keel_host, path: *const c_char) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let h = unsafe { arg_ref(host, "host") }?;
+        let path = unsafe { arg_str(path, "path") }?;
+        h.host.trust().set_trust_store_path(Path::new(path))?;
+        Ok(())
+    })
+}
+
+/// Replace the host's trust store with a JSON document held in memory.
+///
+/// `data` points to `len` bytes borrowed for the call (copied as needed; the caller keeps
+/// ownership). Errors and thread-safety as for `keel_host_set_trust_store_file`;
+/// `KEEL_ERR_NULL_POINTER` if `data` is NULL while `len` is non-zero.
+#[no_mangle]
+pub extern "C" fn keel_host_set_trust_store_bytes(host: *const keel_host, data: *const u8, len: usize) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let h = unsafe { arg_ref(host, "host") }?;
+        let bytes = unsafe { arg_bytes(data, len, "data") }?;
+        h.host.trust().set_trust_store_bytes(bytes)?;
+        Ok(())
+    })
+}
+
+/// Set whether plugins must carry a valid signature by a trusted key (default: true).
+///
+/// Turning the requirement on always succeeds. Turning it off succeeds only before the host
+/// has started (its first load); afterwards it fails with `KEEL_ERR_POLICY_DOWNGRADE` and
+/// the policy stays on. Allowing unsigned plugins never skips the manifest, binary digest or
+/// ABI checks, and a signature that is present must still verify.
+///
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, require: bool) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { arg_ref(host, "host") }?;
+        h.host.trust().set_require_signature(require)?;
+        Ok(())
+    })
+}
+
+/// Verify a plugin without loading it: read and validate the manifest at `manifest_path`,
+/// verify `<manifest_path>.sig` against the host's trust store and policy, and check the
+/// binary for this platform against the digest the manifest pins. No plugin code runs and
+/// nothing is registered.
+///
+/// Returns `KEEL_OK` if the plugin would pass these checks on load, otherwise the code of the
+/// first failing check (one code per cause: e.g. `KEEL_ERR_NO_SIGNATURE`,
+/// `KEEL_ERR_MALFORMED_SIGNATURE`, `KEEL_ERR_UNKNOWN_KEY`, `KEEL_ERR_KEY_REVOKED`,
+/// `KEEL_ERR_KEY_NOT_YET_VALID`, `KEEL_ERR_KEY_EXPIRED`, `KEEL_ERR_KEY_NOT_ALLOWED`,
+/// `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_HASH_ONLY_SIGNATURE`, `KEEL_ERR_DIGEST_MISMATCH`, or a
+/// manifest code), with the thread's last error message naming the plugin and the cause.
+/// `manifest_path` is borrowed for the call.
+///
+/// Thread-safe; does not mark the host as started.
+#[no_mangle]
+pub extern "C" fn keel_verify(host: *const keel_host, manifest_path: *const c_char) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let h = unsafe { arg_ref(host, "host") }?;
+        let path = unsafe { arg_str(manifest_path, "manifest_path") }?;
+        h.host.trust().verify_plugin(Path::new(path))?;
+        Ok(())
+    })
+}
