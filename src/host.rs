@@ -9,6 +9,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::artifact;
 use crate::capability::Capabilities;
+use crate::deps;
 use crate::error::{Error, Result};
 use crate::manifest::{self, ManifestFile, RuntimeKind};
 use crate::metrics::{self, MetricsSnapshot};
@@ -225,42 +226,46 @@ impl Host {
         Ok(())
     }
 
-    /// The order in which to initialise `files`: dependencies first.
+    /// The order in which to initialise `files`: dependencies first, ties by name; cycles,
+    /// missing dependencies and version conflicts refused (see [`crate::deps::plan`]).
     fn plan(&self, files: &[ManifestFile]) -> Result<Vec<usize>> {
-        let loaded: std::collections::BTreeMap<String, semver::Version> = self
-            .registry
+        let loaded = deps::versions(&self.loaded_graph());
+        let candidates: Vec<deps::Candidate> = files
+            .iter()
+            .map(|f| deps::Candidate {
+                name: f.manifest.name.clone(),
+                version: f.manifest.version.clone(),
+                dependencies: f.manifest.dependencies.clone(),
+            })
+            .collect();
+        deps::plan(&candidates, &loaded)
+    }
+
+    /// The loaded plugins' versions and dependencies (the registry's dependency view).
+    pub fn loaded_graph(&self) -> deps::LoadedGraph {
+        self.registry
             .slots()
             .iter()
-            .filter_map(|s| s.current().map(|g| (s.name().to_string(), g.manifest.version.clone())))
-            .collect();
-        let mut order = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            for (dep, req) in &f.manifest.dependencies {
-                let req = semver::VersionReq::parse(req)
-                    .map_err(|e| err!(KEEL_ERR_BAD_VERSION, "'{}' dependency {dep}: {e}", f.manifest.name))?;
-                let found = loaded.get(dep).cloned().or_else(|| {
-                    files
-                        .iter()
-                        .find(|g| &g.manifest.name == dep)
-                        .map(|g| g.manifest.version.clone())
-                });
-                match found {
-                    None => bail!(
-                        KEEL_ERR_DEPENDENCY_MISSING,
-                        "plugin '{}' requires '{dep}' ({req}), which is not loaded",
-                        f.manifest.name
-                    ),
-                    Some(v) if !req.matches(&v) => bail!(
-                        KEEL_ERR_DEPENDENCY_VERSION,
-                        "plugin '{}' requires '{dep}' {req}, found {v}",
-                        f.manifest.name
-                    ),
-                    Some(_) => {}
-                }
-            }
-            order.push(i);
-        }
-        Ok(order)
+            .filter_map(|s| {
+                s.current().map(|g| {
+                    let node = deps::LoadedNode {
+                        version: g.manifest.version.clone(),
+                        dependencies: g.manifest.dependencies.clone(),
+                    };
+                    (s.name().to_string(), node)
+                })
+            })
+            .collect()
+    }
+
+    /// Load every plugin of a plugin directory (one folder per plugin, `keel.json` or
+    /// ThemisDB `plugin.json`; see [`crate::deps::discover`] for what is skipped) as one
+    /// all-or-nothing set, in dependency order. A plugin that is already loaded makes the
+    /// whole call fail with `KEEL_ERR_ALREADY_LOADED`: a rescan never replaces a loaded plugin
+    /// (use reload for that).
+    pub fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
+        let found = deps::discover::discover(dir)?;
+        self.load_set(&found.manifests)
     }
 
     /// Verify the binary and start one generation of a plugin. Nothing of the plugin's code
@@ -326,6 +331,12 @@ impl Host {
                 );
             }
             self.check_before_load(&f)?;
+            let replacement = deps::Candidate {
+                name: f.manifest.name.clone(),
+                version: f.manifest.version.clone(),
+                dependencies: f.manifest.dependencies.clone(),
+            };
+            deps::check_replacement(&replacement, &self.loaded_graph())?;
             let old = slot
                 .current()
                 .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{name}' is not loaded"))?;
@@ -368,8 +379,36 @@ impl Host {
     /// KEEL_ERR_PLUGIN_UNLOADED; in-flight calls finish; the plugin is shut down and its code
     /// unmapped after the last one (waiting at most the drain timeout; on timeout the error
     /// says so and the last caller releases it).
+    ///
+    /// Refused with `KEEL_ERR_HAS_DEPENDENTS`, listing them, while other loaded plugins
+    /// depend on it; [`Host::unload_cascade`] unloads those too.
     pub fn unload(&self, name: &str) -> Result<()> {
         let _lc = self.lifecycle.lock();
+        self.get(name)?;
+        deps::check_unload(name, &self.loaded_graph())?;
+        self.unload_locked(name)
+    }
+
+    /// Unload a plugin and everything that depends on it, directly or transitively:
+    /// dependents first (reverse dependency order, ties by name), `name` last. Returns the
+    /// names in the order they were unloaded. A drain timeout of one plugin does not stop the
+    /// cascade (that plugin is already out of the registry); the first error is returned
+    /// after every plugin of the cascade has been unloaded.
+    pub fn unload_cascade(&self, name: &str) -> Result<Vec<String>> {
+        let _lc = self.lifecycle.lock();
+        self.get(name)?;
+        let order = deps::cascade_unload_order(name, &self.loaded_graph());
+        let mut first = None;
+        for n in &order {
+            if let Err(e) = self.unload_locked(n) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(order), Err)
+    }
+
+    /// Unload one plugin; the caller holds the lifecycle lock and has checked dependents.
+    fn unload_locked(&self, name: &str) -> Result<()> {
         let slot = self.get(name)?;
         let _sl = slot.lifecycle.lock();
         self.registry.remove(name);
@@ -391,11 +430,13 @@ impl Host {
         Ok(())
     }
 
-    /// Unload everything (reverse name order), collecting the first error.
+    /// Unload everything, dependents before their dependencies (ties by name), collecting
+    /// the first error.
     pub fn unload_all(&self) -> Result<()> {
+        let _lc = self.lifecycle.lock();
         let mut first = None;
-        for name in self.registry.names().into_iter().rev() {
-            if let Err(e) = self.unload(&name) {
+        for name in deps::unload_all_order(&self.loaded_graph()) {
+            if let Err(e) = self.unload_locked(&name) {
                 first.get_or_insert(e);
             }
         }

@@ -334,6 +334,76 @@ keel_status keel_last_error_message(const char **message);
 keel_status keel_status_name(uint32_t status, const char **name);
 
 /**
+ * Load every plugin of a plugin directory as one all-or-nothing set.
+ *
+ * Layout: one folder per plugin, `<dir>/<folder>/keel.json` (Keel manifest) or
+ * `<dir>/<folder>/plugin.json` (ThemisDB manifest; `keel.json` wins when both exist).
+ * Non-recursive: files directly in `dir` and folders nested deeper are not loaded. Names
+ * starting with `.` or ending in `~`, `.tmp`, `.part`, `.swp` or `.download` are ignored, and
+ * no other `*.json` file is taken for a manifest.
+ *
+ * Every manifest is read and checked (schema, trust, capabilities, dependencies: cycles,
+ * missing plugins, version ranges) before any plugin code runs; plugins are then initialised
+ * in dependency order. If any of them fails, the ones this call already initialised are shut
+ * down again in reverse order and the registry is exactly as before. A plugin of the
+ * directory that is already loaded fails the call with `KEEL_ERR_ALREADY_LOADED` (a rescan
+ * never replaces a loaded plugin; reload it instead). An empty directory loads nothing and
+ * succeeds.
+ *
+ * `dir` is borrowed for the call. Thread-safe (lifecycle operations are serialised).
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+ * `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_DEPENDENCY_*`, and every error of
+ * `keel_host_load`.
+ */
+keel_status keel_host_load_dir(const keel_host *host, const char *dir);
+
+/**
+ * Unload a plugin and every loaded plugin that depends on it, directly or transitively:
+ * dependents first, `name` last. (`keel_host_unload` refuses with `KEEL_ERR_HAS_DEPENDENTS`
+ * instead, naming the dependents.)
+ *
+ * `name` is borrowed for the call. Thread-safe. A `KEEL_ERR_DRAIN_TIMEOUT` result means every
+ * plugin of the cascade was unloaded but at least one still had calls running when its drain
+ * timeout passed (its code is released when the last of them returns).
+ */
+keel_status keel_host_unload_cascade(const keel_host *host, const char *name);
+
+/**
+ * Set the node's capability allowlist: the capabilities plugins loaded from now on may be
+ * granted. `names` points to `count` NUL-terminated capability names (`"log"`, `"kv:read"`,
+ * `"storage:write"`, `"network:egress"`, ...; may be NULL when `count` is 0, which allows
+ * none). The whole list is checked first: an unknown name gives `KEEL_ERR_CAPABILITY_UNKNOWN`
+ * and leaves the allowlist unchanged.
+ *
+ * Plugins already loaded keep the set they were granted at load; nothing widens a granted
+ * set. `names` and the strings are borrowed for the call. Thread-safe.
+ */
+keel_status keel_host_set_capability_allowlist(const keel_host *host,
+                                               const char *const *names,
+                                               size_t count);
+
+/**
+ * The node's current capability allowlist as a bit set (bits as given by
+ * `keel_capability_bit`). Thread-safe.
+ */
+keel_status keel_host_capability_allowlist(const keel_host *host, uint64_t *bits);
+
+/**
+ * The capabilities granted to a loaded plugin, as a bit set: frozen when its current
+ * generation was loaded (requested by its manifest and inside the allowlist at that time),
+ * never widened afterwards. `KEEL_ERR_PLUGIN_UNLOADED` if the plugin has been unloaded.
+ * Thread-safe, lock-free.
+ */
+keel_status keel_plugin_capabilities(const keel_plugin *plugin, uint64_t *bits);
+
+/**
+ * The bit of one capability name (e.g. `"kv:read"`), for testing the sets returned by
+ * `keel_plugin_capabilities` and `keel_host_capability_allowlist`. Bits are stable.
+ * `KEEL_ERR_CAPABILITY_UNKNOWN` for a name Keel does not know. Thread-safe.
+ */
+keel_status keel_capability_bit(const char *name, uint64_t *bit);
+
+/**
  * Create a host.
  *
  * On success `*out` receives a new host owned by the caller (release with

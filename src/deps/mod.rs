@@ -29,6 +29,8 @@
 //!   `*`, which matches every version including pre-releases: `*` is what "any version" means
 //!   in a manifest (ThemisDB's array-form dependencies become `*`).
 
+pub mod discover;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 

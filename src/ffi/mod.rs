@@ -10,6 +10,7 @@
 //!   `_free` function; borrowed pointers say so.
 //! - No panic unwinds across this boundary: each body runs inside [`boundary`].
 
+pub mod deps;
 pub mod host;
 pub mod trust;
 

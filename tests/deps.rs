@@ -1,0 +1,572 @@
+//! Dependencies, plugin directories and capabilities, end to end through the C ABI with real
+//! native fixture plugins: load order, all-or-nothing sets, cycles, version ranges, unload
+//! refusal and cascade, the capability allowlist and the frozen granted set.
+
+mod common;
+
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+use keel::ffi::deps::*;
+use keel::ffi::host::*;
+use keel::ffi::keel_last_error_message;
+use keel::keel_status::{self, *};
+use serde_json::{json, Value};
+
+fn last_error() -> String {
+    let mut p = ptr::null();
+    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+struct TestHost(*mut keel_host);
+
+impl TestHost {
+    fn new() -> TestHost {
+        let mut h = ptr::null_mut();
+        assert_eq!(keel_host_new(&mut h), KEEL_OK);
+        common::allow_unsigned(h);
+        TestHost(h)
+    }
+
+    fn load_dir(&self, dir: &Path) -> keel_status {
+        keel_host_load_dir(self.0, cstr(dir.to_str().unwrap()).as_ptr())
+    }
+
+    fn load(&self, manifest: &Path) -> keel_status {
+        keel_host_load(self.0, cstr(manifest.to_str().unwrap()).as_ptr(), ptr::null_mut())
+    }
+
+    fn unload(&self, name: &str) -> keel_status {
+        keel_host_unload(self.0, cstr(name).as_ptr())
+    }
+
+    fn unload_cascade(&self, name: &str) -> keel_status {
+        keel_host_unload_cascade(self.0, cstr(name).as_ptr())
+    }
+
+    /// A handle to a loaded plugin, or the status of the lookup.
+    fn get(&self, name: &str) -> Result<Plugin, keel_status> {
+        let mut p = ptr::null_mut();
+        match keel_plugin_get(self.0, cstr(name).as_ptr(), &mut p) {
+            KEEL_OK => Ok(Plugin(p)),
+            s => Err(s),
+        }
+    }
+
+    fn is_loaded(&self, name: &str) -> bool {
+        match self.get(name) {
+            Ok(_) => true,
+            Err(KEEL_ERR_PLUGIN_NOT_FOUND) => false,
+            Err(s) => panic!("keel_plugin_get({name}) returned {s}"),
+        }
+    }
+
+    fn set_allowlist(&self, names: &[&str]) -> keel_status {
+        let owned: Vec<CString> = names.iter().map(|n| cstr(n)).collect();
+        let ptrs: Vec<*const std::ffi::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+        keel_host_set_capability_allowlist(self.0, ptrs.as_ptr(), ptrs.len())
+    }
+
+    fn allowlist(&self) -> u64 {
+        let mut bits = 0;
+        assert_eq!(keel_host_capability_allowlist(self.0, &mut bits), KEEL_OK);
+        bits
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        assert_eq!(keel_host_free(self.0), KEEL_OK);
+    }
+}
+
+struct Plugin(*mut keel_plugin);
+
+impl Plugin {
+    fn capabilities(&self) -> Result<u64, keel_status> {
+        let mut bits = 0;
+        match keel_plugin_capabilities(self.0, &mut bits) {
+            KEEL_OK => Ok(bits),
+            s => Err(s),
+        }
+    }
+
+    fn call_text(&self, function: &str, input: &[u8]) -> String {
+        let mut f = 0;
+        assert_eq!(keel_plugin_function(self.0, cstr(function).as_ptr(), &mut f), KEEL_OK);
+        let mut buf = ptr::null_mut();
+        assert_eq!(keel_buffer_new(&mut buf), KEEL_OK);
+        assert_eq!(
+            keel_call(self.0, f, input.as_ptr(), input.len(), buf),
+            KEEL_OK,
+            "{}",
+            last_error()
+        );
+        let (mut d, mut n) = (ptr::null(), 0);
+        assert_eq!(keel_buffer_data(buf, &mut d, &mut n), KEEL_OK);
+        let text = if n == 0 {
+            String::new()
+        } else {
+            String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(d, n) }).into_owned()
+        };
+        keel_buffer_free(buf);
+        text
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        keel_plugin_free(self.0);
+    }
+}
+
+fn bit(name: &str) -> u64 {
+    let mut b = 0;
+    assert_eq!(keel_capability_bit(cstr(name).as_ptr(), &mut b), KEEL_OK);
+    b
+}
+
+/// A plugin directory under construction: fixture libraries are compiled once per variant
+/// and copied into each plugin folder.
+struct PluginDir {
+    root: PathBuf,
+    build: PathBuf,
+    marker: PathBuf,
+}
+
+impl PluginDir {
+    fn new(tag: &str) -> PluginDir {
+        let base = common::tempdir(tag);
+        let root = base.join("plugins");
+        let build = base.join("build");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&build).unwrap();
+        PluginDir {
+            root,
+            build,
+            marker: base.join("shutdowns.txt"),
+        }
+    }
+
+    /// Compile the echo fixture with `tag` (returned by its "tag" function and written to the
+    /// marker file on shutdown), optionally failing init.
+    fn library(&self, tag: &str, fail_init: bool) -> PathBuf {
+        let out = format!("libecho-{tag}{}.so", if fail_init { "-bad" } else { "" });
+        let existing = self.build.join(&out);
+        if existing.exists() {
+            return existing;
+        }
+        let define = format!("ECHO_TAG=\"{tag}\"");
+        let mut defines = vec![define.as_str()];
+        if fail_init {
+            defines.push("ECHO_INIT_FAIL");
+        }
+        common::build_native("echo", &defines, &self.build, &out)
+    }
+
+    /// `<root>/<name>/keel.json` plus the library, tagged with the plugin's name.
+    fn plugin(&self, name: &str, version: &str, deps: Value, extra: Value) -> PathBuf {
+        self.plugin_with(name, version, deps, extra, false)
+    }
+
+    fn plugin_with(&self, name: &str, version: &str, deps: Value, extra: Value, fail_init: bool) -> PathBuf {
+        let folder = self.root.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let so = folder.join("libplugin.so");
+        std::fs::copy(self.library(name, fail_init), &so).unwrap();
+        let mut m = json!({
+            "manifest_version": 1,
+            "name": name,
+            "version": version,
+            "runtime": "native",
+            "binary": {"linux": "libplugin.so"},
+            "sha256": common::sha256_file(&so),
+            "dependencies": deps,
+            "config": {"marker": self.marker.to_str().unwrap()},
+        });
+        if let Value::Object(extra) = extra {
+            for (k, v) in extra {
+                m[k] = v;
+            }
+        }
+        let path = folder.join("keel.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        path
+    }
+
+    /// Shutdown lines written so far, in order ("shutdown <name>").
+    fn shutdowns(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.marker)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[test]
+fn rollback_when_the_third_of_five_fails_init() {
+    let d = PluginDir::new("deps-rollback");
+    // A chain p1 <- p2 <- p3 <- p4 <- p5 (each depends on the previous one): load order p1..p5.
+    d.plugin("p1", "1.0.0", json!({}), json!({}));
+    d.plugin("p2", "1.0.0", json!({"p1": "^1"}), json!({}));
+    d.plugin_with("p3", "1.0.0", json!({"p2": "^1"}), json!({}), true);
+    d.plugin("p4", "1.0.0", json!({"p3": "^1"}), json!({}));
+    d.plugin("p5", "1.0.0", json!({"p4": "^1"}), json!({}));
+
+    let h = TestHost::new();
+    // An unrelated plugin loaded before: it must be untouched by the failed set.
+    let other = PluginDir::new("deps-rollback-other");
+    let keeper = other.plugin("keeper", "1.0.0", json!({}), json!({}));
+    assert_eq!(h.load(&keeper), KEEL_OK, "{}", last_error());
+
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_INIT_FAILED);
+    let msg = last_error();
+    assert!(
+        msg.contains("'p3'") && msg.contains("nothing from this set was loaded"),
+        "{msg}"
+    );
+    // The first two were initialised and have been shut down again, in reverse order; p4 and
+    // p5 never ran.
+    assert_eq!(d.shutdowns(), ["shutdown p2", "shutdown p1"]);
+    for n in ["p1", "p2", "p3", "p4", "p5"] {
+        assert!(!h.is_loaded(n), "{n} is still registered");
+    }
+    assert!(h.is_loaded("keeper"));
+    assert_eq!(h.get("keeper").unwrap().call_text("tag", b""), "keeper");
+    assert!(
+        other.shutdowns().is_empty(),
+        "keeper was shut down: {:?}",
+        other.shutdowns()
+    );
+
+    // Nothing was left half-registered: the good part of the chain loads afterwards.
+    std::fs::remove_dir_all(d.root.join("p3")).unwrap();
+    std::fs::remove_dir_all(d.root.join("p4")).unwrap();
+    std::fs::remove_dir_all(d.root.join("p5")).unwrap();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    assert!(h.is_loaded("p1") && h.is_loaded("p2"));
+}
+
+#[test]
+fn cycles_of_two_three_and_four_via_load_dir() {
+    for (size, expected) in [
+        (2, "dependency cycle: c0 -> c1 -> c0"),
+        (3, "dependency cycle: c0 -> c1 -> c2 -> c0"),
+        (4, "dependency cycle: c0 -> c1 -> c2 -> c3 -> c0"),
+    ] {
+        let d = PluginDir::new("deps-cycle");
+        for i in 0..size {
+            let next = format!("c{}", (i + 1) % size);
+            d.plugin(&format!("c{i}"), "1.0.0", json!({ next: "*" }), json!({}));
+        }
+        // A plugin outside the cycle, which would be loadable on its own.
+        d.plugin("free", "1.0.0", json!({}), json!({}));
+        let h = TestHost::new();
+        assert_eq!(h.load_dir(&d.root), KEEL_ERR_DEPENDENCY_CYCLE);
+        let msg = last_error();
+        assert!(msg.contains(expected), "{msg}");
+        assert!(!h.is_loaded("free") && !h.is_loaded("c0"));
+        assert!(d.shutdowns().is_empty(), "no plugin code may run: {:?}", d.shutdowns());
+    }
+}
+
+#[test]
+fn diamond_via_load_dir_then_unload_rules() {
+    let d = PluginDir::new("deps-diamond");
+    d.plugin("top", "1.0.0", json!({"left": "^1", "right": "^1"}), json!({}));
+    d.plugin("left", "1.2.0", json!({"base": ">=2.1, <3"}), json!({}));
+    d.plugin("right", "1.0.0", json!({"base": "^2"}), json!({}));
+    d.plugin("base", "2.3.1", json!({}), json!({}));
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    for n in ["top", "left", "right", "base"] {
+        assert_eq!(h.get(n).unwrap().call_text("tag", b""), n);
+    }
+
+    // Unloading something others depend on is refused, naming the dependents.
+    assert_eq!(h.unload("base"), KEEL_ERR_HAS_DEPENDENTS);
+    let msg = last_error();
+    assert!(msg.contains("left, right"), "{msg}");
+    assert!(h.is_loaded("base"));
+    assert_eq!(h.unload("left"), KEEL_ERR_HAS_DEPENDENTS);
+    assert!(last_error().contains("top"));
+    assert!(d.shutdowns().is_empty());
+
+    // Cascade, asked explicitly: dependents first, base last.
+    assert_eq!(h.unload_cascade("base"), KEEL_OK, "{}", last_error());
+    assert_eq!(
+        d.shutdowns(),
+        ["shutdown top", "shutdown left", "shutdown right", "shutdown base"]
+    );
+    for n in ["top", "left", "right", "base"] {
+        assert!(!h.is_loaded(n));
+    }
+    assert_eq!(h.unload_cascade("base"), KEEL_ERR_PLUGIN_NOT_FOUND);
+}
+
+#[test]
+fn leaf_unload_is_allowed_and_host_free_unloads_dependents_first() {
+    let d = PluginDir::new("deps-leaf");
+    d.plugin("app", "1.0.0", json!({"lib": "*"}), json!({}));
+    d.plugin("lib", "1.0.0", json!({}), json!({}));
+    d.plugin("zzz", "1.0.0", json!({"lib": "*"}), json!({}));
+    {
+        let h = TestHost::new();
+        assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+        assert_eq!(h.unload("zzz"), KEEL_OK, "{}", last_error());
+        assert_eq!(d.shutdowns(), ["shutdown zzz"]);
+    }
+    // keel_host_free: "app" before "lib" although "lib" sorts after "app".
+    assert_eq!(d.shutdowns(), ["shutdown zzz", "shutdown app", "shutdown lib"]);
+}
+
+#[test]
+fn version_conflict_via_load_dir() {
+    let d = PluginDir::new("deps-version");
+    d.plugin("app", "1.0.0", json!({"base": "^2"}), json!({}));
+    d.plugin("base", "1.4.0", json!({}), json!({}));
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_DEPENDENCY_VERSION);
+    let msg = last_error();
+    assert!(
+        msg.contains("'app'") && msg.contains("^2") && msg.contains("1.4.0"),
+        "{msg}"
+    );
+    assert!(!h.is_loaded("base"));
+}
+
+#[test]
+fn missing_dependency_via_load_dir() {
+    let d = PluginDir::new("deps-missing");
+    d.plugin("app", "1.0.0", json!({"ghost": ">=1.0"}), json!({}));
+    d.plugin("fine", "1.0.0", json!({}), json!({}));
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_DEPENDENCY_MISSING);
+    let msg = last_error();
+    assert!(
+        msg.contains("'app'") && msg.contains("'ghost'") && msg.contains(">=1.0"),
+        "{msg}"
+    );
+    assert!(!h.is_loaded("fine"));
+}
+
+#[test]
+fn dependency_satisfied_by_an_already_loaded_plugin_and_rescan_never_replaces() {
+    let base_dir = PluginDir::new("deps-loaded-base");
+    let base = base_dir.plugin("base", "2.0.0", json!({}), json!({}));
+    let d = PluginDir::new("deps-loaded");
+    d.plugin("app", "1.0.0", json!({"base": "^2"}), json!({}));
+    let h = TestHost::new();
+    assert_eq!(h.load(&base), KEEL_OK, "{}", last_error());
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    assert!(h.is_loaded("app"));
+    // Loading the same directory again is refused as a whole; the loaded plugin keeps running.
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_ALREADY_LOADED);
+    assert!(last_error().contains("'app'"));
+    let app = h.get("app").unwrap();
+    assert_eq!(app.call_text("tag", b""), "app");
+    let mut generation = 0;
+    assert_eq!(keel_plugin_generation(app.0, &mut generation), KEEL_OK);
+    assert_eq!(generation, 1);
+    assert!(d.shutdowns().is_empty());
+    // The loaded dependency cannot go while "app" needs it.
+    assert_eq!(h.unload("base"), KEEL_ERR_HAS_DEPENDENTS);
+}
+
+#[test]
+fn load_dir_skips_editor_files_and_stray_json() {
+    let d = PluginDir::new("deps-skip");
+    d.plugin("good", "1.0.0", json!({}), json!({}));
+    let broken = b"{ this is not json";
+    for p in [
+        ".hidden/keel.json",
+        "backup~/keel.json",
+        "copy.tmp/keel.json",
+        "dl.part/keel.json",
+        "x.swp/keel.json",
+    ] {
+        let path = d.root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, broken).unwrap();
+    }
+    // Stray JSON: a file at the top level, a sidecar next to the binary, a ThemisDB
+    // plugin.json shadowed by keel.json, a folder without a manifest, a nested folder.
+    std::fs::write(d.root.join("stray.json"), broken).unwrap();
+    std::fs::write(d.root.join("good/libplugin.so.json"), broken).unwrap();
+    std::fs::write(d.root.join("good/plugin.json"), broken).unwrap();
+    std::fs::create_dir_all(d.root.join("empty")).unwrap();
+    std::fs::create_dir_all(d.root.join("group/inner")).unwrap();
+    std::fs::write(d.root.join("group/inner/keel.json"), broken).unwrap();
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    assert!(h.is_loaded("good"));
+    // A broken manifest in a real plugin folder fails the whole set.
+    std::fs::create_dir_all(d.root.join("bad")).unwrap();
+    std::fs::write(d.root.join("bad/keel.json"), broken).unwrap();
+    let h2 = TestHost::new();
+    assert_eq!(h2.load_dir(&d.root), KEEL_ERR_MANIFEST_PARSE);
+    assert!(!h2.is_loaded("good"));
+}
+
+#[test]
+fn empty_and_missing_directories() {
+    let d = PluginDir::new("deps-empty");
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK);
+    assert_eq!(h.load_dir(&d.root.join("nope")), KEEL_ERR_FILE_NOT_FOUND);
+    let file = d.root.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert_eq!(h.load_dir(&file), KEEL_ERR_INVALID_ARGUMENT);
+}
+
+#[test]
+fn capability_outside_the_allowlist_is_refused() {
+    let d = PluginDir::new("deps-caps-denied");
+    d.plugin(
+        "reader",
+        "1.0.0",
+        json!({}),
+        json!({"capabilities": ["log", "kv:read"]}),
+    );
+    d.plugin(
+        "egress",
+        "1.0.0",
+        json!({}),
+        json!({"capabilities": ["log", "network:egress"]}),
+    );
+    let h = TestHost::new();
+    assert_eq!(h.set_allowlist(&["log", "kv:read"]), KEEL_OK);
+    assert_eq!(h.allowlist(), bit("log") | bit("kv:read"));
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_CAPABILITY_DENIED);
+    let msg = last_error();
+    assert!(msg.contains("network:egress") && msg.contains("egress"), "{msg}");
+    assert!(!h.is_loaded("reader"), "the set is all-or-nothing");
+    assert!(d.shutdowns().is_empty(), "no plugin code may run: {:?}", d.shutdowns());
+}
+
+#[test]
+fn granted_set_is_frozen_at_load() {
+    let d = PluginDir::new("deps-caps-frozen");
+    let manifest = d.plugin(
+        "reader",
+        "1.0.0",
+        json!({}),
+        json!({"capabilities": ["log", "kv:read"]}),
+    );
+    let h = TestHost::new();
+    assert_eq!(h.set_allowlist(&["log", "kv:read", "kv:write", "clock"]), KEEL_OK);
+    assert_eq!(h.load(&manifest), KEEL_OK, "{}", last_error());
+    let p = h.get("reader").unwrap();
+    let granted = bit("log") | bit("kv:read");
+    assert_eq!(p.capabilities().unwrap(), granted);
+    // Only granted host-API entries are present.
+    assert_eq!(
+        p.call_text("hostcaps", b""),
+        "log=1 clock=0 random=0 kv_get=1 kv_put=0 kv_delete=0"
+    );
+    // Narrowing or widening the allowlist later changes nothing for the loaded plugin.
+    assert_eq!(h.set_allowlist(&["log"]), KEEL_OK);
+    assert_eq!(p.capabilities().unwrap(), granted);
+    assert_eq!(
+        h.set_allowlist(&["log", "kv:read", "kv:write", "clock", "random"]),
+        KEEL_OK
+    );
+    assert_eq!(p.capabilities().unwrap(), granted);
+    assert_eq!(
+        p.call_text("hostcaps", b""),
+        "log=1 clock=0 random=0 kv_get=1 kv_put=0 kv_delete=0"
+    );
+    // After unload the handle reports that.
+    assert_eq!(h.unload("reader"), KEEL_OK);
+    assert_eq!(p.capabilities(), Err(KEEL_ERR_PLUGIN_UNLOADED));
+}
+
+#[test]
+fn allowlist_with_an_unknown_name_changes_nothing() {
+    let h = TestHost::new();
+    let before = h.allowlist();
+    assert_eq!(h.set_allowlist(&["log", "teleport"]), KEEL_ERR_CAPABILITY_UNKNOWN);
+    assert!(last_error().contains("teleport"));
+    assert_eq!(h.allowlist(), before);
+    // An empty list allows nothing.
+    assert_eq!(keel_host_set_capability_allowlist(h.0, ptr::null(), 0), KEEL_OK);
+    assert_eq!(h.allowlist(), 0);
+}
+
+#[test]
+fn capability_bits_are_distinct_and_stable() {
+    let names = [
+        "log",
+        "clock",
+        "random",
+        "kv:read",
+        "kv:write",
+        "storage:read",
+        "storage:write",
+        "network:egress",
+        "rpc:register",
+        "metrics:write",
+    ];
+    let mut all = 0u64;
+    for n in names {
+        let b = bit(n);
+        assert_eq!(b.count_ones(), 1, "{n}");
+        assert_eq!(all & b, 0, "{n} shares a bit");
+        all |= b;
+    }
+    assert_eq!(bit("log"), 1);
+    let mut b = 0;
+    assert_eq!(
+        keel_capability_bit(cstr("fly").as_ptr(), &mut b),
+        KEEL_ERR_CAPABILITY_UNKNOWN
+    );
+}
+
+#[test]
+fn bad_arguments_get_precise_codes() {
+    let h = TestHost::new();
+    let dir = cstr("/nonexistent");
+    assert_eq!(keel_host_load_dir(ptr::null(), dir.as_ptr()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_host_load_dir(h.0, ptr::null()), KEEL_ERR_NULL_POINTER);
+    let bad_utf8 = [0xffu8, 0xfe, 0];
+    assert_eq!(keel_host_load_dir(h.0, bad_utf8.as_ptr().cast()), KEEL_ERR_INVALID_UTF8);
+    assert_eq!(keel_host_unload_cascade(h.0, ptr::null()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(
+        keel_host_unload_cascade(ptr::null(), cstr("x").as_ptr()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(h.unload_cascade("nobody"), KEEL_ERR_PLUGIN_NOT_FOUND);
+    assert_eq!(
+        keel_host_set_capability_allowlist(h.0, ptr::null(), 2),
+        KEEL_ERR_NULL_POINTER
+    );
+    let log = cstr("log");
+    let with_null = [log.as_ptr(), ptr::null()];
+    assert_eq!(
+        keel_host_set_capability_allowlist(h.0, with_null.as_ptr(), 2),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert!(last_error().contains("names[1]"));
+    assert_eq!(
+        keel_host_set_capability_allowlist(ptr::null(), ptr::null(), 0),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_capability_allowlist(h.0, ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let mut bits = 0;
+    assert_eq!(keel_plugin_capabilities(ptr::null(), &mut bits), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_capability_bit(ptr::null(), &mut bits), KEEL_ERR_NULL_POINTER);
+    assert_eq!(
+        keel_capability_bit(log.as_ptr(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+}
