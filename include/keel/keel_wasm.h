@@ -1,0 +1,251 @@
+/*
+ * keel_wasm.h — the Keel WebAssembly plugin ABI, for plugin authors.
+ *
+ * A WASM Keel plugin is one wasm32 module. Build it with clang, no libc needed:
+ *
+ *     clang --target=wasm32 -nostdlib -O2 -Wl,--no-entry -Wl,--export-dynamic \
+ *           -o plugin.wasm plugin.c
+ *
+ * and describe it with a manifest (`"runtime": "wasm"`, `"binary": {"wasm32": "plugin.wasm"}`).
+ * The host compiles exactly the bytes whose SHA-256 (and signature) it verified.
+ *
+ * ---------------------------------------------------------------------------------------
+ * Exports (the host checks names and signatures before any guest code runs; a missing
+ * required export or a wrong signature refuses the load with KEEL_ERR_WASM_INSTANTIATE)
+ *
+ *   required
+ *     memory                                 the module's one linear memory
+ *     keel_abi_version() -> i32              must return KEEL_WASM_ABI_VERSION, else the
+ *                                            load fails with KEEL_ERR_ABI_MISMATCH
+ *     keel_functions() -> keel_result        the plugin's function names, comma-separated
+ *                                            ("sum,fib,checksum"); a function's position in
+ *                                            this list is its index for keel_call
+ *     keel_alloc(size) -> ptr                allocate `size` bytes; 0 when out of memory
+ *     keel_call(function, in, in_len) -> keel_result
+ *   optional
+ *     keel_free(ptr, size)                   release a keel_alloc block (`size` as allocated)
+ *     keel_init(config, config_len) -> keel_result
+ *     keel_save_state() -> keel_result       the state bytes, for hot reload
+ *     keel_restore_state(state, len) -> keel_result
+ *     keel_health() -> i32                   KEEL_HEALTH_* value
+ *     _initialize()                          (WASI reactor convention) run once per instance,
+ *                                            before keel_init
+ *
+ * A module with a start function is refused: guest code runs only inside the hooks above,
+ * each under the plugin's CPU budget and deadline.
+ *
+ * KEEL_WASM_FUNCTIONS("a,b,c") below defines keel_abi_version and keel_functions;
+ * defining KEEL_WASM_IMPLEMENT_ALLOCATOR before including this header in one source file
+ * defines keel_alloc and keel_free (a small size-class allocator over memory.grow).
+ *
+ * ---------------------------------------------------------------------------------------
+ * Calling convention
+ *
+ * Lifecycle of one instance: [_initialize], keel_abi_version, keel_functions (first
+ * instance only), keel_init(config) if exported, keel_restore_state(state) if the host has a
+ * state to hand over (hot reload), then any number of keel_call / keel_save_state /
+ * keel_health. Calls into one instance never overlap: each instance runs on one thread at a
+ * time. With `"instances": "pooled"` the host keeps several instances of the module (each
+ * with its own memory) and runs calls on them concurrently, so a pooled plugin must not rely
+ * on state between calls; with `"instances": "serial"` (the default) there is one instance
+ * and calls are serialised.
+ *
+ * Input: the host obtains a buffer with keel_alloc, copies the input (or config, or state)
+ * into it and passes (ptr, len). The buffer belongs to the host: the guest reads it during
+ * the hook and must neither free it nor keep pointers into it; the host reuses it for later
+ * calls (and releases it with keel_free, if exported, when it needs a larger one).
+ * A zero-length input may come with any pointer.
+ *
+ * Results: hooks that produce bytes or can fail return a keel_result, one i64:
+ *
+ *     bits  0..31  pointer to the bytes in the guest's memory
+ *     bits 32..62  their length (less than 2^31)
+ *     bit  63      set = error
+ *
+ * Build it with KEEL_WASM_OK(ptr, len) or KEEL_WASM_ERR(ptr, len) (or the keel_ok/keel_err
+ * helpers). On success the bytes are the output (empty output: KEEL_WASM_OK(0, 0)); on error
+ * they are an error message (UTF-8) and the host reports KEEL_ERR_CALL_FAILED,
+ * KEEL_ERR_INIT_FAILED, KEEL_ERR_STATE_SAVE or KEEL_ERR_STATE_RESTORE with it. The bytes
+ * are owned by the guest and must stay valid until the guest is next entered; the host
+ * copies them out first (a static buffer, or a block the guest frees on its next call,
+ * both work). Output longer than the plugin's max_output_bytes fails the call with
+ * KEEL_ERR_OUTPUT_TOO_LARGE; a pointer/length outside the memory fails it with
+ * KEEL_ERR_PLUGIN_ABI_VIOLATION.
+ *
+ * Limits (manifest "limits", clamped to the node's ceilings):
+ *   memory_mb       the memory cannot grow past it: memory.grow returns -1 (keel_alloc
+ *                   returns 0). If the hook then fails (traps or returns an error), the call
+ *                   fails with KEEL_ERR_MEMORY_LIMIT; a plugin that copes and succeeds, succeeds.
+ *   fuel_per_call   deterministic instruction budget, refilled for every hook (about one
+ *                   point per WebAssembly operator; calls and memory operations cost more).
+ *                   Running out fails the call with KEEL_ERR_CPU_BUDGET.
+ *   timeout_ms      wall-clock deadline per hook; past it the guest is interrupted and the
+ *                   call fails with KEEL_ERR_DEADLINE.
+ * A trap (unreachable, out-of-bounds access, division by zero, stack overflow, ...) fails
+ * the call with KEEL_ERR_WASM_TRAP and the trap's message. After any of these failures the
+ * instance is discarded and the next call runs on a fresh one (keel_init runs again; the
+ * state of a serial instance is lost), because a guest stopped mid-way may hold broken data.
+ *
+ * ---------------------------------------------------------------------------------------
+ * Imports: only from module "keel", and only the functions the plugin's granted capabilities
+ * provide. A module importing anything else (another module, a memory, a table, a function
+ * whose capability was not granted) is refused at load with KEEL_ERR_IMPORT_NOT_GRANTED,
+ * naming the import, before any of its code runs. Declared-but-unused imports below cost
+ * nothing: clang only imports what the code calls.
+ *
+ * A pointer/length pair handed to a host function that does not lie inside the guest's
+ * memory traps the guest; the call fails with KEEL_ERR_PLUGIN_ABI_VIOLATION.
+ *
+ * Plain C99 plus clang's wasm attributes; usable from C++ (extern "C").
+ */
+#ifndef KEEL_WASM_H
+#define KEEL_WASM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** The WASM ABI version this header describes (keel_abi_version must return it). */
+#define KEEL_WASM_ABI_VERSION 1
+
+/** Log levels for keel_log (same values as keel_plugin.h). */
+#define KEEL_LOG_ERROR 0
+#define KEEL_LOG_WARN 1
+#define KEEL_LOG_INFO 2
+#define KEEL_LOG_DEBUG 3
+
+/** Values returned by keel_health (same values as keel_plugin.h). */
+#define KEEL_HEALTH_HEALTHY 0
+#define KEEL_HEALTH_DEGRADED 1
+#define KEEL_HEALTH_UNHEALTHY 2
+
+/** Export a function under `name` (a bare identifier). */
+#define KEEL_WASM_EXPORT(name) __attribute__((export_name(#name), visibility("default")))
+/** Import `name` from the host module "keel". */
+#define KEEL_WASM_IMPORT(name) __attribute__((import_module("keel"), import_name(#name)))
+
+/** Packed (pointer, length, error flag); see "Results" above. */
+typedef int64_t keel_result;
+
+#define KEEL_WASM_OK(ptr, len) \
+    ((keel_result)((((uint64_t)(uint32_t)(len) & 0x7fffffffu) << 32) | (uint64_t)(uint32_t)(uintptr_t)(ptr)))
+#define KEEL_WASM_ERR(ptr, len) ((keel_result)((uint64_t)KEEL_WASM_OK(ptr, len) | ((uint64_t)1 << 63)))
+
+static inline keel_result keel_ok(const void *ptr, uint32_t len) { return KEEL_WASM_OK(ptr, len); }
+static inline keel_result keel_err(const void *ptr, uint32_t len) { return KEEL_WASM_ERR(ptr, len); }
+
+/** Error with a NUL-terminated message (the string must outlive the hook: use a literal). */
+static inline keel_result keel_err_str(const char *msg) {
+    uint32_t n = 0;
+    while (msg[n] != '\0') n++;
+    return KEEL_WASM_ERR(msg, n);
+}
+
+/* ---- host functions (module "keel") -------------------------------------------------- */
+
+/** capability "log": write one log line of `len` bytes (not NUL-terminated). */
+KEEL_WASM_IMPORT(log) void keel_log(int32_t level, const char *msg, uint32_t len);
+
+/** capability "clock": nanoseconds since the Unix epoch. */
+KEEL_WASM_IMPORT(now_unix_nanos) int64_t keel_now_unix_nanos(void);
+
+/** capability "random": fill `buf` with `len` bytes from the host's CSPRNG; returns 0. */
+KEEL_WASM_IMPORT(random_bytes) int32_t keel_random_bytes(uint8_t *buf, uint32_t len);
+
+/**
+ * capability "kv:read": look `key` up in the plugin's namespace. Returns -1 if absent,
+ * otherwise the value's full length; min(length, out_cap) bytes are copied to `out` (call
+ * again with a larger buffer when the length exceeds out_cap).
+ */
+KEEL_WASM_IMPORT(kv_get) int64_t keel_kv_get(const uint8_t *key, uint32_t key_len, uint8_t *out, uint32_t out_cap);
+
+/** capability "kv:write": set `key` to `value`; returns 0. */
+KEEL_WASM_IMPORT(kv_put) int32_t keel_kv_put(const uint8_t *key, uint32_t key_len, const uint8_t *value,
+                                             uint32_t value_len);
+
+/** capability "kv:write": delete `key`; returns 0 if it was deleted, 1 if it was absent. */
+KEEL_WASM_IMPORT(kv_delete) int32_t keel_kv_delete(const uint8_t *key, uint32_t key_len);
+
+/* ---- the plugin's exports (define the ones you need) --------------------------------- */
+
+KEEL_WASM_EXPORT(keel_abi_version) int32_t keel_abi_version(void);
+KEEL_WASM_EXPORT(keel_functions) keel_result keel_functions(void);
+KEEL_WASM_EXPORT(keel_alloc) void *keel_alloc(uint32_t size);
+KEEL_WASM_EXPORT(keel_free) void keel_free(void *ptr, uint32_t size);
+KEEL_WASM_EXPORT(keel_init) keel_result keel_init(const uint8_t *config_json, uint32_t len);
+KEEL_WASM_EXPORT(keel_call) keel_result keel_call(uint32_t function, const uint8_t *input, uint32_t len);
+KEEL_WASM_EXPORT(keel_save_state) keel_result keel_save_state(void);
+KEEL_WASM_EXPORT(keel_restore_state) keel_result keel_restore_state(const uint8_t *state, uint32_t len);
+KEEL_WASM_EXPORT(keel_health) int32_t keel_health(void);
+
+/**
+ * Define keel_abi_version and keel_functions. `names` is a string literal of
+ * comma-separated function names, e.g. KEEL_WASM_FUNCTIONS("sum,fib"). Names are
+ * 1-128 characters of [A-Za-z0-9_.:-], unique.
+ */
+#define KEEL_WASM_FUNCTIONS(names)                                                            \
+    int32_t keel_abi_version(void) { return KEEL_WASM_ABI_VERSION; }                         \
+    keel_result keel_functions(void) {                                                       \
+        static const char keel_function_names_[] = names;                                    \
+        return KEEL_WASM_OK(keel_function_names_, sizeof(keel_function_names_) - 1);         \
+    }
+
+#ifdef KEEL_WASM_IMPLEMENT_ALLOCATOR
+/*
+ * A small allocator for -nostdlib builds: power-of-two size classes from 16 bytes, one
+ * free list per class, new blocks bumped from __heap_base, memory grown on demand.
+ * Memory is never returned to the host (wasm memories cannot shrink).
+ */
+extern unsigned char __heap_base;
+static uintptr_t keel_heap_top_;
+static void *keel_free_lists_[28];
+
+static uint32_t keel_size_class_(uint32_t size, uint32_t *block) {
+    uint32_t c = 0, b = 16;
+    while (b < size) {
+        b <<= 1;
+        c++;
+    }
+    *block = b;
+    return c;
+}
+
+void *keel_alloc(uint32_t size) {
+    if (size == 0) size = 1;
+    if (size > (1u << 30)) return 0;
+    uint32_t block;
+    uint32_t c = keel_size_class_(size, &block);
+    void *p = keel_free_lists_[c];
+    if (p) {
+        keel_free_lists_[c] = *(void **)p;
+        return p;
+    }
+    if (keel_heap_top_ == 0) keel_heap_top_ = ((uintptr_t)&__heap_base + 15u) & ~(uintptr_t)15u;
+    uint64_t start = keel_heap_top_;
+    uint64_t end = start + block;
+    uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) * 65536u;
+    if (end > have) {
+        uint64_t pages = (end - have + 65535u) / 65536u;
+        if (__builtin_wasm_memory_grow(0, (size_t)pages) == (size_t)-1) return 0;
+    }
+    keel_heap_top_ = (uintptr_t)end;
+    return (void *)(uintptr_t)start;
+}
+
+void keel_free(void *ptr, uint32_t size) {
+    if (!ptr) return;
+    uint32_t block;
+    uint32_t c = keel_size_class_(size == 0 ? 1 : size, &block);
+    *(void **)ptr = keel_free_lists_[c];
+    keel_free_lists_[c] = ptr;
+}
+#endif /* KEEL_WASM_IMPLEMENT_ALLOCATOR */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KEEL_WASM_H */

@@ -1,0 +1,117 @@
+//! Engines: Cranelift with the `Metering` middleware and capped tunables.
+//!
+//! wasmer's `Metering` middleware records the indexes of its two globals when it transforms
+//! a module and panics if the same middleware value transforms a second module, and memory
+//! caps live in an engine's tunables. So every plugin generation gets its own engine: a
+//! compiling engine with a fresh `Metering` on a cache miss, a headless one (no compiler)
+//! when its compiled code comes from the cache. Both carry the plugin's tunables, and the
+//! plugin's stores are created from it.
+
+use std::sync::Arc;
+
+use wasmer::sys::{Cranelift, CraneliftOptLevel, EngineBuilder, NativeEngineExt, Target};
+use wasmer::wasmparser::Operator;
+use wasmer::{Engine, Pages};
+use wasmer_middlewares::Metering;
+
+use super::tunables::CappedTunables;
+
+/// Names the cost function below; part of the compiled-module cache key. Change it whenever
+/// [`operator_cost`] changes.
+pub const METERING_ID: &str = "keel-cost-v1";
+
+/// Fuel points one operator costs: 1 for plain operators, more for calls and for operators
+/// whose host-side work grows with their operands (memory growth, bulk memory and table
+/// operations). Deterministic: the same module and input always use the same fuel.
+pub fn operator_cost(op: &Operator) -> u64 {
+    match op {
+        Operator::Call { .. }
+        | Operator::CallIndirect { .. }
+        | Operator::CallRef { .. }
+        | Operator::ReturnCall { .. }
+        | Operator::ReturnCallIndirect { .. }
+        | Operator::ReturnCallRef { .. } => 4,
+        Operator::MemoryGrow { .. } | Operator::TableGrow { .. } => 1024,
+        Operator::MemoryCopy { .. }
+        | Operator::MemoryFill { .. }
+        | Operator::MemoryInit { .. }
+        | Operator::TableCopy { .. }
+        | Operator::TableFill { .. }
+        | Operator::TableInit { .. } => 64,
+        _ => 1,
+    }
+}
+
+fn cranelift() -> Cranelift {
+    let mut c = Cranelift::new();
+    c.opt_level(CraneliftOptLevel::Speed);
+    c
+}
+
+/// An engine that compiles: Cranelift (optimised for speed), metering when `metering` is on,
+/// memories capped at `cap`.
+pub fn compiling(cap: Pages, metering: bool) -> Engine {
+    let mut compiler = cranelift();
+    if metering {
+        // Initial limit 0: no guest code can run before the host sets the budget (Keel refuses
+        // start functions, and sets the points before every entry).
+        use wasmer::sys::CompilerConfig;
+        compiler.push_middleware(Arc::new(Metering::new(0, operator_cost)));
+    }
+    let mut engine: Engine = EngineBuilder::new(compiler).into();
+    engine.set_tunables(CappedTunables::new(cap));
+    engine
+}
+
+/// An engine without a compiler, for modules deserialized from the cache.
+pub fn headless(cap: Pages) -> Engine {
+    let mut engine = <Engine as NativeEngineExt>::headless();
+    engine.set_tunables(CappedTunables::new(cap));
+    engine
+}
+
+/// What the compiled code depends on besides the module's bytes: wasmer's version, the
+/// compiler and its settings, the cost function, the memory cap (memory styles are fixed at
+/// compile time) and the host target with its CPU features. Part of the cache key.
+pub fn engine_key(cap: Pages, metering: bool) -> String {
+    let target = Target::default();
+    format!(
+        "keel-wasm/1 wasmer-vm/{} cranelift/opt-speed metering/{} cap-pages/{} target/{} cpu/{:?}",
+        wasmer::sys::vm::VERSION,
+        if metering { METERING_ID } else { "off" },
+        cap.0,
+        target.triple(),
+        target.cpu_features(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_deterministic_and_weighted() {
+        assert_eq!(operator_cost(&Operator::Nop), 1);
+        assert_eq!(operator_cost(&Operator::Call { function_index: 0 }), 4);
+        assert_eq!(operator_cost(&Operator::MemoryGrow { mem: 0 }), 1024);
+    }
+
+    #[test]
+    fn engine_key_names_what_code_depends_on() {
+        let a = engine_key(Pages(16), true);
+        assert!(a.contains(wasmer::sys::vm::VERSION) && a.contains(METERING_ID) && a.contains("cap-pages/16"));
+        assert_ne!(a, engine_key(Pages(17), true));
+        assert_ne!(a, engine_key(Pages(16), false));
+    }
+
+    #[test]
+    fn one_metering_engine_per_module() {
+        // A compiling engine compiles one module; each plugin gets its own engine.
+        let wasm = wat::parse_str("(module (func (export \"f\") (result i32) i32.const 1))").unwrap();
+        for _ in 0..2 {
+            let e = compiling(Pages(1), true);
+            let m = wasmer::Module::new(&e, &wasm).unwrap();
+            assert!(m.exports().any(|x| x.name() == "wasmer_metering_remaining_points"));
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Host functions (module `"keel"`), each gated by one capability, and the import check
+//! that refuses a module before any of its code runs.
+
+use std::sync::Arc;
+
+use wasmer::{
+    AsStoreRef, ExternType, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, MemoryView, Module, Store, Type,
+};
+
+use crate::capability::Capabilities;
+use crate::error::{keel_status, Result};
+use crate::runtime::{HostServices, LogLevel};
+use crate::{bail, err};
+
+/// The only import module a plugin may use.
+pub const IMPORT_MODULE: &str = "keel";
+
+/// Longest log line kept (longer ones are truncated).
+pub const MAX_LOG_BYTES: u32 = 16 << 10;
+/// Largest key `kv_*` accept; larger ones make the host function return -1.
+pub const MAX_KV_KEY_BYTES: u32 = 64 << 10;
+/// Largest value `kv_put` accepts; larger ones make it return -1.
+pub const MAX_KV_VALUE_BYTES: u32 = 16 << 20;
+/// Most bytes one `random_bytes` call fills; larger requests return -1.
+pub const MAX_RANDOM_BYTES: u32 = 1 << 20;
+
+/// One host function: its import name, the capability that grants it, its signature.
+#[derive(Debug)]
+pub struct HostFn {
+    pub name: &'static str,
+    pub capability: &'static str,
+    pub params: &'static [Type],
+    pub results: &'static [Type],
+}
+
+use Type::{I32, I64};
+
+/// Every host function Keel offers WASM plugins (see `keel_wasm.h`).
+pub const HOST_FUNCTIONS: &[HostFn] = &[
+    HostFn {
+        name: "log",
+        capability: "log",
+        params: &[I32, I32, I32],
+        results: &[],
+    },
+    HostFn {
+        name: "now_unix_nanos",
+        capability: "clock",
+        params: &[],
+        results: &[I64],
+    },
+    HostFn {
+        name: "random_bytes",
+        capability: "random",
+        params: &[I32, I32],
+        results: &[I32],
+    },
+    HostFn {
+        name: "kv_get",
+        capability: "kv:read",
+        params: &[I32, I32, I32, I32],
+        results: &[I64],
+    },
+    HostFn {
+        name: "kv_put",
+        capability: "kv:write",
+        params: &[I32, I32, I32, I32],
+        results: &[I32],
+    },
+    HostFn {
+        name: "kv_delete",
+        capability: "kv:write",
+        params: &[I32, I32],
+        results: &[I32],
+    },
+];
+
+fn sig(params: &[Type], results: &[Type]) -> String {
+    let p: Vec<String> = params.iter().map(|t| t.to_string()).collect();
+    let r: Vec<String> = results.iter().map(|t| t.to_string()).collect();
+    format!("({}) -> ({})", p.join(", "), r.join(", "))
+}
+
+/// Check every import of `module` against the granted capabilities. Returns the set of host
+/// functions it uses (bit i = `HOST_FUNCTIONS[i]`).
+///
+/// Anything that is not a function of module "keel" that Keel provides, or whose capability
+/// was not granted, fails with `KEEL_ERR_IMPORT_NOT_GRANTED` naming the import; a granted
+/// function imported with the wrong signature fails with `KEEL_ERR_WASM_INSTANTIATE`.
+pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
+    let mut used = 0u32;
+    for imp in module.imports() {
+        let full = format!("{}.{}", imp.module(), imp.name());
+        let ExternType::Function(fty) = imp.ty() else {
+            bail!(
+                KEEL_ERR_IMPORT_NOT_GRANTED,
+                "module imports '{full}' ({:?}); WASM plugins may import only functions of module \"{IMPORT_MODULE}\"",
+                imp.ty()
+            );
+        };
+        let known = (imp.module() == IMPORT_MODULE)
+            .then(|| HOST_FUNCTIONS.iter().position(|f| f.name == imp.name()))
+            .flatten();
+        let Some(i) = known else {
+            bail!(
+                KEEL_ERR_IMPORT_NOT_GRANTED,
+                "module imports '{full}', which Keel does not provide (WASM plugins may import from \"{IMPORT_MODULE}\": {})",
+                HOST_FUNCTIONS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+            );
+        };
+        let f = &HOST_FUNCTIONS[i];
+        if !granted.has(f.capability) {
+            bail!(
+                KEEL_ERR_IMPORT_NOT_GRANTED,
+                "module imports '{full}', which needs capability '{}' that this plugin was not granted",
+                f.capability
+            );
+        }
+        if fty.params() != f.params || fty.results() != f.results {
+            bail!(
+                KEEL_ERR_WASM_INSTANTIATE,
+                "module imports '{full}' as {}, but Keel provides {}",
+                sig(fty.params(), fty.results()),
+                sig(f.params, f.results)
+            );
+        }
+        used |= 1 << i;
+    }
+    Ok(used)
+}
+
+/// A host function's failure: traps the guest; the call fails with `status`.
+#[derive(Debug, Clone)]
+pub struct HostTrap {
+    pub status: keel_status,
+    pub message: String,
+}
+
+impl std::fmt::Display for HostTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HostTrap {}
+
+fn violation(message: String) -> HostTrap {
+    HostTrap {
+        status: keel_status::KEEL_ERR_PLUGIN_ABI_VIOLATION,
+        message,
+    }
+}
+
+/// What host functions see of their instance.
+pub struct HostEnv {
+    /// The instance's memory (set right after instantiation).
+    pub memory: Option<Memory>,
+    /// The plugin's name: its log label and its key-value namespace.
+    pub plugin: Arc<str>,
+    pub services: HostServices,
+}
+
+fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
+    match &env.memory {
+        Some(m) => Ok(m.view(store)),
+        None => Err(violation("host function called before the instance was set up".into())),
+    }
+}
+
+fn check_range(view: &MemoryView<'_>, ptr: i32, len: u32, what: &str) -> Result<u64, HostTrap> {
+    let start = ptr as u32 as u64;
+    let end = start + len as u64;
+    if end > view.data_size() {
+        return Err(violation(format!(
+            "{what}: bytes {start}..{end} lie outside the guest's memory of {} bytes",
+            view.data_size()
+        )));
+    }
+    Ok(start)
+}
+
+fn read(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<Vec<u8>, HostTrap> {
+    let len = len as u32;
+    let start = check_range(view, ptr, len, what)?;
+    let mut buf = vec![0u8; len as usize];
+    view.read(start, &mut buf)
+        .map_err(|e| violation(format!("{what}: {e}")))?;
+    Ok(buf)
+}
+
+fn write(view: &MemoryView<'_>, ptr: i32, data: &[u8], what: &str) -> Result<(), HostTrap> {
+    let start = check_range(view, ptr, data.len() as u32, what)?;
+    view.write(start, data).map_err(|e| violation(format!("{what}: {e}")))
+}
+
+fn h_log(mut env: FunctionEnvMut<HostEnv>, level: i32, ptr: i32, len: i32) -> Result<(), HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, ptr, len as u32, "log message")?;
+    let bytes = read(&v, ptr, (len as u32).min(MAX_LOG_BYTES) as i32, "log message")?;
+    (data.services.log)(
+        &data.plugin,
+        LogLevel::from_i32(level),
+        &String::from_utf8_lossy(&bytes),
+    );
+    Ok(())
+}
+
+fn h_now_unix_nanos(_env: FunctionEnvMut<HostEnv>) -> i64 {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn h_random_bytes(mut env: FunctionEnvMut<HostEnv>, ptr: i32, len: i32) -> Result<i32, HostTrap> {
+    use rand_core::RngCore;
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    let len = len as u32;
+    let start = check_range(&v, ptr, len, "random_bytes buffer")?;
+    if len > MAX_RANDOM_BYTES {
+        return Ok(-1);
+    }
+    let mut chunk = [0u8; 256];
+    let mut off = 0u64;
+    while off < len as u64 {
+        let n = (len as u64 - off).min(chunk.len() as u64) as usize;
+        rand_core::OsRng.try_fill_bytes(&mut chunk[..n]).map_err(|e| HostTrap {
+            status: keel_status::KEEL_ERR_INTERNAL,
+            message: format!("OS RNG failed: {e}"),
+        })?;
+        v.write(start + off, &chunk[..n])
+            .map_err(|e| violation(format!("random_bytes buffer: {e}")))?;
+        off += n as u64;
+    }
+    Ok(0)
+}
+
+fn h_kv_get(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "kv_get key")?;
+    check_range(&v, op, cap as u32, "kv_get output buffer")?;
+    if kl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-2);
+    }
+    let key = read(&v, kp, kl, "kv_get key")?;
+    match data.services.kv.get(&data.plugin, &key) {
+        None => Ok(-1),
+        Some(value) => {
+            let n = value.len().min(cap as u32 as usize);
+            write(&v, op, &value[..n], "kv_get output buffer")?;
+            Ok(value.len() as i64)
+        }
+    }
+}
+
+fn h_kv_put(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, vp: i32, vl: i32) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "kv_put key")?;
+    check_range(&v, vp, vl as u32, "kv_put value")?;
+    if kl as u32 > MAX_KV_KEY_BYTES || vl as u32 > MAX_KV_VALUE_BYTES {
+        return Ok(-1);
+    }
+    let key = read(&v, kp, kl, "kv_put key")?;
+    let value = read(&v, vp, vl, "kv_put value")?;
+    data.services.kv.put(&data.plugin, &key, &value);
+    Ok(0)
+}
+
+fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "kv_delete key")?;
+    if kl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-1);
+    }
+    let key = read(&v, kp, kl, "kv_delete key")?;
+    Ok(if data.services.kv.delete(&data.plugin, &key) {
+        0
+    } else {
+        1
+    })
+}
+
+/// The import object for one instance: exactly the host functions in `used`.
+pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Result<Imports> {
+    let mut imports = Imports::new();
+    for (i, f) in HOST_FUNCTIONS.iter().enumerate() {
+        if used & (1 << i) == 0 {
+            continue;
+        }
+        let func = match f.name {
+            "log" => Function::new_typed_with_env(store, env, h_log),
+            "now_unix_nanos" => Function::new_typed_with_env(store, env, h_now_unix_nanos),
+            "random_bytes" => Function::new_typed_with_env(store, env, h_random_bytes),
+            "kv_get" => Function::new_typed_with_env(store, env, h_kv_get),
+            "kv_put" => Function::new_typed_with_env(store, env, h_kv_put),
+            "kv_delete" => Function::new_typed_with_env(store, env, h_kv_delete),
+            other => return Err(err!(KEEL_ERR_INTERNAL, "host function '{other}' has no implementation")),
+        };
+        imports.define(IMPORT_MODULE, f.name, func);
+    }
+    Ok(imports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(imports: &str) -> Module {
+        let wat = format!("(module {imports})");
+        let store = Store::default();
+        Module::new(&store, wat::parse_str(&wat).unwrap()).unwrap()
+    }
+
+    fn caps(names: &[&str]) -> Capabilities {
+        Capabilities::parse(names).unwrap()
+    }
+
+    #[test]
+    fn granted_imports_pass_and_are_reported() {
+        let m = module(
+            r#"(import "keel" "log" (func (param i32 i32 i32))) (import "keel" "kv_get" (func (param i32 i32 i32 i32) (result i64)))"#,
+        );
+        let used = check_imports(&m, caps(&["log", "kv:read"])).unwrap();
+        assert_eq!(used, 0b1001);
+    }
+
+    #[test]
+    fn ungranted_unknown_and_non_function_imports_are_refused_by_name() {
+        let m = module(r#"(import "keel" "kv_put" (func (param i32 i32 i32 i32) (result i32)))"#);
+        let e = check_imports(&m, caps(&["log", "kv:read"])).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        assert!(
+            e.message().contains("keel.kv_put") && e.message().contains("kv:write"),
+            "{e}"
+        );
+
+        let m = module(r#"(import "env" "abort" (func))"#);
+        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        assert!(e.message().contains("env.abort"), "{e}");
+
+        let m = module(r#"(import "keel" "spawn" (func))"#);
+        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        assert!(e.message().contains("keel.spawn"), "{e}");
+
+        let m = module(r#"(import "keel" "mem" (memory 1))"#);
+        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        assert!(e.message().contains("keel.mem"), "{e}");
+    }
+
+    #[test]
+    fn wrong_signature_is_an_instantiate_error() {
+        let m = module(r#"(import "keel" "log" (func (param i32)))"#);
+        let e = check_imports(&m, caps(&["log"])).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_WASM_INSTANTIATE);
+        assert!(e.message().contains("keel.log"), "{e}");
+    }
+}

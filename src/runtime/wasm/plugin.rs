@@ -1,0 +1,828 @@
+//! One WASM plugin generation: its compiled module, and its instances (a lock-free pool, or
+//! one instance behind the plugin's own lock).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use parking_lot::Mutex;
+use wasmer::sys::vm::TrapCode;
+use wasmer::{
+    Engine, FunctionEnv, Global, Instance as WasmerInstance, Memory, Module, RuntimeError, Store, TypedFunction, Value,
+};
+
+use super::imports::{self, HostEnv, HostTrap};
+use super::tunables;
+use super::watchdog::{Watch, Watchdog};
+use crate::error::{Error, Result};
+use crate::runtime::{Health, HostServices, Instance};
+use crate::{bail, err};
+
+/// The WASM ABI version this runtime speaks (`KEEL_WASM_ABI_VERSION`).
+pub const WASM_ABI_VERSION: i32 = 1;
+/// Most functions a plugin may declare.
+pub const MAX_FUNCTIONS: usize = 4096;
+/// Longest error message taken from a guest.
+const MAX_GUEST_MESSAGE: u32 = 4096;
+
+/// Limits of one plugin, after defaults and ceilings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub memory_pages: u32,
+    pub fuel_per_call: u64,
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+}
+
+/// Which optional exports the module has (checked before instantiation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalExports {
+    pub free: bool,
+    pub init: bool,
+    pub save_state: bool,
+    pub restore_state: bool,
+    pub health: bool,
+    pub initialize: bool,
+}
+
+/// What every instance of one plugin generation shares.
+pub struct PluginShared {
+    pub name: Arc<str>,
+    pub engine: Engine,
+    pub module: Module,
+    pub used_imports: u32,
+    pub services: HostServices,
+    pub config_json: Vec<u8>,
+    pub limits: EffectiveLimits,
+    pub metering: bool,
+    pub exports: OptionalExports,
+    pub dog: Arc<Watchdog>,
+    /// `instances: pooled` (else serial).
+    pub pooled: bool,
+    /// State handed over on reload (or by restore_state in pooled mode), applied to new
+    /// instances: to the first one only in serial mode, to every new one in pooled mode.
+    pub restored: Mutex<Option<Arc<[u8]>>>,
+    /// Bumped by restore_state in pooled mode; instances of older epochs are dropped.
+    pub epoch: AtomicU64,
+}
+
+/// Decode a `keel_result`: (error flag, pointer, length).
+#[inline]
+pub fn decode_result(r: i64) -> (bool, u32, u32) {
+    let u = r as u64;
+    (u >> 63 == 1, u as u32, ((u >> 32) & 0x7fff_ffff) as u32)
+}
+
+/// Parse the comma-separated list `keel_functions` returns.
+pub fn parse_functions(bytes: &[u8]) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        err!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "keel_functions returned names that are not UTF-8: {e}"
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for raw in text.split(',') {
+        let name = raw.trim();
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if !ok {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "keel_functions: '{name}' is not a function name (1-128 characters of A-Z a-z 0-9 _ . : -)"
+            );
+        }
+        if out.iter().any(|n| n == name) {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "keel_functions: '{name}' is listed twice"
+            );
+        }
+        if out.len() == MAX_FUNCTIONS {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "keel_functions: more than {MAX_FUNCTIONS} functions"
+            );
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
+}
+
+struct Fns {
+    abi_version: TypedFunction<(), i32>,
+    functions: TypedFunction<(), i64>,
+    alloc: TypedFunction<i32, i32>,
+    call: TypedFunction<(i32, i32, i32), i64>,
+    free: Option<TypedFunction<(i32, i32), ()>>,
+    init: Option<TypedFunction<(i32, i32), i64>>,
+    save_state: Option<TypedFunction<(), i64>>,
+    restore_state: Option<TypedFunction<(i32, i32), i64>>,
+    health: Option<TypedFunction<(), i32>>,
+    initialize: Option<TypedFunction<(), ()>>,
+}
+
+/// The per-instance state the call path updates.
+struct Ctl {
+    shared: Arc<PluginShared>,
+    memory: Memory,
+    meter: Option<(Global, Global)>,
+    watch: Arc<Watch>,
+    seq: u64,
+    /// Reusable input buffer in guest memory (pointer, capacity).
+    input: (u32, u32),
+    /// Set when the instance must not be used again (trap, budget, deadline, ABI violation).
+    broken: bool,
+    /// `tunables::grow_refusals()` when the last entry started.
+    refusals_before: u64,
+    epoch: u64,
+}
+
+/// One instance: its own store, memory and exports. Used by one thread at a time.
+pub struct Guest {
+    store: Store,
+    fns: Fns,
+    ctl: Ctl,
+    _instance: WasmerInstance,
+}
+
+fn instantiate_error(name: &str, e: impl std::fmt::Display) -> Error {
+    err!(KEEL_ERR_WASM_INSTANTIATE, "plugin '{name}': instantiation failed: {e}")
+}
+
+impl Ctl {
+    /// Enter the guest: refill the fuel, arm the deadline, run `f`, disarm, and turn a
+    /// failure into the error that names its cause.
+    #[inline]
+    fn enter<R>(
+        &mut self,
+        store: &mut Store,
+        what: &dyn Fn(&str) -> String,
+        f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
+    ) -> Result<R> {
+        if let Some((left, exhausted)) = &self.meter {
+            let fuel = Value::I64(self.shared.limits.fuel_per_call as i64);
+            if left
+                .set(store, fuel)
+                .and_then(|_| exhausted.set(store, Value::I32(0)))
+                .is_err()
+            {
+                self.broken = true;
+                bail!(
+                    KEEL_ERR_INTERNAL,
+                    "{}: setting the fuel budget failed",
+                    what(&self.shared.name)
+                );
+            }
+        }
+        self.refusals_before = tunables::grow_refusals();
+        self.seq = if self.seq >= (1 << 62) - 1 { 1 } else { self.seq + 1 };
+        self.watch.arm(self.seq, &self.shared.dog);
+        let r = f(store);
+        let fired = self.watch.disarm();
+        if fired {
+            // A late interrupt signal could hit this store's next call: never reuse it.
+            self.broken = true;
+        }
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.broken = true;
+                Err(self.classify(store, e, what))
+            }
+        }
+    }
+
+    /// Whether the guest's memory growth was refused since the last entry started.
+    #[inline]
+    fn hit_memory_cap(&self) -> bool {
+        tunables::grow_refusals() != self.refusals_before
+    }
+
+    #[cold]
+    fn classify(&self, store: &mut Store, e: RuntimeError, what: &dyn Fn(&str) -> String) -> Error {
+        if let Some(h) = e.downcast_ref::<HostTrap>() {
+            return Error::new(h.status, format!("{}: {}", what(&self.shared.name), h.message));
+        }
+        let limits = self.shared.limits;
+        let code = e.clone().to_trap();
+        if code == Some(TrapCode::HostInterrupt) {
+            return err!(
+                KEEL_ERR_DEADLINE,
+                "{}: ran past its deadline of {} ms and was interrupted",
+                what(&self.shared.name),
+                limits.timeout.as_millis()
+            );
+        }
+        if code == Some(TrapCode::UnreachableCodeReached) {
+            if let Some((_, exhausted)) = &self.meter {
+                if exhausted.get(store) == Value::I32(1) {
+                    return err!(
+                        KEEL_ERR_CPU_BUDGET,
+                        "{}: used up its CPU budget of {} fuel",
+                        what(&self.shared.name),
+                        limits.fuel_per_call
+                    );
+                }
+            }
+        }
+        if self.hit_memory_cap() {
+            return err!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "{}: reached its memory cap of {} MiB (memory.grow refused), then trapped: {}",
+                what(&self.shared.name),
+                limits.memory_pages / 16,
+                e.message()
+            );
+        }
+        err!(
+            KEEL_ERR_WASM_TRAP,
+            "{}: trapped: {}",
+            what(&self.shared.name),
+            e.message()
+        )
+    }
+
+    /// The guest's bytes `ptr..ptr+len`, appended to `out`.
+    #[inline]
+    fn copy_out(
+        &mut self,
+        store: &Store,
+        ptr: u32,
+        len: u32,
+        out: &mut Vec<u8>,
+        what: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        let view = self.memory.view(store);
+        if ptr as u64 + len as u64 > view.data_size() {
+            self.broken = true;
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "{}: returned bytes {ptr}..{} outside its memory of {} bytes",
+                what(&self.shared.name),
+                ptr as u64 + len as u64,
+                view.data_size()
+            );
+        }
+        let len = len as usize;
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        view.read_uninit(ptr as u64, spare).map_err(|e| {
+            self.broken = true;
+            err!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "{}: {e}", what(&self.shared.name))
+        })?;
+        // SAFETY: read_uninit initialised exactly `len` bytes of the spare capacity.
+        unsafe { out.set_len(out.len() + len) };
+        Ok(())
+    }
+
+    /// A failed hook's message (lossy UTF-8, truncated).
+    #[cold]
+    fn guest_message(&mut self, store: &Store, ptr: u32, len: u32) -> String {
+        let mut buf = Vec::new();
+        let len = len.min(MAX_GUEST_MESSAGE);
+        if self.copy_out(store, ptr, len, &mut buf, &|_| String::new()).is_err() {
+            return format!("(error message at {ptr} outside the guest's memory)");
+        }
+        if buf.is_empty() {
+            return "(no message)".into();
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Guest {
+    /// Create and initialise one instance.
+    pub fn new(shared: &Arc<PluginShared>) -> Result<Guest> {
+        let name = &*shared.name;
+        let mut store = Store::new(shared.engine.clone());
+        let env = FunctionEnv::new(
+            &mut store,
+            HostEnv {
+                memory: None,
+                plugin: shared.name.clone(),
+                services: shared.services.clone(),
+            },
+        );
+        let imports = imports::imports(&mut store, &env, shared.used_imports)?;
+        let instance =
+            WasmerInstance::new(&mut store, &shared.module, &imports).map_err(|e| instantiate_error(name, e))?;
+        let ex = &instance.exports;
+        macro_rules! get {
+            ($n:literal) => {
+                ex.get_typed_function(&store, $n)
+                    .map_err(|e| instantiate_error(name, format!("export {}: {e}", $n)))?
+            };
+            (opt $flag:expr, $n:literal) => {
+                if $flag {
+                    Some(get!($n))
+                } else {
+                    None
+                }
+            };
+        }
+        let o = shared.exports;
+        let fns = Fns {
+            abi_version: get!("keel_abi_version"),
+            functions: get!("keel_functions"),
+            alloc: get!("keel_alloc"),
+            call: get!("keel_call"),
+            free: get!(opt o.free, "keel_free"),
+            init: get!(opt o.init, "keel_init"),
+            save_state: get!(opt o.save_state, "keel_save_state"),
+            restore_state: get!(opt o.restore_state, "keel_restore_state"),
+            health: get!(opt o.health, "keel_health"),
+            initialize: get!(opt o.initialize, "_initialize"),
+        };
+        let memory = ex.get_memory("memory").map_err(|e| instantiate_error(name, e))?.clone();
+        let meter = if shared.metering {
+            let left = ex
+                .get_global("wasmer_metering_remaining_points")
+                .map_err(|e| instantiate_error(name, e))?;
+            let exhausted = ex
+                .get_global("wasmer_metering_points_exhausted")
+                .map_err(|e| instantiate_error(name, e))?;
+            Some((left.clone(), exhausted.clone()))
+        } else {
+            None
+        };
+        env.as_mut(&mut store).memory = Some(memory.clone());
+        let watch = shared.dog.register(store.interrupter(), shared.limits.timeout);
+        let mut g = Guest {
+            store,
+            fns,
+            ctl: Ctl {
+                shared: shared.clone(),
+                memory,
+                meter,
+                watch,
+                seq: 0,
+                input: (0, 0),
+                broken: false,
+                refusals_before: 0,
+                epoch: shared.epoch.load(Ordering::Acquire),
+            },
+            _instance: instance,
+        };
+        g.start()?;
+        Ok(g)
+    }
+
+    /// The lifecycle up to the first call: _initialize, ABI version, keel_init, restore.
+    fn start(&mut self) -> Result<()> {
+        let Guest { store, fns, ctl, .. } = self;
+        if let Some(f) = &fns.initialize {
+            ctl.enter(store, &|n| format!("plugin '{n}' _initialize"), |s| f.call(s))?;
+        }
+        let v = ctl.enter(store, &|n| format!("plugin '{n}' keel_abi_version"), |s| {
+            fns.abi_version.call(s)
+        })?;
+        if v != WASM_ABI_VERSION {
+            bail!(
+                KEEL_ERR_ABI_MISMATCH,
+                "plugin '{}' speaks Keel WASM ABI {v}; this host speaks {WASM_ABI_VERSION}",
+                ctl.shared.name
+            );
+        }
+        if fns.init.is_some() {
+            let shared = self.ctl.shared.clone();
+            let config = &shared.config_json;
+            let ptr = self.stage(config)?;
+            let Guest { store, fns, ctl, .. } = self;
+            let Some(init) = &fns.init else { return Ok(()) };
+            let what = |n: &str| format!("plugin '{n}' keel_init");
+            let r = ctl.enter(store, &what, |s| init.call(s, ptr as i32, config.len() as i32))?;
+            let (is_err, p, l) = decode_result(r);
+            if is_err {
+                let msg = ctl.guest_message(store, p, l);
+                if ctl.hit_memory_cap() {
+                    ctl.broken = true;
+                    bail!(
+                        KEEL_ERR_MEMORY_LIMIT,
+                        "{}: failed after reaching its memory cap: {msg}",
+                        what(&shared.name)
+                    );
+                }
+                bail!(KEEL_ERR_INIT_FAILED, "{}: {msg}", what(&shared.name));
+            }
+        }
+        let state = {
+            let mut r = self.ctl.shared.restored.lock();
+            if self.ctl.shared.pooled {
+                r.clone()
+            } else {
+                r.take()
+            }
+        };
+        if let Some(state) = state {
+            if self.fns.restore_state.is_some() {
+                self.restore_state(&state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The function names the module declares (`keel_functions`).
+    pub fn function_names(&mut self) -> Result<Vec<String>> {
+        let what = |n: &str| format!("plugin '{n}' keel_functions");
+        let Guest { store, fns, ctl, .. } = self;
+        let r = ctl.enter(store, &what, |s| fns.functions.call(s))?;
+        let (is_err, p, l) = decode_result(r);
+        if is_err {
+            let msg = ctl.guest_message(store, p, l);
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "{}: returned an error: {msg}",
+                what(&ctl.shared.name)
+            );
+        }
+        if l > 1 << 20 {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "{}: {l} bytes of names is too long",
+                what(&ctl.shared.name)
+            );
+        }
+        let mut buf = Vec::new();
+        ctl.copy_out(store, p, l, &mut buf, &what)?;
+        parse_functions(&buf).map_err(|e| e.context(format!("plugin '{}'", ctl.shared.name)))
+    }
+
+    /// Copy `data` into the reusable input buffer (growing it through keel_alloc when it is
+    /// too small) and return its guest address.
+    #[inline]
+    fn stage(&mut self, data: &[u8]) -> Result<u32> {
+        if data.len() > self.ctl.input.1 as usize {
+            self.grow_input(data.len())?;
+        }
+        if data.is_empty() {
+            return Ok(self.ctl.input.0);
+        }
+        let ptr = self.ctl.input.0;
+        let view = self.ctl.memory.view(&self.store);
+        if view.write(ptr as u64, data).is_err() {
+            self.ctl.broken = true;
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "plugin '{}': keel_alloc returned {ptr}, which does not hold {} bytes",
+                self.ctl.shared.name,
+                data.len()
+            );
+        }
+        Ok(ptr)
+    }
+
+    #[cold]
+    fn grow_input(&mut self, need: usize) -> Result<()> {
+        if need > (1 << 31) - 1 {
+            bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "plugin '{}': input of {need} bytes is larger than a wasm32 guest can take",
+                self.ctl.shared.name
+            );
+        }
+        let cap = need.next_power_of_two().clamp(256, (1 << 31) - 1) as u32;
+        let Guest { store, fns, ctl, .. } = self;
+        let (old_ptr, old_cap) = ctl.input;
+        if old_ptr != 0 {
+            if let Some(free) = &fns.free {
+                ctl.enter(store, &|n| format!("plugin '{n}' keel_free"), |s| {
+                    free.call(s, old_ptr as i32, old_cap as i32)
+                })?;
+            }
+            ctl.input = (0, 0);
+        }
+        let what = |n: &str| format!("plugin '{n}' keel_alloc({cap})");
+        let p = ctl.enter(store, &what, |s| fns.alloc.call(s, cap as i32))? as u32;
+        if p == 0 {
+            if ctl.hit_memory_cap() {
+                ctl.broken = true;
+                bail!(
+                    KEEL_ERR_MEMORY_LIMIT,
+                    "{}: out of memory at the plugin's cap of {} MiB",
+                    what(&ctl.shared.name),
+                    ctl.shared.limits.memory_pages / 16
+                );
+            }
+            bail!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "{}: returned 0", what(&ctl.shared.name));
+        }
+        if p as u64 + cap as u64 > ctl.memory.view(store).data_size() {
+            ctl.broken = true;
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "{}: returned {p}, outside the guest's memory",
+                what(&ctl.shared.name)
+            );
+        }
+        ctl.input = (p, cap);
+        Ok(())
+    }
+
+    /// Run function `function` on `input`, appending its output to `output`.
+    #[inline]
+    pub fn call(&mut self, function: u32, fname: &str, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+        let ptr = self.stage(input)?;
+        let what = |n: &str| format!("plugin '{n}' function '{fname}'");
+        let Guest { store, fns, ctl, .. } = self;
+        let r = ctl.enter(store, &what, |s| {
+            fns.call.call(s, function as i32, ptr as i32, input.len() as i32)
+        })?;
+        let (is_err, p, l) = decode_result(r);
+        if !is_err {
+            let max = ctl.shared.limits.max_output_bytes;
+            if l as usize > max {
+                return Err(err!(
+                    KEEL_ERR_OUTPUT_TOO_LARGE,
+                    "{}: output of {l} bytes exceeds the limit of {max}",
+                    what(&ctl.shared.name)
+                ));
+            }
+            return ctl.copy_out(store, p, l, output, &what);
+        }
+        Err(ctl.call_failed(store, p, l, &what))
+    }
+
+    /// `keel_save_state`, if exported.
+    pub fn save_state(&mut self) -> Result<Option<Vec<u8>>> {
+        let what = |n: &str| format!("plugin '{n}' keel_save_state");
+        let Guest { store, fns, ctl, .. } = self;
+        let Some(save) = &fns.save_state else { return Ok(None) };
+        let r = ctl.enter(store, &what, |s| save.call(s))?;
+        let (is_err, p, l) = decode_result(r);
+        if is_err {
+            let msg = ctl.guest_message(store, p, l);
+            bail!(KEEL_ERR_STATE_SAVE, "{}: {msg}", what(&ctl.shared.name));
+        }
+        let mut out = Vec::new();
+        ctl.copy_out(store, p, l, &mut out, &what)?;
+        Ok(Some(out))
+    }
+
+    /// `keel_restore_state`, if exported (`KEEL_ERR_UNSUPPORTED` otherwise).
+    pub fn restore_state(&mut self, state: &[u8]) -> Result<()> {
+        if self.fns.restore_state.is_none() {
+            bail!(
+                KEEL_ERR_UNSUPPORTED,
+                "plugin '{}' has no keel_restore_state export",
+                self.ctl.shared.name
+            );
+        }
+        let ptr = self.stage(state)?;
+        let what = |n: &str| format!("plugin '{n}' keel_restore_state");
+        let Guest { store, fns, ctl, .. } = self;
+        let Some(restore) = &fns.restore_state else {
+            return Ok(());
+        };
+        let r = ctl.enter(store, &what, |s| restore.call(s, ptr as i32, state.len() as i32))?;
+        let (is_err, p, l) = decode_result(r);
+        if is_err {
+            let msg = ctl.guest_message(store, p, l);
+            bail!(KEEL_ERR_STATE_RESTORE, "{}: {msg}", what(&ctl.shared.name));
+        }
+        Ok(())
+    }
+
+    /// `keel_health`, if exported.
+    pub fn health(&mut self) -> Health {
+        let Guest { store, fns, ctl, .. } = self;
+        let Some(h) = &fns.health else { return Health::Unknown };
+        match ctl.enter(store, &|n| format!("plugin '{n}' keel_health"), |s| h.call(s)) {
+            Ok(0) => Health::Healthy,
+            Ok(1) => Health::Degraded,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    /// Whether this instance may serve another call.
+    pub fn usable(&self) -> bool {
+        !self.ctl.broken
+    }
+}
+
+impl Ctl {
+    #[cold]
+    fn call_failed(&mut self, store: &Store, p: u32, l: u32, what: &dyn Fn(&str) -> String) -> Error {
+        let msg = self.guest_message(store, p, l);
+        if self.hit_memory_cap() {
+            self.broken = true;
+            return err!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "{}: failed after reaching its memory cap: {msg}",
+                what(&self.shared.name)
+            );
+        }
+        err!(KEEL_ERR_CALL_FAILED, "{}: {msg}", what(&self.shared.name))
+    }
+}
+
+// SAFETY: wasmer 7 made `Store` !Send only by dropping the `Send` bound of the store's
+// `on_called` handler (wasmerio/wasmer#7001); wasmer 6's Store was Send. Keel never installs
+// an `on_called` handler (its host functions return values or errors, never OnCalledAction).
+// With the `sys` backend the rest of the store is heap memory the store owns, with no thread
+// affinity while no call is running: the store context, interrupt registration and trap
+// state are thread-local only for the duration of a call and removed when it returns.
+// A `Guest` is used by one thread at a time (taken out of the pool, or under the plugin's
+// mutex) and never while a call on it is in progress on another thread, so moving it between
+// calls is sound. `Sync` is not implemented: a Guest is never shared.
+unsafe impl Send for Guest {}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.ctl.shared.dog.unregister(&self.ctl.watch);
+    }
+}
+
+enum Mode {
+    Pooled(ArrayQueue<Box<Guest>>),
+    Serial(Mutex<Option<Box<Guest>>>),
+}
+
+/// A loaded WASM plugin generation ([`Instance`]).
+pub struct WasmPlugin {
+    shared: Arc<PluginShared>,
+    functions: Vec<String>,
+    mode: Mode,
+}
+
+impl WasmPlugin {
+    /// Start the plugin: create the first instance (which runs keel_init) and read its
+    /// function list.
+    pub fn start(shared: PluginShared, pool_size: usize) -> Result<WasmPlugin> {
+        let shared = Arc::new(shared);
+        let mut first = Box::new(Guest::new(&shared)?);
+        let functions = first.function_names()?;
+        let mode = if shared.pooled {
+            let q = ArrayQueue::new(pool_size.max(1));
+            let _ = q.push(first);
+            Mode::Pooled(q)
+        } else {
+            Mode::Serial(Mutex::new(Some(first)))
+        };
+        Ok(WasmPlugin {
+            shared,
+            functions,
+            mode,
+        })
+    }
+
+    pub fn is_pooled(&self) -> bool {
+        matches!(self.mode, Mode::Pooled(_))
+    }
+
+    /// The limits this plugin runs under.
+    pub fn limits(&self) -> EffectiveLimits {
+        self.shared.limits
+    }
+
+    /// Instances currently idle in the pool (pooled) or alive (serial: 0 or 1).
+    pub fn idle_instances(&self) -> usize {
+        match &self.mode {
+            Mode::Pooled(q) => q.len(),
+            Mode::Serial(m) => m.lock().is_some() as usize,
+        }
+    }
+
+    /// Run `f` on an instance: one from the pool (or a new one), or the serial instance
+    /// under the plugin's lock (created anew if the last one was discarded). An instance
+    /// that failed in a way that may have left it broken is dropped, not returned.
+    #[inline]
+    fn with_guest<R>(&self, f: impl FnOnce(&mut Guest) -> Result<R>) -> Result<R> {
+        match &self.mode {
+            Mode::Pooled(q) => {
+                let epoch = self.shared.epoch.load(Ordering::Acquire);
+                let mut g = loop {
+                    match q.pop() {
+                        Some(g) if g.ctl.epoch == epoch => break g,
+                        Some(_stale) => continue,
+                        None => break Box::new(Guest::new(&self.shared)?),
+                    }
+                };
+                let r = f(&mut g);
+                if g.usable() && g.ctl.epoch == self.shared.epoch.load(Ordering::Relaxed) {
+                    // A full pool drops the extra instance.
+                    let _ = q.push(g);
+                }
+                r
+            }
+            Mode::Serial(m) => {
+                let mut slot = m.lock();
+                let g = match &mut *slot {
+                    Some(g) => g,
+                    None => slot.insert(Box::new(Guest::new(&self.shared)?)),
+                };
+                let r = f(g);
+                if !g.usable() {
+                    *slot = None;
+                }
+                r
+            }
+        }
+    }
+}
+
+impl Instance for WasmPlugin {
+    fn functions(&self) -> &[String] {
+        &self.functions
+    }
+
+    #[inline]
+    fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+        let Some(fname) = self.functions.get(function as usize) else {
+            return Err(err!(
+                KEEL_ERR_FUNCTION_NOT_FOUND,
+                "plugin '{}' has {} functions; there is no function {function}",
+                self.shared.name,
+                self.functions.len()
+            ));
+        };
+        self.with_guest(|g| g.call(function, fname, input, output))
+    }
+
+    fn save_state(&self) -> Result<Option<Vec<u8>>> {
+        if !self.shared.exports.save_state {
+            return Ok(None);
+        }
+        self.with_guest(|g| g.save_state())
+    }
+
+    fn restore_state(&self, state: &[u8]) -> Result<()> {
+        if !self.shared.exports.restore_state {
+            bail!(
+                KEEL_ERR_UNSUPPORTED,
+                "plugin '{}' has no keel_restore_state export",
+                self.shared.name
+            );
+        }
+        match &self.mode {
+            Mode::Serial(_) => self.with_guest(|g| g.restore_state(state)),
+            Mode::Pooled(q) => {
+                // Every instance created from now on starts from this state; idle instances
+                // of the old state are dropped, busy ones are dropped when they come back.
+                *self.shared.restored.lock() = Some(Arc::from(state));
+                self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+                while q.pop().is_some() {}
+                let g = Box::new(Guest::new(&self.shared)?);
+                let _ = q.push(g);
+                Ok(())
+            }
+        }
+    }
+
+    fn health(&self) -> Health {
+        if !self.shared.exports.health {
+            return Health::Unknown;
+        }
+        self.with_guest(|g| Ok(g.health())).unwrap_or(Health::Unhealthy)
+    }
+}
+
+impl std::fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPlugin")
+            .field("name", &self.shared.name)
+            .field("functions", &self.functions)
+            .field("pooled", &self.is_pooled())
+            .field("limits", &self.shared.limits)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::keel_status;
+
+    #[test]
+    fn results_decode() {
+        assert_eq!(decode_result(0), (false, 0, 0));
+        let ok = ((5u64 << 32) | 1024) as i64;
+        assert_eq!(decode_result(ok), (false, 1024, 5));
+        let e = (((7u64 << 32) | 16) | (1 << 63)) as i64;
+        assert_eq!(decode_result(e), (true, 16, 7));
+        assert_eq!(decode_result(-1), (true, u32::MAX, 0x7fff_ffff));
+    }
+
+    #[test]
+    fn function_lists_parse() {
+        assert_eq!(
+            parse_functions(b"sum, fib,checksum").unwrap(),
+            vec!["sum", "fib", "checksum"]
+        );
+        assert!(parse_functions(b"").unwrap().is_empty());
+        for bad in [&b"a,,b"[..], b"a,a", b"has space", b"\xff"] {
+            assert_eq!(
+                parse_functions(bad).unwrap_err().status(),
+                keel_status::KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Shared by tests/wasm.rs and benches/wasm.rs: fixtures, manifests and the C builds.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keel::artifact::{self, Artifact};
+use keel::capability::Capabilities;
+use keel::manifest::{self, Manifest};
+use keel::runtime::{HostServices, LoadContext};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture_dir() -> PathBuf {
+    repo().join("tests/fixtures/wasm")
+}
+
+/// A WAT fixture compiled to WASM bytes by the `wat` crate.
+pub fn wat_fixture(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(format!("{name}.wat"));
+    wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn artifact(wasm: Vec<u8>) -> Artifact {
+    artifact::from_bytes(wasm)
+}
+
+/// A validated Keel manifest for a WASM plugin; `extra` is merged into the JSON.
+pub fn manifest(name: &str, extra: serde_json::Value) -> Manifest {
+    let mut v = serde_json::json!({
+        "manifest_version": 1,
+        "name": name,
+        "version": "1.0.0",
+        "runtime": "wasm",
+        "binary": {"wasm32": format!("{name}.wasm")},
+        "sha256": "00".repeat(32),
+    });
+    if let (Some(obj), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in extra {
+            obj.insert(k.clone(), x.clone());
+        }
+    }
+    manifest::parse_keel_value(v).unwrap_or_else(|e| panic!("test manifest invalid: {e}"))
+}
+
+pub fn context<'a>(m: &'a Manifest, services: HostServices) -> LoadContext<'a> {
+    let granted = Capabilities::parse(&m.capabilities).expect("capabilities");
+    LoadContext {
+        manifest: m,
+        granted,
+        services,
+        restored_state: None,
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot run {:?}: {e}. The WASM tests need clang with the wasm32 target and wasm-ld \
+             (lld) installed; .ci/run installs them (apt-get install clang lld).",
+            cmd.get_program()
+        )
+    });
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Build a C fixture (tests/fixtures/wasm/c/<name>.c) for wasm32 with clang against
+/// include/keel/keel_wasm.h. Fails (panics with instructions) when clang or wasm-ld is missing.
+pub fn build_c_wasm(name: &str, out_dir: &Path) -> Vec<u8> {
+    let src = fixture_dir().join("c").join(format!("{name}.c"));
+    let out = out_dir.join(format!("{name}.wasm"));
+    run(
+        Command::new("clang")
+            .args(["--target=wasm32", "-nostdlib", "-O2", "-Wall", "-Wextra", "-Werror"])
+            .args(["-Wl,--no-entry", "-Wl,--export-dynamic"])
+            .arg("-I")
+            .arg(repo().join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src),
+        &format!("building {} for wasm32", src.display()),
+    );
+    std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+}
+
+/// Build a C fixture as a native shared library (cc -O2 -shared -fPIC).
+pub fn build_c_native(name: &str, out_dir: &Path) -> PathBuf {
+    let src = fixture_dir().join("c").join(format!("{name}.c"));
+    let out = out_dir.join(format!("lib{name}.so"));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    run(
+        Command::new(cc)
+            .args(["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror"])
+            .arg("-I")
+            .arg(repo().join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src),
+        &format!("building {} as a shared library", src.display()),
+    );
+    out
+}
