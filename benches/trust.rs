@@ -1,0 +1,164 @@
+//! Trust costs, each against a baseline measured in the same run:
+//!
+//! 1. Ed25519: verifying one plugin's manifest signature (`TrustState::verify_signature_at`:
+//!    parse the `.sig`, look up the key, check validity and name, `verify_strict`), against a
+//!    SHA-256 of the same manifest bytes. Target: ≤ 100 µs per plugin.
+//! 2. SHA-256 throughput of `keel::trust::digest::sha256_file` over a 64 MB file, against
+//!    `sha256sum` on the same (page-cached) file. Target: ≥ 0.9× sha256sum's throughput.
+//!
+//! Also prints whether the CPU has SHA-NI and whether sha2's run-time detection will use it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ed25519_dalek::SigningKey;
+use rand::RngCore as _;
+
+use keel::trust::{digest, store, KeelSignature, TrustState};
+
+const FILE_BYTES: usize = 64 << 20;
+
+/// A realistic manifest (~0.5 KB) and a TrustState holding its signer.
+fn setup_signature() -> (Vec<u8>, Vec<u8>, TrustState) {
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+        "manifest_version": 1,
+        "name": "acme-vector-search",
+        "version": "2.4.1",
+        "description": "Approximate nearest-neighbour search over embedding columns",
+        "runtime": "native",
+        "binary": {"linux-x86_64": "libacme_vs.so", "linux-aarch64": "libacme_vs_arm.so"},
+        "sha256": {"linux-x86_64": "ab".repeat(32), "linux-aarch64": "cd".repeat(32)},
+        "capabilities": ["log", "kv:read", "metrics:write"],
+        "dependencies": {"acme-core": "^2.0"},
+        "config": {"index": "hnsw", "m": 16, "ef_construction": 200}
+    }))
+    .unwrap();
+    let key = SigningKey::from_bytes(&[42u8; 32]);
+    let sig = KeelSignature::sign(&key, &manifest, "acme release 2.4.1")
+        .unwrap()
+        .to_file_text()
+        .into_bytes();
+    let entry = store::key_entry(&key.verifying_key(), "acme release key", &["acme-*".to_string()]).unwrap();
+    let doc = serde_json::json!({"keel_trust_store": 1, "version": 1, "keys": [entry]});
+    let ts = TrustState::new();
+    ts.set_trust_store_bytes(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    (manifest, sig, ts)
+}
+
+fn verify_once(ts: &TrustState, sig: &[u8], manifest: &[u8], now: SystemTime) {
+    let r = ts.verify_signature_at(Some(sig), manifest, "acme-vector-search", now);
+    assert!(r.is_ok());
+    std::hint::black_box(r.ok());
+}
+
+fn big_file(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("keel-bench-64mb.bin");
+    let mut data = vec![0u8; FILE_BYTES];
+    rand::thread_rng().fill_bytes(&mut data);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn sha_ni_report() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let in_cpuinfo = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "sha_ni"));
+    #[cfg(target_arch = "x86_64")]
+    let used = std::arch::is_x86_feature_detected!("sha")
+        && std::arch::is_x86_feature_detected!("sse2")
+        && std::arch::is_x86_feature_detected!("ssse3")
+        && std::arch::is_x86_feature_detected!("sse4.1");
+    #[cfg(not(target_arch = "x86_64"))]
+    let used = false;
+    format!("cpuinfo_sha_ni={in_cpuinfo} sha2_uses_sha_ni={used}")
+}
+
+fn bench(c: &mut Criterion) {
+    // ---- 1. Ed25519 per plugin vs SHA-256 of the manifest
+    let (manifest, sig, ts) = setup_signature();
+    let now = SystemTime::now();
+    let mut g = c.benchmark_group("signature");
+    g.bench_function("sha256_of_manifest_baseline", |b| {
+        b.iter(|| std::hint::black_box(digest::sha256(&manifest)))
+    });
+    g.bench_function("verify_plugin_signature", |b| {
+        b.iter(|| verify_once(&ts, &sig, &manifest, now))
+    });
+    g.finish();
+
+    // ---- 2. SHA-256 of a 64 MB file: sha256_file vs sha256sum
+    let dir = tempfile::tempdir().unwrap();
+    let file = big_file(dir.path());
+    let expected = hex::encode(digest::sha256_file(&file).unwrap());
+    assert_eq!(sha256sum(&file), expected, "sha256sum and keel disagree");
+    let mut g = c.benchmark_group("sha256_64mb");
+    g.throughput(Throughput::Bytes(FILE_BYTES as u64)).sample_size(10);
+    g.bench_function("keel_sha256_file", |b| {
+        b.iter(|| std::hint::black_box(digest::sha256_file(&file).unwrap()))
+    });
+    g.bench_function("sha256sum_baseline", |b| {
+        b.iter(|| std::hint::black_box(sha256sum(&file)))
+    });
+    g.finish();
+
+    // ---- The figures the issue names, from one interleaved measurement in this run.
+    const N: u32 = 2_000;
+    let (mut v_best, mut h_best) = (f64::MAX, f64::MAX);
+    for _ in 0..7 {
+        let t = Instant::now();
+        for _ in 0..N {
+            verify_once(&ts, &sig, &manifest, now);
+        }
+        v_best = v_best.min(t.elapsed().as_secs_f64() / N as f64);
+        let t = Instant::now();
+        for _ in 0..N {
+            std::hint::black_box(digest::sha256(&manifest));
+        }
+        h_best = h_best.min(t.elapsed().as_secs_f64() / N as f64);
+    }
+    let (mut ours, mut theirs) = (f64::MAX, f64::MAX);
+    for _ in 0..7 {
+        let t = Instant::now();
+        std::hint::black_box(digest::sha256_file(&file).unwrap());
+        ours = ours.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::hint::black_box(sha256sum(&file));
+        theirs = theirs.min(t.elapsed().as_secs_f64());
+    }
+    let mb = FILE_BYTES as f64 / 1e6;
+    println!(
+        "\nKEEL-TRUST-FIGURES verify_per_plugin={:.1}us (target <= 100) sha256_manifest={:.2}us ({} bytes) \
+         verify/sha256_manifest={:.0}x",
+        v_best * 1e6,
+        h_best * 1e6,
+        manifest.len(),
+        v_best / h_best
+    );
+    println!(
+        "KEEL-TRUST-FIGURES sha256_file={:.0}MB/s sha256sum={:.0}MB/s ratio={:.2}x (target >= 0.9) {}",
+        mb / ours,
+        mb / theirs,
+        theirs / ours,
+        sha_ni_report()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
