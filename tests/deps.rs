@@ -570,3 +570,81 @@ fn bad_arguments_get_precise_codes() {
         KEEL_ERR_NULL_POINTER
     );
 }
+
+#[test]
+fn reload_that_would_break_a_dependent_is_rolled_back() {
+    let d = PluginDir::new("deps-reload");
+    let base = d.plugin("base", "2.0.0", json!({}), json!({}));
+    d.plugin("app", "1.0.0", json!({"base": "^2"}), json!({}));
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    // A compatible new version reloads.
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&base).unwrap()).unwrap();
+    m["version"] = json!("2.1.0");
+    std::fs::write(&base, serde_json::to_vec(&m).unwrap()).unwrap();
+    let mut generation = 0;
+    assert_eq!(
+        keel_host_reload(h.0, cstr("base").as_ptr(), &mut generation),
+        KEEL_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(generation, 2);
+    // A major version "app" does not accept is refused; generation 2 keeps serving.
+    m["version"] = json!("3.0.0");
+    std::fs::write(&base, serde_json::to_vec(&m).unwrap()).unwrap();
+    assert_eq!(
+        keel_host_reload(h.0, cstr("base").as_ptr(), &mut generation),
+        KEEL_ERR_DEPENDENCY_VERSION
+    );
+    let msg = last_error();
+    assert!(
+        msg.contains("'app'") && msg.contains("^2") && msg.contains("3.0.0"),
+        "{msg}"
+    );
+    let p = h.get("base").unwrap();
+    assert_eq!(keel_plugin_generation(p.0, &mut generation), KEEL_OK);
+    assert_eq!(generation, 2);
+    assert_eq!(p.call_text("tag", b""), "base");
+    // A new dependency that leads back to it is a cycle.
+    m["version"] = json!("2.2.0");
+    m["dependencies"] = json!({"app": "*"});
+    std::fs::write(&base, serde_json::to_vec(&m).unwrap()).unwrap();
+    assert_eq!(
+        keel_host_reload(h.0, cstr("base").as_ptr(), ptr::null_mut()),
+        KEEL_ERR_DEPENDENCY_CYCLE
+    );
+    assert!(last_error().contains("base -> app -> base"), "{}", last_error());
+}
+
+#[test]
+fn themisdb_plugin_json_dependencies_are_planned_without_libraries() {
+    // A ThemisDB manifest in a plugin folder: "nlohmann/json" is a library and is not looked
+    // for; the real plugin dependency is, and is missing.
+    let d = PluginDir::new("deps-themis");
+    let folder = d.root.join("importer");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(d.library("importer", false), folder.join("importer.so")).unwrap();
+    let manifest = json!({
+        "name": "pg_importer",
+        "version": "1.0.0",
+        "type": "importer",
+        "description": "test importer",
+        "binary": {"linux": "importer.so"},
+        "dependencies": ["nlohmann/json", "schema_mapper"],
+        "expected_hash": common::sha256_file(&folder.join("importer.so")).to_uppercase()
+    });
+    std::fs::write(
+        folder.join("plugin.json"),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_DEPENDENCY_MISSING);
+    let msg = last_error();
+    assert!(
+        msg.contains("'pg_importer'") && msg.contains("'schema_mapper'"),
+        "{msg}"
+    );
+    assert!(!msg.contains("nlohmann"), "{msg}");
+}
