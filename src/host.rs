@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, ManifestFile, RuntimeKind};
 use crate::metrics::{self, MetricsSnapshot};
 use crate::registry::{self, Generation, Registry, Slot};
+use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{self, HostServices, Instance, LoadContext};
 use crate::trust::TrustState;
 use crate::{bail, err};
@@ -72,6 +73,10 @@ pub struct Host {
     sources: Mutex<std::collections::HashMap<String, PathBuf>>,
     /// Trust store and signature policy (lock-free reads on verification).
     trust: TrustState,
+    /// The WASM runtime (engine settings, module cache, deadline watchdog), started on the
+    /// first WASM load with `wasm_config`.
+    wasm: std::sync::OnceLock<WasmRuntime>,
+    wasm_config: Mutex<WasmConfig>,
 }
 
 impl Default for Host {
@@ -95,7 +100,37 @@ impl Host {
             listeners: RwLock::new(Vec::new()),
             sources: Mutex::new(Default::default()),
             trust: TrustState::new(),
+            wasm: std::sync::OnceLock::new(),
+            wasm_config: Mutex::new(WasmConfig::default()),
         }
+    }
+
+    /// Settings of the WASM runtime (limits' defaults and ceilings, pool size, metering,
+    /// compiled-module cache). Only before the first WASM plugin is loaded.
+    pub fn set_wasm_config(&self, config: WasmConfig) -> Result<()> {
+        let _lc = self.lifecycle.lock();
+        if self.wasm.get().is_some() {
+            bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "the WASM runtime is already running; configure it before loading WASM plugins"
+            );
+        }
+        *self.wasm_config.lock() = config;
+        Ok(())
+    }
+
+    /// The WASM runtime, once a WASM plugin has been loaded (cache statistics, live instances).
+    pub fn wasm_runtime(&self) -> Option<&WasmRuntime> {
+        self.wasm.get()
+    }
+
+    /// The WASM runtime, started on first use (load path, under the lifecycle lock).
+    fn start_wasm(&self) -> Result<&WasmRuntime> {
+        if let Some(rt) = self.wasm.get() {
+            return Ok(rt);
+        }
+        let rt = WasmRuntime::new(self.wasm_config.lock().clone())?;
+        Ok(self.wasm.get_or_init(|| rt))
     }
 
     pub fn options(&self) -> HostOptions {
@@ -290,7 +325,12 @@ impl Host {
                 art.check_digest(&bin.sha256, &what)?;
                 Box::new(runtime::native::load(art, &ctx)?)
             }
-            RuntimeKind::Wasm | RuntimeKind::Themis => {
+            RuntimeKind::Wasm => {
+                let art = artifact::read_bytes(&bin.path)?;
+                art.check_digest(&bin.sha256, &what)?;
+                self.start_wasm()?.instantiate(&art, &ctx)?
+            }
+            RuntimeKind::Themis => {
                 bail!(
                     KEEL_ERR_UNSUPPORTED,
                     "{what}: runtime {:?} is not available in this build",

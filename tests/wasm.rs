@@ -765,3 +765,120 @@ fn the_c_fixture_builds_with_clang_and_runs() {
     assert_eq!(e.status(), KEEL_ERR_IMPORT_NOT_GRANTED);
     assert!(e.message().contains("keel.log"), "{e}");
 }
+
+// ---- through the Host and the C ABI ----------------------------------------------------
+
+/// Write `<name>.wasm` and its manifest (pinning the bytes' SHA-256) into `dir`.
+fn write_plugin(dir: &std::path::Path, name: &str, wasm: &[u8], extra: serde_json::Value) -> std::path::PathBuf {
+    std::fs::write(dir.join(format!("{name}.wasm")), wasm).unwrap();
+    let mut m = json!({
+        "manifest_version": 1, "name": name, "version": "1.0.0", "runtime": "wasm",
+        "binary": {"wasm32": format!("{name}.wasm")},
+        "sha256": keel::trust::digest::sha256_hex(wasm),
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, m.to_string()).unwrap();
+    path
+}
+
+fn load_err(host: &keel::Host, path: &std::path::Path) -> keel::Error {
+    match host.load(path) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e,
+    }
+}
+
+fn unsigned_host() -> keel::Host {
+    let host = keel::Host::new();
+    host.trust().set_require_signature(false).unwrap();
+    host
+}
+
+#[test]
+fn the_host_loads_calls_and_reloads_wasm_plugins() {
+    let d = tempfile::tempdir().unwrap();
+    let host = unsigned_host();
+    let cache = CacheConfig {
+        dir: d.path().join("cache"),
+        key: [3u8; 32],
+    };
+    host.set_wasm_config(WasmConfig {
+        cache: Some(cache),
+        ..WasmConfig::default()
+    })
+    .unwrap();
+    let path = write_plugin(d.path(), "counter", &wat_fixture("counter"), json!({}));
+    let slot = host.load(&path).unwrap();
+    let incr = slot.resolve("incr").unwrap();
+    let mut out = Vec::new();
+    for i in 1..=3u64 {
+        slot.call(incr, b"", &mut out).unwrap();
+        assert_eq!(u64le(&out), i);
+    }
+    // Reload: the new generation starts from the old one's saved state (and hits the cache).
+    assert_eq!(host.reload("counter").unwrap(), 2);
+    slot.call(incr, b"", &mut out).unwrap();
+    assert_eq!(u64le(&out), 4);
+    let stats = host.wasm_runtime().unwrap().cache_stats();
+    assert_eq!((stats.compiles, stats.hits), (1, 1));
+    // The runtime is running: its configuration is fixed now.
+    assert_eq!(
+        host.set_wasm_config(WasmConfig::default()).unwrap_err().status(),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    host.unload("counter").unwrap();
+    assert_eq!(host.wasm_runtime().unwrap().live_instances(), 0);
+}
+
+#[test]
+fn the_host_refuses_a_wasm_binary_that_does_not_match_its_digest() {
+    let d = tempfile::tempdir().unwrap();
+    let host = unsigned_host();
+    let path = write_plugin(d.path(), "echo", &wat_fixture("echo"), json!({}));
+    std::fs::write(d.path().join("echo.wasm"), wat_fixture("compute")).unwrap();
+    assert_eq!(load_err(&host, &path).status(), KEEL_ERR_DIGEST_MISMATCH);
+    // The capability check at load names the import, through the host too.
+    let path = write_plugin(
+        d.path(),
+        "ungranted",
+        &wat_fixture("ungranted"),
+        json!({"capabilities": ["log"]}),
+    );
+    let e = load_err(&host, &path);
+    assert_eq!(e.status(), KEEL_ERR_IMPORT_NOT_GRANTED);
+    assert!(e.message().contains("keel.kv_put"), "{e}");
+}
+
+#[test]
+fn keel_call_through_the_c_abi_reaches_wasm_plugins() {
+    use keel::ffi::host::*;
+    let d = tempfile::tempdir().unwrap();
+    let path = write_plugin(
+        d.path(),
+        "loop",
+        &wat_fixture("loop"),
+        json!({"instances": "pooled", "limits": {"timeout_ms": 20, "fuel_per_call": 1_000_000_000_000u64}}),
+    );
+    let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut host = std::ptr::null_mut();
+    assert_eq!(keel_host_new(&mut host), KEEL_OK);
+    assert_eq!(keel::ffi::trust::keel_host_set_require_signature(host, false), KEEL_OK);
+    let mut plugin = std::ptr::null_mut();
+    assert_eq!(keel_host_load(host, cpath.as_ptr(), &mut plugin), KEEL_OK);
+    let (mut spin, mut ok) = (0, 0);
+    assert_eq!(keel_plugin_function(plugin, c"spin".as_ptr(), &mut spin), KEEL_OK);
+    assert_eq!(keel_plugin_function(plugin, c"ok".as_ptr(), &mut ok), KEEL_OK);
+    let mut buf = std::ptr::null_mut();
+    assert_eq!(keel_buffer_new(&mut buf), KEEL_OK);
+    assert_eq!(keel_call(plugin, spin, std::ptr::null(), 0, buf), KEEL_ERR_DEADLINE);
+    assert_eq!(keel_call(plugin, ok, std::ptr::null(), 0, buf), KEEL_OK);
+    let (mut data, mut len) = (std::ptr::null(), 0usize);
+    assert_eq!(keel_buffer_data(buf, &mut data, &mut len), KEEL_OK);
+    assert_eq!(unsafe { std::slice::from_raw_parts(data, len) }, b"ok");
+    assert_eq!(keel_buffer_free(buf), KEEL_OK);
+    assert_eq!(keel_plugin_free(plugin), KEEL_OK);
+    assert_eq!(keel_host_free(host), KEEL_OK);
+}

@@ -41,10 +41,10 @@
  * ---------------------------------------------------------------------------------------
  * Calling convention
  *
- * Lifecycle of one instance: [_initialize], keel_abi_version, keel_functions (first
- * instance only), keel_init(config) if exported, keel_restore_state(state) if the host has a
- * state to hand over (hot reload), then any number of keel_call / keel_save_state /
- * keel_health. Calls into one instance never overlap: each instance runs on one thread at a
+ * Lifecycle of one instance: [_initialize], keel_abi_version, keel_init(config) if exported
+ * (config = the manifest's "config" object as JSON text, "{}" when absent),
+ * keel_restore_state(state) if the host has a state to hand over (hot reload), keel_functions
+ * (first instance only), then any number of keel_call / keel_save_state / keel_health. Calls into one instance never overlap: each instance runs on one thread at a
  * time. With `"instances": "pooled"` the host keeps several instances of the module (each
  * with its own memory) and runs calls on them concurrently, so a pooled plugin must not rely
  * on state between calls; with `"instances": "serial"` (the default) there is one instance
@@ -146,27 +146,32 @@ static inline keel_result keel_err_str(const char *msg) {
 
 /* ---- host functions (module "keel") -------------------------------------------------- */
 
-/** capability "log": write one log line of `len` bytes (not NUL-terminated). */
+/** capability "log": write one log line of `len` bytes (not NUL-terminated, UTF-8; at most
+ *  16 KiB are kept). */
 KEEL_WASM_IMPORT(log) void keel_log(int32_t level, const char *msg, uint32_t len);
 
 /** capability "clock": nanoseconds since the Unix epoch. */
 KEEL_WASM_IMPORT(now_unix_nanos) int64_t keel_now_unix_nanos(void);
 
-/** capability "random": fill `buf` with `len` bytes from the host's CSPRNG; returns 0. */
+/** capability "random": fill `buf` with `len` bytes from the host's CSPRNG; returns 0, or -1
+ *  (nothing written) if `len` exceeds 1 MiB. */
 KEEL_WASM_IMPORT(random_bytes) int32_t keel_random_bytes(uint8_t *buf, uint32_t len);
 
 /**
- * capability "kv:read": look `key` up in the plugin's namespace. Returns -1 if absent,
- * otherwise the value's full length; min(length, out_cap) bytes are copied to `out` (call
- * again with a larger buffer when the length exceeds out_cap).
+ * capability "kv:read": look `key` up in the plugin's namespace (the plugin's name: plugins
+ * never see each other's keys). Returns -1 if absent, -2 if the key exceeds 64 KiB, otherwise
+ * the value's full length; min(length, out_cap) bytes are copied to `out` (call again with a
+ * larger buffer when the length exceeds out_cap).
  */
 KEEL_WASM_IMPORT(kv_get) int64_t keel_kv_get(const uint8_t *key, uint32_t key_len, uint8_t *out, uint32_t out_cap);
 
-/** capability "kv:write": set `key` to `value`; returns 0. */
+/** capability "kv:write": set `key` to `value`; returns 0, or -1 (nothing stored) if the key
+ *  exceeds 64 KiB or the value 16 MiB. */
 KEEL_WASM_IMPORT(kv_put) int32_t keel_kv_put(const uint8_t *key, uint32_t key_len, const uint8_t *value,
                                              uint32_t value_len);
 
-/** capability "kv:write": delete `key`; returns 0 if it was deleted, 1 if it was absent. */
+/** capability "kv:write": delete `key`; returns 0 if it was deleted, 1 if it was absent, -1 if
+ *  the key exceeds 64 KiB. */
 KEEL_WASM_IMPORT(kv_delete) int32_t keel_kv_delete(const uint8_t *key, uint32_t key_len);
 
 /* ---- the plugin's exports (define the ones you need) --------------------------------- */
