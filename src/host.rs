@@ -380,6 +380,17 @@ impl Host {
             let old = slot
                 .current()
                 .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{name}' is not loaded"))?;
+            // The granted set is frozen at load: a reload may keep or narrow it, never widen it.
+            let requested = Capabilities::parse(&f.manifest.capabilities)?;
+            if !old.granted.contains(requested) {
+                let extra = Capabilities::from_bits(requested.bits() & !old.granted.bits())?;
+                bail!(
+                    KEEL_ERR_CAPABILITY_DENIED,
+                    "the new manifest asks for {:?} beyond the capabilities frozen at load ({:?}); unload and load the plugin to grant more",
+                    extra,
+                    old.granted
+                );
+            }
             let state = old.instance.save_state()?;
             drop(old);
             self.build_generation(&f, slot.next_generation_number(), state.as_deref())

@@ -630,6 +630,22 @@ fn reload_swaps_generation_and_keeps_state() {
     let mut gen = 0;
     assert_eq!(keel_plugin_generation(p, &mut gen), KEEL_OK);
     assert_eq!(gen, 2);
+    // A reload may not widen the capability set frozen at load.
+    let so3 = common::build_native("counter", &["COUNTER_STEP=10"], &dir, "libcounter.so");
+    common::write_manifest(
+        &dir,
+        "counter",
+        "1.2.0",
+        &so3,
+        serde_json::json!({"capabilities": ["kv:write"]}),
+    );
+    assert_eq!(
+        keel_host_reload(host.0, c"counter".as_ptr(), &mut g),
+        KEEL_ERR_CAPABILITY_DENIED
+    );
+    assert!(last_error().contains("kv:write"), "{}", last_error());
+    assert_eq!(call(p, incr, b"", &out), KEEL_OK);
+    assert_eq!(out.text(), "33", "old generation still serving");
     keel_plugin_free(p);
 }
 

@@ -2,17 +2,61 @@
 //! cache line, so concurrent callers of one plugin never contend on a counter. Reads sum the
 //! shards.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Number of shards; a power of two.
-const SHARDS: usize = 16;
+/// Number of shards; a power of two. Threads beyond this many share the overflow shard.
+const SHARDS: usize = 64;
+const OVERFLOW: usize = SHARDS - 1;
 
 #[repr(align(128))]
 #[derive(Default)]
 struct Padded(AtomicU64);
 
-/// A counter split over cache-line-padded shards, one per thread (modulo [`SHARDS`]).
+/// Which shard this thread writes, and whether it owns it alone.
+struct ShardClaim {
+    idx: usize,
+    exclusive: bool,
+}
+
+/// One bit per exclusively owned shard (the overflow shard is never owned).
+static CLAIMED: AtomicU64 = AtomicU64::new(1u64 << OVERFLOW);
+
+impl ShardClaim {
+    fn claim() -> ShardClaim {
+        let mut cur = CLAIMED.load(Ordering::Relaxed);
+        loop {
+            let free = !cur;
+            if free == 0 {
+                return ShardClaim {
+                    idx: OVERFLOW,
+                    exclusive: false,
+                };
+            }
+            let idx = free.trailing_zeros() as usize;
+            match CLAIMED.compare_exchange_weak(cur, cur | (1 << idx), Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return ShardClaim { idx, exclusive: true },
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl Drop for ShardClaim {
+    fn drop(&mut self) {
+        if self.exclusive {
+            // Release: the next owner sees every increment this thread made.
+            CLAIMED.fetch_and(!(1u64 << self.idx), Ordering::Release);
+        }
+    }
+}
+
+thread_local! {
+    static CLAIM: ShardClaim = ShardClaim::claim();
+}
+
+/// A counter split over cache-line-padded shards. Each thread owns a shard while it lives, so
+/// an increment is a plain load and store on a line no other thread writes (no locked
+/// instruction, no contention); threads past the 63rd share one shard with atomic adds.
 pub struct ShardedCounter {
     shards: [Padded; SHARDS],
 }
@@ -25,28 +69,17 @@ impl Default for ShardedCounter {
     }
 }
 
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static IDX: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    IDX.with(|c| {
-        let v = c.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        c.set(v);
-        v
-    })
-}
-
 impl ShardedCounter {
     #[inline]
     pub fn add(&self, n: u64) {
-        // Only this thread writes this shard (modulo collisions past SHARDS threads), so a
-        // relaxed load+store would do; fetch_add keeps collisions correct.
-        self.shards[shard_index()].0.fetch_add(n, Ordering::Relaxed);
+        let (idx, exclusive) = CLAIM.try_with(|c| (c.idx, c.exclusive)).unwrap_or((OVERFLOW, false));
+        let cell = &self.shards[idx].0;
+        if exclusive {
+            // Only this thread writes this shard.
+            cell.store(cell.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        } else {
+            cell.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     #[inline]
@@ -55,7 +88,10 @@ impl ShardedCounter {
     }
 
     pub fn get(&self) -> u64 {
-        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
     }
 }
 
@@ -152,13 +188,13 @@ mod tests {
     #[test]
     fn sharded_counter_sums_across_threads() {
         let c = std::sync::Arc::new(ShardedCounter::default());
-        let hs: Vec<_> = (0..4)
+        let hs: Vec<_> = (0..100)
             .map(|_| {
                 let c = c.clone();
                 std::thread::spawn(move || (0..1000).for_each(|_| c.inc()))
             })
             .collect();
         hs.into_iter().for_each(|h| h.join().unwrap());
-        assert_eq!(c.get(), 4000);
+        assert_eq!(c.get(), 100_000, "exact across exclusive and overflow shards");
     }
 }
