@@ -131,10 +131,10 @@ int main(int argc, char **argv) {
 
     // 3. Bad inputs: each gets its own code, and the host keeps serving.
     std::printf("\n== Bad inputs (the host keeps serving)\n");
-    expect_failure(host, "tampered binary", dir / "bad" / "tampered" / "wordstats.json", KEEL_ERR_DIGEST_MISMATCH);
+    expect_failure(host, "tampered binary", dir / "bad" / "tampered" / "audit.json", KEEL_ERR_DIGEST_MISMATCH);
     expect_failure(host, "malformed manifest", dir / "bad" / "malformed" / "broken.json", KEEL_ERR_MANIFEST_PARSE);
     expect_failure(host, "schema violation", dir / "bad" / "schema" / "schema.json", KEEL_ERR_MANIFEST_SCHEMA);
-    expect_failure(host, "unsigned plugin", dir / "bad" / "unsigned" / "wordstats.json", KEEL_ERR_NO_SIGNATURE);
+    expect_failure(host, "unsigned plugin", dir / "bad" / "unsigned" / "audit.json", KEEL_ERR_NO_SIGNATURE);
     {
         keel_plugin *nope = nullptr;
         s = keel_plugin_get(host, "no-such-plugin", &nope);

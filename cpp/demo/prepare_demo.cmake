@@ -39,11 +39,10 @@ if(WASM)
 endif()
 
 # Bad inputs.
-# - tampered: the signed wordstats manifest next to a different binary.
-file(MAKE_DIRECTORY "${DEMO}/bad/tampered")
-file(COPY "${DEMO}/live/wordstats/wordstats.json" "${DEMO}/live/wordstats/wordstats.json.sig"
-     DESTINATION "${DEMO}/bad/tampered")
-file(COPY "${BUILD}/evil/libwordstats.so" DESTINATION "${DEMO}/bad/tampered")
+# - tampered: a signed manifest whose binary was replaced after signing.
+stage("${BUILD}/audit" "${DEMO}/bad/tampered")
+run("${KEEL_CLI}" sign "${DEMO}/bad/tampered/audit.json" --key "${DEMO}/keys/demo.key")
+file(COPY_FILE "${BUILD}/evil/libaudit.so" "${DEMO}/bad/tampered/libaudit.so")
 # - malformed JSON.
 file(MAKE_DIRECTORY "${DEMO}/bad/malformed")
 file(WRITE "${DEMO}/bad/malformed/broken.json" "{ \"manifest_version\": 1, \"name\": \"broken\", ")
@@ -52,7 +51,7 @@ file(MAKE_DIRECTORY "${DEMO}/bad/schema")
 file(WRITE "${DEMO}/bad/schema/schema.json"
   "{ \"manifest_version\": 1, \"name\": \"Bad Name\", \"version\": \"one\", \"runtime\": \"native\", \"binary\": {}, \"sha256\": \"xyz\" }\n")
 # - a correct but unsigned plugin.
-stage("${BUILD}/wordstats" "${DEMO}/bad/unsigned")
+stage("${BUILD}/audit" "${DEMO}/bad/unsigned")
 
 if(RUN)
   run("${RUN}" "${DEMO}")

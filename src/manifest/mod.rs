@@ -195,12 +195,7 @@ pub fn validate_keel_schema(value: &Value) -> Result<()> {
 /// manifest; one without it is read as a ThemisDB `plugin.json`.
 pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        err!(
-            KEEL_ERR_MANIFEST_PARSE,
-            "manifest is not valid JSON: {e} (line {}, column {})",
-            e.line(),
-            e.column()
-        )
+        err!(KEEL_ERR_MANIFEST_PARSE, "manifest is not valid JSON: {e}")
     })?;
     if !value.is_object() {
         bail!(KEEL_ERR_MANIFEST_SCHEMA, "manifest must be a JSON object (rule: type)");
