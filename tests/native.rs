@@ -412,10 +412,30 @@ fn double_load_is_refused_and_unload_invalidates_handles() {
     keel_plugin_free(p);
 }
 
+/// Start a call of `block_until` on another thread and return once it is inside the plugin.
+fn start_blocked_call(
+    p: *mut keel_plugin,
+    release: &std::path::Path,
+) -> std::thread::JoinHandle<(keel_status, String)> {
+    let f = function(p, "block_until").unwrap();
+    let pp = p as usize;
+    let arg = release.to_str().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let out = Buf::new();
+        let s = call(pp as *mut keel_plugin, f, arg.as_bytes(), &out);
+        (s, out.text())
+    });
+    let entered = format!("{}.entered", release.display());
+    while !std::path::Path::new(&entered).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    t
+}
+
 #[test]
 fn unload_waits_for_in_flight_calls_and_never_frees_running_code() {
-    let marker_dir = common::tempdir("drain-marker");
-    let marker = marker_dir.join("m.log");
+    let dir = common::tempdir("drain-marker");
+    let marker = dir.join("m.log");
     let (_dir, manifest) = common::echo_plugin(
         "drain",
         &[],
@@ -423,45 +443,33 @@ fn unload_waits_for_in_flight_calls_and_never_frees_running_code() {
     );
     let host = TestHost::new();
     let p = host.load(&manifest).unwrap();
-    let sleep = function(p, "sleep_ms").unwrap();
-    let pp = p as usize;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let out = Buf::new();
-        tx.send(()).unwrap();
-        let s = call(pp as *mut keel_plugin, sleep, b"400", &out);
-        (s, out.text())
-    });
-    rx.recv().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let release = dir.join("release-1");
+    let t = start_blocked_call(p, &release);
     // A drain timeout shorter than the call: unload reports it, the call still completes.
     assert_eq!(keel_host_set_drain_timeout_ms(host.0, 20), KEEL_OK);
     assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_ERR_DRAIN_TIMEOUT);
     assert!(last_error().contains("in flight"));
     assert!(!marker.exists(), "shutdown must wait for the running call");
+    std::fs::write(&release, b"").unwrap();
     let (s, text) = t.join().unwrap();
     assert_eq!(s, KEEL_OK);
-    assert_eq!(text, "slept");
-    // The last caller released the generation: shutdown has run.
+    assert_eq!(text, "released");
+    // The last caller released the generation: shutdown has run, exactly once.
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "shutdown v1\n");
     keel_plugin_free(p);
 
-    // With a long enough timeout, unload waits and succeeds.
+    // With a long enough timeout, unload waits for the call and then shuts the plugin down.
     let p = host.load(&manifest).unwrap();
-    let sleep = function(p, "sleep_ms").unwrap();
-    let pp = p as usize;
-    assert_eq!(keel_host_set_drain_timeout_ms(host.0, 10_000), KEEL_OK);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let out = Buf::new();
-        tx.send(()).unwrap();
-        call(pp as *mut keel_plugin, sleep, b"200", &out)
-    });
-    rx.recv().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(keel_host_unload(host.0, c"echo".as_ptr()), KEEL_OK);
+    assert_eq!(keel_host_set_drain_timeout_ms(host.0, 60_000), KEEL_OK);
+    let release = dir.join("release-2");
+    let t = start_blocked_call(p, &release);
+    let hp = host.0 as usize;
+    let unloader = std::thread::spawn(move || keel_host_unload(hp as *mut keel_host, c"echo".as_ptr()));
+    // The unload cannot finish while the call runs; release the call and it does.
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(t.join().unwrap().0, KEEL_OK);
+    assert_eq!(unloader.join().unwrap(), KEEL_OK);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "shutdown v1\nshutdown v1\n");
-    assert_eq!(t.join().unwrap(), KEEL_OK);
     keel_plugin_free(p);
 }
 

@@ -164,3 +164,40 @@ fn status_cstr(s: keel_status) -> &'static CStr {
     });
     m.get(&(s as u32)).map(|c| c.as_c_str()).unwrap_or(c"KEEL_ERR_INTERNAL")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> String {
+        let mut p = std::ptr::null();
+        assert_eq!(keel_last_error_message(&mut p), keel_status::KEEL_OK);
+        // SAFETY: Keel returned a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_never_unwinds() {
+        let s = boundary(|| panic!("deliberate test panic"));
+        assert_eq!(s, keel_status::KEEL_ERR_PANIC);
+        assert!(message().contains("deliberate test panic"));
+        let s = boundary(|| {
+            let v: Vec<u8> = Vec::new();
+            let _ = v[3];
+            Ok(())
+        });
+        assert_eq!(s, keel_status::KEEL_ERR_PANIC);
+        assert_eq!(boundary(|| Ok(())), keel_status::KEEL_OK);
+        assert!(
+            message().contains("index out of bounds"),
+            "success leaves the last error alone"
+        );
+    }
+
+    #[test]
+    fn errors_set_the_message_and_return_their_code() {
+        let s = boundary(|| Err(err!(KEEL_ERR_KEY_REVOKED, "key abc revoked")));
+        assert_eq!(s, keel_status::KEEL_ERR_KEY_REVOKED);
+        assert!(message().contains("key abc revoked"));
+    }
+}
