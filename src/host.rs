@@ -215,10 +215,14 @@ impl Host {
         let mut loaded: Vec<Arc<Slot>> = Vec::with_capacity(files.len());
         for i in order {
             let f = &files[i];
+            let started = Instant::now();
             match self.build_generation(f, 1, None) {
                 Ok(gen) => {
                     let slot = Arc::new(Slot::new(f.manifest.name.clone()));
                     slot.metrics.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    slot.metrics
+                        .last_load_nanos
+                        .store(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
                     slot.install(gen);
                     self.registry.insert(slot.clone());
                     self.sources.lock().insert(f.manifest.name.clone(), f.path.clone());
@@ -306,7 +310,6 @@ impl Host {
     /// Verify the binary and start one generation of a plugin. Nothing of the plugin's code
     /// runs before the digest check.
     fn build_generation(&self, f: &ManifestFile, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
-        let start = Instant::now();
         let m = &f.manifest;
         let dir = f.path.parent().unwrap_or_else(|| Path::new("."));
         let bin = m.binary_for_platform(dir)?;
@@ -338,13 +341,7 @@ impl Host {
                 )
             }
         };
-        let gen = Generation::new(number, m.clone(), bin.sha256.clone(), granted, instance);
-        if let Some(slot) = self.registry.get(&m.name) {
-            slot.metrics
-                .last_load_nanos
-                .store(start.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(gen)
+        Ok(Generation::new(number, m.clone(), bin.sha256.clone(), granted, instance))
     }
 
     /// Hot reload: re-read and verify the manifest and binary, start the new generation with
