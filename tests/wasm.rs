@@ -572,7 +572,7 @@ fn pooled_plugins_serve_concurrent_calls_from_many_threads() {
             });
         }
     });
-    assert!(p.idle_instances() >= 1 && p.idle_instances() <= rt.config().pool_size);
+    assert!(p.kept_instances() >= 1 && p.kept_instances() <= rt.config().pool_size);
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub mod cache;
 pub mod engine;
 pub mod imports;
 pub mod plugin;
+pub mod pool;
 pub mod tunables;
 pub mod watchdog;
 

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
 use parking_lot::Mutex;
 use wasmer::sys::vm::TrapCode;
 use wasmer::{
@@ -13,6 +12,7 @@ use wasmer::{
 };
 
 use super::imports::{self, HostEnv, HostTrap};
+use super::pool::Pool;
 use super::tunables;
 use super::watchdog::{Watch, Watchdog};
 use crate::error::{Error, Result};
@@ -167,13 +167,11 @@ impl Ctl {
         what: &dyn Fn(&str) -> String,
         f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
     ) -> Result<R> {
-        if let Some((left, exhausted)) = &self.meter {
+        // Refill the fuel. The "exhausted" flag needs no reset: it is only ever set by running
+        // out, and an instance that ran out is discarded.
+        if let Some((left, _)) = &self.meter {
             let fuel = Value::I64(self.shared.limits.fuel_per_call as i64);
-            if left
-                .set(store, fuel)
-                .and_then(|_| exhausted.set(store, Value::I32(0)))
-                .is_err()
-            {
+            if left.set(store, fuel).is_err() {
                 self.broken = true;
                 bail!(
                     KEEL_ERR_INTERNAL,
@@ -184,9 +182,9 @@ impl Ctl {
         }
         self.refusals_before = tunables::grow_refusals();
         self.seq = if self.seq >= (1 << 62) - 1 { 1 } else { self.seq + 1 };
-        self.watch.arm(self.seq, &self.shared.dog);
+        self.watch.arm(self.seq);
         let r = f(store);
-        let fired = self.watch.disarm();
+        let fired = self.watch.disarm(self.seq);
         if fired {
             // A late interrupt signal could hit this store's next call: never reuse it.
             self.broken = true;
@@ -640,8 +638,40 @@ impl Drop for Guest {
 }
 
 enum Mode {
-    Pooled(ArrayQueue<Box<Guest>>),
-    Serial(Mutex<Option<Box<Guest>>>),
+    Pooled(Pool<Guest>),
+    Serial(Mutex<Option<Guest>>),
+}
+
+/// Clears the instance if the call unwinds (a host service panicked): it may be half-way
+/// through anything.
+struct ClearOnPanic<'a>(&'a mut Option<Guest>);
+
+impl Drop for ClearOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            *self.0 = None;
+        }
+    }
+}
+
+/// Run `f` on the instance in `slot` (creating it if the slot is empty); empty the slot if
+/// the instance must not be reused.
+#[inline]
+fn run_in<R>(
+    slot: &mut Option<Guest>,
+    shared: &Arc<PluginShared>,
+    f: impl FnOnce(&mut Guest) -> Result<R>,
+) -> Result<R> {
+    let guard = ClearOnPanic(slot);
+    let g = match guard.0 {
+        Some(g) => g,
+        None => guard.0.insert(Guest::new(shared)?),
+    };
+    let r = f(g);
+    if !g.usable() {
+        *guard.0 = None;
+    }
+    r
 }
 
 /// A loaded WASM plugin generation ([`Instance`]).
@@ -656,12 +686,12 @@ impl WasmPlugin {
     /// function list.
     pub fn start(shared: PluginShared, pool_size: usize) -> Result<WasmPlugin> {
         let shared = Arc::new(shared);
-        let mut first = Box::new(Guest::new(&shared)?);
+        let mut first = Guest::new(&shared)?;
         let functions = first.function_names()?;
         let mode = if shared.pooled {
-            let q = ArrayQueue::new(pool_size.max(1));
-            let _ = q.push(first);
-            Mode::Pooled(q)
+            let pool = Pool::new(pool_size);
+            drop(pool.offer(first));
+            Mode::Pooled(pool)
         } else {
             Mode::Serial(Mutex::new(Some(first)))
         };
@@ -681,10 +711,10 @@ impl WasmPlugin {
         self.shared.limits
     }
 
-    /// Instances currently idle in the pool (pooled) or alive (serial: 0 or 1).
-    pub fn idle_instances(&self) -> usize {
+    /// Instances kept for reuse: in the pool's slots (pooled), or 0 or 1 (serial).
+    pub fn kept_instances(&self) -> usize {
         match &self.mode {
-            Mode::Pooled(q) => q.len(),
+            Mode::Pooled(p) => p.retain(|_| true),
             Mode::Serial(m) => m.lock().is_some() as usize,
         }
     }
@@ -695,34 +725,22 @@ impl WasmPlugin {
     #[inline]
     fn with_guest<R>(&self, f: impl FnOnce(&mut Guest) -> Result<R>) -> Result<R> {
         match &self.mode {
-            Mode::Pooled(q) => {
-                let epoch = self.shared.epoch.load(Ordering::Acquire);
-                let mut g = loop {
-                    match q.pop() {
-                        Some(g) if g.ctl.epoch == epoch => break g,
-                        Some(_stale) => continue,
-                        None => break Box::new(Guest::new(&self.shared)?),
+            Mode::Pooled(pool) => match pool.claim() {
+                Some(mut claim) => {
+                    let slot = claim.guest();
+                    if slot
+                        .as_ref()
+                        .is_some_and(|g| g.ctl.epoch != self.shared.epoch.load(Ordering::Acquire))
+                    {
+                        // Created before restore_state handed the pool a new state.
+                        *slot = None;
                     }
-                };
-                let r = f(&mut g);
-                if g.usable() && g.ctl.epoch == self.shared.epoch.load(Ordering::Relaxed) {
-                    // A full pool drops the extra instance.
-                    let _ = q.push(g);
+                    run_in(slot, &self.shared, f)
                 }
-                r
-            }
-            Mode::Serial(m) => {
-                let mut slot = m.lock();
-                let g = match &mut *slot {
-                    Some(g) => g,
-                    None => slot.insert(Box::new(Guest::new(&self.shared)?)),
-                };
-                let r = f(g);
-                if !g.usable() {
-                    *slot = None;
-                }
-                r
-            }
+                // Every slot is busy: run on a temporary instance.
+                None => run_in(&mut None, &self.shared, f),
+            },
+            Mode::Serial(m) => run_in(&mut m.lock(), &self.shared, f),
         }
     }
 }
@@ -762,14 +780,14 @@ impl Instance for WasmPlugin {
         }
         match &self.mode {
             Mode::Serial(_) => self.with_guest(|g| g.restore_state(state)),
-            Mode::Pooled(q) => {
+            Mode::Pooled(pool) => {
                 // Every instance created from now on starts from this state; idle instances
-                // of the old state are dropped, busy ones are dropped when they come back.
+                // of the old state are dropped now, busy ones when they are next claimed.
                 *self.shared.restored.lock() = Some(Arc::from(state));
-                self.shared.epoch.fetch_add(1, Ordering::AcqRel);
-                while q.pop().is_some() {}
-                let g = Box::new(Guest::new(&self.shared)?);
-                let _ = q.push(g);
+                let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                pool.retain(|g| g.ctl.epoch == epoch);
+                // Check the state is accepted (and keep the instance that took it).
+                drop(pool.offer(Guest::new(&self.shared)?));
                 Ok(())
             }
         }

@@ -1,18 +1,34 @@
 //! Wall-clock deadlines: one watchdog thread per [`super::WasmRuntime`].
 //!
-//! Every WASM instance owns a [`Watch`]: an atomic word the call path writes when it enters
-//! the guest ("armed with call number n") and clears when it leaves. No clock is read and no
-//! message is sent per call. The watchdog wakes every `tick` while any watch is armed,
-//! notes when it first saw each call, and once a call has been running for longer than its
-//! timeout, interrupts the instance's store through wasmer's `Interrupter` (a signal to the
-//! thread running it). The deadline therefore fires between `timeout` and `timeout + tick`
-//! after the call started. If the interrupt lands while the thread is in host code it has no
-//! effect, so the watchdog repeats it every tick until the call leaves the guest.
+//! Every WASM instance owns a [`Watch`]. The call path writes "in the guest with call number
+//! n" into it when it enters the guest and 0 when it leaves: no clock is read, no message
+//! sent, no lock taken, and on Linux no atomic read-modify-write or fence instruction either
+//! (see below). The watchdog wakes every `tick` while any watch is armed, notes when it first
+//! saw each call, and once a call has run for longer than its timeout, interrupts the
+//! instance's store through wasmer's `Interrupter` (a signal to the thread running it). A
+//! deadline therefore fires between `timeout` and `timeout + tick` after the call started.
+//! An interrupt that lands while the thread is in host code has no effect, so the watchdog
+//! repeats it every tick until the call leaves the guest.
 //!
-//! When nothing is armed the watchdog parks; arming a watch while it is parked wakes it
-//! (one `SeqCst` load of a flag per call decides that).
+//! ## The handshake
+//!
+//! The watchdog must never interrupt a call other than the overdue one (the instance may
+//! already be running its next call), and the call path must learn whether a signal was
+//! sent for its call (the instance is then discarded: the signal may still be in flight).
+//! Both are Dekker-style "store, then load the other side's flag" exchanges:
+//!
+//! - call path, leaving: `armed = 0`; barrier; read `target` (== my call? then wait for
+//!   `done` and read `fired`);
+//! - watchdog: `target = n`; barrier; read `armed` (still n? then interrupt, `fired = n`);
+//!   `done = n`.
+//!
+//! and likewise for waking a parked watchdog (`armed = n`; barrier; read `idle` / `idle =
+//! true`; barrier; scan). The call path's barrier is only a compiler fence: the watchdog's
+//! barrier is `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, which makes every running
+//! thread of the process execute a full memory barrier, so whichever store came first is
+//! seen by the other side. Where `membarrier` is unavailable both sides use `SeqCst` fences.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -20,48 +36,96 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use wasmer::Interrupter;
 
-/// Set while the watchdog is sending an interrupt for this watch.
-const BUSY: u64 = 1 << 62;
-/// Set once an interrupt was sent for the armed call.
-const FIRED: u64 = 1 << 63;
-const SEQ: u64 = BUSY - 1;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
-/// The deadline state of one instance.
-pub struct Watch {
-    state: AtomicU64,
-    timeout: Duration,
-    interrupter: Interrupter,
+/// Flags the call path reads.
+struct Flags {
+    /// The watchdog is parked until an arm wakes it.
+    idle: AtomicBool,
+    /// The watchdog's barrier is membarrier (call paths need only a compiler fence).
+    asymmetric: AtomicBool,
+    stop: AtomicBool,
+    thread: std::sync::OnceLock<Thread>,
 }
 
-impl Watch {
-    /// Enter the guest with call number `seq` (non-zero, below 2^62).
-    #[inline]
-    pub fn arm(&self, seq: u64, dog: &Watchdog) {
-        debug_assert!(seq != 0 && seq & !SEQ == 0);
-        self.state.store(seq, Ordering::SeqCst);
-        if dog.shared.idle.load(Ordering::SeqCst) {
-            dog.wake();
+impl Flags {
+    /// The call path's side of the handshake barrier.
+    #[inline(always)]
+    fn light_barrier(&self) {
+        if self.asymmetric.load(Ordering::Relaxed) {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
         }
     }
 
-    /// Leave the guest. Returns true if an interrupt was sent for this call (the instance
-    /// must then not be reused: a late signal could hit its next call).
-    #[inline]
-    pub fn disarm(&self) -> bool {
-        loop {
-            let s = self.state.load(Ordering::Acquire);
-            if s & BUSY != 0 {
-                std::hint::spin_loop();
-                continue;
+    /// The watchdog's side.
+    fn heavy_barrier(&self) {
+        if self.asymmetric.load(Ordering::Relaxed) {
+            // SAFETY: plain syscall, no pointers.
+            let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+            if r == 0 {
+                return;
             }
-            if self
-                .state
-                .compare_exchange(s, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return s & FIRED != 0;
-            }
+            // Cannot happen once registration succeeded; if it does, fall back to fences on
+            // both sides from now on.
+            self.asymmetric.store(false, Ordering::SeqCst);
         }
+        fence(Ordering::SeqCst);
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// The deadline state of one instance.
+pub struct Watch {
+    /// Written by the call path: the call number while in the guest, else 0.
+    armed: AtomicU64,
+    /// Written by the watchdog: the call it is about to interrupt.
+    target: AtomicU64,
+    /// Written by the watchdog: the call whose handling it has finished.
+    done: AtomicU64,
+    /// Written by the watchdog: the call it sent an interrupt for.
+    fired: AtomicU64,
+    timeout: Duration,
+    interrupter: Interrupter,
+    flags: Arc<Flags>,
+}
+
+impl Watch {
+    /// Enter the guest with call number `seq` (non-zero, increasing per watch).
+    #[inline]
+    pub fn arm(&self, seq: u64) {
+        self.armed.store(seq, Ordering::Release);
+        self.flags.light_barrier();
+        if self.flags.idle.load(Ordering::Relaxed) {
+            self.flags.wake();
+        }
+    }
+
+    /// Leave the guest after call `seq`. Returns true if an interrupt was sent for it (the
+    /// instance must then not be reused: the signal may still be on its way).
+    #[inline]
+    pub fn disarm(&self, seq: u64) -> bool {
+        self.armed.store(0, Ordering::Release);
+        self.flags.light_barrier();
+        if self.target.load(Ordering::Acquire) != seq {
+            return false;
+        }
+        self.wait_for_watchdog(seq)
+    }
+
+    #[cold]
+    fn wait_for_watchdog(&self, seq: u64) -> bool {
+        while self.done.load(Ordering::Acquire) != seq {
+            std::hint::spin_loop();
+        }
+        self.fired.load(Ordering::Acquire) == seq
     }
 }
 
@@ -71,52 +135,56 @@ struct Entry {
     seen_at: Instant,
 }
 
-struct Shared {
-    entries: Mutex<Vec<Entry>>,
-    idle: AtomicBool,
-    stop: AtomicBool,
-    tick: Duration,
-}
-
 /// The watchdog thread and its list of watches.
 pub struct Watchdog {
-    shared: Arc<Shared>,
+    entries: Arc<Mutex<Vec<Entry>>>,
+    flags: Arc<Flags>,
     thread: Option<JoinHandle<()>>,
-    handle: Thread,
 }
 
 impl Watchdog {
     pub fn start(tick: Duration) -> std::io::Result<Watchdog> {
-        let shared = Arc::new(Shared {
-            entries: Mutex::new(Vec::new()),
+        // SAFETY: plain syscall, no pointers.
+        let registered =
+            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) } == 0;
+        let flags = Arc::new(Flags {
             idle: AtomicBool::new(false),
+            asymmetric: AtomicBool::new(registered),
             stop: AtomicBool::new(false),
-            tick: tick.max(Duration::from_micros(100)),
+            thread: std::sync::OnceLock::new(),
         });
-        let s = shared.clone();
+        let entries = Arc::new(Mutex::new(Vec::new()));
+        let (f, e) = (flags.clone(), entries.clone());
+        let tick = tick.max(Duration::from_micros(100));
         let thread = std::thread::Builder::new()
             .name("keel-wasm-watchdog".into())
-            .spawn(move || run(&s))?;
-        let handle = thread.thread().clone();
+            .spawn(move || run(&f, &e, tick))?;
+        let _ = flags.thread.set(thread.thread().clone());
+        flags.wake();
         Ok(Watchdog {
-            shared,
+            entries,
+            flags,
             thread: Some(thread),
-            handle,
         })
     }
 
-    fn wake(&self) {
-        self.handle.unpark();
+    /// Whether the call path runs fence-free (membarrier available).
+    pub fn asymmetric(&self) -> bool {
+        self.flags.asymmetric.load(Ordering::Relaxed)
     }
 
     /// Watch a store; `timeout` is the plugin's deadline per call.
     pub fn register(&self, interrupter: Interrupter, timeout: Duration) -> Arc<Watch> {
         let watch = Arc::new(Watch {
-            state: AtomicU64::new(0),
+            armed: AtomicU64::new(0),
+            target: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            fired: AtomicU64::new(0),
             timeout,
             interrupter,
+            flags: self.flags.clone(),
         });
-        self.shared.entries.lock().push(Entry {
+        self.entries.lock().push(Entry {
             watch: watch.clone(),
             seen_seq: 0,
             seen_at: Instant::now(),
@@ -126,7 +194,7 @@ impl Watchdog {
 
     /// Stop watching (the instance is being dropped).
     pub fn unregister(&self, watch: &Arc<Watch>) {
-        let mut e = self.shared.entries.lock();
+        let mut e = self.entries.lock();
         if let Some(i) = e.iter().position(|x| Arc::ptr_eq(&x.watch, watch)) {
             e.swap_remove(i);
         }
@@ -134,14 +202,14 @@ impl Watchdog {
 
     /// How many instances are watched (for tests and diagnostics).
     pub fn watched(&self) -> usize {
-        self.shared.entries.lock().len()
+        self.entries.lock().len()
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        self.handle.unpark();
+        self.flags.stop.store(true, Ordering::SeqCst);
+        self.flags.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -149,33 +217,39 @@ impl Drop for Watchdog {
 }
 
 /// One scan: interrupt overdue calls. Returns whether any watch is armed.
-fn scan(shared: &Shared, now: Instant) -> bool {
+fn scan(flags: &Flags, entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bool {
+    let now = Instant::now();
     let mut any = false;
-    for e in shared.entries.lock().iter_mut() {
-        let s = e.watch.state.load(Ordering::SeqCst);
-        if s == 0 || s & BUSY != 0 {
-            continue;
+    {
+        let mut entries = entries.lock();
+        for e in entries.iter_mut() {
+            let seq = e.watch.armed.load(Ordering::Acquire);
+            if seq == 0 {
+                continue;
+            }
+            any = true;
+            if seq != e.seen_seq {
+                e.seen_seq = seq;
+                e.seen_at = now;
+                continue;
+            }
+            if now.duration_since(e.seen_at) >= e.watch.timeout {
+                e.watch.target.store(seq, Ordering::Release);
+                overdue.push((e.watch.clone(), seq));
+            }
         }
-        any = true;
-        let seq = s & SEQ;
-        if seq != e.seen_seq {
-            e.seen_seq = seq;
-            e.seen_at = now;
-            continue;
+    }
+    if overdue.is_empty() {
+        return any;
+    }
+    // One barrier for all of them, then interrupt only the calls that are still running.
+    flags.heavy_barrier();
+    for (w, seq) in overdue.drain(..) {
+        if w.armed.load(Ordering::Acquire) == seq {
+            w.interrupter.interrupt();
+            w.fired.store(seq, Ordering::Release);
         }
-        if now.duration_since(e.seen_at) < e.watch.timeout {
-            continue;
-        }
-        // Overdue. Claim the watch so the call cannot leave (and the instance start another
-        // call) while the signal is being sent.
-        if e.watch
-            .state
-            .compare_exchange(s, s | BUSY, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            e.watch.interrupter.interrupt();
-            e.watch.state.store(seq | FIRED, Ordering::Release);
-        }
+        w.done.store(seq, Ordering::Release);
     }
     any
 }
@@ -183,26 +257,27 @@ fn scan(shared: &Shared, now: Instant) -> bool {
 /// Empty scans in a row before the watchdog parks until the next arm.
 const EMPTY_SCANS_BEFORE_PARKING: u32 = 64;
 
-fn run(shared: &Shared) {
+fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
+    let mut overdue = Vec::new();
     let mut empty = 0u32;
-    while !shared.stop.load(Ordering::SeqCst) {
-        if scan(shared, Instant::now()) {
+    while !flags.stop.load(Ordering::SeqCst) {
+        if scan(flags, entries, &mut overdue) {
             empty = 0;
         } else {
             empty += 1;
         }
         if empty < EMPTY_SCANS_BEFORE_PARKING {
-            std::thread::park_timeout(shared.tick);
+            std::thread::park_timeout(tick);
             continue;
         }
-        // Nothing armed for a while: announce that we park, then look once more so an arm
-        // that raced with the announcement is not missed (arm stores its watch, then loads
-        // `idle`; we store `idle`, then load the watches; all SeqCst).
-        shared.idle.store(true, Ordering::SeqCst);
-        if !scan(shared, Instant::now()) && !shared.stop.load(Ordering::SeqCst) {
+        // Nothing armed for a while: announce that we park, then look once more, so an
+        // arm that raced with the announcement is seen by one side or the other.
+        flags.idle.store(true, Ordering::Relaxed);
+        flags.heavy_barrier();
+        if !scan(flags, entries, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(Duration::from_secs(1));
         }
-        shared.idle.store(false, Ordering::SeqCst);
+        flags.idle.store(false, Ordering::Relaxed);
         empty = 0;
     }
 }
@@ -218,13 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn membarrier_is_used_where_the_kernel_has_it() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        // SAFETY: plain syscall.
+        let query = unsafe { libc::syscall(libc::SYS_membarrier, 0, 0, 0) };
+        assert_eq!(
+            dog.asymmetric(),
+            query > 0 && query & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
+        );
+    }
+
+    #[test]
     fn short_calls_are_not_interrupted() {
         let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
         let (_store, i) = interrupter();
         let w = dog.register(i, Duration::from_secs(60));
-        for seq in 1..100 {
-            w.arm(seq, &dog);
-            assert!(!w.disarm());
+        for seq in 1..1000 {
+            w.arm(seq);
+            assert!(!w.disarm(seq));
         }
         dog.unregister(&w);
         assert_eq!(dog.watched(), 0);
@@ -235,15 +321,31 @@ mod tests {
         let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
         let (_store, i) = interrupter();
         let w = dog.register(i, Duration::from_millis(5));
-        w.arm(1, &dog);
+        w.arm(1);
         // The store is not running wasm, so the interrupt itself is a no-op; the watch
         // records that it was sent.
-        while w.state.load(Ordering::Acquire) & FIRED == 0 {
+        while w.fired.load(Ordering::Acquire) != 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(w.disarm());
+        assert!(w.disarm(1));
         // The next call starts clean.
-        w.arm(2, &dog);
-        assert!(!w.disarm());
+        w.arm(2);
+        assert!(!w.disarm(2));
+    }
+
+    #[test]
+    fn an_arm_while_the_watchdog_is_parked_still_fires() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_millis(5));
+        // Let it go idle (64 empty scans), then arm: the deadline must still fire.
+        while !dog.flags.idle.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.arm(1);
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
     }
 }
