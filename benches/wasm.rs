@@ -2,7 +2,8 @@
 //!
 //! (a) raw wasmer typed call of the fixture's `keel_call` (echo.wat, function `add`), vs
 //! (b) the same call through Keel's `Instance::call` (input copied in, output copied out,
-//!     fuel refilled, deadline armed): target (b)/(a) <= 1.3, <= 1.5 with metering on;
+//!     fuel refilled, deadline armed), and through the C ABI's `keel_call` on a Host:
+//!     target (b)/(a) <= 1.3, <= 1.5 with metering on;
 //! (c) the same C compute kernel (FNV-1a over 4 KiB) native through Keel's native runtime
 //!     vs compiled for wasm32 through Keel with metering on: target <= 2x;
 //! (d) cold start of a ~100 KB module: cache miss (compile, instantiate, init) vs cache hit
@@ -62,6 +63,74 @@ impl Raw {
     #[inline]
     fn call(&mut self) -> i64 {
         self.call.call(&mut self.store, ADD, self.ptr, 8).unwrap()
+    }
+}
+
+/// echo.wat loaded by a Host, called through the C ABI (`keel_call`).
+struct Ffi {
+    host: *mut keel::ffi::host::keel_host,
+    plugin: *mut keel::ffi::host::keel_plugin,
+    function: u32,
+    buf: *mut keel::ffi::host::keel_buffer,
+}
+
+impl Ffi {
+    fn new(dir: &std::path::Path) -> Ffi {
+        use keel::ffi::host::*;
+        let wasm = wat_fixture("echo");
+        std::fs::write(dir.join("echo.wasm"), &wasm).unwrap();
+        let m = json!({
+            "manifest_version": 1, "name": "echo", "version": "1.0.0", "runtime": "wasm",
+            "binary": {"wasm32": "echo.wasm"}, "sha256": keel::trust::digest::sha256_hex(&wasm),
+            "instances": "pooled"
+        });
+        let path = dir.join("echo.json");
+        std::fs::write(&path, m.to_string()).unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut host = std::ptr::null_mut();
+        assert_eq!(keel_host_new(&mut host), keel::keel_status::KEEL_OK);
+        assert_eq!(
+            keel::ffi::trust::keel_host_set_require_signature(host, false),
+            keel::keel_status::KEEL_OK
+        );
+        let mut plugin = std::ptr::null_mut();
+        assert_eq!(
+            keel_host_load(host, cpath.as_ptr(), &mut plugin),
+            keel::keel_status::KEEL_OK
+        );
+        let mut function = 0;
+        assert_eq!(
+            keel_plugin_function(plugin, c"add".as_ptr(), &mut function),
+            keel::keel_status::KEEL_OK
+        );
+        let mut buf = std::ptr::null_mut();
+        assert_eq!(keel_buffer_new(&mut buf), keel::keel_status::KEEL_OK);
+        Ffi {
+            host,
+            plugin,
+            function,
+            buf,
+        }
+    }
+
+    #[inline]
+    fn call(&self) -> keel::keel_status {
+        keel::ffi::host::keel_call(
+            self.plugin,
+            self.function,
+            ADD_INPUT.as_ptr(),
+            ADD_INPUT.len(),
+            self.buf,
+        )
+    }
+}
+
+impl Drop for Ffi {
+    fn drop(&mut self) {
+        use keel::ffi::host::*;
+        keel_buffer_free(self.buf);
+        keel_plugin_free(self.plugin);
+        keel_host_free(self.host);
     }
 }
 
@@ -125,6 +194,8 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::with_capacity(64);
     pooled.call(add, &ADD_INPUT, &mut out).unwrap();
     assert_eq!(out, 42i32.to_le_bytes());
+    let ffi = Ffi::new(dir.path());
+    assert_eq!(ffi.call(), keel::keel_status::KEEL_OK);
 
     let mut g = c.benchmark_group("wasm_call");
     g.bench_function("a_raw_wasmer_typed_call", |b| {
@@ -145,6 +216,7 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.bench_function("b_keel_call_c_abi", |b| b.iter(|| std::hint::black_box(ffi.call())));
     g.finish();
 
     // ---- (c) ----
@@ -240,13 +312,16 @@ fn bench(c: &mut Criterion) {
 
     // ---- the figures, from interleaved measurements in this run ----
     const N: u64 = 1_000_000;
-    let (mut a, mut am, mut bp, mut bs, mut bn) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut a, mut am, mut bp, mut bs, mut bn, mut bf) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
     for _ in 0..5 {
         a = a.min(per_call(N, &mut || {
             std::hint::black_box(raw.call());
         }));
         am = am.min(per_call(N, &mut || {
             std::hint::black_box(raw_metered.call());
+        }));
+        bf = bf.min(per_call(N, &mut || {
+            std::hint::black_box(ffi.call());
         }));
         for (best, p) in [(&mut bn, &plain), (&mut bp, &pooled), (&mut bs, &serial)] {
             *best = best.min(per_call(N, &mut || {
@@ -279,7 +354,7 @@ fn bench(c: &mut Criterion) {
          (a) raw wasmer typed call: {a:.1} ns (with metering compiled in: {am:.1} ns)\n\
          (b) Keel Instance::call: no metering {bn:.1} ns = {:.2}x (a) (target <= 1.3); \
          metering pooled {bp:.1} ns = {:.2}x (target <= 1.5); metering serial {bs:.1} ns = {:.2}x; \
-         Keel overhead over raw metered call {:.2}x\n\
+         Keel overhead over raw metered call {:.2}x; keel_call (C ABI, Host, metering, pooled) {bf:.1} ns = {:.2}x\n\
          (c) FNV-1a 4 KiB: native C {cn:.0} ns, WASM C metered {cw:.0} ns = {:.2}x (target <= 2)\n\
          (d) cold start: cache miss {:.2} ms (target <= 50), cache hit {:.3} ms (target <= 5), miss/hit {:.1}x",
         big.len(),
@@ -287,6 +362,7 @@ fn bench(c: &mut Criterion) {
         bp / a,
         bs / a,
         bp / am,
+        bf / a,
         cw / cn,
         miss.as_secs_f64() * 1e3,
         hit.as_secs_f64() * 1e3,

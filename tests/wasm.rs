@@ -69,8 +69,10 @@ fn fib(n: u32) -> u64 {
     a
 }
 
+type LogLines = Arc<Mutex<Vec<(String, LogLevel, String)>>>;
+
 /// Services whose log lines are recorded.
-fn recording_services() -> (HostServices, Arc<Mutex<Vec<(String, LogLevel, String)>>>) {
+fn recording_services() -> (HostServices, LogLines) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l = lines.clone();
     let services = HostServices {

@@ -178,15 +178,16 @@ impl ModuleCache {
     }
 
     /// Write an entry atomically (temporary file in the same directory, then rename).
+    /// Concurrent writers of the same entry each rename a complete file; the last one wins.
     pub fn store(&self, module_sha256: &[u8; 32], engine_key: &str, serialized: &[u8]) -> Result<()> {
         let path = self.entry_path(module_sha256, engine_key);
         let tag = self.tag(module_sha256, engine_key, serialized).finalize().into_bytes();
         let mut tmp = tempfile_in(&self.config.dir)?;
+        // No fsync: an entry torn by a crash fails authentication and is recompiled.
         let write = (|| {
             tmp.1.write_all(MAGIC)?;
             tmp.1.write_all(&tag)?;
-            tmp.1.write_all(serialized)?;
-            tmp.1.sync_all()
+            tmp.1.write_all(serialized)
         })();
         if let Err(e) = write {
             let _ = std::fs::remove_file(&tmp.0);

@@ -53,6 +53,7 @@ impl<T> Drop for Claim<'_, T> {
     }
 }
 
+#[inline]
 fn thread_number() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {

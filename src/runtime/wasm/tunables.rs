@@ -88,8 +88,10 @@ impl CappedTunables {
 }
 
 impl Tunables for CappedTunables {
-    fn memory_style(&self, memory: &MemoryType) -> MemoryStyle {
-        self.base.memory_style(&self.adjust_memory(memory))
+    /// Always static: the whole wasm32 address space is reserved up front, so a memory's base
+    /// address never moves while the instance lives (the call path relies on this).
+    fn memory_style(&self, _memory: &MemoryType) -> MemoryStyle {
+        MemoryStyle::Static
     }
 
     fn table_style(&self, table: &TableType) -> TableStyle {
