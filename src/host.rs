@@ -334,11 +334,10 @@ impl Host {
                 self.start_wasm()?.instantiate(&art, &ctx)?
             }
             RuntimeKind::Themis => {
-                bail!(
-                    KEEL_ERR_UNSUPPORTED,
-                    "{what}: runtime {:?} is not available in this build",
-                    m.runtime
-                )
+                // ThemisDB C++ plugin: same sealed-memfd path as native, then the C++ shim.
+                let art = artifact::read_sealed(&bin.path, &m.name)?;
+                art.check_digest(&bin.sha256, &what)?;
+                Box::new(runtime::legacy::load(art, &ctx)?)
             }
         };
         Ok(Generation::new(number, m.clone(), bin.sha256.clone(), granted, instance))

@@ -523,6 +523,50 @@ keel_status keel_buffer_free(keel_buffer *buf);
 keel_status keel_buffer_data(const keel_buffer *buf, const uint8_t **data, size_t *len);
 
 /**
+ * The type-specific object of a ThemisDB legacy plugin: `IThemisPlugin::getInstance()` of
+ * the plugin's current generation (plugins loaded with `"runtime": "themis"`, e.g. from a
+ * ThemisDB `plugin.json`). Cast it by the plugin's type, as ThemisDB hosts do.
+ *
+ * `*out` receives the pointer (NULL if `getInstance()` returned NULL). It is borrowed from
+ * the plugin object and valid only until the next reload or unload of that plugin (each
+ * reload creates a new object; call this again after `keel_host_reload`). Calls into the
+ * object are the caller's own business: Keel serialises only its own calls.
+ *
+ * Errors: `KEEL_ERR_UNSUPPORTED` if the plugin is not a legacy ThemisDB plugin,
+ * `KEEL_ERR_PLUGIN_UNLOADED` after unload, `KEEL_ERR_CALL_FAILED` if `getInstance()` threw.
+ * Thread-safe.
+ */
+keel_status keel_plugin_themis_instance(const keel_plugin *plugin, void **out);
+
+/**
+ * The plugin's name (as its manifest says; the same for every generation) written to `out`,
+ * replacing its content (UTF-8, no NUL). Works after unload too. Thread-safe (for distinct
+ * buffers).
+ */
+keel_status keel_plugin_name(const keel_plugin *plugin, keel_buffer *out);
+
+/**
+ * The current generation's version (from its manifest, semver text) written to `out`,
+ * replacing its content. `KEEL_ERR_PLUGIN_UNLOADED` after unload. Thread-safe.
+ */
+keel_status keel_plugin_version(const keel_plugin *plugin, keel_buffer *out);
+
+/**
+ * The current generation's plugin type (manifest `"type"`, e.g. `"embedding"`; ThemisDB type
+ * names) written to `out`, replacing its content; empty when the manifest names no type.
+ * `KEEL_ERR_PLUGIN_UNLOADED` after unload. Thread-safe.
+ */
+keel_status keel_plugin_type(const keel_plugin *plugin, keel_buffer *out);
+
+/**
+ * Whether the current generation's manifest declares the trait `name` (behaviour flags such
+ * as ThemisDB's `streaming`, `batching`, `transactions`, `thread_safe`, `gpu_accelerated`;
+ * informational, they grant nothing). `*out` receives the answer.
+ * `KEEL_ERR_PLUGIN_UNLOADED` after unload. Thread-safe.
+ */
+keel_status keel_plugin_has_trait(const keel_plugin *plugin, const char *name, bool *out);
+
+/**
  * Replace the host's trust store with the JSON file at `path` (format: see docs/trust.md).
  *
  * `path` is borrowed for the call; the file is read once, completely, during the call (later

@@ -16,6 +16,7 @@
 
 pub mod deps;
 pub mod host;
+pub mod themis;
 pub mod trust;
 
 use std::cell::RefCell;

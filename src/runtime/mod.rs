@@ -3,6 +3,7 @@
 //! Every runtime implements the same trait, so the registry, the call path and the
 //! lifecycle code never know which one they are driving.
 
+pub mod legacy;
 pub mod native;
 pub mod wasm;
 
@@ -53,6 +54,12 @@ pub trait Instance: Send + Sync {
     /// Ask the plugin how it is.
     fn health(&self) -> Health {
         Health::Unknown
+    }
+
+    /// The concrete instance, for runtime-specific accessors (e.g. the ThemisDB object behind
+    /// a legacy plugin: [`legacy::LegacyInstance`]). `None` unless a runtime opts in.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
     }
 }
 

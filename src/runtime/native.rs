@@ -227,8 +227,7 @@ pub struct NativeInstance {
     // Kept alive for the plugin: it may hold `host` until shutdown.
     _api: Box<RawHostApi>,
     _api_ctx: Box<HostApiCtx>,
-    lib: Option<libloading::os::unix::Library>,
-    memfd: Option<OwnedFd>,
+    lib: Option<SealedLibrary>,
 }
 
 // SAFETY: the vtable and instance pointers are only used through the plugin's C ABI, whose
@@ -251,16 +250,68 @@ fn cstr_field(p: *const c_char, what: &str) -> Result<String> {
         .map_err(|_| err!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "vtable field {what} is not UTF-8"))
 }
 
+/// A shared library `dlopen`ed from a verified artifact's sealed memfd (`/proc/self/fd/N`,
+/// `RTLD_NOW | RTLD_LOCAL`), together with that memfd. Dropping it `dlclose`s the library and
+/// then closes the memfd, unless the image is still mapped (see `Drop`). Used by the native and
+/// the legacy (ThemisDB C++) runtimes; the owner must have shut the plugin down first.
+pub struct SealedLibrary {
+    lib: Option<libloading::os::unix::Library>,
+    memfd: Option<OwnedFd>,
+}
+
+impl SealedLibrary {
+    /// `dlopen` the artifact's sealed memfd. The library's constructors run here, so call this
+    /// only after the digest (and signature) checks.
+    pub fn open(artifact: Artifact, plugin: &str) -> Result<SealedLibrary> {
+        let Some(fd) = artifact.into_sealed_fd() else {
+            bail!(KEEL_ERR_INTERNAL, "native artifact of '{plugin}' is not a sealed memfd");
+        };
+        let path = artifact::proc_path(&fd);
+        // SAFETY: dlopen runs the library's constructors; the bytes were verified before this.
+        let lib = unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_LOCAL) }
+            .map_err(|e| err!(KEEL_ERR_LIBRARY_LOAD, "plugin '{plugin}': dlopen failed: {e}"))?;
+        Ok(SealedLibrary {
+            lib: Some(lib),
+            memfd: Some(fd),
+        })
+    }
+
+    /// The address of an exported symbol (`name` NUL-terminated), if the library exports it.
+    pub fn symbol(&self, name: &[u8]) -> Option<*mut c_void> {
+        let lib = self.lib.as_ref()?;
+        // SAFETY: only the address is taken; the caller decides the type it is used as.
+        let sym: libloading::os::unix::Symbol<*mut c_void> = unsafe { lib.get(name) }.ok()?;
+        Some(sym.into_raw())
+    }
+}
+
+impl Drop for SealedLibrary {
+    fn drop(&mut self) {
+        let name = self.memfd.as_ref().map(artifact::proc_path);
+        drop(self.lib.take());
+        if let (Some(fd), Some(name)) = (self.memfd.take(), name) {
+            // If the library is still mapped (a TLS destructor, RTLD_NODELETE or a
+            // STB_GNU_UNIQUE symbol keeps it), keep the descriptor open forever so its name is
+            // never reused for another library: glibc would hand back the old object for the
+            // new name.
+            let cname = std::ffi::CString::new(name).unwrap_or_default();
+            // SAFETY: RTLD_NOLOAD only queries.
+            let h = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+            if h.is_null() {
+                drop(fd);
+            } else {
+                // SAFETY: balances the NOLOAD reference just taken.
+                unsafe { libc::dlclose(h) };
+                std::mem::forget(fd);
+            }
+        }
+    }
+}
+
 /// Load a native plugin from a verified artifact and run its init hook.
 pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance> {
     let name = &ctx.manifest.name;
-    let Some(fd) = artifact.into_sealed_fd() else {
-        bail!(KEEL_ERR_INTERNAL, "native artifact of '{name}' is not a sealed memfd");
-    };
-    let path = artifact::proc_path(&fd);
-    // SAFETY: dlopen runs the library's constructors; the bytes were verified before this.
-    let lib = unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_LOCAL) }
-        .map_err(|e| err!(KEEL_ERR_LIBRARY_LOAD, "plugin '{name}': dlopen failed: {e}"))?;
+    let lib = SealedLibrary::open(artifact, name)?;
     let mut inst = NativeInstance {
         vtable: std::ptr::null(),
         instance: std::ptr::null_mut(),
@@ -292,16 +343,15 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance>
             kv_delete: None,
         }),
         lib: Some(lib),
-        memfd: Some(fd),
     };
+    let entry = inst.lib.as_ref().and_then(|l| l.symbol(ENTRY_SYMBOL)).ok_or_else(|| {
+        err!(
+            KEEL_ERR_SYMBOL_MISSING,
+            "plugin '{name}' does not export keel_plugin_entry (not a Keel native plugin)"
+        )
+    })?;
     // SAFETY: symbol type per keel_plugin.h.
-    let entry: libloading::os::unix::Symbol<unsafe extern "C" fn() -> *const RawVtable> =
-        unsafe { inst.lib.as_ref().expect("just set").get(ENTRY_SYMBOL) }.map_err(|_| {
-            err!(
-                KEEL_ERR_SYMBOL_MISSING,
-                "plugin '{name}' does not export keel_plugin_entry (not a Keel native plugin)"
-            )
-        })?;
+    let entry = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> *const RawVtable>(entry) };
     // SAFETY: calling the plugin's entry function per the ABI.
     let vt = unsafe { entry() };
     if vt.is_null() {
@@ -516,22 +566,7 @@ impl Drop for NativeInstance {
         }
         self.instance = std::ptr::null_mut();
         self.vtable = std::ptr::null();
-        let name = self.memfd.as_ref().map(artifact::proc_path);
+        // dlclose, then release the memfd (see SealedLibrary's Drop).
         drop(self.lib.take());
-        if let (Some(fd), Some(name)) = (self.memfd.take(), name) {
-            // If the library is still mapped (a TLS destructor or RTLD_NODELETE keeps it),
-            // keep the descriptor open forever so its name is never reused for another
-            // library: glibc would hand back the old object for the new name.
-            let cname = std::ffi::CString::new(name).unwrap_or_default();
-            // SAFETY: RTLD_NOLOAD only queries.
-            let h = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-            if h.is_null() {
-                drop(fd);
-            } else {
-                // SAFETY: balances the NOLOAD reference just taken.
-                unsafe { libc::dlclose(h) };
-                std::mem::forget(fd);
-            }
-        }
     }
 }

@@ -46,6 +46,28 @@ pub fn build_native(src: &str, defines: &[&str], dir: &Path, out_name: &str) -> 
     out
 }
 
+/// Compile the C++ fixture `tests/fixtures/<src>` (e.g. `themis/legacy_plugin.cpp`, C++17,
+/// `-Wall -Wextra -Werror`) with `defines` into `<dir>/<out_name>`, like [`build_native`].
+pub fn build_cxx(src: &str, defines: &[&str], dir: &Path, out_name: &str) -> PathBuf {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let out = dir.join(out_name);
+    let tmp = dir.join(format!(".{out_name}.{}.tmp", std::process::id()));
+    let mut cmd = Command::new(&cxx);
+    cmd.args(["-shared", "-fPIC", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-o")
+        .arg(&tmp)
+        .arg(repo().join("tests/fixtures").join(src));
+    for d in defines {
+        cmd.arg(format!("-D{d}"));
+    }
+    let st = cmd.status().unwrap_or_else(|e| panic!("running {cxx}: {e}"));
+    assert!(st.success(), "compiling fixture {src} failed");
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
 pub fn sha256_file(p: &Path) -> String {
     keel::trust::digest::sha256_hex(&std::fs::read(p).unwrap())
 }

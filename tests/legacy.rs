@@ -1,0 +1,705 @@
+//! Legacy ThemisDB C++ plugins (`createPlugin`/`destroyPlugin` returning `IThemisPlugin*`),
+//! end to end: a real C++ fixture (tests/fixtures/themis/legacy_plugin.cpp) compiled with the
+//! system C++ compiler, loaded from ThemisDB `plugin.json` and Keel manifests through the C ABI
+//! and the Rust host; info, getInstance, config, hot reload with state, unload order, and one
+//! precise code for every failure.
+
+mod common;
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::{Arc, Mutex};
+
+use keel::ffi::host::*;
+use keel::ffi::keel_last_error_message;
+use keel::ffi::themis::*;
+use keel::keel_status::{self, *};
+use keel::runtime::legacy::LegacyInstance;
+use serde_json::{json, Value};
+
+const FIXTURE: &str = "themis/legacy_plugin.cpp";
+
+/// Mirror of `legacy_fixture_api` (tests/fixtures/themis/legacy_fixture_api.h).
+#[repr(C)]
+struct FixtureApi {
+    magic: u32,
+    self_: *mut c_void,
+    bump: unsafe extern "C" fn(*mut c_void) -> i64,
+    count: unsafe extern "C" fn(*mut c_void) -> i64,
+    tag: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+    config: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+}
+const FIXTURE_MAGIC: u32 = 0x4c45_4731;
+
+/// The fixture object behind a legacy plugin's getInstance().
+struct Api(*const FixtureApi);
+
+impl Api {
+    fn get(&self) -> &FixtureApi {
+        let a = unsafe { &*self.0 };
+        assert_eq!(a.magic, FIXTURE_MAGIC, "getInstance() is the fixture's API object");
+        a
+    }
+    fn bump(&self) -> i64 {
+        let a = self.get();
+        unsafe { (a.bump)(a.self_) }
+    }
+    fn count(&self) -> i64 {
+        let a = self.get();
+        unsafe { (a.count)(a.self_) }
+    }
+    fn tag(&self) -> String {
+        let a = self.get();
+        unsafe { CStr::from_ptr((a.tag)(a.self_)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+    fn config(&self) -> Value {
+        let a = self.get();
+        let text = unsafe { CStr::from_ptr((a.config)(a.self_)) }
+            .to_string_lossy()
+            .into_owned();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("config {text:?} is not JSON: {e}"))
+    }
+}
+
+fn last_error() -> String {
+    let mut p = ptr::null();
+    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+struct TestHost(*mut keel_host);
+
+impl TestHost {
+    fn new() -> TestHost {
+        let mut h = ptr::null_mut();
+        assert_eq!(keel_host_new(&mut h), KEEL_OK);
+        common::allow_unsigned(h);
+        TestHost(h)
+    }
+    fn load(&self, manifest: &Path) -> Result<Plugin, keel_status> {
+        let c = cstr(manifest.to_str().unwrap());
+        let mut p = ptr::null_mut();
+        match keel_host_load(self.0, c.as_ptr(), &mut p) {
+            KEEL_OK => Ok(Plugin(p)),
+            s => Err(s),
+        }
+    }
+    fn reload(&self, name: &str) -> Result<u64, keel_status> {
+        let mut g = 0;
+        match keel_host_reload(self.0, cstr(name).as_ptr(), &mut g) {
+            KEEL_OK => Ok(g),
+            s => Err(s),
+        }
+    }
+    fn unload(&self, name: &str) -> keel_status {
+        keel_host_unload(self.0, cstr(name).as_ptr())
+    }
+    fn get(&self, name: &str) -> Result<Plugin, keel_status> {
+        let mut p = ptr::null_mut();
+        match keel_plugin_get(self.0, cstr(name).as_ptr(), &mut p) {
+            KEEL_OK => Ok(Plugin(p)),
+            s => Err(s),
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        assert_eq!(keel_host_free(self.0), KEEL_OK);
+    }
+}
+
+struct Buf(*mut keel_buffer);
+
+impl Buf {
+    fn new() -> Buf {
+        let mut b = ptr::null_mut();
+        assert_eq!(keel_buffer_new(&mut b), KEEL_OK);
+        Buf(b)
+    }
+    fn text(&self) -> String {
+        let mut d = ptr::null();
+        let mut n = 0;
+        assert_eq!(keel_buffer_data(self.0, &mut d, &mut n), KEEL_OK);
+        if n == 0 {
+            return String::new();
+        }
+        String::from_utf8(unsafe { std::slice::from_raw_parts(d, n) }.to_vec()).unwrap()
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        keel_buffer_free(self.0);
+    }
+}
+
+struct Plugin(*mut keel_plugin);
+
+impl Plugin {
+    fn function(&self, name: &str) -> Result<keel_function, keel_status> {
+        let mut f = 0;
+        match keel_plugin_function(self.0, cstr(name).as_ptr(), &mut f) {
+            KEEL_OK => Ok(f),
+            s => Err(s),
+        }
+    }
+    fn call(&self, function: &str) -> Result<String, keel_status> {
+        let f = self.function(function)?;
+        let out = Buf::new();
+        match keel_call(self.0, f, ptr::null(), 0, out.0) {
+            KEEL_OK => Ok(out.text()),
+            s => Err(s),
+        }
+    }
+    fn info(&self) -> Value {
+        let text = self
+            .call("info")
+            .unwrap_or_else(|s| panic!("info: {s:?}: {}", last_error()));
+        serde_json::from_str(&text).unwrap()
+    }
+    fn instance(&self) -> Result<Api, keel_status> {
+        let mut p = ptr::null_mut();
+        match keel_plugin_themis_instance(self.0, &mut p) {
+            KEEL_OK => Ok(Api(p as *const FixtureApi)),
+            s => Err(s),
+        }
+    }
+    fn text(
+        &self,
+        f: extern "C" fn(*const keel_plugin, *mut keel_buffer) -> keel_status,
+    ) -> Result<String, keel_status> {
+        let out = Buf::new();
+        match f(self.0, out.0) {
+            KEEL_OK => Ok(out.text()),
+            s => Err(s),
+        }
+    }
+    fn generation(&self) -> u64 {
+        let mut g = 0;
+        assert_eq!(keel_plugin_generation(self.0, &mut g), KEEL_OK);
+        g
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        keel_plugin_free(self.0);
+    }
+}
+
+/// Build the fixture with `defines` as `<dir>/<so>`.
+fn build(dir: &Path, defines: &[&str], so: &str) -> PathBuf {
+    common::build_cxx(FIXTURE, defines, dir, so)
+}
+
+/// A ThemisDB `plugin.json` (v2 fields) for `so`, pinned by `expected_hash`.
+fn plugin_json(dir: &Path, name: &str, version: &str, so: &Path, extra: Value) -> PathBuf {
+    let mut m = json!({
+        "name": name,
+        "version": version,
+        "type": "custom",
+        "description": "legacy C++ fixture plugin",
+        "binary": { "linux": so.file_name().unwrap().to_str().unwrap() },
+        "expected_hash": common::sha256_file(so),
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            m[k] = v;
+        }
+    }
+    let path = dir.join("plugin.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    path
+}
+
+/// A Keel manifest with `"runtime": "themis"` (which may carry `config`).
+fn keel_manifest(dir: &Path, name: &str, version: &str, so: &Path, config: Value) -> PathBuf {
+    common::write_manifest(dir, name, version, so, json!({ "runtime": "themis", "config": config }))
+}
+
+fn marker_lines(marker: &Path) -> Vec<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn themisdb_plugin_json_loads_answers_info_and_hands_out_its_instance() {
+    let dir = common::tempdir("legacy-basic");
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = plugin_json(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"capabilities": {"streaming": true}}),
+    );
+    let host = TestHost::new();
+    let p = host
+        .load(&manifest)
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+
+    let info = p.info();
+    assert_eq!(info["name"], "legacy");
+    assert_eq!(info["version"], "1.0.0");
+    assert_eq!(info["type"], "custom");
+    assert_eq!(info["type_id"], 12);
+    assert_eq!(info["stateful"], true);
+    let caps = info["capabilities"].as_object().unwrap();
+    assert_eq!(caps.len(), 7);
+    assert_eq!(caps["provides_shard_policy"], true);
+    assert_eq!(caps["thread_safe"], false);
+    assert_eq!(caps["streaming"], false, "the object's flags, not the manifest's");
+
+    // Metadata accessors (used by the C++ adapter).
+    assert_eq!(p.text(keel_plugin_name).unwrap(), "legacy");
+    assert_eq!(p.text(keel_plugin_version).unwrap(), "1.0.0");
+    assert_eq!(p.text(keel_plugin_type).unwrap(), "custom");
+    let mut has = false;
+    assert_eq!(keel_plugin_has_trait(p.0, c"streaming".as_ptr(), &mut has), KEEL_OK);
+    assert!(has, "manifest capability flags are traits");
+    assert_eq!(keel_plugin_has_trait(p.0, c"batching".as_ptr(), &mut has), KEEL_OK);
+    assert!(!has);
+
+    // getInstance(): the type-specific object, used directly.
+    let api = p.instance().unwrap();
+    assert_eq!(api.tag(), "v1");
+    assert_eq!(
+        api.config(),
+        json!({}),
+        "a plugin.json has no config: initialize gets {{}}"
+    );
+    assert_eq!(api.bump(), 1);
+    assert_eq!(api.bump(), 2);
+    let state: Value = serde_json::from_str(&p.call("state").unwrap()).unwrap();
+    assert_eq!(state, json!({"count": 2, "tag": "v1"}));
+
+    // After unload: calls and accessors say so; the name stays readable.
+    assert_eq!(host.unload("legacy"), KEEL_OK);
+    let info_fn = p.function("info").unwrap_err();
+    assert_eq!(info_fn, KEEL_ERR_PLUGIN_UNLOADED);
+    assert_eq!(p.instance().err(), Some(KEEL_ERR_PLUGIN_UNLOADED));
+    assert_eq!(p.text(keel_plugin_version).err(), Some(KEEL_ERR_PLUGIN_UNLOADED));
+    assert_eq!(p.text(keel_plugin_type).err(), Some(KEEL_ERR_PLUGIN_UNLOADED));
+    assert_eq!(
+        keel_plugin_has_trait(p.0, c"streaming".as_ptr(), &mut has),
+        KEEL_ERR_PLUGIN_UNLOADED
+    );
+    assert_eq!(p.text(keel_plugin_name).unwrap(), "legacy");
+}
+
+#[test]
+fn reload_from_plugin_json_carries_state_the_themisdb_way() {
+    let dir = common::tempdir("legacy-reload");
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
+    let host = TestHost::new();
+    let p = host.load(&manifest).unwrap();
+    let old = p.instance().unwrap();
+    for _ in 0..3 {
+        old.bump();
+    }
+
+    let so2 = build(
+        &dir,
+        &["LEGACY_TAG=\"v2\"", "LEGACY_STEP=10", "LEGACY_VERSION=\"1.1.0\""],
+        "liblegacy.so",
+    );
+    plugin_json(&dir, "legacy", "1.1.0", &so2, json!({}));
+    assert_eq!(host.reload("legacy"), Ok(2), "{}", last_error());
+    assert_eq!(p.generation(), 2);
+
+    let new = p.instance().unwrap();
+    assert_eq!(new.tag(), "v2");
+    assert_eq!(new.count(), 3, "state carried over");
+    assert_eq!(
+        new.config(),
+        json!({"restored_state": "{\"count\":3,\"tag\":\"v1\"}"}),
+        "ThemisDB's reload config: {{\"restored_state\": <saved>}}"
+    );
+    assert_eq!(new.bump(), 13, "new code runs");
+    assert_eq!(p.info()["version"], "1.1.0");
+    assert_eq!(p.text(keel_plugin_version).unwrap(), "1.1.0");
+
+    // A tampered binary on reload: refused, the running generation keeps serving.
+    build(&dir, &["LEGACY_TAG=\"v3\""], "liblegacy.so");
+    assert_eq!(host.reload("legacy"), Err(KEEL_ERR_DIGEST_MISMATCH));
+    assert!(last_error().contains("rolled back"), "{}", last_error());
+    assert_eq!(p.generation(), 2);
+    assert_eq!(p.instance().unwrap().bump(), 23);
+}
+
+#[test]
+fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
+    let dir = common::tempdir("legacy-config");
+    let marker = dir.join("marker.txt");
+    let config = json!({"marker": marker.to_str().unwrap(), "mode": "fast", "depth": 3});
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = keel_manifest(&dir, "legacy", "1.0.0", &so, config.clone());
+    let host = TestHost::new();
+    let p = host
+        .load(&manifest)
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+    let api = p.instance().unwrap();
+    assert_eq!(
+        api.config(),
+        config,
+        "the manifest's config, not ThemisDB's constant {{}}"
+    );
+    assert_eq!(marker_lines(&marker), ["init v1"]);
+    api.bump();
+    api.bump();
+
+    let so2 = build(&dir, &["LEGACY_TAG=\"v2\"", "LEGACY_STEP=5"], "liblegacy.so");
+    keel_manifest(&dir, "legacy", "1.0.1", &so2, config.clone());
+    assert_eq!(host.reload("legacy"), Ok(2), "{}", last_error());
+    let new = p.instance().unwrap();
+    let mut want = config.clone();
+    want["restored_state"] = json!("{\"count\":2,\"tag\":\"v1\"}");
+    assert_eq!(new.config(), want, "manifest config plus restored_state");
+    assert_eq!(new.bump(), 7);
+    // The new object is initialised and restored before the old one is shut down and
+    // destroyed; nothing of the old one runs after its destroyPlugin.
+    assert_eq!(
+        marker_lines(&marker),
+        ["init v1", "init v2", "restore v2 2", "shutdown v1", "destroy v1"]
+    );
+
+    assert_eq!(host.unload("legacy"), KEEL_OK);
+    assert_eq!(
+        marker_lines(&marker),
+        [
+            "init v1",
+            "init v2",
+            "restore v2 2",
+            "shutdown v1",
+            "destroy v1",
+            "shutdown v2",
+            "destroy v2"
+        ]
+    );
+}
+
+#[test]
+fn failing_initialize_is_init_failed_and_the_host_keeps_serving() {
+    let dir = common::tempdir("legacy-initfail");
+    let good_dir = dir.join("good");
+    std::fs::create_dir_all(&good_dir).unwrap();
+    let good_so = build(&good_dir, &[], "liblegacy.so");
+    let host = TestHost::new();
+    let good = host
+        .load(&plugin_json(&good_dir, "legacy", "1.0.0", &good_so, json!({})))
+        .unwrap();
+
+    let cases: [(&str, &str); 4] = [
+        ("LEGACY_INIT_THROWS", "initialize threw: fixture initialize failure"),
+        (
+            "LEGACY_INIT_THROWS_INT",
+            "initialize threw an exception not derived from std::exception",
+        ),
+        ("LEGACY_INIT_FALSE", "initialize returned false"),
+        ("LEGACY_CREATE_NULL", "createPlugin returned NULL"),
+    ];
+    for (i, (define, message)) in cases.iter().enumerate() {
+        let d = dir.join(format!("bad{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let marker = d.join("marker.txt");
+        let so = build(&d, &[define], "libbroken.so");
+        let m = keel_manifest(&d, "broken", "1.0.0", &so, json!({"marker": marker.to_str().unwrap()}));
+        assert_eq!(host.load(&m).err(), Some(KEEL_ERR_INIT_FAILED), "{define}");
+        let e = last_error();
+        assert!(e.contains(message), "{define}: {e}");
+        assert!(e.contains("broken"), "{e}");
+        if *define != "LEGACY_CREATE_NULL" {
+            // Destroyed through destroyPlugin, never shut down (it never initialised).
+            assert_eq!(marker_lines(&marker), ["destroy v1"], "{define}");
+        }
+        assert_eq!(host.get("broken").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
+        // The host keeps serving the good plugin.
+        assert_eq!(good.info()["name"], "legacy");
+        assert_eq!(good.instance().unwrap().bump(), i as i64 + 1);
+    }
+    // The name is free again.
+    let d = dir.join("fixed");
+    std::fs::create_dir_all(&d).unwrap();
+    let so = build(&d, &[], "libbroken.so");
+    let fixed = host
+        .load(&keel_manifest(&d, "broken", "1.0.0", &so, json!({})))
+        .unwrap();
+    assert_eq!(fixed.info()["name"], "legacy");
+}
+
+#[test]
+fn missing_destroy_plugin_is_refused_before_create_runs() {
+    let dir = common::tempdir("legacy-nodestroy");
+    let marker = dir.join("marker.txt");
+    let so = build(&dir, &["LEGACY_NO_DESTROY"], "liblegacy.so");
+    let m = keel_manifest(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"marker": marker.to_str().unwrap()}),
+    );
+    let host = TestHost::new();
+    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
+    let e = last_error();
+    assert!(e.contains("destroyPlugin"), "{e}");
+    assert!(!marker.exists(), "no object was created or initialised");
+    assert_eq!(host.get("legacy").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
+}
+
+#[test]
+fn a_library_without_create_plugin_is_not_a_themis_plugin() {
+    let dir = common::tempdir("legacy-notthemis");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let m = keel_manifest(&dir, "echo", "1.0.0", &so, json!({}));
+    let host = TestHost::new();
+    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
+    assert!(last_error().contains("createPlugin"), "{}", last_error());
+}
+
+#[test]
+fn tampered_binary_is_refused_before_it_runs() {
+    let dir = common::tempdir("legacy-tamper");
+    let marker = dir.join("marker.txt");
+    let so = build(&dir, &[], "liblegacy.so");
+    let m = plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
+    // Replace the binary after the manifest pinned it.
+    build(&dir, &["LEGACY_TAG=\"evil\""], "liblegacy.so");
+    let host = TestHost::new();
+    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_DIGEST_MISMATCH));
+    assert!(last_error().contains("SHA-256"), "{}", last_error());
+    assert!(!marker.exists());
+    assert_eq!(host.get("legacy").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
+}
+
+#[test]
+fn null_name_and_version_read_as_empty() {
+    let dir = common::tempdir("legacy-nullname");
+    let so = build(&dir, &["LEGACY_NULL_NAME"], "liblegacy.so");
+    let host = TestHost::new();
+    let p = host
+        .load(&plugin_json(&dir, "nameless", "2.0.0", &so, json!({})))
+        .unwrap();
+    let info = p.info();
+    assert_eq!(info["name"], "");
+    assert_eq!(info["version"], "");
+    // Keel registers the plugin under its manifest's name.
+    assert_eq!(p.text(keel_plugin_name).unwrap(), "nameless");
+    assert_eq!(p.text(keel_plugin_version).unwrap(), "2.0.0");
+    assert!(host.get("nameless").is_ok());
+}
+
+#[test]
+fn state_save_and_restore_failures_roll_the_reload_back() {
+    // saveState throws in the running generation.
+    let dir = common::tempdir("legacy-savefail");
+    let so = build(&dir, &["LEGACY_SAVE_THROWS"], "liblegacy.so");
+    plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
+    let host = TestHost::new();
+    let p = host.load(&dir.join("plugin.json")).unwrap();
+    p.instance().unwrap().bump();
+    assert_eq!(p.call("state").err(), Some(KEEL_ERR_CALL_FAILED));
+    assert!(last_error().contains("fixture saveState failure"), "{}", last_error());
+    let so2 = build(&dir, &["LEGACY_TAG=\"v2\""], "liblegacy.so");
+    plugin_json(&dir, "legacy", "1.0.1", &so2, json!({}));
+    assert_eq!(host.reload("legacy"), Err(KEEL_ERR_STATE_SAVE));
+    let e = last_error();
+    assert!(
+        e.contains("saveState threw: fixture saveState failure") && e.contains("rolled back"),
+        "{e}"
+    );
+    assert_eq!(p.generation(), 1);
+    assert_eq!(p.instance().unwrap().tag(), "v1");
+    assert_eq!(p.instance().unwrap().count(), 1);
+
+    // restoreState returns false in the new generation.
+    let dir = common::tempdir("legacy-restorefail");
+    let so = build(&dir, &[], "liblegacy.so");
+    plugin_json(&dir, "legacy2", "1.0.0", &so, json!({}));
+    let p = host.load(&dir.join("plugin.json")).unwrap();
+    p.instance().unwrap().bump();
+    let so2 = build(&dir, &["LEGACY_RESTORE_FALSE", "LEGACY_TAG=\"v2\""], "liblegacy.so");
+    plugin_json(&dir, "legacy2", "1.0.1", &so2, json!({}));
+    assert_eq!(host.reload("legacy2"), Err(KEEL_ERR_STATE_RESTORE));
+    assert!(last_error().contains("restoreState returned false"), "{}", last_error());
+    assert_eq!(p.generation(), 1);
+    assert_eq!(p.instance().unwrap().tag(), "v1");
+    assert_eq!(p.instance().unwrap().bump(), 2, "old generation untouched");
+}
+
+#[test]
+fn a_plugin_without_istatefulplugin_has_no_state_function_and_reloads_fresh() {
+    let dir = common::tempdir("legacy-stateless");
+    let so = build(&dir, &["LEGACY_NOT_STATEFUL"], "liblegacy.so");
+    plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
+    let host = TestHost::new();
+    let p = host.load(&dir.join("plugin.json")).unwrap();
+    assert_eq!(p.info()["stateful"], false);
+    assert_eq!(p.function("state").err(), Some(KEEL_ERR_FUNCTION_NOT_FOUND));
+    p.instance().unwrap().bump();
+    let so2 = build(&dir, &["LEGACY_NOT_STATEFUL", "LEGACY_TAG=\"v2\""], "liblegacy.so");
+    plugin_json(&dir, "legacy", "1.0.1", &so2, json!({}));
+    assert_eq!(host.reload("legacy"), Ok(2), "{}", last_error());
+    let api = p.instance().unwrap();
+    assert_eq!(api.tag(), "v2");
+    assert_eq!(api.count(), 0, "no IStatefulPlugin: nothing saved");
+    assert_eq!(api.config(), json!({}));
+}
+
+#[test]
+fn bad_arguments_and_non_legacy_plugins_get_their_codes() {
+    let host = TestHost::new();
+    let mut out = ptr::null_mut();
+    assert_eq!(
+        keel_plugin_themis_instance(ptr::null(), &mut out),
+        KEEL_ERR_NULL_POINTER
+    );
+    let buf = Buf::new();
+    assert_eq!(keel_plugin_name(ptr::null(), buf.0), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_plugin_version(ptr::null(), buf.0), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_plugin_type(ptr::null(), buf.0), KEEL_ERR_NULL_POINTER);
+    let mut has = false;
+    assert_eq!(
+        keel_plugin_has_trait(ptr::null(), c"x".as_ptr(), &mut has),
+        KEEL_ERR_NULL_POINTER
+    );
+
+    // A native Keel plugin has no IThemisPlugin object.
+    let (_dir, manifest) = common::echo_plugin("legacy-native", &[], json!({"type": "embedding"}));
+    let echo = host.load(&manifest).unwrap();
+    assert_eq!(echo.instance().err(), Some(KEEL_ERR_UNSUPPORTED));
+    assert!(
+        last_error().contains("not a ThemisDB legacy plugin"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        keel_plugin_themis_instance(echo.0, ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(keel_plugin_name(echo.0, ptr::null_mut()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(
+        keel_plugin_has_trait(echo.0, ptr::null(), &mut has),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_plugin_has_trait(echo.0, c"x".as_ptr(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let bad_utf8 = [0xffu8, 0];
+    assert_eq!(
+        keel_plugin_has_trait(echo.0, bad_utf8.as_ptr() as *const c_char, &mut has),
+        KEEL_ERR_INVALID_UTF8
+    );
+    // The metadata accessors work for every runtime.
+    assert_eq!(echo.text(keel_plugin_name).unwrap(), "echo");
+    assert_eq!(echo.text(keel_plugin_version).unwrap(), "1.0.0");
+    assert_eq!(echo.text(keel_plugin_type).unwrap(), "embedding");
+}
+
+#[test]
+fn rust_host_api_and_a_throwing_shutdown() {
+    let dir = common::tempdir("legacy-rust");
+    let marker = dir.join("marker.txt");
+    let so = build(&dir, &["LEGACY_SHUTDOWN_THROWS", "LEGACY_THREAD_SAFE"], "liblegacy.so");
+    let m = keel_manifest(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"marker": marker.to_str().unwrap()}),
+    );
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = logs.clone();
+    let services = keel::runtime::HostServices {
+        log: Arc::new(move |plugin, level, msg| sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}"))),
+        ..Default::default()
+    };
+    let host = keel::Host::with_services(services);
+    host.trust().set_require_signature(false).unwrap();
+    let slot = host.load(&m).unwrap();
+    {
+        let gen = slot.current().unwrap();
+        let legacy = gen
+            .instance
+            .as_any()
+            .and_then(|a| a.downcast_ref::<LegacyInstance>())
+            .expect("a legacy instance");
+        let info = legacy.loaded_info();
+        assert!(info.thread_safe());
+        assert_eq!(info.name, "legacy");
+        assert_eq!(info.type_name(), "custom");
+        assert_eq!(legacy.info().unwrap(), *info);
+        let api = Api(legacy.themis_instance().unwrap() as *const FixtureApi);
+        assert_eq!(api.bump(), 1);
+        assert_eq!(gen.instance.functions(), ["info", "state"]);
+    }
+    let info = slot.resolve("info").unwrap();
+    let mut out = Vec::new();
+    slot.call(info, b"ignored", &mut out).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["capabilities"]["thread_safe"], true);
+    assert_eq!(v["capabilities"]["streaming"], true);
+
+    // shutdown() throws: logged, and destroyPlugin still runs.
+    host.unload("legacy").unwrap();
+    assert_eq!(marker_lines(&marker), ["init v1", "shutdown v1", "destroy v1"]);
+    let logs = logs.lock().unwrap();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("legacy Warn") && l.contains("shutdown threw: fixture shutdown failure")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn calls_from_many_threads_while_reloading() {
+    let dir = common::tempdir("legacy-threads");
+    let so = build(&dir, &[], "liblegacy.so");
+    plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
+    let host = TestHost::new();
+    let p = host.load(&dir.join("plugin.json")).unwrap();
+    let info = p.function("info").unwrap();
+    let state = p.function("state").unwrap();
+    let handle = p.0 as usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let out = Buf::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                    let f = if n.is_multiple_of(2) { info } else { state };
+                    let s = keel_call(handle as *const keel_plugin, f, ptr::null(), 0, out.0);
+                    assert_eq!(s, KEEL_OK);
+                    assert!(out.text().starts_with('{'));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for (i, tag) in ["v2", "v3"].iter().enumerate() {
+        let so = build(&dir, &[&format!("LEGACY_TAG=\"{tag}\"")], "liblegacy.so");
+        plugin_json(&dir, "legacy", &format!("1.0.{}", i + 1), &so, json!({}));
+        assert_eq!(host.reload("legacy"), Ok(i as u64 + 2), "{}", last_error());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        assert!(t.join().unwrap() >= 50);
+    }
+    assert_eq!(p.instance().unwrap().tag(), "v3");
+}
