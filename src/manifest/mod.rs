@@ -194,9 +194,8 @@ pub fn validate_keel_schema(value: &Value) -> Result<()> {
 /// Parse manifest bytes, detecting the format: a document with `manifest_version` is a Keel
 /// manifest; one without it is read as a ThemisDB `plugin.json`.
 pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        err!(KEEL_ERR_MANIFEST_PARSE, "manifest is not valid JSON: {e}")
-    })?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| err!(KEEL_ERR_MANIFEST_PARSE, "manifest is not valid JSON: {e}"))?;
     if !value.is_object() {
         bail!(KEEL_ERR_MANIFEST_SCHEMA, "manifest must be a JSON object (rule: type)");
     }
