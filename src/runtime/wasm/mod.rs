@@ -26,6 +26,7 @@ pub mod engine;
 pub mod imports;
 pub mod plugin;
 pub mod pool;
+pub mod signals;
 pub mod tunables;
 pub mod watchdog;
 
@@ -169,6 +170,8 @@ const EXPORTS: &[(&str, bool, &[Type], &[Type])] = &[
 
 impl WasmRuntime {
     pub fn new(config: WasmConfig) -> Result<WasmRuntime> {
+        // Put Keel's SIGUSR1 router in front of wasmer's interrupt handler (see `signals`).
+        signals::install();
         let cache = config.cache.clone().map(ModuleCache::open).transpose()?;
         let dog = watchdog::Watchdog::start(config.watchdog_tick)
             .map_err(|e| err!(KEEL_ERR_INTERNAL, "starting the WASM watchdog thread failed: {e}"))?;

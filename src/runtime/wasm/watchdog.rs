@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use wasmer::Interrupter;
 
+use super::signals;
+
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
@@ -86,6 +88,8 @@ impl Flags {
 pub struct Watch {
     /// Written by the call path: the call number while in the guest, else 0.
     armed: AtomicU64,
+    /// Written by the call path before `armed`: the thread running the call.
+    thread: AtomicU64,
     /// Written by the watchdog: the call it is about to interrupt.
     target: AtomicU64,
     /// Written by the watchdog: the call whose handling it has finished.
@@ -101,6 +105,7 @@ impl Watch {
     /// Enter the guest with call number `seq` (non-zero, increasing per watch).
     #[inline]
     pub fn arm(&self, seq: u64) {
+        self.thread.store(signals::current_thread(), Ordering::Relaxed);
         self.armed.store(seq, Ordering::Release);
         self.flags.light_barrier();
         if self.flags.idle.load(Ordering::Relaxed) {
@@ -125,7 +130,11 @@ impl Watch {
         while self.done.load(Ordering::Acquire) != seq {
             std::hint::spin_loop();
         }
-        self.fired.load(Ordering::Acquire) == seq
+        let fired = self.fired.load(Ordering::Acquire) == seq;
+        if fired {
+            signals::settle(signals::current_thread());
+        }
+        fired
     }
 }
 
@@ -177,6 +186,7 @@ impl Watchdog {
     pub fn register(&self, interrupter: Interrupter, timeout: Duration) -> Arc<Watch> {
         let watch = Arc::new(Watch {
             armed: AtomicU64::new(0),
+            thread: AtomicU64::new(0),
             target: AtomicU64::new(0),
             done: AtomicU64::new(0),
             fired: AtomicU64::new(0),
@@ -245,7 +255,9 @@ fn scan(flags: &Flags, entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch
     // One barrier for all of them, then interrupt only the calls that are still running.
     flags.heavy_barrier();
     for (w, seq) in overdue.drain(..) {
-        if w.armed.load(Ordering::Acquire) == seq {
+        // Record the target thread first so Keel's SIGUSR1 handler passes the signal to
+        // wasmer (see `signals`); if the routing set is full, try again next tick.
+        if w.armed.load(Ordering::Acquire) == seq && signals::expect(w.thread.load(Ordering::Relaxed)) {
             w.interrupter.interrupt();
             w.fired.store(seq, Ordering::Release);
         }
