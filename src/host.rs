@@ -1,7 +1,12 @@
-//! The host: registry + policy + runtimes + services. Load, reload and unload are
-//! orchestrated here; calls go straight to a [`Slot`] and never touch the host.
+//! The host: registry + policy + runtimes + services + metrics + health. Load, reload and
+//! unload are orchestrated here; calls go straight to a [`Slot`] and never touch the host.
+//!
+//! [`Host`] owns a [`HostCore`] behind an `Arc` (the health monitor's thread holds the other
+//! reference, to restart plugins through [`HostCore::reload`]) and the monitor itself;
+//! everything but the monitor is on [`HostCore`], reached through `Deref`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +16,10 @@ use crate::artifact;
 use crate::capability::Capabilities;
 use crate::deps;
 use crate::error::{Error, Result};
+use crate::health::{HealthConfig, HealthReport, Monitor};
 use crate::manifest::{self, ManifestFile, RuntimeKind};
-use crate::metrics::{self, MetricsSnapshot};
+use crate::metrics::exposition::PluginCollector;
+use crate::metrics::{MetricsSnapshot, DEFAULT_SAMPLE_EVERY};
 use crate::registry::{self, Generation, Registry, Slot};
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{self, HostServices, Instance, LoadContext};
@@ -60,9 +67,23 @@ pub fn default_allowlist() -> Capabilities {
         .unwrap_or(Capabilities::NONE)
 }
 
-/// A Keel host: owns every loaded plugin.
+/// A Keel host: owns every loaded plugin and the health monitor. Dropping it stops the
+/// monitor, then unloads every plugin.
 pub struct Host {
-    registry: Registry,
+    core: Arc<HostCore>,
+    monitor: Mutex<Option<Monitor>>,
+}
+
+impl std::ops::Deref for Host {
+    type Target = HostCore;
+    fn deref(&self) -> &HostCore {
+        &self.core
+    }
+}
+
+/// Everything a host is but its health monitor (see [`Host`]).
+pub struct HostCore {
+    registry: Arc<Registry>,
     /// Serialises load, reload and unload (never taken by calls or lookups).
     lifecycle: Mutex<()>,
     allowlist: RwLock<Capabilities>,
@@ -77,6 +98,10 @@ pub struct Host {
     /// first WASM load with `wasm_config`.
     wasm: std::sync::OnceLock<WasmRuntime>,
     wasm_config: Mutex<WasmConfig>,
+    /// Latency sampling period given to every slot (see [`HostCore::set_latency_sampling`]).
+    sample_every: AtomicU32,
+    /// The Prometheus registry holding Keel's scrape-time collector.
+    prometheus: prometheus_client::registry::Registry,
 }
 
 impl Default for Host {
@@ -91,8 +116,11 @@ impl Host {
     }
 
     pub fn with_services(services: HostServices) -> Host {
-        Host {
-            registry: Registry::default(),
+        let registry = Arc::new(Registry::default());
+        let mut prometheus = prometheus_client::registry::Registry::default();
+        prometheus.register_collector(Box::new(PluginCollector::new(registry.clone())));
+        let core = HostCore {
+            registry,
             lifecycle: Mutex::new(()),
             allowlist: RwLock::new(default_allowlist()),
             services,
@@ -102,9 +130,48 @@ impl Host {
             trust: TrustState::new(),
             wasm: std::sync::OnceLock::new(),
             wasm_config: Mutex::new(WasmConfig::default()),
+            sample_every: AtomicU32::new(DEFAULT_SAMPLE_EVERY),
+            prometheus,
+        };
+        Host {
+            core: Arc::new(core),
+            monitor: Mutex::new(None),
         }
     }
 
+    /// Start the health monitor (see [`crate::health`]): every `config.interval` each
+    /// plugin is checked on a worker thread, scored, and restarted through
+    /// [`HostCore::reload`] after `unhealthy_threshold` unhealthy checks in a row. A monitor
+    /// already running is stopped first and replaced; the plugins' records are kept.
+    /// `KEEL_ERR_INVALID_ARGUMENT` for settings [`HealthConfig::validate`] refuses.
+    pub fn start_health_monitor(&self, config: HealthConfig) -> Result<()> {
+        config.validate()?;
+        let mut m = self.monitor.lock();
+        if let Some(old) = m.take() {
+            old.stop();
+        }
+        *m = Some(Monitor::start(self.core.clone(), config)?);
+        Ok(())
+    }
+
+    /// Stop the health monitor, if running, and wait for its thread (prompt: it never waits
+    /// on a plugin). Returns whether one was running.
+    pub fn stop_health_monitor(&self) -> bool {
+        let old = self.monitor.lock().take();
+        let was = old.is_some();
+        if let Some(m) = old {
+            m.stop();
+        }
+        was
+    }
+
+    /// Whether the health monitor runs.
+    pub fn health_monitor_running(&self) -> bool {
+        self.monitor.lock().is_some()
+    }
+}
+
+impl HostCore {
     /// Settings of the WASM runtime (limits' defaults and ceilings, pool size, metering,
     /// compiled-module cache). Only before the first WASM plugin is loaded.
     pub fn set_wasm_config(&self, config: WasmConfig) -> Result<()> {
@@ -219,6 +286,7 @@ impl Host {
             match self.build_generation(f, 1, None) {
                 Ok(gen) => {
                     let slot = Arc::new(Slot::new(f.manifest.name.clone()));
+                    slot.metrics.set_sample_every(self.sample_every.load(Ordering::Relaxed));
                     slot.metrics.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     slot.metrics
                         .last_load_nanos
@@ -502,14 +570,50 @@ impl Host {
             .collect()
     }
 
-    /// Prometheus text exposition of every loaded plugin's metrics.
+    /// OpenMetrics text exposition (`prometheus-client`; serve it as
+    /// [`crate::metrics::exposition::CONTENT_TYPE`]) of every loaded plugin's counters,
+    /// sampled latency histogram and health score, read at this moment; ends with `# EOF`.
+    /// Families are listed in [`crate::metrics::exposition`].
     pub fn metrics_text(&self) -> String {
-        metrics::render_prometheus(&self.metrics())
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.prometheus);
+        s
+    }
+
+    /// A collector of this host's plugin metrics, for an embedder's own
+    /// `prometheus_client::registry::Registry` (`register_collector`).
+    pub fn metrics_collector(&self) -> PluginCollector {
+        PluginCollector::new(self.registry.clone())
+    }
+
+    /// Time one call in `every` per thread and plugin (rounded up to a power of two; 0 turns
+    /// latency sampling off, 1 times every call). Applies to loaded plugins at once and to
+    /// later loads. Default [`DEFAULT_SAMPLE_EVERY`].
+    pub fn set_latency_sampling(&self, every: u32) {
+        let _lc = self.lifecycle.lock();
+        self.sample_every.store(every, Ordering::Relaxed);
+        for s in self.registry.slots() {
+            s.metrics.set_sample_every(every);
+        }
+    }
+
+    /// A loaded plugin's health as the monitor last saw it (status `Unknown` and score 1.0
+    /// before its first check). `KEEL_ERR_PLUGIN_NOT_FOUND` if no such plugin is loaded.
+    pub fn health(&self, name: &str) -> Result<HealthReport> {
+        Ok(self.get(name)?.health.report())
+    }
+
+    /// The loaded plugins' slots, sorted by name (lock-free snapshot).
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        self.registry.slots()
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.unload_all();
+        // The monitor first, so that no restart starts while the plugins are unloaded.
+        self.stop_health_monitor();
+        let _ = self.core.unload_all();
     }
 }

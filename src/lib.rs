@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod capability;
 pub mod deps;
 pub mod ffi;
+pub mod health;
 pub mod host;
 pub mod manifest;
 pub mod metrics;

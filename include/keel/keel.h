@@ -278,6 +278,44 @@ typedef uint32_t keel_status;
 #endif // __cplusplus
 
 /**
+ * What the health monitor last found for a plugin (`keel_health_report.status`).
+ */
+enum keel_health_status
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The plugin's health hook reported healthy.
+   */
+  KEEL_HEALTH_STATUS_HEALTHY = 0,
+  /**
+   * The plugin's health hook reported degraded.
+   */
+  KEEL_HEALTH_STATUS_DEGRADED = 1,
+  /**
+   * Reported unhealthy, or the check did not answer within the check timeout.
+   */
+  KEEL_HEALTH_STATUS_UNHEALTHY = 2,
+  /**
+   * Not checked yet, or the plugin has no health hook.
+   */
+  KEEL_HEALTH_STATUS_UNKNOWN = 3,
+  /**
+   * Still unhealthy after the maximum number of consecutive restart attempts; the
+   * monitor no longer restarts it until a check finds it healthy again.
+   */
+  KEEL_HEALTH_STATUS_FAILED = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_health_status keel_health_status;
+#else
+typedef uint32_t keel_health_status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A growable byte buffer that receives call results. Owned by the caller
  * (`keel_buffer_new` / `keel_buffer_free`) and reused across calls: its memory is kept, so
  * steady-state calls allocate nothing. Not thread-safe: use one buffer per thread.
@@ -300,6 +338,55 @@ typedef struct keel_host keel_host;
  * used by many threads at once.
  */
 typedef struct keel_plugin keel_plugin;
+
+/**
+ * A plugin's health as the monitor last saw it. Written by `keel_plugin_health` into
+ * caller-owned memory; holds no pointers.
+ */
+typedef struct {
+  /**
+   * A `keel_health_status` value.
+   */
+  keel_health_status status;
+  /**
+   * Unhealthy checks in a row.
+   */
+  uint32_t consecutive_failures;
+  /**
+   * Health score in [0, 1] from the last check (1.0 before the first):
+   * `clamp(base − 0.5 · error_rate, 0, 1)`, base 1.0 healthy or no hook, 0.7 degraded,
+   * 0.3 unhealthy; error_rate = errors / calls since the previous check.
+   */
+  double score;
+  /**
+   * Error rate (errors / calls) in the last check's window.
+   */
+  double error_rate;
+  /**
+   * When the plugin last answered a check, in milliseconds since the Unix epoch (0: never).
+   */
+  uint64_t last_heartbeat_unix_ms;
+  /**
+   * Successful restarts by the monitor over the plugin's life.
+   */
+  uint64_t restarts;
+  /**
+   * Restart attempts since the plugin was last found not unhealthy.
+   */
+  uint32_t restart_attempts;
+  /**
+   * Reserved; 0.
+   */
+  uint32_t reserved;
+  /**
+   * Checks done over the plugin's life.
+   */
+  uint64_t checks;
+  /**
+   * The current generation number (1 after load, +1 per reload or restart).
+   */
+  uint64_t generation;
+} keel_health_report;
 
 /**
  * A resolved function of a plugin (see `keel_plugin_function`); valid for the plugin's
@@ -404,6 +491,53 @@ keel_status keel_plugin_capabilities(const keel_plugin *plugin, uint64_t *bits);
 keel_status keel_capability_bit(const char *name, uint64_t *bit);
 
 /**
+ * Start the host's health monitor, or restart it with new settings.
+ *
+ * Every `interval_ms` each loaded plugin's `health` hook is called on a worker thread
+ * (never under a registry lock); a check that has not answered within
+ * min(`interval_ms`, 2000) ms counts as unhealthy and does not block the monitor or other
+ * plugins' checks. After `unhealthy_threshold` unhealthy checks in a row the plugin is
+ * restarted through the same path as `keel_host_reload` (manifest and binary verified
+ * again, state carried over). Attempts are spaced by exponential backoff starting at
+ * `backoff_initial_ms`, doubling, at most `backoff_max_ms`; after 5 consecutive attempts the
+ * plugin is reported `KEEL_HEALTH_STATUS_FAILED` and left alone until it is healthy again.
+ * A healthy (or degraded) check resets both counters.
+ *
+ * Returns `KEEL_ERR_INVALID_ARGUMENT` if `interval_ms` or `unhealthy_threshold` is 0 or
+ * `backoff_max_ms < backoff_initial_ms`. The monitor's threads belong to the host; it is
+ * stopped by `keel_host_stop_health_monitor` or `keel_host_free`. Thread-safe.
+ */
+keel_status keel_host_start_health_monitor(const keel_host *host,
+                                           uint64_t interval_ms,
+                                           uint32_t unhealthy_threshold,
+                                           uint64_t backoff_initial_ms,
+                                           uint64_t backoff_max_ms);
+
+/**
+ * Stop the host's health monitor and wait for its thread; returns promptly (the monitor
+ * never waits on a plugin). A restart already under way completes. Not running: `KEEL_OK`.
+ * Health reports keep their last values. Thread-safe.
+ */
+keel_status keel_host_stop_health_monitor(const keel_host *host);
+
+/**
+ * Copy a plugin's health report into `*out` (caller-owned memory; nothing to free).
+ *
+ * Before the monitor has checked the plugin the status is `KEEL_HEALTH_STATUS_UNKNOWN` and
+ * the score 1.0. `KEEL_ERR_PLUGIN_UNLOADED` if the plugin has been unloaded. Thread-safe,
+ * never waits on the plugin.
+ */
+keel_status keel_plugin_health(const keel_plugin *plugin, keel_health_report *out);
+
+/**
+ * Time one call in `every` per thread and plugin for the latency histogram
+ * (`keel_plugin_call_duration_seconds`, `plugin_call_latency_*_ms`): rounded up to a power
+ * of two; 0 turns latency sampling off, 1 times every call (two clock reads per call).
+ * Default 64. Applies to loaded plugins at once and to later loads. Thread-safe.
+ */
+keel_status keel_host_set_latency_sampling(const keel_host *host, uint32_t every);
+
+/**
  * Create a host.
  *
  * On success `*out` receives a new host owned by the caller (release with
@@ -457,8 +591,13 @@ keel_status keel_host_unload(const keel_host *host, const char *name);
 keel_status keel_host_set_drain_timeout_ms(const keel_host *host, uint64_t timeout_ms);
 
 /**
- * Write the Prometheus text exposition of every loaded plugin's metrics into `out`
- * (replacing its content). `out` is borrowed. Thread-safe (for distinct buffers).
+ * Write the OpenMetrics text exposition (Prometheus-compatible; serve it with
+ * `Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8`) of every
+ * loaded plugin's metrics into `out`, replacing its content: Keel's `keel_plugin_*`
+ * families (calls, errors, loads, reloads, reload failures, drain timeouts, health
+ * restarts, load duration, generation, sampled call-latency histogram) and the
+ * ThemisDB-compatible `plugin_*` gauges. Counters are read at this moment; nothing is
+ * accumulated per scrape. `out` is borrowed. Thread-safe (for distinct buffers).
  */
 keel_status keel_host_metrics_text(const keel_host *host, keel_buffer *out);
 

@@ -128,7 +128,12 @@ typedef struct keel_plugin_vtable {
     int32_t (*save_state)(void *instance, const keel_output *out);
     /** Optional: take over a state written by `save_state` of an earlier generation. */
     int32_t (*restore_state)(void *instance, const uint8_t *state, size_t len);
-    /** Optional: KEEL_HEALTH_* value. */
+    /**
+     * Optional: KEEL_HEALTH_* value. Called by the host's health monitor from a worker
+     * thread, concurrently with calls unless KEEL_PLUGIN_FLAG_SERIAL is set (then it is
+     * serialised with them). Should answer quickly: a hook that does not answer within the
+     * monitor's check timeout counts as unhealthy.
+     */
     int32_t (*health)(void *instance);
 } keel_plugin_vtable;
 

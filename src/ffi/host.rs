@@ -143,8 +143,13 @@ pub extern "C" fn keel_host_set_drain_timeout_ms(host: *const keel_host, timeout
     })
 }
 
-/// Write the Prometheus text exposition of every loaded plugin's metrics into `out`
-/// (replacing its content). `out` is borrowed. Thread-safe (for distinct buffers).
+/// Write the OpenMetrics text exposition (Prometheus-compatible; serve it with
+/// `Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8`) of every
+/// loaded plugin's metrics into `out`, replacing its content: Keel's `keel_plugin_*`
+/// families (calls, errors, loads, reloads, reload failures, drain timeouts, health
+/// restarts, load duration, generation, sampled call-latency histogram) and the
+/// ThemisDB-compatible `plugin_*` gauges. Counters are read at this moment; nothing is
+/// accumulated per scrape. `out` is borrowed. Thread-safe (for distinct buffers).
 #[no_mangle]
 pub extern "C" fn keel_host_metrics_text(host: *const keel_host, out: *mut keel_buffer) -> keel_status {
     boundary(|| {

@@ -15,6 +15,7 @@
 //! - No panic unwinds across this boundary: each body runs inside [`boundary`].
 
 pub mod deps;
+pub mod health;
 pub mod host;
 pub mod themis;
 pub mod trust;

@@ -56,6 +56,12 @@ pub trait Instance: Send + Sync {
         Health::Unknown
     }
 
+    /// Bytes of memory the runtime can attribute to this instance (WASM: linear memory),
+    /// if it knows; published as `plugin_memory_bytes`. `None` means unknown, not zero.
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// The concrete instance, for runtime-specific accessors (e.g. the ThemisDB object behind
     /// a legacy plugin: [`legacy::LegacyInstance`]). `None` unless a runtime opts in.
     fn as_any(&self) -> Option<&dyn std::any::Any> {

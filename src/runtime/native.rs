@@ -522,6 +522,8 @@ impl Instance for NativeInstance {
         let Some(h) = self.vt().health else {
             return Health::Unknown;
         };
+        // A serial plugin is not thread-safe: its health hook must not overlap a call either.
+        let _serial = self.serial.as_ref().map(|m| m.lock());
         // SAFETY: per the ABI.
         match unsafe { h(self.instance) } {
             0 => Health::Healthy,

@@ -1,0 +1,326 @@
+//! Prometheus / OpenMetrics exposition through `prometheus-client`: a [`Collector`] that
+//! reads every loaded plugin's counters, sampled latency histogram and health record at
+//! scrape time. Nothing is registered or updated per call.
+//!
+//! Families (label `plugin`, Keel's own also `version`):
+//!
+//! | family | type | value |
+//! |---|---|---|
+//! | `keel_plugin_calls_total` | counter | calls into the plugin (all generations) |
+//! | `keel_plugin_errors_total` | counter | calls that returned an error |
+//! | `keel_plugin_loads_total` | counter | successful loads |
+//! | `keel_plugin_reloads_total` | counter | successful hot reloads (restarts included) |
+//! | `keel_plugin_reload_failures_total` | counter | reloads rolled back |
+//! | `keel_plugin_drain_timeouts_total` | counter | unloads/reloads whose old generation outlived the drain timeout |
+//! | `keel_plugin_health_restarts_total` | counter | restarts done by the health monitor |
+//! | `keel_plugin_load_duration_seconds` | gauge | duration of the last (re)load |
+//! | `keel_plugin_generation` | gauge | current generation number |
+//! | `keel_plugin_call_duration_seconds` | histogram | sampled call latencies (octave buckets 64 ns … 2^34 ns) |
+//!
+//! and the un-prefixed gauges ThemisDB's `PluginMetricsCollector` / `PluginHealthMonitor`
+//! publish and its Grafana dashboard queries (label `plugin` only): `plugin_function_calls`,
+//! `plugin_errors`, `plugin_reload_count`, `plugin_load_time_ms`,
+//! `plugin_call_latency_avg_ms`, `plugin_call_latency_p95_ms`, `plugin_call_latency_p99_ms`
+//! (from the sampled histogram; no sample while nothing was timed), `plugin_memory_bytes`
+//! (only for plugins whose runtime reports it — no series rather than a made-up 0) and
+//! `plugin_health_score` (only once the health monitor has checked the plugin).
+//!
+//! The histogram counts sampled calls only (one in N, see [`super::PluginMetrics::observe`]);
+//! its quantiles and rates of `_sum / _count` are unbiased, its `_count` is about
+//! `calls / N`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use super::{LatencySnapshot, MetricsSnapshot};
+use crate::health::HealthReport;
+use crate::registry::Registry;
+
+/// The HTTP `Content-Type` of [`crate::host::HostCore::metrics_text`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Reads the plugins of a registry at every scrape. Register it in a
+/// `prometheus_client::registry::Registry` (the host keeps one; embedders may add Keel's
+/// collector to their own registry with [`crate::host::HostCore::metrics_collector`]).
+pub struct PluginCollector {
+    plugins: Arc<Registry>,
+}
+
+impl fmt::Debug for PluginCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginCollector")
+            .field("plugins", &self.plugins.len())
+            .finish()
+    }
+}
+
+impl PluginCollector {
+    pub fn new(plugins: Arc<Registry>) -> PluginCollector {
+        PluginCollector { plugins }
+    }
+}
+
+/// One plugin as read at scrape time.
+struct Row {
+    name: String,
+    version: String,
+    generation: u64,
+    counters: MetricsSnapshot,
+    latency: LatencySnapshot,
+    memory_bytes: Option<u64>,
+    health: HealthReport,
+}
+
+impl Row {
+    fn keel_labels(&self) -> [(&str, &str); 2] {
+        [("plugin", self.name.as_str()), ("version", self.version.as_str())]
+    }
+    fn themis_labels(&self) -> [(&str, &str); 1] {
+        [("plugin", self.name.as_str())]
+    }
+}
+
+fn rows(plugins: &Registry) -> Vec<Row> {
+    // `slots()` is sorted by name. A slot whose generation is gone (mid-unload) is skipped.
+    plugins
+        .slots()
+        .iter()
+        .filter_map(|s| {
+            let g = s.current()?;
+            Some(Row {
+                name: s.name().to_string(),
+                version: g.manifest.version.to_string(),
+                generation: g.number,
+                counters: s.metrics.snapshot(),
+                latency: s.metrics.latency.snapshot(),
+                memory_bytes: g.instance.memory_bytes(),
+                health: s.health.report(),
+            })
+        })
+        .collect()
+}
+
+const NANOS_PER_MS: f64 = 1e6;
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[Row], value: fn(&Row) -> u64) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for r in rows {
+        let labels = r.keel_labels();
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&value(r), None)?;
+    }
+    Ok(())
+}
+
+enum Labels {
+    Keel,
+    Themis,
+}
+
+#[derive(Clone, Copy)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    labels: Labels,
+    rows: &[Row],
+    value: fn(&Row) -> Option<Value>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for r in rows {
+        let Some(v) = value(r) else { continue };
+        let (k, t);
+        let mut sample = match labels {
+            Labels::Keel => {
+                k = r.keel_labels();
+                m.encode_family(&k)?
+            }
+            Labels::Themis => {
+                t = r.themis_labels();
+                m.encode_family(&t)?
+            }
+        };
+        match v {
+            Value::Int(i) => sample.encode_gauge(&i)?,
+            Value::Float(f) => sample.encode_gauge(&f)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for PluginCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let rows = rows(&self.plugins);
+        let e = &mut enc;
+
+        // Keel's own families.
+        counter(e, "keel_plugin_calls", "Calls into the plugin.", &rows, |r| {
+            r.counters.calls
+        })?;
+        counter(e, "keel_plugin_errors", "Calls that returned an error.", &rows, |r| {
+            r.counters.errors
+        })?;
+        counter(e, "keel_plugin_loads", "Successful loads of the plugin.", &rows, |r| {
+            r.counters.loads
+        })?;
+        counter(
+            e,
+            "keel_plugin_reloads",
+            "Successful hot reloads (health-monitor restarts included).",
+            &rows,
+            |r| r.counters.reloads,
+        )?;
+        counter(
+            e,
+            "keel_plugin_reload_failures",
+            "Hot reloads rolled back.",
+            &rows,
+            |r| r.counters.reload_failures,
+        )?;
+        counter(
+            e,
+            "keel_plugin_drain_timeouts",
+            "Unloads and reloads whose old generation still had calls in flight at the drain timeout.",
+            &rows,
+            |r| r.counters.drain_timeouts,
+        )?;
+        counter(
+            e,
+            "keel_plugin_health_restarts",
+            "Restarts performed by the health monitor.",
+            &rows,
+            |r| r.health.restarts,
+        )?;
+        gauge(
+            e,
+            "keel_plugin_load_duration",
+            "Duration of the last (re)load.",
+            Some(&Unit::Seconds),
+            Labels::Keel,
+            &rows,
+            |r| Some(Value::Float(r.counters.last_load_nanos as f64 / 1e9)),
+        )?;
+        gauge(
+            e,
+            "keel_plugin_generation",
+            "Current generation number (1 after load, +1 per reload).",
+            None,
+            Labels::Keel,
+            &rows,
+            |r| Some(Value::Int(r.generation)),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "keel_plugin_call_duration",
+                "Latency of sampled calls (one call in N per thread is timed).",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for r in &rows {
+                let labels = r.keel_labels();
+                let buckets = r.latency.prometheus_buckets();
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                    r.latency.sum_nanos as f64 / 1e9,
+                    r.latency.count(),
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+
+        // ThemisDB-compatible gauges (PluginMetricsCollector, PluginHealthMonitor).
+        gauge(
+            e,
+            "plugin_function_calls",
+            "Function calls (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| Some(Value::Int(r.counters.calls)),
+        )?;
+        gauge(
+            e,
+            "plugin_errors",
+            "Calls that returned an error (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| Some(Value::Int(r.counters.errors)),
+        )?;
+        gauge(
+            e,
+            "plugin_reload_count",
+            "Successful hot reloads (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| Some(Value::Int(r.counters.reloads)),
+        )?;
+        gauge(
+            e,
+            "plugin_load_time_ms",
+            "Duration of the last (re)load in milliseconds (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| Some(Value::Float(r.counters.last_load_nanos as f64 / NANOS_PER_MS)),
+        )?;
+        gauge(
+            e,
+            "plugin_call_latency_avg_ms",
+            "Mean latency of sampled calls in milliseconds (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| r.latency.mean_nanos().map(|n| Value::Float(n / NANOS_PER_MS)),
+        )?;
+        gauge(
+            e,
+            "plugin_call_latency_p95_ms",
+            "95th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| r.latency.quantile_nanos(0.95).map(|n| Value::Float(n / NANOS_PER_MS)),
+        )?;
+        gauge(
+            e,
+            "plugin_call_latency_p99_ms",
+            "99th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| r.latency.quantile_nanos(0.99).map(|n| Value::Float(n / NANOS_PER_MS)),
+        )?;
+        gauge(
+            e,
+            "plugin_memory_bytes",
+            "Memory the plugin's runtime reports for it (WASM linear memory); absent when unknown.",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| r.memory_bytes.map(Value::Int),
+        )?;
+        gauge(
+            e,
+            "plugin_health_score",
+            "Health score in [0,1] from the last health check (ThemisDB-compatible gauge).",
+            None,
+            Labels::Themis,
+            &rows,
+            |r| (r.health.checks > 0).then_some(Value::Float(r.health.score)),
+        )?;
+        Ok(())
+    }
+}
