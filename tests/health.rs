@@ -222,6 +222,40 @@ fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
 }
 
 #[test]
+fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
+    let (dir, so) = health_fixture("health-failed-restart");
+    let flag = dir.join("health.flag");
+    std::fs::write(&flag, "unhealthy").unwrap();
+    let host = host();
+    let slot = host
+        .load(&manifest(
+            &dir,
+            &so,
+            "echo",
+            serde_json::json!({"health_file": flag.to_str().unwrap()}),
+        ))
+        .unwrap();
+    // The binary no longer matches the pinned digest: every restart is rolled back.
+    std::fs::write(&so, b"tampered").unwrap();
+    host.start_health_monitor(HealthConfig {
+        max_restart_attempts: 2,
+        ..fast(1)
+    })
+    .unwrap();
+    let r = wait_for("Failed after two rolled-back restarts", || {
+        let r = host.health("echo").unwrap();
+        (r.status == HealthStatus::Failed).then_some(r)
+    });
+    assert_eq!((r.restarts, r.restart_attempts), (0, 2), "{r:?}");
+    let why = r.last_restart_error.clone().unwrap_or_default();
+    assert!(why.contains("rolled back"), "{why}");
+    assert_eq!(generation(&slot), 1, "the old generation keeps serving");
+    assert_eq!(call(&slot, "echo", b"still").unwrap(), b"still");
+    assert_eq!(slot.metrics.snapshot().reload_failures, 2);
+    host.stop_health_monitor();
+}
+
+#[test]
 fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
     let (dir, so) = health_fixture("health-score");
     let flag = dir.join("health.flag");

@@ -182,7 +182,7 @@ fn parse(text: &str) -> Result<Exposition, String> {
         if name.ends_with("_bucket") != labels.contains_key("le") {
             return Err(err("le label on a non-bucket or missing on a bucket".into()));
         }
-        if typ == "counter" && !(value >= 0.0) {
+        if typ == "counter" && (value.is_nan() || value < 0.0) {
             return Err(err("negative counter".into()));
         }
         e.samples.push(Sample {

@@ -198,8 +198,12 @@ pub struct HealthReport {
     pub checks: u64,
     /// Error rate (errors / calls) in the last check's window.
     pub error_rate: f64,
-    /// Why the last check or restart failed, if it did.
+    /// Why the plugin is unhealthy (the last failed check); cleared by a check that is not
+    /// unhealthy.
     pub last_error: Option<String>,
+    /// What went wrong in the last restart attempt: why it failed (the reload was rolled
+    /// back), or a drain timeout after a swap that did take effect. `None` after a clean one.
+    pub last_restart_error: Option<String>,
 }
 
 impl Default for HealthReport {
@@ -214,6 +218,7 @@ impl Default for HealthReport {
             checks: 0,
             error_rate: 0.0,
             last_error: None,
+            last_restart_error: None,
         }
     }
 }
@@ -645,6 +650,7 @@ impl MonitorLoop {
             }
         } else {
             // Success: reset both counters (ThemisDB never reset its attempt counter).
+            r.last_error = None;
             r.consecutive_failures = 0;
             r.restart_attempts = 0;
             t.next_restart_at = None;
@@ -701,9 +707,7 @@ impl MonitorLoop {
                 t.last_errors = m.errors;
             }
         }
-        if let Some(e) = error {
-            r.last_error = Some(format!("restart: {e}"));
-        }
+        r.last_restart_error = error;
         if let Some(slot) = t.slot.upgrade() {
             slot.health.publish(r);
         }
