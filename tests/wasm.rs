@@ -884,3 +884,18 @@ fn keel_call_through_the_c_abi_reaches_wasm_plugins() {
     assert_eq!(keel_plugin_free(plugin), KEEL_OK);
     assert_eq!(keel_host_free(host), KEEL_OK);
 }
+
+#[test]
+fn state_handed_to_a_module_without_restore_is_reported_not_fatal() {
+    let rt = runtime();
+    let (services, lines) = recording_services();
+    let m = manifest("echo", json!({"instances": "pooled"}));
+    let mut ctx = context(&m, services);
+    ctx.restored_state = Some(b"old state");
+    let p = rt.load(&artifact(wat_fixture("echo")), &ctx).unwrap();
+    assert_eq!(call(&p, "echo", b"fine").unwrap(), b"fine");
+    let l = lines.lock();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0].1, LogLevel::Warn);
+    assert!(l[0].2.contains("9 bytes of saved state"), "{l:?}");
+}

@@ -422,6 +422,18 @@ impl Guest {
         if let Some(state) = state {
             if self.fns.restore_state.is_some() {
                 self.restore_state(&state)?;
+            } else {
+                let shared = &self.ctl.shared;
+                // Say so once, not for every pooled instance.
+                *shared.restored.lock() = None;
+                (shared.services.log)(
+                    &shared.name,
+                    crate::runtime::LogLevel::Warn,
+                    &format!(
+                        "{} bytes of saved state were not handed over: this module has no keel_restore_state",
+                        state.len()
+                    ),
+                );
             }
         }
         Ok(())
