@@ -181,7 +181,7 @@ impl Ctl {
             }
         }
         self.refusals_before = tunables::grow_refusals();
-        self.seq = if self.seq >= (1 << 62) - 1 { 1 } else { self.seq + 1 };
+        self.seq += 1;
         self.watch.arm(self.seq);
         let r = f(store);
         let fired = self.watch.disarm(self.seq);
