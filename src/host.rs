@@ -288,9 +288,10 @@ impl HostCore {
                     let slot = Arc::new(Slot::new(f.manifest.name.clone()));
                     slot.metrics.set_sample_every(self.sample_every.load(Ordering::Relaxed));
                     slot.metrics.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    slot.metrics
-                        .last_load_nanos
-                        .store(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                    slot.metrics.last_load_nanos.store(
+                        started.elapsed().as_nanos() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     slot.install(gen);
                     self.registry.insert(slot.clone());
                     self.sources.lock().insert(f.manifest.name.clone(), f.path.clone());
@@ -408,7 +409,13 @@ impl HostCore {
                 Box::new(runtime::legacy::load(art, &ctx)?)
             }
         };
-        Ok(Generation::new(number, m.clone(), bin.sha256.clone(), granted, instance))
+        Ok(Generation::new(
+            number,
+            m.clone(),
+            bin.sha256.clone(),
+            granted,
+            instance,
+        ))
     }
 
     /// Hot reload: re-read and verify the manifest and binary, start the new generation with
