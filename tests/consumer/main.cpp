@@ -1,5 +1,6 @@
 // Consumer of the installed Keel package: load a plugin from a manifest and call it.
 #include <keel/keel.h>
+#include <keel/themis_adapter.hpp>
 
 #include <cstdio>
 #include <cstring>
@@ -36,7 +37,14 @@ int main(int argc, char **argv) {
     std::string got(reinterpret_cast<const char *>(data), len);
     std::printf("consumer got: %s\n", got.c_str());
     keel_buffer_free(out);
-    keel_plugin_free(plugin);
+    bool adapter_ok = false;
+    {
+        // The installed C++ adapter: the same plugin seen as a ThemisDB IThemisPlugin.
+        keel::ThemisAdapter adapter(plugin);  // takes ownership of the handle
+        themis::IThemisPlugin &legacy_view = adapter;
+        adapter_ok = std::string(legacy_view.getName()) == "echo" && adapter.call("echo", "via adapter") == "via adapter";
+        std::printf("adapter: %s %s\n", legacy_view.getName(), legacy_view.getVersion());
+    }
     keel_host_free(host);
-    return got == msg ? 0 : 1;
+    return got == msg && adapter_ok ? 0 : 1;
 }
