@@ -38,7 +38,7 @@ pub(crate) fn set_last_error(e: &Error) {
     LAST_ERROR.with(|l| *l.borrow_mut() = c);
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {

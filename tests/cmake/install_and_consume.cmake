@@ -12,7 +12,8 @@ endfunction()
 
 run("${CMAKE_COMMAND}" --install "${KEEL_BINARY_DIR}" --prefix "${prefix}")
 foreach(f include/keel/keel.h include/keel/keel_plugin.h include/keel/keel_wasm.h include/keel/themis_adapter.hpp
-          include/keel/themis/plugin_interface.hpp lib/libkeel.so lib/libkeel.a bin/keel
+          include/keel/themis/plugin_interface.hpp include/keel/keel.hpp include/keel/cxxbridge/rust/cxx.h
+          include/keel/cxxbridge/keel/src/bridge/mod.rs.h lib/libkeel_cxx.a lib/libkeel.so lib/libkeel.a bin/keel
           lib/cmake/Keel/KeelConfig.cmake lib/cmake/Keel/KeelConfigVersion.cmake)
   if(NOT EXISTS "${prefix}/${f}")
     message(FATAL_ERROR "installed package lacks ${f}")

@@ -1,5 +1,7 @@
-// Consumer of the installed Keel package: load a plugin from a manifest and call it.
+// Consumer of the installed Keel package: load a plugin from a manifest and call it through
+// the C ABI, the ThemisDB adapter and the C++ API (keel.hpp).
 #include <keel/keel.h>
+#include <keel/keel.hpp>
 #include <keel/themis_adapter.hpp>
 
 #include <cstdio>
@@ -11,6 +13,30 @@ static int fail(const char *what, keel_status s) {
     keel_last_error_message(&msg);
     std::fprintf(stderr, "%s failed: %u %s\n", what, static_cast<unsigned>(s), msg);
     return 1;
+}
+
+// The installed C++ API: the same plugin through keel::Host and keel::Plugin.
+static bool cxx_api(const char *manifest) {
+    try {
+        rust::Box<keel::Host> host = keel::new_host();
+        host->set_require_signature(false);
+        rust::Box<keel::Plugin> plugin = host->load(manifest);
+        rust::Vec<std::uint8_t> out;
+        plugin->call(plugin->function("echo"), keel::bytes("via keel.hpp"), out);
+        bool ok = keel::view(out) == "via keel.hpp" && plugin->generation() == 1;
+        try {
+            plugin->call(plugin->function("fail"), keel::bytes("boom"), out);
+            ok = false;
+        } catch (const rust::Error &e) {
+            ok = ok && keel::error_status(e) == KEEL_ERR_CALL_FAILED;
+            std::printf("C++ API error: %s\n", e.what());
+        }
+        std::printf("C++ API: %s %s\n", std::string(plugin->name()).c_str(), ok ? "ok" : "WRONG");
+        return ok;
+    } catch (const rust::Error &e) {
+        std::fprintf(stderr, "C++ API failed: %s\n", e.what());
+        return false;
+    }
 }
 
 int main(int argc, char **argv) {
@@ -46,5 +72,5 @@ int main(int argc, char **argv) {
         std::printf("adapter: %s %s\n", legacy_view.getName(), legacy_view.getVersion());
     }
     keel_host_free(host);
-    return got == msg && adapter_ok ? 0 : 1;
+    return got == msg && adapter_ok && cxx_api(argv[1]) ? 0 : 1;
 }
