@@ -31,7 +31,8 @@
  *   Plugin: function(name) -> uint32_t                    call(fn, input bytes, rust::Vec<uint8_t> &out)
  *           name() -> rust::Str (noexcept)                generation() -> uint64_t (noexcept; 0 once unloaded)
  * Strings are passed as rust::Str (constructible from std::string, std::string_view and
- * const char *; they must be UTF-8), bytes as rust::Slice<const std::uint8_t> (keel::bytes()).
+ * const char *; they must be UTF-8: rust::Str's constructor throws std::invalid_argument for
+ * other bytes), bytes as rust::Slice<const std::uint8_t> (keel::bytes()).
  *
  * Ownership: new_host(), load() and get() return rust::Box, an owning pointer like
  * std::unique_ptr (move-only; destroying it releases the object). Destroying the Host unloads

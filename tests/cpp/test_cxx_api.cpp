@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -124,6 +125,14 @@ static int run(const std::string &dir) {
     CHECK(starts_with(t.what, "KEEL_ERR_MANIFEST_PARSE (300): "));
     t = thrown([&] { host->load((tmp / "missing.json").string()); });
     CHECK(t.status == KEEL_ERR_FILE_NOT_FOUND);
+    // Strings cross as rust::Str, which must be UTF-8: its constructor refuses other bytes.
+    bool refused = false;
+    try {
+        host->load(std::string("bad\xff.json"));
+    } catch (const std::invalid_argument &) {
+        refused = true;
+    }
+    CHECK(refused);
 
     // Trust settings.
     t = thrown([&] { host->set_trust_store_bytes(keel::bytes("not a trust store")); });
