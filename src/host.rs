@@ -24,6 +24,7 @@ use crate::registry::{self, Generation, Registry, Slot};
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{self, HostServices, Instance, LoadContext};
 use crate::trust::TrustState;
+use crate::watch::{WatchConfig, WatchControl, WatchEvent};
 use crate::{bail, err};
 
 /// Lifecycle events delivered to listeners.
@@ -72,6 +73,8 @@ pub fn default_allowlist() -> Capabilities {
 pub struct Host {
     core: Arc<HostCore>,
     monitor: Mutex<Option<Monitor>>,
+    /// The plugin-directory watcher (see [`crate::watch`]) and its outcome ring.
+    watch: WatchControl,
 }
 
 impl std::ops::Deref for Host {
@@ -136,6 +139,7 @@ impl Host {
         Host {
             core: Arc::new(core),
             monitor: Mutex::new(None),
+            watch: WatchControl::new(),
         }
     }
 
@@ -168,6 +172,35 @@ impl Host {
     /// Whether the health monitor runs.
     pub fn health_monitor_running(&self) -> bool {
         self.monitor.lock().is_some()
+    }
+
+    /// Watch a plugin directory and turn its changes into load, reload and unload (see
+    /// [`crate::watch`]: recursive, debounced per plugin folder, acts only on settled files).
+    /// `KEEL_ERR_BUSY` while a watcher already runs; `KEEL_ERR_INVALID_ARGUMENT` for settings
+    /// [`WatchConfig::validate`] refuses; `dir` is checked as by [`HostCore::load_dir`].
+    pub fn watch_dir(&self, dir: &Path, config: WatchConfig) -> Result<()> {
+        self.watch.start(&self.core, dir, config)
+    }
+
+    /// Stop the directory watcher, if running, and wait for its thread. Returns whether one
+    /// was running.
+    pub fn stop_watching(&self) -> bool {
+        self.watch.stop()
+    }
+
+    /// The directory being watched (canonical), if a watcher runs.
+    pub fn watched_dir(&self) -> Option<PathBuf> {
+        self.watch.dir()
+    }
+
+    /// The watcher's recent outcomes, oldest first (a bounded ring, kept after stopping).
+    pub fn watch_events(&self) -> Vec<WatchEvent> {
+        self.watch.events_after(0)
+    }
+
+    /// The watcher's outcomes with a sequence number above `seq`, oldest first.
+    pub fn watch_events_after(&self, seq: u64) -> Vec<WatchEvent> {
+        self.watch.events_after(seq)
     }
 }
 
@@ -244,6 +277,20 @@ impl HostCore {
 
     pub fn plugin_names(&self) -> Vec<String> {
         self.registry.names()
+    }
+
+    /// The manifest path a loaded plugin was loaded from (what reload reads again).
+    pub fn manifest_path(&self, name: &str) -> Option<PathBuf> {
+        self.sources.lock().get(name).cloned()
+    }
+
+    /// Every loaded plugin's name and manifest path.
+    pub fn manifest_paths(&self) -> Vec<(String, PathBuf)> {
+        self.sources
+            .lock()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
     }
 
     /// Load one plugin from its manifest.
@@ -619,7 +666,9 @@ impl HostCore {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // The monitor first, so that no restart starts while the plugins are unloaded.
+        // The watcher and the monitor first, so that no load or restart starts while the
+        // plugins are unloaded.
+        self.stop_watching();
         self.stop_health_monitor();
         let _ = self.core.unload_all();
     }

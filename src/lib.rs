@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod trust;
+pub mod watch;
 
 pub use error::{keel_status, Error, Result, Status};
 pub use host::Host;

@@ -19,6 +19,7 @@ pub mod health;
 pub mod host;
 pub mod themis;
 pub mod trust;
+pub mod watch;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
