@@ -20,7 +20,7 @@ use crate::health::{HealthConfig, HealthReport, Monitor};
 use crate::manifest::{self, ManifestFile, RuntimeKind};
 use crate::metrics::exposition::PluginCollector;
 use crate::metrics::{MetricsSnapshot, DEFAULT_SAMPLE_EVERY};
-use crate::registry::{self, Generation, Registry, Slot};
+use crate::registry::{Generation, Registry, Slot};
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{self, HostServices, Instance, LoadContext};
 use crate::trust::TrustState;
@@ -349,7 +349,7 @@ impl HostCore {
                         self.registry.remove(s.name());
                         self.sources.lock().remove(s.name());
                         if let Some(g) = s.take() {
-                            let _ = registry::drain(g, self.options().drain_timeout, s.name());
+                            let _ = s.drain(g, self.options().drain_timeout);
                         }
                     }
                     return Err(e.context(format!(
@@ -534,7 +534,7 @@ impl HostCore {
             .store(start.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
         self.notify(name, LifecycleEvent::AfterSwap, number);
         if let Some(old) = old {
-            if let Err(e) = registry::drain(old, self.options().drain_timeout, name) {
+            if let Err(e) = slot.drain(old, self.options().drain_timeout) {
                 slot.metrics
                     .drain_timeouts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -589,7 +589,7 @@ impl HostCore {
             old.as_ref().map(|g| g.number).unwrap_or(0),
         );
         if let Some(old) = old {
-            if let Err(e) = registry::drain(old, self.options().drain_timeout, name) {
+            if let Err(e) = slot.drain(old, self.options().drain_timeout) {
                 slot.metrics
                     .drain_timeouts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -8,6 +8,7 @@
 pub mod error;
 
 pub mod artifact;
+pub mod barrier;
 pub mod bridge;
 pub mod capability;
 pub mod deps;

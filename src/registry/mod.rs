@@ -7,14 +7,17 @@
 //! guard: a generation swapped out is dropped (its plugin shut down and its code unmapped)
 //! only when the last call inside it has returned.
 
+pub mod hazard;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 
+use crate::barrier;
 use crate::capability::Capabilities;
 use crate::error::Result;
 use crate::health::HealthCell;
@@ -70,7 +73,15 @@ impl Generation {
 /// here.
 pub struct Slot {
     name: String,
+    /// Owns the current generation (lifecycle code, lookups, the health monitor).
     current: ArcSwapOption<Generation>,
+    /// The same generation as a raw pointer for the call path, which protects it with a
+    /// hazard pointer instead of a reference count. Non-null only while `current` holds it.
+    fast: AtomicPtr<Generation>,
+    /// Generations unpublished while calls were still inside them (drain timed out); freed
+    /// by the last such call when it returns.
+    retired: Mutex<Vec<Arc<Generation>>>,
+    has_retired: AtomicBool,
     /// Function names resolved by hosts; a name's position is its stable function id.
     functions: Mutex<Vec<String>>,
     /// Serialises lifecycle operations (reload, unload) on this slot; never taken by calls.
@@ -83,9 +94,13 @@ pub struct Slot {
 
 impl Slot {
     pub fn new(name: String) -> Slot {
+        barrier::init();
         Slot {
             name,
             current: ArcSwapOption::empty(),
+            fast: AtomicPtr::new(std::ptr::null_mut()),
+            retired: Mutex::new(Vec::new()),
+            has_retired: AtomicBool::new(false),
             functions: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
             metrics: PluginMetrics::default(),
@@ -152,22 +167,44 @@ impl Slot {
             gen.map_function(id as u32, name);
         }
         self.next_generation.store(gen.number + 1, Ordering::Relaxed);
-        self.current.swap(Some(Arc::new(gen)))
+        let gen = Arc::new(gen);
+        self.fast.store(Arc::as_ptr(&gen) as *mut Generation, Ordering::SeqCst);
+        self.current.swap(Some(gen))
     }
 
     /// Remove the current generation (calls from now on fail with KEEL_ERR_PLUGIN_UNLOADED).
     pub fn take(&self) -> Option<Arc<Generation>> {
         let _fns = self.functions.lock();
+        self.fast.store(std::ptr::null_mut(), Ordering::SeqCst);
         self.current.swap(None)
     }
 
     /// The call path: one atomic load, an in-flight guard, the call, the sharded counters.
     #[inline]
     pub fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
-        let guard = self.current.load();
-        let Some(gen) = guard.as_ref() else {
-            return Err(self.unloaded());
+        let Some((guard, p)) = hazard::protect(&self.fast) else {
+            // Nested deeper than the hazard slots: hold a reference count instead.
+            let gen = self.current.load_full();
+            return match gen.as_deref() {
+                Some(g) => self.call_in(g, function, input, output),
+                None => Err(self.unloaded()),
+            };
         };
+        // SAFETY: `p` is protected by `guard`: it is either null or a generation that
+        // `current` or `retired` still owns, and that is not freed while the hazard is set.
+        let r = match unsafe { p.as_ref() } {
+            Some(g) => self.call_in(g, function, input, output),
+            None => Err(self.unloaded()),
+        };
+        drop(guard);
+        if self.has_retired.load(Ordering::Relaxed) {
+            self.reap();
+        }
+        r
+    }
+
+    #[inline]
+    fn call_in(&self, gen: &Generation, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
         let idx = match gen.fn_map.get(function as usize) {
             Some(a) => a.load(Ordering::Acquire),
             None => UNRESOLVED,
@@ -178,6 +215,56 @@ impl Slot {
         output.clear();
         // Counts the call (and its error) on this thread's shards; times one call in N.
         self.metrics.observe(|| gen.instance.call(idx, input, output))
+    }
+
+    /// Whether a generation (already unpublished, heavy barrier run since) is still in use.
+    fn in_use(gen: &Arc<Generation>) -> bool {
+        Arc::strong_count(gen) > 1 || hazard::is_protected(Arc::as_ptr(gen))
+    }
+
+    /// Free retired generations nobody is inside any more (the last caller does this).
+    #[cold]
+    fn reap(&self) {
+        let freed: Vec<Arc<Generation>> = {
+            let Some(mut retired) = self.retired.try_lock() else { return };
+            let (busy, idle): (Vec<_>, Vec<_>) = retired.drain(..).partition(Self::in_use);
+            *retired = busy;
+            if retired.is_empty() {
+                self.has_retired.store(false, Ordering::Relaxed);
+            }
+            idle
+        };
+        // Shut down and unmap outside the lock.
+        drop(freed);
+    }
+
+    /// Wait until no call is inside `gen` (which `install` or `take` just unpublished), for
+    /// at most `timeout`, then drop it (plugin shutdown, code unmapped). On timeout the
+    /// generation is kept until the last call inside it returns, which then frees it: code
+    /// is never freed under a running call.
+    pub fn drain(&self, gen: Arc<Generation>, timeout: Duration) -> Result<()> {
+        barrier::heavy();
+        let start = Instant::now();
+        let mut sleep = Duration::from_micros(50);
+        while Self::in_use(&gen) {
+            if start.elapsed() >= timeout {
+                let number = gen.number;
+                self.retired.lock().push(gen);
+                self.has_retired.store(true, Ordering::SeqCst);
+                // The last call may have left between the check and the push.
+                self.reap();
+                bail!(
+                    KEEL_ERR_DRAIN_TIMEOUT,
+                    "plugin '{}' generation {number}: calls still in flight after {} ms; its code stays mapped until they return",
+                    self.name,
+                    timeout.as_millis()
+                );
+            }
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(Duration::from_millis(5));
+        }
+        drop(gen);
+        Ok(())
     }
 
     #[cold]
@@ -203,28 +290,6 @@ impl Slot {
     }
 }
 
-/// Wait until nobody but the caller holds `gen` (all in-flight calls have returned), for at
-/// most `timeout`. On timeout the generation is released by its last caller later, never
-/// freed under a running call.
-pub fn drain(gen: Arc<Generation>, timeout: Duration, plugin: &str) -> Result<()> {
-    let start = Instant::now();
-    let mut sleep = Duration::from_micros(50);
-    while Arc::strong_count(&gen) > 1 {
-        if start.elapsed() >= timeout {
-            let n = Arc::strong_count(&gen) - 1;
-            bail!(
-                KEEL_ERR_DRAIN_TIMEOUT,
-                "plugin '{plugin}' generation {}: {n} reference(s) still in flight after {} ms; its code stays mapped until they return",
-                gen.number,
-                timeout.as_millis()
-            );
-        }
-        std::thread::sleep(sleep);
-        sleep = (sleep * 2).min(Duration::from_millis(5));
-    }
-    drop(gen);
-    Ok(())
-}
 
 /// Name → slot, copy-on-write. Mutations must be serialised by the caller (the host's
 /// lifecycle lock); reads are lock-free.

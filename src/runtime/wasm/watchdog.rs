@@ -28,7 +28,7 @@
 //! thread of the process execute a full memory barrier, so whichever store came first is
 //! seen by the other side. Where `membarrier` is unavailable both sides use `SeqCst` fences.
 
-use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -37,46 +37,18 @@ use parking_lot::Mutex;
 use wasmer::Interrupter;
 
 use super::signals;
+use crate::barrier;
 
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
 
 /// Flags the call path reads.
 struct Flags {
     /// The watchdog is parked until an arm wakes it.
     idle: AtomicBool,
-    /// The watchdog's barrier is membarrier (call paths need only a compiler fence).
-    asymmetric: AtomicBool,
     stop: AtomicBool,
     thread: std::sync::OnceLock<Thread>,
 }
 
 impl Flags {
-    /// The call path's side of the handshake barrier.
-    #[inline(always)]
-    fn light_barrier(&self) {
-        if self.asymmetric.load(Ordering::Relaxed) {
-            compiler_fence(Ordering::SeqCst);
-        } else {
-            fence(Ordering::SeqCst);
-        }
-    }
-
-    /// The watchdog's side.
-    fn heavy_barrier(&self) {
-        if self.asymmetric.load(Ordering::Relaxed) {
-            // SAFETY: plain syscall, no pointers.
-            let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-            if r == 0 {
-                return;
-            }
-            // Cannot happen once registration succeeded; if it does, fall back to fences on
-            // both sides from now on.
-            self.asymmetric.store(false, Ordering::SeqCst);
-        }
-        fence(Ordering::SeqCst);
-    }
-
     fn wake(&self) {
         if let Some(t) = self.thread.get() {
             t.unpark();
@@ -107,7 +79,7 @@ impl Watch {
     pub fn arm(&self, seq: u64) {
         self.thread.store(signals::current_thread(), Ordering::Relaxed);
         self.armed.store(seq, Ordering::Release);
-        self.flags.light_barrier();
+        barrier::light();
         if self.flags.idle.load(Ordering::Relaxed) {
             self.flags.wake();
         }
@@ -118,7 +90,7 @@ impl Watch {
     #[inline]
     pub fn disarm(&self, seq: u64) -> bool {
         self.armed.store(0, Ordering::Release);
-        self.flags.light_barrier();
+        barrier::light();
         if self.target.load(Ordering::Acquire) != seq {
             return false;
         }
@@ -153,12 +125,9 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn start(tick: Duration) -> std::io::Result<Watchdog> {
-        // SAFETY: plain syscall, no pointers.
-        let registered =
-            unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) } == 0;
+        barrier::init();
         let flags = Arc::new(Flags {
             idle: AtomicBool::new(false),
-            asymmetric: AtomicBool::new(registered),
             stop: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
         });
@@ -179,7 +148,7 @@ impl Watchdog {
 
     /// Whether the call path runs fence-free (membarrier available).
     pub fn asymmetric(&self) -> bool {
-        self.flags.asymmetric.load(Ordering::Relaxed)
+        barrier::is_asymmetric()
     }
 
     /// Watch a store; `timeout` is the plugin's deadline per call.
@@ -227,7 +196,7 @@ impl Drop for Watchdog {
 }
 
 /// One scan: interrupt overdue calls. Returns whether any watch is armed.
-fn scan(flags: &Flags, entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bool {
+fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bool {
     let now = Instant::now();
     let mut any = false;
     {
@@ -253,7 +222,7 @@ fn scan(flags: &Flags, entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch
         return any;
     }
     // One barrier for all of them, then interrupt only the calls that are still running.
-    flags.heavy_barrier();
+    barrier::heavy();
     for (w, seq) in overdue.drain(..) {
         // Record the target thread first so Keel's SIGUSR1 handler passes the signal to
         // wasmer (see `signals`); if the routing set is full, try again next tick.
@@ -273,7 +242,7 @@ fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
     let mut overdue = Vec::new();
     let mut empty = 0u32;
     while !flags.stop.load(Ordering::SeqCst) {
-        if scan(flags, entries, &mut overdue) {
+        if scan(entries, &mut overdue) {
             empty = 0;
         } else {
             empty += 1;
@@ -285,8 +254,8 @@ fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
         // Nothing armed for a while: announce that we park, then look once more, so an
         // arm that raced with the announcement is seen by one side or the other.
         flags.idle.store(true, Ordering::Relaxed);
-        flags.heavy_barrier();
-        if !scan(flags, entries, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
+        barrier::heavy();
+        if !scan(entries, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(Duration::from_secs(1));
         }
         flags.idle.store(false, Ordering::Relaxed);
@@ -311,7 +280,7 @@ mod tests {
         let query = unsafe { libc::syscall(libc::SYS_membarrier, 0, 0, 0) };
         assert_eq!(
             dog.asymmetric(),
-            query > 0 && query & MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
+            query > 0 && query & crate::barrier::MEMBARRIER_CMD_PRIVATE_EXPEDITED != 0
         );
     }
 
