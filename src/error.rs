@@ -200,7 +200,10 @@ impl Error {
     #[cold]
     pub fn new(status: keel_status, message: impl Into<String>) -> Self {
         debug_assert!(status != keel_status::KEEL_OK);
-        Error(Box::new(Inner { status, message: message.into() }))
+        Error(Box::new(Inner {
+            status,
+            message: message.into(),
+        }))
     }
 
     /// The stable code of this error's cause.

@@ -44,8 +44,14 @@ struct Owner {
 impl Owner {
     fn acquire() -> Owner {
         for r in records() {
-            if r.active.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                return Owner { rec: r, depth: Cell::new(0) };
+            if r.active
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Owner {
+                    rec: r,
+                    depth: Cell::new(0),
+                };
             }
         }
         let rec: &'static Record = Box::leak(Box::new(Record {
@@ -56,12 +62,20 @@ impl Owner {
         let mut head = HEAD.load(Ordering::Relaxed);
         loop {
             rec.next.store(head, Ordering::Relaxed);
-            match HEAD.compare_exchange_weak(head, rec as *const Record as *mut Record, Ordering::Release, Ordering::Relaxed) {
+            match HEAD.compare_exchange_weak(
+                head,
+                rec as *const Record as *mut Record,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(h) => head = h,
             }
         }
-        Owner { rec, depth: Cell::new(0) }
+        Owner {
+            rec,
+            depth: Cell::new(0),
+        }
     }
 }
 
@@ -118,7 +132,13 @@ pub fn protect<T>(src: &AtomicPtr<T>) -> Option<(Guard, *const T)> {
                 p = again;
             }
             o.depth.set(d + 1);
-            Some((Guard { slot, depth: &o.depth as *const Cell<usize> }, p as *const T))
+            Some((
+                Guard {
+                    slot,
+                    depth: &o.depth as *const Cell<usize>,
+                },
+                p as *const T,
+            ))
         })
         .ok()
         .flatten()

@@ -226,7 +226,9 @@ impl Slot {
     #[cold]
     fn reap(&self) {
         let freed: Vec<Arc<Generation>> = {
-            let Some(mut retired) = self.retired.try_lock() else { return };
+            let Some(mut retired) = self.retired.try_lock() else {
+                return;
+            };
             let (busy, idle): (Vec<_>, Vec<_>) = retired.drain(..).partition(Self::in_use);
             *retired = busy;
             if retired.is_empty() {
@@ -289,7 +291,6 @@ impl Slot {
         }
     }
 }
-
 
 /// Name → slot, copy-on-write. Mutations must be serialised by the caller (the host's
 /// lifecycle lock); reads are lock-free.

@@ -39,7 +39,6 @@ use wasmer::Interrupter;
 use super::signals;
 use crate::barrier;
 
-
 /// Flags the call path reads.
 struct Flags {
     /// The watchdog is parked until an arm wakes it.
