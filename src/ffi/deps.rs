@@ -113,10 +113,7 @@ pub extern "C" fn keel_plugin_capabilities(plugin: *const keel_plugin, bits: *mu
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
         let out = arg_out(bits, "bits")?;
-        let g = p
-            .slot
-            .current()
-            .ok_or_else(|| crate::err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' has been unloaded", p.slot.name()))?;
+        let g = p.current()?;
         // SAFETY: checked non-null.
         unsafe { *out = g.granted.bits() };
         Ok(())

@@ -125,10 +125,7 @@ pub extern "C" fn keel_plugin_health(plugin: *const keel_plugin, out: *mut keel_
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
         let out = arg_out(out, "out")?;
-        let g = p
-            .slot
-            .current()
-            .ok_or_else(|| crate::err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' has been unloaded", p.slot.name()))?;
+        let g = p.current()?;
         let r = p.slot.health.report();
         let heartbeat = r
             .last_heartbeat

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{arg_bytes, arg_out, arg_ref, arg_str, boundary};
-use crate::error::keel_status;
+use crate::error::{keel_status, Result};
 use crate::host::Host;
-use crate::registry::Slot;
+use crate::registry::{Generation, Slot};
 
 /// A Keel host: the registry of loaded plugins plus policy and runtimes.
 ///
@@ -25,6 +25,19 @@ pub struct keel_host {
 /// used by many threads at once.
 pub struct keel_plugin {
     pub(crate) slot: Arc<Slot>,
+}
+
+impl keel_plugin {
+    /// The plugin's current generation; `KEEL_ERR_PLUGIN_UNLOADED` once it has been unloaded.
+    pub(crate) fn current(&self) -> Result<Arc<Generation>> {
+        self.slot.current().ok_or_else(|| {
+            crate::err!(
+                KEEL_ERR_PLUGIN_UNLOADED,
+                "plugin '{}' has been unloaded",
+                self.slot.name()
+            )
+        })
+    }
 }
 
 /// A growable byte buffer that receives call results. Owned by the caller
@@ -227,10 +240,7 @@ pub extern "C" fn keel_plugin_generation(plugin: *const keel_plugin, out: *mut u
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
         let out = arg_out(out, "out")?;
-        let g = p
-            .slot
-            .current()
-            .ok_or_else(|| crate::err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' has been unloaded", p.slot.name()))?;
+        let g = p.current()?;
         // SAFETY: checked non-null.
         unsafe { *out = g.number };
         Ok(())

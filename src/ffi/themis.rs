@@ -3,20 +3,12 @@
 //! `IThemisPlugin`.
 
 use std::ffi::{c_char, c_void};
-use std::sync::Arc;
 
 use super::host::{keel_buffer, keel_plugin};
 use super::{arg_out, arg_ref, arg_str, boundary};
 use crate::err;
 use crate::error::{keel_status, Result};
-use crate::registry::Generation;
 use crate::runtime::legacy::LegacyInstance;
-
-fn current(p: &keel_plugin) -> Result<Arc<Generation>> {
-    p.slot
-        .current()
-        .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' has been unloaded", p.slot.name()))
-}
 
 fn write_text(out: *mut keel_buffer, text: &str) -> Result<()> {
     let out = arg_out(out, "out")?;
@@ -45,7 +37,7 @@ pub extern "C" fn keel_plugin_themis_instance(plugin: *const keel_plugin, out: *
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
         let out = arg_out(out, "out")?;
-        let gen = current(p)?;
+        let gen = p.current()?;
         let legacy = gen
             .instance
             .as_any()
@@ -84,7 +76,7 @@ pub extern "C" fn keel_plugin_version(plugin: *const keel_plugin, out: *mut keel
     boundary(|| {
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
-        let gen = current(p)?;
+        let gen = p.current()?;
         write_text(out, &gen.manifest.version.to_string())
     })
 }
@@ -97,7 +89,7 @@ pub extern "C" fn keel_plugin_type(plugin: *const keel_plugin, out: *mut keel_bu
     boundary(|| {
         // SAFETY: caller contract.
         let p = unsafe { arg_ref(plugin, "plugin") }?;
-        let gen = current(p)?;
+        let gen = p.current()?;
         write_text(out, gen.manifest.plugin_type.as_deref().unwrap_or(""))
     })
 }
@@ -117,7 +109,7 @@ pub extern "C" fn keel_plugin_has_trait(
         let p = unsafe { arg_ref(plugin, "plugin") }?;
         let name = unsafe { arg_str(name, "name") }?;
         let out = arg_out(out, "out")?;
-        let gen = current(p)?;
+        let gen = p.current()?;
         let has = gen.manifest.traits.iter().any(|t| t == name);
         // SAFETY: checked non-null.
         unsafe { *out = has };

@@ -68,7 +68,7 @@ use serde_json::{Map, Value};
 use crate::artifact::Artifact;
 use crate::error::Result;
 use crate::manifest::themis::LEGACY_TYPES;
-use crate::runtime::native::{output_write, OutputSink, RawOutput, SealedLibrary, DEFAULT_MAX_OUTPUT};
+use crate::runtime::native::{max_output, with_output, RawOutput, SealedLibrary};
 use crate::runtime::{HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
 
@@ -156,20 +156,10 @@ mod sys {
 
 use sys::*;
 
-/// Run `f` with a sink collecting into `buf` (at most `max` bytes).
-fn with_sink<R>(buf: &mut Vec<u8>, max: usize, f: impl FnOnce(&RawOutput) -> R) -> R {
-    let mut sink = OutputSink { buf, max };
-    let out = RawOutput {
-        ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-        write: output_write,
-    };
-    f(&out)
-}
-
 /// Run a shim function with an error sink; returns its code and the message it wrote.
 fn shim(f: impl FnOnce(&RawOutput) -> i32) -> (i32, String) {
     let mut buf = Vec::new();
-    let rc = with_sink(&mut buf, MAX_MESSAGE, f);
+    let rc = with_output(&mut buf, MAX_MESSAGE, f);
     (rc, String::from_utf8_lossy(&buf).into_owned())
 }
 
@@ -287,13 +277,7 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<LegacyInstance>
         loaded_info: LegacyInfo::default(),
         functions: Vec::new(),
         serial: None,
-        max_output: ctx
-            .manifest
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_output_bytes)
-            .map(|v| v as usize)
-            .unwrap_or(DEFAULT_MAX_OUTPUT),
+        max_output: max_output(ctx.manifest),
         label: name.clone(),
         services: ctx.services.clone(),
         lib: Some(lib),
@@ -357,8 +341,8 @@ impl LegacyInstance {
     fn query_info(&self) -> std::result::Result<LegacyInfo, String> {
         let mut raw = RawInfo::default();
         let (mut name, mut version) = (Vec::new(), Vec::new());
-        let (rc, msg) = with_sink(&mut name, MAX_NAME, |n| {
-            with_sink(&mut version, MAX_NAME, |v| {
+        let (rc, msg) = with_output(&mut name, MAX_NAME, |n| {
+            with_output(&mut version, MAX_NAME, |v| {
                 // SAFETY: the object is live; every pointer is valid for the call.
                 shim(|e| unsafe { keel_themis_shim_info(self.plugin, &mut raw, n, v, e) })
             })
@@ -412,7 +396,7 @@ impl LegacyInstance {
     /// `saveState()` appended to `out` (at most `max` bytes). Caller holds the lock.
     fn save_into(&self, out: &mut Vec<u8>, max: usize) -> (i32, String) {
         // SAFETY: the object is live; sinks are valid for the call.
-        with_sink(out, max, |o| {
+        with_output(out, max, |o| {
             shim(|e| unsafe { keel_themis_shim_save_state(self.plugin, o, e) })
         })
     }

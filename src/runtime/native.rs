@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use crate::artifact::{self, Artifact};
 use crate::capability::Capabilities;
 use crate::error::Result;
+use crate::manifest::Manifest;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
 
@@ -89,6 +90,17 @@ pub unsafe extern "C" fn output_write(ctx: *mut c_void, data: *const u8, len: us
             .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
     }
     0
+}
+
+/// Run `f` with a `keel_output` whose writes append to `buf` up to `max` bytes in all.
+#[inline]
+pub fn with_output<R>(buf: &mut Vec<u8>, max: usize, f: impl FnOnce(&RawOutput) -> R) -> R {
+    let mut sink = OutputSink { buf, max };
+    let out = RawOutput {
+        ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
+        write: output_write,
+    };
+    f(&out)
 }
 
 /// What the host API entries reach through `ctx`.
@@ -239,6 +251,17 @@ unsafe impl Sync for NativeInstance {}
 /// Default ceiling on a call's output (64 MiB).
 pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
 
+/// The ceiling on a call's output: the manifest's `limits.max_output_bytes`, else
+/// [`DEFAULT_MAX_OUTPUT`].
+pub(crate) fn max_output(manifest: &Manifest) -> usize {
+    manifest
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_output_bytes)
+        .map(|v| v as usize)
+        .unwrap_or(DEFAULT_MAX_OUTPUT)
+}
+
 fn cstr_field(p: *const c_char, what: &str) -> Result<String> {
     if p.is_null() {
         bail!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "vtable field {what} is NULL");
@@ -317,13 +340,7 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance>
         instance: std::ptr::null_mut(),
         functions: Vec::new(),
         serial: None,
-        max_output: ctx
-            .manifest
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_output_bytes)
-            .map(|v| v as usize)
-            .unwrap_or(DEFAULT_MAX_OUTPUT),
+        max_output: max_output(ctx.manifest),
         has_save: false,
         has_restore: false,
         has_health: false,
@@ -407,17 +424,11 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance>
     let config_c = std::ffi::CString::new(config.clone())
         .map_err(|_| err!(KEEL_ERR_MANIFEST_INVALID, "plugin '{name}': config contains a NUL byte"))?;
     let mut errbuf = Vec::new();
-    let mut sink = OutputSink {
-        buf: &mut errbuf,
-        max: 64 << 10,
-    };
-    let out = RawOutput {
-        ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-        write: output_write,
-    };
     let mut instance: *mut c_void = std::ptr::null_mut();
-    // SAFETY: per the ABI; all pointers are valid for the duration of the call.
-    let rc = unsafe { init(config_c.as_ptr(), config.len(), &*inst._api, &mut instance, &out) };
+    let rc = with_output(&mut errbuf, 64 << 10, |out| {
+        // SAFETY: per the ABI; all pointers are valid for the duration of the call.
+        unsafe { init(config_c.as_ptr(), config.len(), &*inst._api, &mut instance, out) }
+    });
     if rc != 0 {
         bail!(
             KEEL_ERR_INIT_FAILED,
@@ -441,15 +452,6 @@ impl NativeInstance {
         // SAFETY: set to a checked vtable before any NativeInstance escapes `load`.
         unsafe { &*self.vtable }
     }
-
-    fn run_with_output(&self, f: impl FnOnce(&RawOutput) -> i32, buf: &mut Vec<u8>, max: usize) -> i32 {
-        let mut sink = OutputSink { buf, max };
-        let out = RawOutput {
-            ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-            write: output_write,
-        };
-        f(&out)
-    }
 }
 
 impl Instance for NativeInstance {
@@ -463,12 +465,10 @@ impl Instance for NativeInstance {
         // SAFETY: `call` is non-null (checked at load).
         let call = unsafe { self.vt().call.unwrap_unchecked() };
         let inst = self.instance;
-        let rc = self.run_with_output(
+        let rc = with_output(output, self.max_output, |out| {
             // SAFETY: per the ABI; input and output are valid for the call.
-            |out| unsafe { call(inst, function, input.as_ptr(), input.len(), out) },
-            output,
-            self.max_output,
-        );
+            unsafe { call(inst, function, input.as_ptr(), input.len(), out) }
+        });
         if rc != 0 {
             return Err(self.call_error(function, rc, output));
         }
@@ -487,7 +487,7 @@ impl Instance for NativeInstance {
         let mut buf = Vec::new();
         let inst = self.instance;
         // SAFETY: per the ABI.
-        let rc = self.run_with_output(|out| unsafe { save(inst, out) }, &mut buf, usize::MAX);
+        let rc = with_output(&mut buf, usize::MAX, |out| unsafe { save(inst, out) });
         if rc != 0 {
             bail!(
                 KEEL_ERR_STATE_SAVE,
