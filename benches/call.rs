@@ -3,32 +3,18 @@
 //! the same plugin against 1 thread. Both figures are ratios/differences measured in the
 //! same run. Target: (b) − (a) ≤ 20 ns; 2-thread throughput ≥ 1.7× one thread.
 
+mod common;
+
 use std::ffi::c_void;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::{Buffer, Loaded};
 use criterion::{criterion_group, criterion_main, Criterion};
-use keel::ffi::host::{keel_buffer, keel_call, keel_plugin};
-use keel::runtime::native::{output_write, OutputSink, RawOutput, RawVtable};
+use keel::runtime::native::{with_output, RawVtable};
 
 const INPUT: &[u8] = b"0123456789abcdef";
-
-fn build_fixture(dir: &Path) -> PathBuf {
-    let so = dir.join("libecho.so");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root.join("include"))
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("tests/fixtures/native/echo.c"))
-        .status()
-        .expect("run cc");
-    assert!(st.success());
-    so
-}
 
 struct Direct {
     _lib: libloading::Library,
@@ -45,16 +31,11 @@ impl Direct {
             let vt = entry();
             let mut inst = std::ptr::null_mut();
             let mut err = Vec::new();
-            let mut sink = OutputSink {
-                buf: &mut err,
-                max: 1 << 16,
-            };
-            let out = RawOutput {
-                ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-                write: output_write,
-            };
             let api: keel::runtime::native::RawHostApi = std::mem::zeroed();
-            assert_eq!(((*vt).init.unwrap())(c"{}".as_ptr(), 2, &api, &mut inst, &out), 0);
+            let rc = with_output(&mut err, 1 << 16, |out| {
+                ((*vt).init.unwrap())(c"{}".as_ptr(), 2, &api, &mut inst, out)
+            });
+            assert_eq!(rc, 0);
             Direct { _lib: lib, vt, inst }
         }
     }
@@ -62,85 +43,26 @@ impl Direct {
     #[inline]
     fn call(&self, buf: &mut Vec<u8>) -> i32 {
         buf.clear();
-        let mut sink = OutputSink { buf, max: usize::MAX };
-        let out = RawOutput {
-            ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-            write: output_write,
-        };
-        unsafe { ((*self.vt).call.unwrap())(self.inst, 0, INPUT.as_ptr(), INPUT.len(), &out) }
+        with_output(buf, usize::MAX, |out| unsafe {
+            ((*self.vt).call.unwrap())(self.inst, 0, INPUT.as_ptr(), INPUT.len(), out)
+        })
     }
-}
-
-struct Keel {
-    _host: *mut keel::ffi::host::keel_host,
-    plugin: *mut keel_plugin,
-    function: u32,
-}
-unsafe impl Send for Keel {}
-unsafe impl Sync for Keel {}
-
-impl Keel {
-    fn new(dir: &Path, so: &Path) -> Keel {
-        let digest = keel::trust::digest::sha256_hex(&std::fs::read(so).unwrap());
-        let manifest = dir.join("echo.json");
-        std::fs::write(
-            &manifest,
-            serde_json::json!({
-                "manifest_version": 1, "name": "echo", "version": "1.0.0", "runtime": "native",
-                "binary": {"linux": "libecho.so"}, "sha256": digest
-            })
-            .to_string(),
-        )
-        .unwrap();
-        use keel::ffi::host::*;
-        let mut host = std::ptr::null_mut();
-        assert_eq!(keel_host_new(&mut host), keel::keel_status::KEEL_OK);
-        keel::ffi::trust::keel_host_set_require_signature(host, false);
-        let path = std::ffi::CString::new(manifest.to_str().unwrap()).unwrap();
-        let mut plugin = std::ptr::null_mut();
-        assert_eq!(
-            keel_host_load(host, path.as_ptr(), &mut plugin),
-            keel::keel_status::KEEL_OK
-        );
-        let mut function = 0;
-        assert_eq!(
-            keel_plugin_function(plugin, c"echo".as_ptr(), &mut function),
-            keel::keel_status::KEEL_OK
-        );
-        Keel {
-            _host: host,
-            plugin,
-            function,
-        }
-    }
-
-    #[inline]
-    fn call(&self, buf: *mut keel_buffer) -> keel::keel_status {
-        keel_call(self.plugin, self.function, INPUT.as_ptr(), INPUT.len(), buf)
-    }
-}
-
-fn new_buffer() -> *mut keel_buffer {
-    let mut b = std::ptr::null_mut();
-    keel::ffi::host::keel_buffer_new(&mut b);
-    b
 }
 
 /// Time `iters` calls on each of `threads` threads started together; returns wall time.
-fn run_threads(k: &Arc<Keel>, threads: usize, iters: u64) -> Duration {
+fn run_threads(k: &Arc<Loaded>, threads: usize, iters: u64) -> Duration {
     let barrier = Arc::new(Barrier::new(threads + 1));
     let hs: Vec<_> = (0..threads)
         .map(|_| {
             let k = k.clone();
             let b = barrier.clone();
             std::thread::spawn(move || {
-                let buf = new_buffer();
+                let buf = Buffer::new();
                 b.wait();
                 for _ in 0..iters {
-                    std::hint::black_box(k.call(buf));
+                    std::hint::black_box(k.call(INPUT, buf.0));
                 }
                 b.wait();
-                keel::ffi::host::keel_buffer_free(buf);
             })
         })
         .collect();
@@ -153,19 +75,19 @@ fn run_threads(k: &Arc<Keel>, threads: usize, iters: u64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-call");
-    std::fs::create_dir_all(&dir).unwrap();
-    let so = build_fixture(&dir);
+    let (so, manifest) = common::echo_fixture("bench-call");
     let direct = Direct::new(&so);
-    let keel = Arc::new(Keel::new(&dir, &so));
+    let keel = Arc::new(Loaded::new(&manifest, c"echo"));
 
     let mut g = c.benchmark_group("call");
     let mut vbuf = Vec::with_capacity(64);
     g.bench_function("a_direct_fn_ptr", |b| {
         b.iter(|| std::hint::black_box(direct.call(&mut vbuf)))
     });
-    let kbuf = new_buffer();
-    g.bench_function("b_keel_call", |b| b.iter(|| std::hint::black_box(keel.call(kbuf))));
+    let kbuf = Buffer::new();
+    g.bench_function("b_keel_call", |b| {
+        b.iter(|| std::hint::black_box(keel.call(INPUT, kbuf.0)))
+    });
     g.bench_function("keel_call_1_thread", |b| {
         b.iter_custom(|iters| run_threads(&keel, 1, iters))
     });
@@ -187,7 +109,7 @@ fn bench(c: &mut Criterion) {
         a_best = a_best.min(t.elapsed().as_nanos() as f64 / N as f64);
         let t = Instant::now();
         for _ in 0..N {
-            std::hint::black_box(keel.call(kbuf));
+            std::hint::black_box(keel.call(INPUT, kbuf.0));
         }
         b_best = b_best.min(t.elapsed().as_nanos() as f64 / N as f64);
     }
@@ -204,7 +126,6 @@ fn bench(c: &mut Criterion) {
         b_best - a_best,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    keel::ffi::host::keel_buffer_free(kbuf);
 }
 
 criterion_group! {

@@ -9,11 +9,13 @@
 //! (d) cold start of a ~100 KB module: cache miss (compile, instantiate, init) vs cache hit
 //!     (authenticate, deserialize, instantiate, init): targets <= 50 ms and <= 5 ms.
 
+mod common;
 #[path = "../tests/wasm_support/mod.rs"]
 mod wasm_support;
 
 use std::time::{Duration, Instant};
 
+use common::{Buffer, Loaded};
 use criterion::{criterion_group, criterion_main, Criterion};
 use keel::runtime::wasm::{engine, CacheConfig, WasmConfig, WasmPlugin, WasmRuntime};
 use keel::runtime::{HostServices, Instance};
@@ -68,15 +70,12 @@ impl Raw {
 
 /// echo.wat loaded by a Host, called through the C ABI (`keel_call`).
 struct Ffi {
-    host: *mut keel::ffi::host::keel_host,
-    plugin: *mut keel::ffi::host::keel_plugin,
-    function: u32,
-    buf: *mut keel::ffi::host::keel_buffer,
+    echo: Loaded,
+    buf: Buffer,
 }
 
 impl Ffi {
     fn new(dir: &std::path::Path) -> Ffi {
-        use keel::ffi::host::*;
         let wasm = wat_fixture("echo");
         std::fs::write(dir.join("echo.wasm"), &wasm).unwrap();
         let m = json!({
@@ -86,51 +85,15 @@ impl Ffi {
         });
         let path = dir.join("echo.json");
         std::fs::write(&path, m.to_string()).unwrap();
-        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        let mut host = std::ptr::null_mut();
-        assert_eq!(keel_host_new(&mut host), keel::keel_status::KEEL_OK);
-        assert_eq!(
-            keel::ffi::trust::keel_host_set_require_signature(host, false),
-            keel::keel_status::KEEL_OK
-        );
-        let mut plugin = std::ptr::null_mut();
-        assert_eq!(
-            keel_host_load(host, cpath.as_ptr(), &mut plugin),
-            keel::keel_status::KEEL_OK
-        );
-        let mut function = 0;
-        assert_eq!(
-            keel_plugin_function(plugin, c"add".as_ptr(), &mut function),
-            keel::keel_status::KEEL_OK
-        );
-        let mut buf = std::ptr::null_mut();
-        assert_eq!(keel_buffer_new(&mut buf), keel::keel_status::KEEL_OK);
         Ffi {
-            host,
-            plugin,
-            function,
-            buf,
+            echo: Loaded::new(&path, c"add"),
+            buf: Buffer::new(),
         }
     }
 
     #[inline]
     fn call(&self) -> keel::keel_status {
-        keel::ffi::host::keel_call(
-            self.plugin,
-            self.function,
-            ADD_INPUT.as_ptr(),
-            ADD_INPUT.len(),
-            self.buf,
-        )
-    }
-}
-
-impl Drop for Ffi {
-    fn drop(&mut self) {
-        use keel::ffi::host::*;
-        keel_buffer_free(self.buf);
-        keel_plugin_free(self.plugin);
-        keel_host_free(self.host);
+        self.echo.call(&ADD_INPUT, self.buf.0)
     }
 }
 

@@ -4,59 +4,31 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::ptr;
 
 use keel::ffi::deps::*;
 use keel::ffi::host::*;
-use keel::ffi::keel_last_error_message;
 use keel::keel_status::{self, *};
 use serde_json::{json, Value};
 
-fn last_error() -> String {
-    let mut p = ptr::null();
-    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
+use common::capi::{call, cstr, last_error, Buf, Plugin, TestHost};
 
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-struct TestHost(*mut keel_host);
+// The calls these tests add to the shared C-ABI helpers.
 
 impl TestHost {
-    fn new() -> TestHost {
-        let mut h = ptr::null_mut();
-        assert_eq!(keel_host_new(&mut h), KEEL_OK);
-        common::allow_unsigned(h);
-        TestHost(h)
-    }
-
     fn load_dir(&self, dir: &Path) -> keel_status {
         keel_host_load_dir(self.0, cstr(dir.to_str().unwrap()).as_ptr())
     }
 
-    fn load(&self, manifest: &Path) -> keel_status {
+    /// `keel_host_load` with a NULL `out`: the status only, no handle.
+    fn load_status(&self, manifest: &Path) -> keel_status {
         keel_host_load(self.0, cstr(manifest.to_str().unwrap()).as_ptr(), ptr::null_mut())
-    }
-
-    fn unload(&self, name: &str) -> keel_status {
-        keel_host_unload(self.0, cstr(name).as_ptr())
     }
 
     fn unload_cascade(&self, name: &str) -> keel_status {
         keel_host_unload_cascade(self.0, cstr(name).as_ptr())
-    }
-
-    /// A handle to a loaded plugin, or the status of the lookup.
-    fn get(&self, name: &str) -> Result<Plugin, keel_status> {
-        let mut p = ptr::null_mut();
-        match keel_plugin_get(self.0, cstr(name).as_ptr(), &mut p) {
-            KEEL_OK => Ok(Plugin(p)),
-            s => Err(s),
-        }
     }
 
     fn is_loaded(&self, name: &str) -> bool {
@@ -80,14 +52,6 @@ impl TestHost {
     }
 }
 
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        assert_eq!(keel_host_free(self.0), KEEL_OK);
-    }
-}
-
-struct Plugin(*mut keel_plugin);
-
 impl Plugin {
     fn capabilities(&self) -> Result<u64, keel_status> {
         let mut bits = 0;
@@ -98,31 +62,10 @@ impl Plugin {
     }
 
     fn call_text(&self, function: &str, input: &[u8]) -> String {
-        let mut f = 0;
-        assert_eq!(keel_plugin_function(self.0, cstr(function).as_ptr(), &mut f), KEEL_OK);
-        let mut buf = ptr::null_mut();
-        assert_eq!(keel_buffer_new(&mut buf), KEEL_OK);
-        assert_eq!(
-            keel_call(self.0, f, input.as_ptr(), input.len(), buf),
-            KEEL_OK,
-            "{}",
-            last_error()
-        );
-        let (mut d, mut n) = (ptr::null(), 0);
-        assert_eq!(keel_buffer_data(buf, &mut d, &mut n), KEEL_OK);
-        let text = if n == 0 {
-            String::new()
-        } else {
-            String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(d, n) }).into_owned()
-        };
-        keel_buffer_free(buf);
-        text
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        keel_plugin_free(self.0);
+        let f = self.function(function).unwrap();
+        let out = Buf::new();
+        assert_eq!(call(self.0, f, input, &out), KEEL_OK, "{}", last_error());
+        String::from_utf8_lossy(&out.bytes()).into_owned()
     }
 }
 
@@ -224,7 +167,7 @@ fn rollback_when_the_third_of_five_fails_init() {
     // An unrelated plugin loaded before: it must be untouched by the failed set.
     let other = PluginDir::new("deps-rollback-other");
     let keeper = other.plugin("keeper", "1.0.0", json!({}), json!({}));
-    assert_eq!(h.load(&keeper), KEEL_OK, "{}", last_error());
+    assert_eq!(h.load_status(&keeper), KEEL_OK, "{}", last_error());
 
     assert_eq!(h.load_dir(&d.root), KEEL_ERR_INIT_FAILED);
     let msg = last_error();
@@ -364,7 +307,7 @@ fn dependency_satisfied_by_an_already_loaded_plugin_and_rescan_never_replaces() 
     let d = PluginDir::new("deps-loaded");
     d.plugin("app", "1.0.0", json!({"base": "^2"}), json!({}));
     let h = TestHost::new();
-    assert_eq!(h.load(&base), KEEL_OK, "{}", last_error());
+    assert_eq!(h.load_status(&base), KEEL_OK, "{}", last_error());
     assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
     assert!(h.is_loaded("app"));
     // Loading the same directory again is refused as a whole; the loaded plugin keeps running.
@@ -462,7 +405,7 @@ fn granted_set_is_frozen_at_load() {
     );
     let h = TestHost::new();
     assert_eq!(h.set_allowlist(&["log", "kv:read", "kv:write", "clock"]), KEEL_OK);
-    assert_eq!(h.load(&manifest), KEEL_OK, "{}", last_error());
+    assert_eq!(h.load_status(&manifest), KEEL_OK, "{}", last_error());
     let p = h.get("reader").unwrap();
     let granted = bit("log") | bit("kv:read");
     assert_eq!(p.capabilities().unwrap(), granted);

@@ -29,6 +29,14 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Wait until `name`'s health report satisfies `until`; return that report.
+fn wait_report(host: &Host, name: &str, what: &str, until: impl Fn(&HealthReport) -> bool) -> HealthReport {
+    wait_for(what, || {
+        let r = host.health(name).unwrap();
+        until(&r).then_some(r)
+    })
+}
+
 fn host() -> Host {
     let h = Host::new();
     h.trust().set_require_signature(false).unwrap();
@@ -44,6 +52,24 @@ fn health_fixture(tag: &str) -> (PathBuf, PathBuf) {
 
 fn manifest(dir: &Path, so: &Path, name: &str, config: serde_json::Value) -> PathBuf {
     common::write_manifest(dir, name, "1.0.0", so, serde_json::json!({ "config": config }))
+}
+
+/// The fixture loaded as "echo" into a fresh host, its health read from the file `flag`
+/// (first holding `status`): returns the host, the plugin's slot, `flag` and the library.
+fn flagged(tag: &str, status: &str) -> (Host, Arc<Slot>, PathBuf, PathBuf) {
+    let (dir, so) = health_fixture(tag);
+    let flag = dir.join("health.flag");
+    std::fs::write(&flag, status).unwrap();
+    let host = host();
+    let slot = host
+        .load(&manifest(
+            &dir,
+            &so,
+            "echo",
+            serde_json::json!({"health_file": flag.to_str().unwrap()}),
+        ))
+        .unwrap();
+    (host, slot, flag, so)
 }
 
 fn call(slot: &Slot, f: &str, input: &[u8]) -> keel::Result<Vec<u8>> {
@@ -80,9 +106,8 @@ fn unhealthy_plugin_is_restarted_with_its_state_and_becomes_healthy() {
 
     host.start_health_monitor(fast(2)).unwrap();
     assert!(host.health_monitor_running());
-    let first = wait_for("a first healthy check", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Healthy && r.checks > 0).then_some(r)
+    let first = wait_report(&host, "echo", "a first healthy check", |r| {
+        r.status == HealthStatus::Healthy && r.checks > 0
     });
     assert_eq!(first.score, 1.0);
     assert!(first.last_heartbeat.is_some());
@@ -92,9 +117,8 @@ fn unhealthy_plugin_is_restarted_with_its_state_and_becomes_healthy() {
         call(&slot, "echo", b"x").unwrap();
     }
     wait_for("a restart into generation 2", || (generation(&slot) >= 2).then_some(()));
-    let healthy = wait_for("healthy again after the restart", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Healthy && r.restarts >= 1).then_some(r)
+    let healthy = wait_report(&host, "echo", "healthy again after the restart", |r| {
+        r.status == HealthStatus::Healthy && r.restarts >= 1
     });
     assert_eq!(healthy.restarts, 1, "one restart fixed it: {healthy:?}");
     assert_eq!(healthy.consecutive_failures, 0);
@@ -143,9 +167,8 @@ fn a_hung_check_counts_as_unhealthy_and_does_not_stall_the_monitor() {
     })
     .unwrap();
 
-    let slow = wait_for("the slow plugin unhealthy three times", || {
-        let r = host.health("slow").unwrap();
-        (r.consecutive_failures >= 3).then_some(r)
+    let slow = wait_report(&host, "slow", "the slow plugin unhealthy three times", |r| {
+        r.consecutive_failures >= 3
     });
     assert_eq!(slow.status, HealthStatus::Unhealthy);
     assert!(
@@ -155,9 +178,8 @@ fn a_hung_check_counts_as_unhealthy_and_does_not_stall_the_monitor() {
     assert!((slow.score - 0.3).abs() < 1e-9, "{slow:?}");
     // Meanwhile the other plugin keeps being checked: the monitor is not stuck.
     let quick0 = host.health("quick").unwrap().checks;
-    let quick = wait_for("five more checks of the quick plugin", || {
-        let r = host.health("quick").unwrap();
-        (r.checks >= quick0 + 5).then_some(r)
+    let quick = wait_report(&host, "quick", "five more checks of the quick plugin", |r| {
+        r.checks >= quick0 + 5
     });
     assert_eq!(quick.status, HealthStatus::Healthy);
     // Still one hung check per plugin, not one per interval: failures keep counting.
@@ -172,18 +194,7 @@ fn a_hung_check_counts_as_unhealthy_and_does_not_stall_the_monitor() {
 
 #[test]
 fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
-    let (dir, so) = health_fixture("health-cap");
-    let flag = dir.join("health.flag");
-    std::fs::write(&flag, "unhealthy").unwrap();
-    let host = host();
-    let slot = host
-        .load(&manifest(
-            &dir,
-            &so,
-            "echo",
-            serde_json::json!({"health_file": flag.to_str().unwrap()}),
-        ))
-        .unwrap();
+    let (host, slot, flag, _so) = flagged("health-cap", "unhealthy");
     host.start_health_monitor(HealthConfig {
         max_restart_attempts: 3,
         ..fast(1)
@@ -191,28 +202,21 @@ fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
     .unwrap();
 
     // Every generation reads the same flag: three attempts, then Failed.
-    let failed = wait_for("Failed after three attempts", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Failed).then_some(r)
+    let failed = wait_report(&host, "echo", "Failed after three attempts", |r| {
+        r.status == HealthStatus::Failed
     });
     assert_eq!(failed.restart_attempts, 3, "{failed:?}");
     assert_eq!(failed.restarts, 3, "{failed:?}");
     assert_eq!(generation(&slot), 4);
     // Still checked, no longer restarted.
     let checks = failed.checks;
-    let later = wait_for("five more checks", || {
-        let r = host.health("echo").unwrap();
-        (r.checks >= checks + 5).then_some(r)
-    });
+    let later = wait_report(&host, "echo", "five more checks", |r| r.checks >= checks + 5);
     assert_eq!(later.status, HealthStatus::Failed);
     assert_eq!(generation(&slot), 4, "no restart past the cap");
 
     // Healthy again: both counters reset (ThemisDB never reset its attempt counter).
     std::fs::write(&flag, "healthy").unwrap();
-    let ok = wait_for("healthy", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Healthy).then_some(r)
-    });
+    let ok = wait_report(&host, "echo", "healthy", |r| r.status == HealthStatus::Healthy);
     assert_eq!((ok.consecutive_failures, ok.restart_attempts), (0, 0));
 
     // So a later fault is restarted again instead of being left disabled.
@@ -223,18 +227,7 @@ fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
 
 #[test]
 fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
-    let (dir, so) = health_fixture("health-failed-restart");
-    let flag = dir.join("health.flag");
-    std::fs::write(&flag, "unhealthy").unwrap();
-    let host = host();
-    let slot = host
-        .load(&manifest(
-            &dir,
-            &so,
-            "echo",
-            serde_json::json!({"health_file": flag.to_str().unwrap()}),
-        ))
-        .unwrap();
+    let (host, slot, _flag, so) = flagged("health-failed-restart", "unhealthy");
     // The binary no longer matches the pinned digest: every restart is rolled back.
     std::fs::write(&so, b"tampered").unwrap();
     host.start_health_monitor(HealthConfig {
@@ -242,9 +235,8 @@ fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
         ..fast(1)
     })
     .unwrap();
-    let r = wait_for("Failed after two rolled-back restarts", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Failed).then_some(r)
+    let r = wait_report(&host, "echo", "Failed after two rolled-back restarts", |r| {
+        r.status == HealthStatus::Failed
     });
     assert_eq!((r.restarts, r.restart_attempts), (0, 2), "{r:?}");
     let why = r.last_restart_error.clone().unwrap_or_default();
@@ -257,23 +249,11 @@ fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
 
 #[test]
 fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
-    let (dir, so) = health_fixture("health-score");
-    let flag = dir.join("health.flag");
-    std::fs::write(&flag, "degraded").unwrap();
-    let host = host();
-    let slot = host
-        .load(&manifest(
-            &dir,
-            &so,
-            "echo",
-            serde_json::json!({"health_file": flag.to_str().unwrap()}),
-        ))
-        .unwrap();
+    let (host, slot, flag, _so) = flagged("health-score", "degraded");
     host.start_health_monitor(fast(1)).unwrap();
 
-    let degraded = wait_for("degraded without calls", || {
-        let r = host.health("echo").unwrap();
-        (r.status == HealthStatus::Degraded && r.error_rate == 0.0).then_some(r)
+    let degraded = wait_report(&host, "echo", "degraded without calls", |r| {
+        r.status == HealthStatus::Degraded && r.error_rate == 0.0
     });
     assert!((degraded.score - 0.7).abs() < 1e-9, "{degraded:?}");
 
@@ -323,9 +303,8 @@ fn a_serial_plugins_check_waits_for_its_running_call() {
         })
         .unwrap();
         // The hook may not overlap the call of a plugin that is not thread-safe.
-        let r = wait_for("a check timed out behind the call", || {
-            let r = host.health("echo").unwrap();
-            (r.status == HealthStatus::Unhealthy).then_some(r)
+        let r = wait_report(&host, "echo", "a check timed out behind the call", |r| {
+            r.status == HealthStatus::Unhealthy
         });
         assert!(
             r.last_error.as_deref().unwrap_or("").contains("did not answer"),
@@ -334,8 +313,8 @@ fn a_serial_plugins_check_waits_for_its_running_call() {
         std::fs::write(&release, "").unwrap();
         assert_eq!(caller.join().unwrap().unwrap(), b"released");
     });
-    wait_for("healthy once the call returned", || {
-        (host.health("echo").unwrap().status == HealthStatus::Healthy).then_some(())
+    wait_report(&host, "echo", "healthy once the call returned", |r| {
+        r.status == HealthStatus::Healthy
     });
     host.stop_health_monitor();
 }
@@ -354,9 +333,7 @@ fn unloaded_plugins_leave_the_monitor_and_dropping_the_host_stops_it() {
     assert_eq!(host.health("b").unwrap_err().status(), KEEL_ERR_PLUGIN_NOT_FOUND);
     let frozen = b.health.report().checks;
     let a0 = host.health("a").unwrap().checks;
-    wait_for("a checked on", || {
-        (host.health("a").unwrap().checks >= a0 + 3).then_some(())
-    });
+    wait_report(&host, "a", "a checked on", |r| r.checks >= a0 + 3);
     assert_eq!(
         b.health.report().checks,
         frozen,
@@ -367,9 +344,7 @@ fn unloaded_plugins_leave_the_monitor_and_dropping_the_host_stops_it() {
     host.load(&manifest(&dir, &so, "b", serde_json::json!({}))).unwrap();
     assert_eq!(host.health("b").unwrap(), HealthReport::default());
     host.start_health_monitor(fast(1)).unwrap();
-    wait_for("the new b checked", || {
-        (host.health("b").unwrap().checks > 0).then_some(())
-    });
+    wait_report(&host, "b", "the new b checked", |r| r.checks > 0);
     // Dropped with the monitor running: the monitor stops, then the plugins are unloaded.
     drop(host);
 }

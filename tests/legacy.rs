@@ -6,17 +6,18 @@
 
 mod common;
 
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::{Arc, Mutex};
 
 use keel::ffi::host::*;
-use keel::ffi::keel_last_error_message;
 use keel::ffi::themis::*;
 use keel::keel_status::{self, *};
 use keel::runtime::legacy::LegacyInstance;
 use serde_json::{json, Value};
+
+use common::capi::{cstr, last_error, Buf, Plugin, TestHost};
 
 const FIXTURE: &str = "themis/legacy_plugin.cpp";
 
@@ -64,33 +65,9 @@ impl Api {
     }
 }
 
-fn last_error() -> String {
-    let mut p = ptr::null();
-    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-struct TestHost(*mut keel_host);
+// The calls these tests add to the shared C-ABI helpers.
 
 impl TestHost {
-    fn new() -> TestHost {
-        let mut h = ptr::null_mut();
-        assert_eq!(keel_host_new(&mut h), KEEL_OK);
-        common::allow_unsigned(h);
-        TestHost(h)
-    }
-    fn load(&self, manifest: &Path) -> Result<Plugin, keel_status> {
-        let c = cstr(manifest.to_str().unwrap());
-        let mut p = ptr::null_mut();
-        match keel_host_load(self.0, c.as_ptr(), &mut p) {
-            KEEL_OK => Ok(Plugin(p)),
-            s => Err(s),
-        }
-    }
     fn reload(&self, name: &str) -> Result<u64, keel_status> {
         let mut g = 0;
         match keel_host_reload(self.0, cstr(name).as_ptr(), &mut g) {
@@ -98,59 +75,9 @@ impl TestHost {
             s => Err(s),
         }
     }
-    fn unload(&self, name: &str) -> keel_status {
-        keel_host_unload(self.0, cstr(name).as_ptr())
-    }
-    fn get(&self, name: &str) -> Result<Plugin, keel_status> {
-        let mut p = ptr::null_mut();
-        match keel_plugin_get(self.0, cstr(name).as_ptr(), &mut p) {
-            KEEL_OK => Ok(Plugin(p)),
-            s => Err(s),
-        }
-    }
 }
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        assert_eq!(keel_host_free(self.0), KEEL_OK);
-    }
-}
-
-struct Buf(*mut keel_buffer);
-
-impl Buf {
-    fn new() -> Buf {
-        let mut b = ptr::null_mut();
-        assert_eq!(keel_buffer_new(&mut b), KEEL_OK);
-        Buf(b)
-    }
-    fn text(&self) -> String {
-        let mut d = ptr::null();
-        let mut n = 0;
-        assert_eq!(keel_buffer_data(self.0, &mut d, &mut n), KEEL_OK);
-        if n == 0 {
-            return String::new();
-        }
-        String::from_utf8(unsafe { std::slice::from_raw_parts(d, n) }.to_vec()).unwrap()
-    }
-}
-
-impl Drop for Buf {
-    fn drop(&mut self) {
-        keel_buffer_free(self.0);
-    }
-}
-
-struct Plugin(*mut keel_plugin);
 
 impl Plugin {
-    fn function(&self, name: &str) -> Result<keel_function, keel_status> {
-        let mut f = 0;
-        match keel_plugin_function(self.0, cstr(name).as_ptr(), &mut f) {
-            KEEL_OK => Ok(f),
-            s => Err(s),
-        }
-    }
     fn call(&self, function: &str) -> Result<String, keel_status> {
         let f = self.function(function)?;
         let out = Buf::new();
@@ -186,12 +113,6 @@ impl Plugin {
         let mut g = 0;
         assert_eq!(keel_plugin_generation(self.0, &mut g), KEEL_OK);
         g
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        keel_plugin_free(self.0);
     }
 }
 
@@ -246,7 +167,7 @@ fn themisdb_plugin_json_loads_answers_info_and_hands_out_its_instance() {
     );
     let host = TestHost::new();
     let p = host
-        .load(&manifest)
+        .load_plugin(&manifest)
         .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
 
     let info = p.info();
@@ -304,7 +225,7 @@ fn reload_from_plugin_json_carries_state_the_themisdb_way() {
     let so = build(&dir, &[], "liblegacy.so");
     let manifest = plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
     let host = TestHost::new();
-    let p = host.load(&manifest).unwrap();
+    let p = host.load_plugin(&manifest).unwrap();
     let old = p.instance().unwrap();
     for _ in 0..3 {
         old.bump();
@@ -348,7 +269,7 @@ fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
     let manifest = keel_manifest(&dir, "legacy", "1.0.0", &so, config.clone());
     let host = TestHost::new();
     let p = host
-        .load(&manifest)
+        .load_plugin(&manifest)
         .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
     let api = p.instance().unwrap();
     assert_eq!(
@@ -398,7 +319,7 @@ fn failing_initialize_is_init_failed_and_the_host_keeps_serving() {
     let good_so = build(&good_dir, &[], "liblegacy.so");
     let host = TestHost::new();
     let good = host
-        .load(&plugin_json(&good_dir, "legacy", "1.0.0", &good_so, json!({})))
+        .load_plugin(&plugin_json(&good_dir, "legacy", "1.0.0", &good_so, json!({})))
         .unwrap();
 
     let cases: [(&str, &str); 4] = [
@@ -416,7 +337,7 @@ fn failing_initialize_is_init_failed_and_the_host_keeps_serving() {
         let marker = d.join("marker.txt");
         let so = build(&d, &[define], "libbroken.so");
         let m = keel_manifest(&d, "broken", "1.0.0", &so, json!({"marker": marker.to_str().unwrap()}));
-        assert_eq!(host.load(&m).err(), Some(KEEL_ERR_INIT_FAILED), "{define}");
+        assert_eq!(host.load_plugin(&m).err(), Some(KEEL_ERR_INIT_FAILED), "{define}");
         let e = last_error();
         assert!(e.contains(message), "{define}: {e}");
         assert!(e.contains("broken"), "{e}");
@@ -434,7 +355,7 @@ fn failing_initialize_is_init_failed_and_the_host_keeps_serving() {
     std::fs::create_dir_all(&d).unwrap();
     let so = build(&d, &[], "libbroken.so");
     let fixed = host
-        .load(&keel_manifest(&d, "broken", "1.0.0", &so, json!({})))
+        .load_plugin(&keel_manifest(&d, "broken", "1.0.0", &so, json!({})))
         .unwrap();
     assert_eq!(fixed.info()["name"], "legacy");
 }
@@ -452,7 +373,7 @@ fn missing_destroy_plugin_is_refused_before_create_runs() {
         json!({"marker": marker.to_str().unwrap()}),
     );
     let host = TestHost::new();
-    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
+    assert_eq!(host.load_plugin(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
     let e = last_error();
     assert!(e.contains("destroyPlugin"), "{e}");
     assert!(!marker.exists(), "no object was created or initialised");
@@ -465,7 +386,7 @@ fn a_library_without_create_plugin_is_not_a_themis_plugin() {
     let so = common::build_native("echo", &[], &dir, "libecho.so");
     let m = keel_manifest(&dir, "echo", "1.0.0", &so, json!({}));
     let host = TestHost::new();
-    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
+    assert_eq!(host.load_plugin(&m).err(), Some(KEEL_ERR_SYMBOL_MISSING));
     assert!(last_error().contains("createPlugin"), "{}", last_error());
 }
 
@@ -478,7 +399,7 @@ fn tampered_binary_is_refused_before_it_runs() {
     // Replace the binary after the manifest pinned it.
     build(&dir, &["LEGACY_TAG=\"evil\""], "liblegacy.so");
     let host = TestHost::new();
-    assert_eq!(host.load(&m).err(), Some(KEEL_ERR_DIGEST_MISMATCH));
+    assert_eq!(host.load_plugin(&m).err(), Some(KEEL_ERR_DIGEST_MISMATCH));
     assert!(last_error().contains("SHA-256"), "{}", last_error());
     assert!(!marker.exists());
     assert_eq!(host.get("legacy").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
@@ -490,7 +411,7 @@ fn null_name_and_version_read_as_empty() {
     let so = build(&dir, &["LEGACY_NULL_NAME"], "liblegacy.so");
     let host = TestHost::new();
     let p = host
-        .load(&plugin_json(&dir, "nameless", "2.0.0", &so, json!({})))
+        .load_plugin(&plugin_json(&dir, "nameless", "2.0.0", &so, json!({})))
         .unwrap();
     let info = p.info();
     assert_eq!(info["name"], "");
@@ -508,7 +429,7 @@ fn state_save_and_restore_failures_roll_the_reload_back() {
     let so = build(&dir, &["LEGACY_SAVE_THROWS"], "liblegacy.so");
     plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
     let host = TestHost::new();
-    let p = host.load(&dir.join("plugin.json")).unwrap();
+    let p = host.load_plugin(&dir.join("plugin.json")).unwrap();
     p.instance().unwrap().bump();
     assert_eq!(p.call("state").err(), Some(KEEL_ERR_CALL_FAILED));
     assert!(last_error().contains("fixture saveState failure"), "{}", last_error());
@@ -528,7 +449,7 @@ fn state_save_and_restore_failures_roll_the_reload_back() {
     let dir = common::tempdir("legacy-restorefail");
     let so = build(&dir, &[], "liblegacy.so");
     plugin_json(&dir, "legacy2", "1.0.0", &so, json!({}));
-    let p = host.load(&dir.join("plugin.json")).unwrap();
+    let p = host.load_plugin(&dir.join("plugin.json")).unwrap();
     p.instance().unwrap().bump();
     let so2 = build(&dir, &["LEGACY_RESTORE_FALSE", "LEGACY_TAG=\"v2\""], "liblegacy.so");
     plugin_json(&dir, "legacy2", "1.0.1", &so2, json!({}));
@@ -545,7 +466,7 @@ fn a_plugin_without_istatefulplugin_has_no_state_function_and_reloads_fresh() {
     let so = build(&dir, &["LEGACY_NOT_STATEFUL"], "liblegacy.so");
     plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
     let host = TestHost::new();
-    let p = host.load(&dir.join("plugin.json")).unwrap();
+    let p = host.load_plugin(&dir.join("plugin.json")).unwrap();
     assert_eq!(p.info()["stateful"], false);
     assert_eq!(p.function("state").err(), Some(KEEL_ERR_FUNCTION_NOT_FOUND));
     p.instance().unwrap().bump();
@@ -578,7 +499,7 @@ fn bad_arguments_and_non_legacy_plugins_get_their_codes() {
 
     // A native Keel plugin has no IThemisPlugin object.
     let (_dir, manifest) = common::echo_plugin("legacy-native", &[], json!({"type": "embedding"}));
-    let echo = host.load(&manifest).unwrap();
+    let echo = host.load_plugin(&manifest).unwrap();
     assert_eq!(echo.instance().err(), Some(KEEL_ERR_UNSUPPORTED));
     assert!(
         last_error().contains("not a ThemisDB legacy plugin"),
@@ -670,7 +591,7 @@ fn calls_from_many_threads_while_reloading() {
     let so = build(&dir, &[], "liblegacy.so");
     plugin_json(&dir, "legacy", "1.0.0", &so, json!({}));
     let host = TestHost::new();
-    let p = host.load(&dir.join("plugin.json")).unwrap();
+    let p = host.load_plugin(&dir.join("plugin.json")).unwrap();
     let info = p.function("info").unwrap();
     let state = p.function("state").unwrap();
     let handle = p.0 as usize;

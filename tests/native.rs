@@ -10,75 +10,7 @@ use keel::ffi::host::*;
 use keel::ffi::{keel_last_error_message, keel_status_name};
 use keel::keel_status::{self, *};
 
-fn last_error() -> String {
-    let mut p = ptr::null();
-    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-struct TestHost(*mut keel_host);
-
-impl TestHost {
-    fn new() -> TestHost {
-        let mut h = ptr::null_mut();
-        assert_eq!(keel_host_new(&mut h), KEEL_OK);
-        common::allow_unsigned(h);
-        TestHost(h)
-    }
-    fn load(&self, manifest: &std::path::Path) -> Result<*mut keel_plugin, keel_status> {
-        let c = CString::new(manifest.to_str().unwrap()).unwrap();
-        let mut p = ptr::null_mut();
-        match keel_host_load(self.0, c.as_ptr(), &mut p) {
-            KEEL_OK => Ok(p),
-            s => Err(s),
-        }
-    }
-}
-
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        assert_eq!(keel_host_free(self.0), KEEL_OK);
-    }
-}
-
-struct Buf(*mut keel_buffer);
-impl Buf {
-    fn new() -> Buf {
-        let mut b = ptr::null_mut();
-        assert_eq!(keel_buffer_new(&mut b), KEEL_OK);
-        Buf(b)
-    }
-    fn bytes(&self) -> Vec<u8> {
-        let mut d = ptr::null();
-        let mut n = 0;
-        assert_eq!(keel_buffer_data(self.0, &mut d, &mut n), KEEL_OK);
-        if n == 0 {
-            return vec![];
-        }
-        unsafe { std::slice::from_raw_parts(d, n) }.to_vec()
-    }
-    fn text(&self) -> String {
-        String::from_utf8(self.bytes()).unwrap()
-    }
-}
-impl Drop for Buf {
-    fn drop(&mut self) {
-        keel_buffer_free(self.0);
-    }
-}
-
-fn function(p: *mut keel_plugin, name: &str) -> Result<keel_function, keel_status> {
-    let c = CString::new(name).unwrap();
-    let mut f = 0;
-    match keel_plugin_function(p, c.as_ptr(), &mut f) {
-        KEEL_OK => Ok(f),
-        s => Err(s),
-    }
-}
-
-fn call(p: *mut keel_plugin, f: keel_function, input: &[u8], out: &Buf) -> keel_status {
-    keel_call(p, f, input.as_ptr(), input.len(), out.0)
-}
+use common::capi::{call, function, last_error, Buf, TestHost};
 
 #[test]
 fn load_and_call_native_plugin() {

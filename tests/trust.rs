@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::ptr;
 use std::time::{Duration, SystemTime};
@@ -12,12 +12,13 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde_json::{json, Value};
 
 use keel::ffi::host::{keel_host, keel_host_free, keel_host_load, keel_host_new, keel_plugin, keel_plugin_free};
-use keel::ffi::keel_last_error_message;
 use keel::ffi::trust::{
     keel_host_set_require_signature, keel_host_set_trust_store_bytes, keel_host_set_trust_store_file, keel_verify,
 };
 use keel::keel_status::{self, *};
 use keel::trust::{self, signature, store, Authenticity, KeelSignature, TrustState};
+
+use common::capi::last_error;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -643,12 +644,6 @@ fn concurrent_verification_during_store_swaps_sees_whole_stores() {
 
 // ---------------------------------------------------------------------------------------------
 // The same causes through the C ABI.
-
-fn last_error() -> String {
-    let mut p = ptr::null();
-    assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
 
 struct CHost(*mut keel_host);
 

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,6 +148,15 @@ fn events_of(host: &Host, folder: &str) -> Vec<WatchEvent> {
 fn wait_event(host: &Host, folder: &str, action: WatchAction) -> WatchEvent {
     wait_for(&format!("{action:?} of folder {folder}"), || {
         events_of(host, folder).into_iter().find(|e| e.action == action)
+    })
+}
+
+/// Wait for a successful outcome of `action` on `folder` (failed ones are passed over).
+fn wait_ok(host: &Host, folder: &str, action: WatchAction, what: &str) -> WatchEvent {
+    wait_for(what, || {
+        events_of(host, folder)
+            .into_iter()
+            .find(|e| e.action == action && e.status == KEEL_OK)
     })
 }
 
@@ -300,11 +308,7 @@ fn tampered_update_is_rolled_back_and_reported_once() {
         Plugins::manifest("echo", "1.0.0", &evil, json!({})),
     )
     .unwrap();
-    wait_for("reload after the fix", || {
-        events_of(&host, "echo")
-            .into_iter()
-            .find(|e| e.action == WatchAction::Reload && e.status == KEEL_OK)
-    });
+    wait_ok(&host, "echo", WatchAction::Reload, "reload after the fix");
     assert_eq!(call(&slot, "tag").unwrap(), "evil");
 }
 
@@ -336,11 +340,7 @@ fn removed_manifest_unloads_unless_others_depend_on_it() {
     std::fs::remove_dir_all(p.folder("app")).unwrap();
     let e = wait_event(&host, "app", WatchAction::Unload);
     assert_eq!(e.status, KEEL_OK, "{e:?}");
-    wait_for("base unloaded", || {
-        events_of(&host, "base")
-            .into_iter()
-            .find(|e| e.action == WatchAction::Unload && e.status == KEEL_OK)
-    });
+    wait_ok(&host, "base", WatchAction::Unload, "base unloaded");
     assert!(host.plugin_names().is_empty(), "{:?}", host.plugin_names());
     assert_eq!(call(&app, "tag").unwrap_err().status(), KEEL_ERR_PLUGIN_UNLOADED);
     assert_eq!(call(&base, "tag").unwrap_err().status(), KEEL_ERR_PLUGIN_UNLOADED);
@@ -420,11 +420,12 @@ fn broken_manifest_is_reported_once_and_loaded_once_fixed() {
         .unwrap()
         .write_all(&good[good.len() / 2..])
         .unwrap();
-    wait_for("echo loaded after the manifest was completed", || {
-        events_of(&host, "echo")
-            .into_iter()
-            .find(|e| e.action == WatchAction::Load && e.status == KEEL_OK)
-    });
+    wait_ok(
+        &host,
+        "echo",
+        WatchAction::Load,
+        "echo loaded after the manifest was completed",
+    );
     assert_eq!(call(&host.get("echo").unwrap(), "tag").unwrap(), "v1");
 }
 
@@ -445,11 +446,7 @@ fn a_loaded_plugin_is_never_replaced_by_another_folder() {
 
     // Once the first folder is gone, the second one's plugin takes the name.
     std::fs::remove_dir_all(p.folder("first")).unwrap();
-    wait_for("second loaded", || {
-        events_of(&host, "second")
-            .into_iter()
-            .find(|e| e.action == WatchAction::Load && e.status == KEEL_OK)
-    });
+    wait_ok(&host, "second", WatchAction::Load, "second loaded");
     assert_eq!(call(&host.get("echo").unwrap(), "tag").unwrap(), "second");
 }
 
@@ -553,20 +550,10 @@ fn existing_folders_are_adopted_or_left_alone() {
 
 mod c_abi {
     use super::*;
+    use common::capi::{cstr, last_error};
     use keel::ffi::host::*;
-    use keel::ffi::keel_last_error_message;
     use keel::ffi::watch::*;
     use std::ptr;
-
-    fn cstr(s: &str) -> CString {
-        CString::new(s).unwrap()
-    }
-
-    fn last_error() -> String {
-        let mut p = ptr::null();
-        assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
 
     fn events(h: *mut keel_host, after: u64, buf: *mut keel_buffer) -> Vec<Value> {
         assert_eq!(keel_host_watch_events(h, after, buf), KEEL_OK);

@@ -109,3 +109,134 @@ pub fn allow_unsigned(host: *mut keel::ffi::host::keel_host) {
         keel::keel_status::KEEL_OK
     );
 }
+
+/// The C ABI as the tests drive it: a host, plugin handles, output buffers and the thread's
+/// last error. Test files add their own calls with `impl common::capi::TestHost { .. }` (or
+/// `Plugin`) blocks next to their tests.
+pub mod capi {
+    use std::ffi::{CStr, CString};
+    use std::path::Path;
+    use std::ptr;
+
+    use keel::ffi::host::*;
+    use keel::ffi::keel_last_error_message;
+    use keel::keel_status::{self, *};
+
+    /// The calling thread's last error message.
+    pub fn last_error() -> String {
+        let mut p = ptr::null();
+        assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    pub fn cstr(s: &str) -> CString {
+        CString::new(s).unwrap()
+    }
+
+    /// A host that loads unsigned plugins; freed (asserting `KEEL_OK`) when dropped.
+    pub struct TestHost(pub *mut keel_host);
+
+    impl TestHost {
+        pub fn new() -> TestHost {
+            let mut h = ptr::null_mut();
+            assert_eq!(keel_host_new(&mut h), KEEL_OK);
+            super::allow_unsigned(h);
+            TestHost(h)
+        }
+
+        /// `keel_host_load`: a raw handle the caller releases with `keel_plugin_free`.
+        pub fn load(&self, manifest: &Path) -> Result<*mut keel_plugin, keel_status> {
+            let c = cstr(manifest.to_str().unwrap());
+            let mut p = ptr::null_mut();
+            match keel_host_load(self.0, c.as_ptr(), &mut p) {
+                KEEL_OK => Ok(p),
+                s => Err(s),
+            }
+        }
+
+        /// `keel_host_load` into an owned [`Plugin`].
+        pub fn load_plugin(&self, manifest: &Path) -> Result<Plugin, keel_status> {
+            self.load(manifest).map(Plugin)
+        }
+
+        /// A handle to a loaded plugin, or the status of the lookup.
+        pub fn get(&self, name: &str) -> Result<Plugin, keel_status> {
+            let mut p = ptr::null_mut();
+            match keel_plugin_get(self.0, cstr(name).as_ptr(), &mut p) {
+                KEEL_OK => Ok(Plugin(p)),
+                s => Err(s),
+            }
+        }
+
+        pub fn unload(&self, name: &str) -> keel_status {
+            keel_host_unload(self.0, cstr(name).as_ptr())
+        }
+    }
+
+    impl Drop for TestHost {
+        fn drop(&mut self) {
+            assert_eq!(keel_host_free(self.0), KEEL_OK);
+        }
+    }
+
+    /// A plugin handle, released with `keel_plugin_free` when dropped.
+    pub struct Plugin(pub *mut keel_plugin);
+
+    impl Plugin {
+        pub fn function(&self, name: &str) -> Result<keel_function, keel_status> {
+            function(self.0, name)
+        }
+    }
+
+    impl Drop for Plugin {
+        fn drop(&mut self) {
+            keel_plugin_free(self.0);
+        }
+    }
+
+    /// A `keel_buffer`, freed when dropped.
+    pub struct Buf(pub *mut keel_buffer);
+
+    impl Buf {
+        pub fn new() -> Buf {
+            let mut b = ptr::null_mut();
+            assert_eq!(keel_buffer_new(&mut b), KEEL_OK);
+            Buf(b)
+        }
+
+        pub fn bytes(&self) -> Vec<u8> {
+            let mut d = ptr::null();
+            let mut n = 0;
+            assert_eq!(keel_buffer_data(self.0, &mut d, &mut n), KEEL_OK);
+            if n == 0 {
+                return vec![];
+            }
+            unsafe { std::slice::from_raw_parts(d, n) }.to_vec()
+        }
+
+        pub fn text(&self) -> String {
+            String::from_utf8(self.bytes()).unwrap()
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            keel_buffer_free(self.0);
+        }
+    }
+
+    /// `keel_plugin_function`: the id of `name`, or the status.
+    pub fn function(p: *const keel_plugin, name: &str) -> Result<keel_function, keel_status> {
+        let c = cstr(name);
+        let mut f = 0;
+        match keel_plugin_function(p, c.as_ptr(), &mut f) {
+            KEEL_OK => Ok(f),
+            s => Err(s),
+        }
+    }
+
+    /// `keel_call` with `input`, the result into `out`.
+    pub fn call(p: *const keel_plugin, f: keel_function, input: &[u8], out: &Buf) -> keel_status {
+        keel_call(p, f, input.as_ptr(), input.len(), out.0)
+    }
+}
