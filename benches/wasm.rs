@@ -75,7 +75,8 @@ struct Ffi {
 }
 
 impl Ffi {
-    fn new(dir: &std::path::Path) -> Ffi {
+    /// `metering`: the host's WASM runtime compiles with instruction metering (the default).
+    fn new(dir: &std::path::Path, metering: bool) -> Ffi {
         let wasm = wat_fixture("echo");
         std::fs::write(dir.join("echo.wasm"), &wasm).unwrap();
         let m = json!({
@@ -86,7 +87,18 @@ impl Ffi {
         let path = dir.join("echo.json");
         std::fs::write(&path, m.to_string()).unwrap();
         Ffi {
-            echo: Loaded::new(&path, c"add"),
+            echo: Loaded::with_setup(&path, c"add", |host| {
+                let mut c = unsafe { std::mem::zeroed::<keel::ffi::wasm::keel_wasm_config>() };
+                assert_eq!(
+                    keel::ffi::wasm::keel_wasm_config_default(&mut c),
+                    keel::keel_status::KEEL_OK
+                );
+                c.metering = metering;
+                assert_eq!(
+                    keel::ffi::wasm::keel_host_set_wasm_config(host, &c),
+                    keel::keel_status::KEEL_OK
+                );
+            }),
             buf: Buffer::new(),
         }
     }
@@ -157,8 +169,12 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::with_capacity(64);
     pooled.call(add, &ADD_INPUT, &mut out).unwrap();
     assert_eq!(out, 42i32.to_le_bytes());
-    let ffi = Ffi::new(dir.path());
+    let ffi = Ffi::new(dir.path(), true);
     assert_eq!(ffi.call(), keel::keel_status::KEEL_OK);
+    let ffi_plain_dir = dir.path().join("plain");
+    std::fs::create_dir_all(&ffi_plain_dir).unwrap();
+    let ffi_plain = Ffi::new(&ffi_plain_dir, false);
+    assert_eq!(ffi_plain.call(), keel::keel_status::KEEL_OK);
 
     let mut g = c.benchmark_group("wasm_call");
     g.bench_function("a_raw_wasmer_typed_call", |b| {
@@ -180,6 +196,9 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.bench_function("b_keel_call_c_abi", |b| b.iter(|| std::hint::black_box(ffi.call())));
+    g.bench_function("b_keel_call_c_abi_no_metering", |b| {
+        b.iter(|| std::hint::black_box(ffi_plain.call()))
+    });
     g.finish();
 
     // ---- (c) ----
@@ -276,6 +295,7 @@ fn bench(c: &mut Criterion) {
     // ---- the figures, from interleaved measurements in this run ----
     const N: u64 = 1_000_000;
     let (mut a, mut am, mut bp, mut bs, mut bn, mut bf) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let mut bfn = f64::MAX;
     for _ in 0..5 {
         a = a.min(per_call(N, &mut || {
             std::hint::black_box(raw.call());
@@ -285,6 +305,9 @@ fn bench(c: &mut Criterion) {
         }));
         bf = bf.min(per_call(N, &mut || {
             std::hint::black_box(ffi.call());
+        }));
+        bfn = bfn.min(per_call(N, &mut || {
+            std::hint::black_box(ffi_plain.call());
         }));
         for (best, p) in [(&mut bn, &plain), (&mut bp, &pooled), (&mut bs, &serial)] {
             *best = best.min(per_call(N, &mut || {
@@ -317,7 +340,9 @@ fn bench(c: &mut Criterion) {
          (a) raw wasmer typed call: {a:.1} ns (with metering compiled in: {am:.1} ns)\n\
          (b) Keel Instance::call: no metering {bn:.1} ns = {:.2}x (a) (target <= 1.3); \
          metering pooled {bp:.1} ns = {:.2}x (target <= 1.5); metering serial {bs:.1} ns = {:.2}x; \
-         Keel overhead over raw metered call {:.2}x; keel_call (C ABI, Host, metering, pooled) {bf:.1} ns = {:.2}x\n\
+         Keel overhead over raw metered call {:.2}x\n\
+         (b) through keel_call (C ABI, Host, pooled): no metering {bfn:.1} ns = {:.2}x (a) (target <= 1.3); \
+         metering {bf:.1} ns = {:.2}x (a) (target <= 1.5)\n\
          (c) FNV-1a 4 KiB: native C {cn:.0} ns, WASM C metered {cw:.0} ns = {:.2}x (target <= 2)\n\
          (d) cold start: cache miss {:.2} ms (target <= 50), cache hit {:.3} ms (target <= 5), miss/hit {:.1}x",
         big.len(),
@@ -325,6 +350,7 @@ fn bench(c: &mut Criterion) {
         bp / a,
         bs / a,
         bp / am,
+        bfn / a,
         bf / a,
         cw / cn,
         miss.as_secs_f64() * 1e3,

@@ -208,6 +208,7 @@ impl HostCore {
     /// Settings of the WASM runtime (limits' defaults and ceilings, pool size, metering,
     /// compiled-module cache). Only before the first WASM plugin is loaded.
     pub fn set_wasm_config(&self, config: WasmConfig) -> Result<()> {
+        config.validate()?;
         let _lc = self.lifecycle.lock();
         if self.wasm.get().is_some() {
             bail!(

@@ -54,9 +54,15 @@ unsafe impl Sync for Loaded {}
 
 impl Loaded {
     pub fn new(manifest: &Path, function: &CStr) -> Loaded {
+        Loaded::with_setup(manifest, function, |_| {})
+    }
+
+    /// As [`Loaded::new`], running `setup` on the fresh host before the load.
+    pub fn with_setup(manifest: &Path, function: &CStr, setup: impl FnOnce(*mut keel_host)) -> Loaded {
         let mut host = std::ptr::null_mut();
         assert_eq!(keel_host_new(&mut host), KEEL_OK);
         assert_eq!(keel::ffi::trust::keel_host_set_require_signature(host, false), KEEL_OK);
+        setup(host);
         let path = CString::new(manifest.to_str().unwrap()).unwrap();
         let mut plugin = std::ptr::null_mut();
         assert_eq!(keel_host_load(host, path.as_ptr(), &mut plugin), KEEL_OK);

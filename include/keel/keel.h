@@ -394,6 +394,85 @@ typedef struct {
  */
 typedef uint32_t keel_function;
 
+/**
+ * Limits of one WASM call or instance.
+ */
+typedef struct {
+  /**
+   * Memory cap per instance, MiB (1..=4096).
+   */
+  uint64_t memory_mb;
+  /**
+   * Instruction budget per call (about one point per WebAssembly operator).
+   */
+  uint64_t fuel_per_call;
+  /**
+   * Wall-clock deadline per call, milliseconds.
+   */
+  uint64_t timeout_ms;
+  /**
+   * Largest output one call may return, bytes.
+   */
+  uint64_t max_output_bytes;
+} keel_wasm_limits;
+
+/**
+ * Node-wide settings of the WASM runtime. Start from `keel_wasm_config_default` and change
+ * fields; the struct is plain data owned by the caller.
+ */
+typedef struct {
+  /**
+   * What a plugin gets when its manifest's `limits` do not say.
+   */
+  keel_wasm_limits defaults;
+  /**
+   * The most a manifest can ask for (larger requests are clamped to these).
+   */
+  keel_wasm_limits ceilings;
+  /**
+   * Idle instances a pooled plugin keeps ready.
+   */
+  uint32_t pool_size;
+  /**
+   * Compile with instruction metering (fuel). Off, only the deadline bounds a call.
+   */
+  bool metering;
+  /**
+   * How often the watchdog checks deadlines, microseconds (>= 100).
+   */
+  uint32_t watchdog_tick_us;
+  /**
+   * Directory of the compiled-module cache, or NULL for no cache. Borrowed by
+   * `keel_host_set_wasm_config` for the call only (the path is copied).
+   */
+  const char *cache_dir;
+  /**
+   * Node-local secret authenticating cache entries (HMAC-SHA256) before they are
+   * deserialized. Keep it readable by the node only; must not be all zeros when
+   * `cache_dir` is set.
+   */
+  uint8_t cache_key[32];
+} keel_wasm_config;
+
+/**
+ * Counters of the compiled-module cache.
+ */
+typedef struct {
+  /**
+   * Modules deserialized from an authenticated cache entry.
+   */
+  uint64_t hits;
+  /**
+   * Modules compiled (no usable entry, or no cache).
+   */
+  uint64_t compiles;
+  /**
+   * Entries refused (authentication failed, truncated, refused by wasmer); each was
+   * removed and its module recompiled.
+   */
+  uint64_t rejected;
+} keel_wasm_cache_stats;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -758,6 +837,29 @@ keel_status keel_host_set_require_signature(const keel_host *host, bool require)
  * Thread-safe; does not mark the host as started.
  */
 keel_status keel_verify(const keel_host *host, const char *manifest_path);
+
+/**
+ * Fill `*out` with Keel's default WASM settings (no module cache). Thread-safe.
+ */
+keel_status keel_wasm_config_default(keel_wasm_config *out);
+
+/**
+ * Configure the host's WASM runtime: limits for plugins whose manifests do not set them,
+ * ceilings on what manifests may ask for, pooling, metering, and the compiled-module cache.
+ *
+ * Must be called before the first WASM plugin is loaded (the runtime starts then);
+ * afterwards it fails with `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Settings no
+ * runtime can honour (zero limits, memory over 4096 MiB, pool size 0, a watchdog tick under
+ * 100 µs, an all-zero cache key with a cache dir) give `KEEL_ERR_INVALID_ARGUMENT`.
+ * `config` and the string it points to are borrowed for the call. Thread-safe.
+ */
+keel_status keel_host_set_wasm_config(const keel_host *host, const keel_wasm_config *config);
+
+/**
+ * The compiled-module cache counters of the host's WASM runtime (all zero before the first
+ * WASM load). Thread-safe.
+ */
+keel_status keel_host_wasm_cache_stats(const keel_host *host, keel_wasm_cache_stats *out);
 
 /**
  * Watch a plugin directory and load, reload and unload plugins as their folders change.

@@ -19,6 +19,7 @@ pub mod health;
 pub mod host;
 pub mod themis;
 pub mod trust;
+pub mod wasm;
 pub mod watch;
 
 use std::cell::RefCell;

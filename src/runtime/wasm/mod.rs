@@ -119,6 +119,44 @@ impl Default for WasmConfig {
     }
 }
 
+impl WasmConfig {
+    /// Refuse settings no runtime can honour: zero limits, a memory cap beyond wasm32's
+    /// 4 GiB, a zero pool, a watchdog tick under 100 µs, or an all-zero cache key (anyone
+    /// could forge cache entries).
+    pub fn validate(&self) -> Result<()> {
+        for (what, l) in [("defaults", &self.defaults), ("ceilings", &self.ceilings)] {
+            if l.memory_mb == 0 || l.memory_mb > 4096 {
+                bail!(
+                    KEEL_ERR_INVALID_ARGUMENT,
+                    "{what}.memory_mb must be 1..=4096, not {}",
+                    l.memory_mb
+                );
+            }
+            if l.fuel_per_call == 0 || l.timeout_ms == 0 || l.max_output_bytes == 0 {
+                bail!(
+                    KEEL_ERR_INVALID_ARGUMENT,
+                    "{what}: fuel_per_call, timeout_ms and max_output_bytes must be > 0"
+                );
+            }
+        }
+        if self.pool_size == 0 {
+            bail!(KEEL_ERR_INVALID_ARGUMENT, "pool_size must be > 0");
+        }
+        if self.watchdog_tick < Duration::from_micros(100) {
+            bail!(KEEL_ERR_INVALID_ARGUMENT, "watchdog_tick must be at least 100 µs");
+        }
+        if let Some(c) = &self.cache {
+            if c.key == [0u8; 32] {
+                bail!(
+                    KEEL_ERR_INVALID_ARGUMENT,
+                    "the module cache key must be a node-local secret, not all zeros"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Compiled-module cache counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {

@@ -1,0 +1,156 @@
+//! C ABI: node-wide settings of the WASM runtime.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::host::keel_host;
+use super::{arg_out, arg_ref, arg_str, boundary};
+use crate::error::keel_status;
+use crate::runtime::wasm::{CacheConfig, WasmConfig, WasmLimits};
+
+/// Limits of one WASM call or instance.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct keel_wasm_limits {
+    /// Memory cap per instance, MiB (1..=4096).
+    pub memory_mb: u64,
+    /// Instruction budget per call (about one point per WebAssembly operator).
+    pub fuel_per_call: u64,
+    /// Wall-clock deadline per call, milliseconds.
+    pub timeout_ms: u64,
+    /// Largest output one call may return, bytes.
+    pub max_output_bytes: u64,
+}
+
+/// Node-wide settings of the WASM runtime. Start from `keel_wasm_config_default` and change
+/// fields; the struct is plain data owned by the caller.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct keel_wasm_config {
+    /// What a plugin gets when its manifest's `limits` do not say.
+    pub defaults: keel_wasm_limits,
+    /// The most a manifest can ask for (larger requests are clamped to these).
+    pub ceilings: keel_wasm_limits,
+    /// Idle instances a pooled plugin keeps ready.
+    pub pool_size: u32,
+    /// Compile with instruction metering (fuel). Off, only the deadline bounds a call.
+    pub metering: bool,
+    /// How often the watchdog checks deadlines, microseconds (>= 100).
+    pub watchdog_tick_us: u32,
+    /// Directory of the compiled-module cache, or NULL for no cache. Borrowed by
+    /// `keel_host_set_wasm_config` for the call only (the path is copied).
+    pub cache_dir: *const c_char,
+    /// Node-local secret authenticating cache entries (HMAC-SHA256) before they are
+    /// deserialized. Keep it readable by the node only; must not be all zeros when
+    /// `cache_dir` is set.
+    pub cache_key: [u8; 32],
+}
+
+fn limits_to_c(l: &WasmLimits) -> keel_wasm_limits {
+    keel_wasm_limits {
+        memory_mb: l.memory_mb,
+        fuel_per_call: l.fuel_per_call,
+        timeout_ms: l.timeout_ms,
+        max_output_bytes: l.max_output_bytes,
+    }
+}
+
+fn limits_from_c(l: &keel_wasm_limits) -> WasmLimits {
+    WasmLimits {
+        memory_mb: l.memory_mb,
+        fuel_per_call: l.fuel_per_call,
+        timeout_ms: l.timeout_ms,
+        max_output_bytes: l.max_output_bytes,
+    }
+}
+
+/// Fill `*out` with Keel's default WASM settings (no module cache). Thread-safe.
+#[no_mangle]
+pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_status {
+    boundary(|| {
+        let out = arg_out(out, "out")?;
+        let d = WasmConfig::default();
+        let c = keel_wasm_config {
+            defaults: limits_to_c(&d.defaults),
+            ceilings: limits_to_c(&d.ceilings),
+            pool_size: d.pool_size.min(u32::MAX as usize) as u32,
+            metering: d.metering,
+            watchdog_tick_us: d.watchdog_tick.as_micros().min(u32::MAX as u128) as u32,
+            cache_dir: std::ptr::null(),
+            cache_key: [0; 32],
+        };
+        // SAFETY: checked non-null.
+        unsafe { *out = c };
+        Ok(())
+    })
+}
+
+/// Configure the host's WASM runtime: limits for plugins whose manifests do not set them,
+/// ceilings on what manifests may ask for, pooling, metering, and the compiled-module cache.
+///
+/// Must be called before the first WASM plugin is loaded (the runtime starts then);
+/// afterwards it fails with `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Settings no
+/// runtime can honour (zero limits, memory over 4096 MiB, pool size 0, a watchdog tick under
+/// 100 µs, an all-zero cache key with a cache dir) give `KEEL_ERR_INVALID_ARGUMENT`.
+/// `config` and the string it points to are borrowed for the call. Thread-safe.
+#[no_mangle]
+pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *const keel_wasm_config) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { arg_ref(host, "host") }?;
+        let c = unsafe { arg_ref(config, "config") }?;
+        let cache = if c.cache_dir.is_null() {
+            None
+        } else {
+            // SAFETY: caller contract (NUL-terminated, valid for the call).
+            let dir = unsafe { arg_str(c.cache_dir, "config->cache_dir") }?;
+            Some(CacheConfig {
+                dir: PathBuf::from(dir),
+                key: c.cache_key,
+            })
+        };
+        h.host.set_wasm_config(WasmConfig {
+            defaults: limits_from_c(&c.defaults),
+            ceilings: limits_from_c(&c.ceilings),
+            pool_size: c.pool_size as usize,
+            metering: c.metering,
+            watchdog_tick: Duration::from_micros(u64::from(c.watchdog_tick_us)),
+            cache,
+        })
+    })
+}
+
+/// Counters of the compiled-module cache.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct keel_wasm_cache_stats {
+    /// Modules deserialized from an authenticated cache entry.
+    pub hits: u64,
+    /// Modules compiled (no usable entry, or no cache).
+    pub compiles: u64,
+    /// Entries refused (authentication failed, truncated, refused by wasmer); each was
+    /// removed and its module recompiled.
+    pub rejected: u64,
+}
+
+/// The compiled-module cache counters of the host's WASM runtime (all zero before the first
+/// WASM load). Thread-safe.
+#[no_mangle]
+pub extern "C" fn keel_host_wasm_cache_stats(host: *const keel_host, out: *mut keel_wasm_cache_stats) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { arg_ref(host, "host") }?;
+        let out = arg_out(out, "out")?;
+        let s = h.host.wasm_runtime().map(|rt| rt.cache_stats()).unwrap_or_default();
+        // SAFETY: checked non-null.
+        unsafe {
+            *out = keel_wasm_cache_stats {
+                hits: s.hits,
+                compiles: s.compiles,
+                rejected: s.rejected,
+            }
+        };
+        Ok(())
+    })
+}
