@@ -155,24 +155,22 @@ pub fn platform_keys(runtime: RuntimeKind) -> Vec<String> {
     vec![format!("{os}-{}", std::env::consts::ARCH), os.to_string()]
 }
 
-fn schema_validator() -> &'static jsonschema::Validator {
-    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        let schema: Value = serde_json::from_str(KEEL_MANIFEST_SCHEMA).expect("embedded schema is valid JSON");
-        jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("embedded schema compiles")
-    })
+/// Compile an embedded draft 2020-12 schema (once per schema, behind a `OnceLock`).
+pub(crate) fn compile_schema(text: &str) -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(text).expect("embedded schema is valid JSON");
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("embedded schema compiles")
 }
 
-/// Validate a JSON value against the Keel manifest schema. The error names every violation
-/// with its JSON path and the rule (schema keyword) it broke.
-pub fn validate_keel_schema(value: &Value) -> Result<()> {
-    let v = schema_validator();
+/// Check `value` against `validator`. The error (`KEEL_ERR_MANIFEST_SCHEMA`, prefixed by
+/// `what`) names every violation, up to 16, with its JSON path and the rule (schema keyword)
+/// it broke.
+pub(crate) fn check_schema(validator: &jsonschema::Validator, value: &Value, what: &str) -> Result<()> {
     let mut msgs = Vec::new();
-    for e in v.iter_errors(value) {
+    for e in validator.iter_errors(value) {
         let path = e.instance_path().to_string();
         let path = if path.is_empty() { "/".to_string() } else { path };
         msgs.push(format!("at {path}: {e} (rule: {})", e.kind().keyword()));
@@ -183,12 +181,19 @@ pub fn validate_keel_schema(value: &Value) -> Result<()> {
     if msgs.is_empty() {
         Ok(())
     } else {
-        Err(err!(
-            KEEL_ERR_MANIFEST_SCHEMA,
-            "manifest violates the schema: {}",
-            msgs.join("; ")
-        ))
+        Err(err!(KEEL_ERR_MANIFEST_SCHEMA, "{what}: {}", msgs.join("; ")))
     }
+}
+
+/// Validate a JSON value against the Keel manifest schema. The error names every violation
+/// with its JSON path and the rule (schema keyword) it broke.
+pub fn validate_keel_schema(value: &Value) -> Result<()> {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    check_schema(
+        V.get_or_init(|| compile_schema(KEEL_MANIFEST_SCHEMA)),
+        value,
+        "manifest violates the schema",
+    )
 }
 
 /// Parse manifest bytes, detecting the format: a document with `manifest_version` is a Keel

@@ -129,40 +129,15 @@ pub struct Conversion {
     pub notes: Vec<String>,
 }
 
-fn schema_validator() -> &'static jsonschema::Validator {
-    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        let schema: Value =
-            serde_json::from_str(THEMISDB_MANIFEST_SCHEMA).expect("embedded ThemisDB schema is valid JSON");
-        jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("embedded ThemisDB schema compiles")
-    })
-}
-
 /// Validate a value against ThemisDB's manifest rules. The error names every violation (up to
 /// 16) with its JSON path and the rule it broke.
 pub fn validate_themis_schema(value: &Value) -> Result<()> {
-    let mut msgs = Vec::new();
-    for e in schema_validator().iter_errors(value) {
-        let path = e.instance_path().to_string();
-        let path = if path.is_empty() { "/".to_string() } else { path };
-        msgs.push(format!("at {path}: {e} (rule: {})", e.kind().keyword()));
-        if msgs.len() >= 16 {
-            break;
-        }
-    }
-    if msgs.is_empty() {
-        Ok(())
-    } else {
-        Err(err!(
-            KEEL_ERR_MANIFEST_SCHEMA,
-            "ThemisDB plugin.json violates the manifest rules: {}",
-            msgs.join("; ")
-        ))
-    }
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    super::check_schema(
+        V.get_or_init(|| super::compile_schema(THEMISDB_MANIFEST_SCHEMA)),
+        value,
+        "ThemisDB plugin.json violates the manifest rules",
+    )
 }
 
 /// Convert a ThemisDB `plugin.json` value into a Keel [`Manifest`].
