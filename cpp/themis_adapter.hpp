@@ -1,11 +1,11 @@
 /*
  * themis_adapter.hpp — show any Keel plugin (native, WASM or legacy ThemisDB C++) to existing
- * ThemisDB-style code as a themis::IThemisPlugin. Header-only, C++17, over the C ABI
+ * ThemisDB-style code as a themis::plugins::IThemisPlugin. Header-only, C++17, over the C ABI
  * (keel/keel.h); link Keel::keel (or Keel::keel_static).
  *
  *     keel_plugin *p;  keel_host_load(host, "plugins/embedder/embedder.json", &p);
  *     keel::ThemisAdapter adapter(p);             // takes ownership of the handle
- *     themis::IThemisPlugin &plugin = adapter;    // hand it to code written for ThemisDB
+ *     themis::plugins::IThemisPlugin &plugin = adapter;    // hand it to code written for ThemisDB
  *     std::string out = adapter.call("embed", "some text");
  *
  * What each IThemisPlugin method means for a Keel plugin:
@@ -95,15 +95,15 @@ private:
 };
 
 /** ThemisDB type names in PluginType's current numbering. */
-inline themis::PluginType type_from_name(std::string_view name) noexcept {
+inline themis::plugins::PluginType type_from_name(std::string_view name) noexcept {
     static constexpr std::string_view names[] = {
         "compute_backend", "blob_storage",     "importer",       "exporter",     "hsm_provider",
         "embedding",       "llm_backend",      "audio_processing", "image_generation", "agentic_tool",
         "ingestion_step",  "resource_limit_policy", "custom"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (names[i] == name) return static_cast<themis::PluginType>(i);
+        if (names[i] == name) return static_cast<themis::plugins::PluginType>(i);
     }
-    return themis::PluginType::CUSTOM;
+    return themis::plugins::PluginType::CUSTOM;
 }
 
 } // namespace detail
@@ -116,8 +116,8 @@ enum class OnShutdown {
     Unload,
 };
 
-/** A Keel plugin seen as a themis::IThemisPlugin. */
-class ThemisAdapter final : public themis::IThemisPlugin {
+/** A Keel plugin seen as a themis::plugins::IThemisPlugin. */
+class ThemisAdapter final : public themis::plugins::IThemisPlugin {
 public:
     /** Adopt `plugin` (freed with keel_plugin_free by the destructor). `host` is used only by
      *  OnShutdown::Unload and must then outlive the adapter. Throws keel::Error if `plugin` is
@@ -154,7 +154,7 @@ public:
     ThemisAdapter(const ThemisAdapter &) = delete;
     ThemisAdapter &operator=(const ThemisAdapter &) = delete;
 
-    // ---- themis::IThemisPlugin (noexcept: nothing escapes) ----
+    // ---- themis::plugins::IThemisPlugin (noexcept: nothing escapes) ----
 
     const char *getName() const noexcept override { return name_.c_str(); }
 
@@ -172,17 +172,17 @@ public:
         return last_version_ == nullptr ? "" : last_version_->c_str();
     }
 
-    themis::PluginType getType() const noexcept override {
+    themis::plugins::PluginType getType() const noexcept override {
         try {
             detail::Buffer b;
             if (keel_plugin_type(plugin_, b.get()) == KEEL_OK) return detail::type_from_name(b.text());
         } catch (...) {
         }
-        return themis::PluginType::CUSTOM;
+        return themis::plugins::PluginType::CUSTOM;
     }
 
-    themis::PluginCapabilities getCapabilities() const noexcept override {
-        themis::PluginCapabilities c;
+    themis::plugins::PluginCapabilities getCapabilities() const noexcept override {
+        themis::plugins::PluginCapabilities c;
         c.supports_streaming = has_trait("streaming");
         c.supports_batching = has_trait("batching");
         c.supports_transactions = has_trait("transactions");

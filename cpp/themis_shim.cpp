@@ -15,7 +15,7 @@
 
 namespace {
 
-themis::IThemisPlugin *as_plugin(void *p) noexcept { return static_cast<themis::IThemisPlugin *>(p); }
+themis::plugins::IThemisPlugin *as_plugin(void *p) noexcept { return static_cast<themis::plugins::IThemisPlugin *>(p); }
 
 bool put(const keel_themis_sink *sink, const char *data, size_t len) noexcept {
     if (sink == nullptr || sink->write == nullptr) return true;
@@ -47,8 +47,8 @@ extern "C" {
 int32_t keel_themis_shim_create(void *create_fn, void **out, const keel_themis_sink *err) noexcept {
     if (create_fn == nullptr || out == nullptr) return KEEL_THEMIS_BAD_ARGUMENT;
     try {
-        auto create = reinterpret_cast<themis::CreatePluginFunc>(create_fn);
-        themis::IThemisPlugin *p = create();
+        auto create = reinterpret_cast<themis::plugins::CreatePluginFunc>(create_fn);
+        themis::plugins::IThemisPlugin *p = create();
         if (p == nullptr) {
             put_str(err, "createPlugin returned NULL");
             return KEEL_THEMIS_NULL;
@@ -63,7 +63,7 @@ int32_t keel_themis_shim_create(void *create_fn, void **out, const keel_themis_s
 int32_t keel_themis_shim_info(void *plugin, keel_themis_info *info, const keel_themis_sink *name,
                               const keel_themis_sink *version, const keel_themis_sink *err) noexcept {
     if (plugin == nullptr || info == nullptr) return KEEL_THEMIS_BAD_ARGUMENT;
-    themis::IThemisPlugin *p = as_plugin(plugin);
+    themis::plugins::IThemisPlugin *p = as_plugin(plugin);
     const char *step = "getName";
     try {
         const char *n = p->getName();
@@ -72,14 +72,14 @@ int32_t keel_themis_shim_info(void *plugin, keel_themis_info *info, const keel_t
         step = "getType";
         info->type = static_cast<int32_t>(p->getType());
         step = "getCapabilities";
-        themis::PluginCapabilities caps = p->getCapabilities();
+        themis::plugins::PluginCapabilities caps = p->getCapabilities();
         // Read the flags as bytes: a plugin may hand back bytes other than 0/1.
         unsigned char raw[sizeof caps];
         std::memcpy(raw, &caps, sizeof caps);
         for (size_t i = 0; i < sizeof caps && i < sizeof info->capabilities; i++) {
             info->capabilities[i] = raw[i] != 0 ? 1 : 0;
         }
-        info->stateful = dynamic_cast<themis::IStatefulPlugin *>(p) != nullptr ? 1 : 0;
+        info->stateful = dynamic_cast<themis::plugins::IStatefulPlugin *>(p) != nullptr ? 1 : 0;
         info->name_null = n == nullptr ? 1 : 0;
         info->version_null = v == nullptr ? 1 : 0;
         if (!put_str(name, n) || !put_str(version, v)) return KEEL_THEMIS_SINK_FULL;
@@ -113,7 +113,7 @@ int32_t keel_themis_shim_shutdown(void *plugin, const keel_themis_sink *err) noe
 int32_t keel_themis_shim_destroy(void *destroy_fn, void *plugin, const keel_themis_sink *err) noexcept {
     if (destroy_fn == nullptr || plugin == nullptr) return KEEL_THEMIS_BAD_ARGUMENT;
     try {
-        auto destroy = reinterpret_cast<themis::DestroyPluginFunc>(destroy_fn);
+        auto destroy = reinterpret_cast<themis::plugins::DestroyPluginFunc>(destroy_fn);
         destroy(as_plugin(plugin));
         return KEEL_THEMIS_OK;
     } catch (...) {
@@ -134,7 +134,7 @@ int32_t keel_themis_shim_get_instance(void *plugin, void **out, const keel_themi
 int32_t keel_themis_shim_save_state(void *plugin, const keel_themis_sink *out, const keel_themis_sink *err) noexcept {
     if (plugin == nullptr) return KEEL_THEMIS_BAD_ARGUMENT;
     try {
-        auto *stateful = dynamic_cast<themis::IStatefulPlugin *>(as_plugin(plugin));
+        auto *stateful = dynamic_cast<themis::plugins::IStatefulPlugin *>(as_plugin(plugin));
         if (stateful == nullptr) return KEEL_THEMIS_UNSUPPORTED;
         const std::string state = stateful->saveState();
         if (!put(out, state.data(), state.size())) return KEEL_THEMIS_SINK_FULL;
@@ -148,7 +148,7 @@ int32_t keel_themis_shim_restore_state(void *plugin, const uint8_t *data, size_t
                                        const keel_themis_sink *err) noexcept {
     if (plugin == nullptr || (data == nullptr && len != 0)) return KEEL_THEMIS_BAD_ARGUMENT;
     try {
-        auto *stateful = dynamic_cast<themis::IStatefulPlugin *>(as_plugin(plugin));
+        auto *stateful = dynamic_cast<themis::plugins::IStatefulPlugin *>(as_plugin(plugin));
         if (stateful == nullptr) return KEEL_THEMIS_UNSUPPORTED;
         const std::string state(reinterpret_cast<const char *>(data), len);
         if (stateful->restoreState(state)) return KEEL_THEMIS_OK;

@@ -56,6 +56,9 @@ pub fn build_cxx(src: &str, defines: &[&str], dir: &Path, out_name: &str) -> Pat
     cmd.args(["-shared", "-fPIC", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror"])
         .arg("-I")
         .arg(repo().join("include"))
+        // ThemisDB's include root as ThemisDB lays it out (`#include <plugins/plugin_interface.h>`).
+        .arg("-I")
+        .arg(repo().join("tests/fixtures/themis/themisdb/include"))
         .arg("-o")
         .arg(&tmp)
         .arg(repo().join("tests/fixtures").join(src));

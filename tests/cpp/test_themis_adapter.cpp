@@ -1,7 +1,7 @@
 // ThemisDB compatibility from C++ (-Wall -Wextra -Werror): cpp/themis_adapter.hpp shows a
 // native Keel plugin (tests/fixtures/native/echo.c) and a legacy ThemisDB C++ plugin
 // (tests/fixtures/themis/legacy_plugin.cpp, loaded from its ThemisDB plugin.json) to code
-// written against themis::IThemisPlugin.
+// written against themis::plugins::IThemisPlugin.
 // Usage: test_themis_adapter <fixture dir>   (expects echo/echo.json and legacy/plugin.json)
 #include "themis_adapter.hpp"
 
@@ -11,6 +11,11 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
+
+// ThemisDB's spelling is the real one; Keel's earlier spelling names the very same types.
+static_assert(std::is_same<themis::IThemisPlugin, themis::plugins::IThemisPlugin>::value, "one type, two spellings");
+static_assert(std::is_same<themis::IStatefulPlugin, themis::plugins::IStatefulPlugin>::value, "one type, two spellings");
 
 static int failures = 0;
 
@@ -24,7 +29,7 @@ static int failures = 0;
     } while (0)
 
 // Code written for ThemisDB: sees only the interface.
-static std::string describe(themis::IThemisPlugin &p) {
+static std::string describe(themis::plugins::IThemisPlugin &p) {
     std::string s = p.getName();
     s += "@";
     s += p.getVersion();
@@ -56,10 +61,10 @@ int main(int argc, char **argv) {
     CHECK(keel_host_load(host, (dir + "/echo/echo.json").c_str(), &echo) == KEEL_OK);
     {
         auto adapter = std::make_unique<keel::ThemisAdapter>(echo);
-        themis::IThemisPlugin &plugin = *adapter;
+        themis::plugins::IThemisPlugin &plugin = *adapter;
         CHECK(describe(plugin) == "echo@1.0.0");
-        CHECK(plugin.getType() == themis::PluginType::CUSTOM); // the echo manifest names no type
-        themis::PluginCapabilities caps = plugin.getCapabilities();
+        CHECK(plugin.getType() == themis::plugins::PluginType::CUSTOM); // the echo manifest names no type
+        themis::plugins::PluginCapabilities caps = plugin.getCapabilities();
         CHECK(!caps.supports_streaming && !caps.thread_safe && !caps.provides_shard_policy);
         CHECK(plugin.initialize("{\"ignored\":true}"));
         CHECK(plugin.getInstance() == static_cast<void *>(adapter.get()));
@@ -82,7 +87,7 @@ int main(int argc, char **argv) {
         CHECK(plugin.initialize("{}"));
         CHECK(adapter->call("echo", "still here") == "still here");
         // Deleting through the interface (as ThemisDB's unique_ptr<IThemisPlugin> does).
-        std::unique_ptr<themis::IThemisPlugin> owned(adapter.release());
+        std::unique_ptr<themis::plugins::IThemisPlugin> owned(adapter.release());
         owned.reset();
     }
     CHECK(thrown([&] { keel::ThemisAdapter::open(host, "missing"); }) == KEEL_ERR_PLUGIN_NOT_FOUND);
@@ -100,10 +105,10 @@ int main(int argc, char **argv) {
             std::fprintf(stderr, "open(legacy) threw %u: %s\n", static_cast<unsigned>(e.status()), e.what());
             return 1;
         }
-        themis::IThemisPlugin &plugin = *legacy;
+        themis::plugins::IThemisPlugin &plugin = *legacy;
         CHECK(describe(plugin) == "legacy@1.0.0");
-        CHECK(plugin.getType() == themis::PluginType::IMPORTER); // plugin.json "type": "importer"
-        themis::PluginCapabilities caps = plugin.getCapabilities();
+        CHECK(plugin.getType() == themis::plugins::PluginType::IMPORTER); // plugin.json "type": "importer"
+        themis::plugins::PluginCapabilities caps = plugin.getCapabilities();
         CHECK(caps.supports_streaming && caps.thread_safe && !caps.supports_batching);
         // getInstance() is the legacy object's own getInstance(), cast by type as ThemisDB does.
         auto *api = static_cast<legacy_fixture_api *>(plugin.getInstance());

@@ -2,11 +2,17 @@
  * keel/themis/plugin_interface.hpp — ThemisDB's legacy C++ plugin interface, declared by Keel.
  *
  * Keel loads ThemisDB plugins (shared libraries exporting `createPlugin`/`destroyPlugin`
- * that return `themis::IThemisPlugin*`) and shows Keel plugins to ThemisDB-style code as
+ * that return `themis::plugins::IThemisPlugin*`) and shows Keel plugins to ThemisDB-style code as
  * `IThemisPlugin` (cpp/themis_adapter.hpp). This header is Keel's own declaration of that
  * interface, written from the interface facts (docs: themisdb-compat §1), not copied from
  * ThemisDB. It is ABI-compatible with ThemisDB's current line (v0.0.47):
  *
+ *  - Every type lives in ThemisDB's namespace `themis::plugins`. The namespace is part of
+ *    the C++ RTTI names, so it is ABI: `dynamic_cast<themis::plugins::IStatefulPlugin*>` in
+ *    Keel's shim only matches plugins compiled against a header that spells it the same way
+ *    (ThemisDB's own does). The old Keel spelling `themis::IThemisPlugin` etc. still
+ *    compiles: the names are re-declared in `themis` with using-declarations, which name the
+ *    very same types (no second RTTI name).
  *  - `PluginType` uses the current numbering (CUSTOM = 12; older releases used 6 and 7).
  *  - `PluginCapabilities` has the 7 flags of the current line, in its order (older releases
  *    had the first 5 only; a plugin built against those returns a 5-byte struct, and the
@@ -41,6 +47,7 @@
 #endif
 
 namespace themis {
+namespace plugins {
 
 /** What a plugin's getInstance() object is (the host casts it by this). Current numbering. */
 enum class PluginType : int {
@@ -103,6 +110,16 @@ using DestroyPluginFunc = void (*)(IThemisPlugin *);
 
 static_assert(sizeof(PluginCapabilities) == 7, "PluginCapabilities is 7 bools (ThemisDB current line)");
 
+} // namespace plugins
+
+// Keel's earlier spelling (`themis::IThemisPlugin`): the same types, not copies.
+using plugins::CreatePluginFunc;
+using plugins::DestroyPluginFunc;
+using plugins::IStatefulPlugin;
+using plugins::IThemisPlugin;
+using plugins::PluginCapabilities;
+using plugins::PluginType;
+
 } // namespace themis
 
 /** The exact names of the two entry points. */
@@ -114,8 +131,8 @@ static_assert(sizeof(PluginCapabilities) == 7, "PluginCapabilities is 7 bools (T
  *  namespace scope. */
 #define THEMIS_PLUGIN_IMPL(PluginClass)                                                            \
     extern "C" {                                                                                   \
-    THEMIS_PLUGIN_EXPORT ::themis::IThemisPlugin *createPlugin() { return new PluginClass(); }     \
-    THEMIS_PLUGIN_EXPORT void destroyPlugin(::themis::IThemisPlugin *plugin) { delete plugin; }    \
+    THEMIS_PLUGIN_EXPORT ::themis::plugins::IThemisPlugin *createPlugin() { return new PluginClass(); }\
+    THEMIS_PLUGIN_EXPORT void destroyPlugin(::themis::plugins::IThemisPlugin *plugin) { delete plugin; }\
     }
 
 #endif /* KEEL_THEMIS_PLUGIN_INTERFACE_HPP */
