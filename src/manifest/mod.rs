@@ -209,19 +209,20 @@ pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
         Some(ManifestFormat::ThemisDb) => Ok((ManifestFormat::ThemisDb, themis::convert(&value)?)),
         None => bail!(
             KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
-            "manifest is neither a Keel manifest (no \"manifest_version\") nor a ThemisDB plugin.json (no \"name\" with \"binary\")"
+            "manifest is neither a Keel manifest (no \"manifest_version\") nor a ThemisDB plugin.json (no \"name\")"
         ),
     }
 }
 
 /// Which format a parsed JSON document claims to be, by the rule [`parse`] applies: an object
-/// with `manifest_version` is a Keel manifest; one with `name` and `binary` (or `library`) is
-/// a ThemisDB `plugin.json`. `None` for anything else.
+/// with `manifest_version` is a Keel manifest; one with `name` and no `manifest_version` is a
+/// ThemisDB `plugin.json` (so a ThemisDB manifest without `binary` is reported as a schema
+/// error at `binary`, not as an unknown format). `None` for anything else.
 pub fn detect_format(value: &Value) -> Option<ManifestFormat> {
     let obj = value.as_object()?;
     if obj.contains_key("manifest_version") {
         Some(ManifestFormat::Keel)
-    } else if obj.contains_key("name") && (obj.contains_key("binary") || obj.contains_key("library")) {
+    } else if obj.contains_key("name") {
         Some(ManifestFormat::ThemisDb)
     } else {
         None

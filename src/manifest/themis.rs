@@ -27,7 +27,8 @@
 //! | `dependencies` object | name → requirement; values are *minimum* versions, so a bare version `1.11.0` becomes `>=1.11.0` (not semver's caret default); `""` becomes `*` |
 //! | `capabilities` flags set to `true` | `traits` (informational; `supports_streaming` style keys are read as `streaming`). They are not Keel capabilities: a ThemisDB plugin is granted no Keel capability |
 //! | `auto_load`, `load_priority`, `config_schema` | same |
-//! | everything else | checked, not mapped (marketplace metadata, edition/licence gating, `min/max_themis(db)_version`, `compatible_core_abi`, `signature` metadata); the ones ThemisDB would act on produce a note |
+//! | everything else the schema knows | checked, not mapped (marketplace metadata, edition/licence gating, `min/max_themis(db)_version`, `compatible_core_abi`, `signature` metadata); the ones ThemisDB would act on produce a note |
+//! | top-level keys the schema does not know (`build_flags`, `source_url_format`, `security`, ...) | accepted with a note each, as ThemisDB's runtime loader and C++ validator accept them (ThemisDB's JSON Schema file says `additionalProperties: false`, but nothing in ThemisDB applies it) |
 //!
 //! # Where Keel deliberately differs from ThemisDB's loader
 //!
@@ -47,7 +48,7 @@
 //! * Rescans overwriting loaded entries (§9.11) is host behaviour: Keel's load path refuses a
 //!   name that is already loaded with `KEEL_ERR_ALREADY_LOADED`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
@@ -349,8 +350,29 @@ fn convert_traits(caps: Option<&Value>, notes: &mut Vec<String>) -> Vec<String> 
     traits
 }
 
-/// Notes for ThemisDB settings that ThemisDB would act on and Keel does not.
+/// The top-level keys [`THEMISDB_MANIFEST_SCHEMA`] knows (read from the schema itself, so the
+/// list cannot drift from what is checked).
+fn known_top_level_keys() -> &'static BTreeSet<String> {
+    static KEYS: OnceLock<BTreeSet<String>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let schema: Value = serde_json::from_str(THEMISDB_MANIFEST_SCHEMA).unwrap_or_default();
+        schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    })
+}
+
+/// Notes for ThemisDB settings that ThemisDB would act on and Keel does not, and for
+/// top-level keys no ThemisDB rule knows (accepted, as ThemisDB's loader accepts them).
 fn unapplied_settings(obj: &Map<String, Value>, notes: &mut Vec<String>) {
+    let known = known_top_level_keys();
+    for key in obj.keys().filter(|k| !known.contains(k.as_str())) {
+        notes.push(format!(
+            "unknown top-level key \"{key}\": accepted and ignored (ThemisDB's loader ignores it too)"
+        ));
+    }
     if obj
         .get("visibility")
         .and_then(Value::as_str)
