@@ -40,6 +40,8 @@ pub enum keel_status {
     KEEL_ERR_FILE_NOT_FOUND = 202,
     /// The plugin handle refers to a plugin that has been unloaded.
     KEEL_ERR_PLUGIN_UNLOADED = 203,
+    /// A directory scan found no plugin manifest although the directory is not empty.
+    KEEL_ERR_NO_MANIFEST = 204,
 
     // 3xx: manifests.
     /// The manifest is not well-formed JSON.

@@ -418,9 +418,11 @@ impl HostCore {
     /// ThemisDB `plugin.json`; see [`crate::deps::discover`] for what is skipped) as one
     /// all-or-nothing set, in dependency order. A plugin that is already loaded makes the
     /// whole call fail with `KEEL_ERR_ALREADY_LOADED`: a rescan never replaces a loaded plugin
-    /// (use reload for that).
+    /// (use reload for that). A non-empty directory in which no manifest is found fails with
+    /// `KEEL_ERR_NO_MANIFEST`.
     pub fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
         let found = deps::discover::discover(dir)?;
+        found.require_manifests(dir)?;
         self.load_set(&found.manifests)
     }
 

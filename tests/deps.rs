@@ -340,13 +340,16 @@ fn load_dir_skips_editor_files_and_stray_json() {
         std::fs::write(path, broken).unwrap();
     }
     // Stray JSON: a file at the top level, a sidecar next to the binary, a ThemisDB
-    // plugin.json shadowed by keel.json, a folder without a manifest, a nested folder.
+    // plugin.json shadowed by keel.json, a folder without a manifest, JSON in a folder that
+    // groups plugin folders, a manifest below a plugin folder (not searched).
     std::fs::write(d.root.join("stray.json"), broken).unwrap();
     std::fs::write(d.root.join("good/libplugin.so.json"), broken).unwrap();
     std::fs::write(d.root.join("good/plugin.json"), broken).unwrap();
+    std::fs::create_dir_all(d.root.join("good/sub")).unwrap();
+    std::fs::write(d.root.join("good/sub/keel.json"), broken).unwrap();
     std::fs::create_dir_all(d.root.join("empty")).unwrap();
     std::fs::create_dir_all(d.root.join("group/inner")).unwrap();
-    std::fs::write(d.root.join("group/inner/keel.json"), broken).unwrap();
+    std::fs::write(d.root.join("group/notes.json"), broken).unwrap();
     let h = TestHost::new();
     assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
     assert!(h.is_loaded("good"));
@@ -356,6 +359,33 @@ fn load_dir_skips_editor_files_and_stray_json() {
     let h2 = TestHost::new();
     assert_eq!(h2.load_dir(&d.root), KEEL_ERR_MANIFEST_PARSE);
     assert!(!h2.is_loaded("good"));
+}
+
+#[test]
+fn load_dir_walks_themisdb_nested_layout() {
+    // ThemisDB's tree: plugins/<category>/<name>/ — the dependency is in another category.
+    let d = PluginDir::new("deps-nested");
+    d.plugin("base", "1.0.0", json!({}), json!({}));
+    d.plugin("app", "1.0.0", json!({"base": "^1"}), json!({}));
+    for (category, name) in [("storage", "base"), ("importers", "app")] {
+        std::fs::create_dir_all(d.root.join(category)).unwrap();
+        std::fs::rename(d.root.join(name), d.root.join(category).join(name)).unwrap();
+    }
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_OK, "{}", last_error());
+    assert!(h.is_loaded("base") && h.is_loaded("app"));
+}
+
+#[test]
+fn load_dir_that_finds_no_manifest_says_so() {
+    // ThemisDB's legacy layout (a *.json next to its library, directly in the directory):
+    // not a Keel plugin folder, and not a silent success either.
+    let d = PluginDir::new("deps-no-manifest");
+    std::fs::write(d.root.join("postgres.json"), b"{}").unwrap();
+    std::fs::write(d.root.join("libpostgres.so"), b"\x7fELF").unwrap();
+    let h = TestHost::new();
+    assert_eq!(h.load_dir(&d.root), KEEL_ERR_NO_MANIFEST);
+    assert!(last_error().contains("postgres.json"), "{}", last_error());
 }
 
 #[test]

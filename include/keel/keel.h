@@ -76,6 +76,10 @@ enum keel_status
    */
   KEEL_ERR_PLUGIN_UNLOADED = 203,
   /**
+   * A directory scan found no plugin manifest although the directory is not empty.
+   */
+  KEEL_ERR_NO_MANIFEST = 204,
+  /**
    * The manifest is not well-formed JSON.
    */
   KEEL_ERR_MANIFEST_PARSE = 300,
@@ -504,9 +508,11 @@ keel_status keel_status_name(uint32_t status, const char **name);
  *
  * Layout: one folder per plugin, `<dir>/<folder>/keel.json` (Keel manifest) or
  * `<dir>/<folder>/plugin.json` (ThemisDB manifest; `keel.json` wins when both exist).
- * Non-recursive: files directly in `dir` and folders nested deeper are not loaded. Names
- * starting with `.` or ending in `~`, `.tmp`, `.part`, `.swp` or `.download` are ignored, and
- * no other `*.json` file is taken for a manifest.
+ * A folder without a manifest is searched for plugin folders, up to 4 levels down
+ * (ThemisDB's `plugins/<category>/<name>/plugin.json`); nothing below a plugin folder is.
+ * Files outside plugin folders are not loaded. Names starting with `.` or ending in `~`,
+ * `.tmp`, `.part`, `.swp` or `.download` are ignored, and no other `*.json` file is taken for
+ * a manifest.
  *
  * Every manifest is read and checked (schema, trust, capabilities, dependencies: cycles,
  * missing plugins, version ranges) before any plugin code runs; plugins are then initialised
@@ -514,12 +520,13 @@ keel_status keel_status_name(uint32_t status, const char **name);
  * down again in reverse order and the registry is exactly as before. A plugin of the
  * directory that is already loaded fails the call with `KEEL_ERR_ALREADY_LOADED` (a rescan
  * never replaces a loaded plugin; reload it instead). An empty directory loads nothing and
- * succeeds.
+ * succeeds; a non-empty one in which no manifest is found fails with `KEEL_ERR_NO_MANIFEST`
+ * (the message lists what was looked at).
  *
  * `dir` is borrowed for the call. Thread-safe (lifecycle operations are serialised).
  * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
- * `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_DEPENDENCY_*`, and every error of
- * `keel_host_load`.
+ * `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_NO_MANIFEST`, `KEEL_ERR_DEPENDENCY_*`,
+ * and every error of `keel_host_load`.
  */
 keel_status keel_host_load_dir(const keel_host *host, const char *dir);
 

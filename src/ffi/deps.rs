@@ -13,9 +13,11 @@ use crate::error::keel_status;
 ///
 /// Layout: one folder per plugin, `<dir>/<folder>/keel.json` (Keel manifest) or
 /// `<dir>/<folder>/plugin.json` (ThemisDB manifest; `keel.json` wins when both exist).
-/// Non-recursive: files directly in `dir` and folders nested deeper are not loaded. Names
-/// starting with `.` or ending in `~`, `.tmp`, `.part`, `.swp` or `.download` are ignored, and
-/// no other `*.json` file is taken for a manifest.
+/// A folder without a manifest is searched for plugin folders, up to 4 levels down
+/// (ThemisDB's `plugins/<category>/<name>/plugin.json`); nothing below a plugin folder is.
+/// Files outside plugin folders are not loaded. Names starting with `.` or ending in `~`,
+/// `.tmp`, `.part`, `.swp` or `.download` are ignored, and no other `*.json` file is taken for
+/// a manifest.
 ///
 /// Every manifest is read and checked (schema, trust, capabilities, dependencies: cycles,
 /// missing plugins, version ranges) before any plugin code runs; plugins are then initialised
@@ -23,12 +25,13 @@ use crate::error::keel_status;
 /// down again in reverse order and the registry is exactly as before. A plugin of the
 /// directory that is already loaded fails the call with `KEEL_ERR_ALREADY_LOADED` (a rescan
 /// never replaces a loaded plugin; reload it instead). An empty directory loads nothing and
-/// succeeds.
+/// succeeds; a non-empty one in which no manifest is found fails with `KEEL_ERR_NO_MANIFEST`
+/// (the message lists what was looked at).
 ///
 /// `dir` is borrowed for the call. Thread-safe (lifecycle operations are serialised).
 /// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
-/// `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_DEPENDENCY_*`, and every error of
-/// `keel_host_load`.
+/// `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_NO_MANIFEST`, `KEEL_ERR_DEPENDENCY_*`,
+/// and every error of `keel_host_load`.
 #[no_mangle]
 pub extern "C" fn keel_host_load_dir(host: *const keel_host, dir: *const c_char) -> keel_status {
     boundary(|| {
