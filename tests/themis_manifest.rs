@@ -351,7 +351,9 @@ fn unknown_top_level_keys_are_accepted_with_a_note() {
     let c = themis::convert_with_notes(&v).expect("accepted");
     for key in ["build_flags", "source_url_format", "security"] {
         assert!(
-            c.notes.iter().any(|n| n.contains(&format!("unknown top-level key \"{key}\""))),
+            c.notes
+                .iter()
+                .any(|n| n.contains(&format!("unknown top-level key \"{key}\""))),
             "{key}: {:?}",
             c.notes
         );

@@ -161,12 +161,16 @@ fn scan(dir: &Path, depth: usize, seen: &mut HashSet<PathBuf>, found: &mut Disco
         }
         // A folder without a manifest groups plugin folders (ThemisDB: plugins/<category>/).
         if depth + 1 >= MAX_DEPTH {
-            found.skipped.push((path, "folder has no keel.json or plugin.json (search depth reached)"));
+            found
+                .skipped
+                .push((path, "folder has no keel.json or plugin.json (search depth reached)"));
             continue;
         }
         let canonical = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, &e))?;
         if !seen.insert(canonical) {
-            found.skipped.push((path, "folder already searched (symbolic link loop)"));
+            found
+                .skipped
+                .push((path, "folder already searched (symbolic link loop)"));
             continue;
         }
         let before = found.manifests.len();
@@ -278,7 +282,10 @@ mod tests {
         let legacy = tempfile::tempdir().unwrap();
         touch(&legacy.path().join("postgres.json"));
         touch(&legacy.path().join("libpostgres.so"));
-        let e = discover(legacy.path()).unwrap().require_manifests(legacy.path()).unwrap_err();
+        let e = discover(legacy.path())
+            .unwrap()
+            .require_manifests(legacy.path())
+            .unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_NO_MANIFEST);
         assert!(e.message().contains("postgres.json"), "{e}");
     }
@@ -291,7 +298,10 @@ mod tests {
         std::os::unix::fs::symlink(root.join("group"), root.join("group/again")).unwrap();
         let found = discover(root).unwrap();
         assert_eq!(found.manifests, [root.join("group/p/keel.json")]);
-        assert!(found.skipped.iter().any(|(p, why)| p.ends_with("again") && why.contains("loop")));
+        assert!(found
+            .skipped
+            .iter()
+            .any(|(p, why)| p.ends_with("again") && why.contains("loop")));
     }
 
     #[test]
