@@ -226,7 +226,11 @@ fn use_tree(toks: &[String], i: &mut usize, prefix: &[String], out: &mut Vec<(St
                 out.push(("*".into(), path));
                 return;
             }
-            Some(t) if t.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$') => {
+            Some(t)
+                if t.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphabetic() || c == '_' || c == '$') =>
+            {
                 let seg = t.to_string();
                 *i += 1;
                 if !(seg == "self" && !path.is_empty()) {
@@ -380,7 +384,11 @@ impl Crate {
             macros,
             reexports: HashMap::new(),
         };
-        let lib = krate.files.iter().position(|f| f.module.is_empty()).expect("src/lib.rs");
+        let lib = krate
+            .files
+            .iter()
+            .position(|f| f.module.is_empty())
+            .expect("src/lib.rs");
         let mut reexports = HashMap::new();
         for (alias, path) in krate.files[lib].reexports.clone() {
             if let Some(abs) = krate.absolute(&[], &path, true) {
@@ -473,7 +481,9 @@ impl Crate {
         let mut unresolved = Vec::new();
         for (k, f) in self.files.iter().enumerate() {
             for (at, path, in_use) in &f.paths {
-                let Some(abs) = self.absolute(at, path, *in_use) else { continue };
+                let Some(abs) = self.absolute(at, path, *in_use) else {
+                    continue;
+                };
                 match self.target(&abs) {
                     Ok(Some(to)) if to != k => {
                         let example = format!("{}: {}", f.rel, path.join("::"));
@@ -582,7 +592,11 @@ fn no_import_loop_and_nothing_below_the_host_imports_it() {
     if std::env::var("KEEL_MODULE_GRAPH").is_ok_and(|v| v == "files") {
         print_graph("file graph", &files);
     }
-    assert!(unresolved.is_empty(), "paths the graph parser cannot place:\n{}", unresolved.join("\n"));
+    assert!(
+        unresolved.is_empty(),
+        "paths the graph parser cannot place:\n{}",
+        unresolved.join("\n")
+    );
     let loops = cycles(&tops);
     let mut problems: Vec<String> = loops
         .iter()
