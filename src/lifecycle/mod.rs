@@ -450,11 +450,3 @@ impl Handle {
         self.0.unload(name)
     }
 }
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
-            .field("plugins", &self.0.registry.len())
-            .finish()
-    }
-}
