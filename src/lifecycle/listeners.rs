@@ -2,7 +2,7 @@
 //!
 //! A lifecycle operation queues its events while it holds the lock (so the queue is in the
 //! order the operations happened) and delivers them once it has released it
-//! ([`Listeners::deliver`]). One thread at a time delivers, oldest event first; a listener that
+//! (`Listeners::deliver`). One thread at a time delivers, oldest event first; a listener that
 //! loads, reloads or unloads a plugin runs that operation to its end (the lock is free), and the
 //! events of that nested operation are delivered on the same thread right after it, still in
 //! order. A thread whose operation ends while another thread delivers waits for that delivery,

@@ -7,9 +7,9 @@
 //!                                                                             wasm)       a Slot)
 //! ```
 //!
-//! [`Pipeline::admit`] runs the checks that need no plugin code (trust, capabilities) once
-//! per manifest; [`plan`] orders a set by its dependencies; [`Pipeline::build`] reads and
-//! verifies the binary ([`verified_binary`]) and starts it with the runtime its manifest names.
+//! `Pipeline::admit` runs the checks that need no plugin code (trust, capabilities) once
+//! per manifest; `plan` orders a set by its dependencies; `Pipeline::build` reads and
+//! verifies the binary (`verified_binary`) and starts it with the runtime its manifest names.
 //! Nothing of a plugin's code runs before its digest has been checked.
 
 use std::path::Path;
