@@ -716,10 +716,10 @@ fn listener_unloading_the_plugin_it_is_told_about() {
         }
         if e == Loaded {
             if let Some(h) = w.upgrade() {
-                // Unloading from inside the delivery of its own Loaded event.
-                u.lock()
-                    .unwrap()
-                    .push(format!("{n}: {:?}", h.unload(n).map_err(|e| e.to_string())));
+                // Unloading from inside the delivery of its own Loaded event (no lock of the
+                // test held: the unload delivers nested events to this listener).
+                let r = h.unload(n).map_err(|e| e.to_string());
+                u.lock().unwrap().push(format!("{n}: {r:?}"));
             }
         }
         let mut a = act.lock().unwrap();
