@@ -14,8 +14,8 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, SealFlags};
 
+use crate::digest;
 use crate::error::{Error, Result};
-use crate::trust::digest;
 use crate::{bail, err};
 
 /// Native binaries larger than this are refused.

@@ -186,8 +186,9 @@ impl Host {
 
     /// Register a lifecycle listener. Listeners run after the lifecycle operation that
     /// caused the event has released the lifecycle lock, one event at a time in the order the
-    /// events happened; a listener may load, reload or unload plugins (see
-    /// [`crate::lifecycle::listeners`]). A listener that panics is ignored.
+    /// events happened, on one thread at a time; a listener may load, reload or unload plugins,
+    /// and the events of such an operation follow once it returns (a listener is never
+    /// re-entered; see [`crate::lifecycle::listeners`]). A listener that panics is ignored.
     pub fn add_listener(&self, l: Listener) {
         self.lifecycle.add_listener(l);
     }

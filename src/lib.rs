@@ -12,6 +12,7 @@ pub mod barrier;
 pub mod bridge;
 pub mod capability;
 pub mod deps;
+pub mod digest;
 pub mod ffi;
 pub mod health;
 pub mod health_state;

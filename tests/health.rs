@@ -473,3 +473,26 @@ mod c_abi {
         assert_eq!(keel_host_free(h), KEEL_OK);
     }
 }
+
+/// One health enum: what a plugin answers (`runtime::Health`), what the monitor reports
+/// (`health::HealthStatus`) and the registry keeps (`health_state::Health`) are one type, and
+/// its values are those of `keel_health_status` in the C ABI.
+#[test]
+fn one_health_enum_with_the_c_abi_values() {
+    use keel::ffi::health::keel_health_status as C;
+    use keel::health_state::Health;
+    // Compiles only while the three names are one type.
+    let as_runtime: fn(Health) -> keel::runtime::Health = |h| h;
+    let as_status: fn(keel::runtime::Health) -> HealthStatus = |h| h;
+    for (h, c) in [
+        (Health::Healthy, C::KEEL_HEALTH_STATUS_HEALTHY),
+        (Health::Degraded, C::KEEL_HEALTH_STATUS_DEGRADED),
+        (Health::Unhealthy, C::KEEL_HEALTH_STATUS_UNHEALTHY),
+        (Health::Unknown, C::KEEL_HEALTH_STATUS_UNKNOWN),
+        (Health::Failed, C::KEEL_HEALTH_STATUS_FAILED),
+    ] {
+        let h = as_status(as_runtime(h));
+        assert_eq!(h as u32, c as u32, "{h:?}");
+        assert_eq!(C::from(h), c);
+    }
+}

@@ -233,7 +233,7 @@ fn use_tree(toks: &[String], i: &mut usize, prefix: &[String], out: &mut Vec<(St
             {
                 let seg = t.to_string();
                 *i += 1;
-                if !(seg == "self" && !path.is_empty()) {
+                if seg != "self" || path.is_empty() {
                     path.push(seg);
                 }
                 if toks.get(*i).map(String::as_str) == Some("::") {

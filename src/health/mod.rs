@@ -5,7 +5,7 @@
 //! `Host::stop_health_monitor` or when the host is dropped — the stop is a message on the
 //! channel the thread waits on, so it returns at once). Every `interval` it takes a lock-free
 //! snapshot of the registry and asks each plugin's current generation how it is
-//! ([`Instance::health`]: the native `health` hook; `Unknown` for plugins without one).
+//! ([`crate::runtime::Instance::health`]: the native `health` hook; `Unknown` for plugins without one).
 //!
 //! * **No lock is held while a plugin runs a check.** The check runs on a worker thread that
 //!   holds only the generation (an `Arc`, the same in-flight guard a call holds); the monitor

@@ -2,17 +2,20 @@
 //!
 //! A lifecycle operation queues its events while it holds the lock (so the queue is in the
 //! order the operations happened) and delivers them once it has released it
-//! ([`Listeners::deliver`]). One thread at a time delivers, oldest event first; a listener that
-//! loads, reloads or unloads a plugin runs that operation to its end (the lock is free), and the
-//! events of that nested operation are delivered on the same thread right after it, still in
-//! order. A thread whose operation ends while another thread delivers waits for that delivery,
-//! so when a lifecycle call returns its events have been delivered (unless it was made from a
-//! listener: then they follow as soon as that listener returns).
+//! (`Listeners::deliver`). One thread at a time delivers, oldest event first, each event to
+//! every listener in registration order. A listener that loads, reloads or unloads a plugin runs
+//! that operation to its end (the lock is free); the events of that operation are delivered
+//! after the listener returns, by the same thread, still in order: a listener is never
+//! re-entered, and never runs on two threads at once. A thread whose operation ends while
+//! another thread delivers waits for that delivery, so when a lifecycle call returns its events
+//! have been delivered (unless it was made from a listener: then they follow as soon as that
+//! listener returns).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::thread::ThreadId;
 
-use parking_lot::{Mutex, ReentrantMutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 /// Lifecycle events delivered to listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +43,10 @@ pub type Listener = Arc<dyn Fn(&str, LifecycleEvent, u64) + Send + Sync>;
 pub(crate) struct Listeners {
     list: RwLock<Vec<Listener>>,
     queue: Mutex<VecDeque<(String, LifecycleEvent, u64)>>,
-    /// Held by the thread delivering; re-entered by a listener's own lifecycle call.
-    delivering: ReentrantMutex<()>,
+    /// Held by the thread delivering.
+    delivering: Mutex<()>,
+    /// That thread, so that a listener's own lifecycle call leaves its events to it.
+    deliverer: Mutex<Option<ThreadId>>,
 }
 
 impl Listeners {
@@ -56,7 +61,14 @@ impl Listeners {
 
     /// Deliver every queued event, oldest first. Call without the lifecycle lock.
     pub(crate) fn deliver(&self) {
+        let me = std::thread::current().id();
+        if *self.deliverer.lock() == Some(me) {
+            // Called from a listener's own lifecycle operation: the loop below, further up
+            // this thread's stack, delivers these events once the listener returns.
+            return;
+        }
         let _one_at_a_time = self.delivering.lock();
+        *self.deliverer.lock() = Some(me);
         loop {
             // The queue's lock is released before any listener runs.
             let next = self.queue.lock().pop_front();
@@ -67,5 +79,6 @@ impl Listeners {
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(&plugin, ev, generation)));
             }
         }
+        *self.deliverer.lock() = None;
     }
 }

@@ -1,6 +1,6 @@
 //! The lifecycle: load sets, rollback, reload, unload, cascades and listeners.
 //!
-//! Every change to the set of loaded plugins goes through [`Lifecycle`], one operation at a
+//! Every change to the set of loaded plugins goes through `Lifecycle`, one operation at a
 //! time (the lifecycle lock; calls and lookups never take it). A load runs the
 //! [`pipeline`] — manifest → trust → deps/capabilities → artifact → runtime → registry — for
 //! every manifest of a set, all or nothing. A reload runs the same pipeline for the new
@@ -9,7 +9,7 @@
 //! generation. Events are queued under the lock and delivered to listeners after it is
 //! released ([`listeners`]), so a listener may load or unload plugins itself.
 //!
-//! The health monitor and the directory watcher drive the lifecycle through a [`Handle`]
+//! The health monitor and the directory watcher drive the lifecycle through a `Handle`
 //! (list the plugins, load, reload, unload): they never see the host.
 
 pub mod listeners;
@@ -449,13 +449,5 @@ impl Handle {
     /// Unload, refused while other plugins depend on it.
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
         self.0.unload(name)
-    }
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
-            .field("plugins", &self.0.registry.len())
-            .finish()
     }
 }

@@ -7,24 +7,23 @@
 //!                                                                             wasm)       a Slot)
 //! ```
 //!
-//! [`Pipeline::admit`] runs the checks that need no plugin code (trust, capabilities) once
-//! per manifest; [`plan`] orders a set by its dependencies; [`Pipeline::build`] reads and
-//! verifies the binary ([`verified_binary`]) and starts it with the runtime its manifest names.
+//! `Pipeline::admit` runs the checks that need no plugin code (trust, capabilities) once
+//! per manifest; `plan` orders a set by its dependencies; `Pipeline::build` reads and
+//! verifies the binary (`verified_binary`) and starts it with the runtime its manifest names.
 //! Nothing of a plugin's code runs before its digest has been checked.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::artifact::{self, Artifact};
+use crate::artifact::Artifact;
 use crate::capability::Capabilities;
 use crate::deps;
 use crate::error::Result;
-use crate::manifest::{BinaryRef, ManifestFile, RuntimeKind};
+use crate::manifest::{BinaryRef, ManifestFile};
 use crate::registry::Generation;
 use crate::runtime::{HostServices, LoadContext, Runtimes};
-use crate::trust::TrustState;
+use crate::trust::{self, TrustState};
 
 /// Capabilities a node allows unless configured otherwise: the ones that reach nothing
 /// outside the plugin's own namespace.
@@ -118,15 +117,8 @@ pub(crate) fn candidate(f: &ManifestFile) -> deps::Candidate {
 
 /// Read the binary a manifest names for this platform, the way its runtime takes it (native
 /// and ThemisDB: copied into a sealed memfd; WASM: bytes in memory), and check it against the
-/// pinned digest. The bytes returned are the bytes that were hashed and are the bytes that run.
+/// pinned digest: the bytes returned are the bytes that were hashed and are the bytes that run.
+/// The same read and check as `keel verify` (one implementation, [`trust::check_binary`]).
 fn verified_binary(f: &ManifestFile) -> Result<(BinaryRef, Artifact)> {
-    let m = &f.manifest;
-    let dir = f.path.parent().unwrap_or_else(|| Path::new("."));
-    let bin = m.binary_for_platform(dir)?;
-    let art = match m.runtime {
-        RuntimeKind::Native | RuntimeKind::Themis => artifact::read_sealed(&bin.path, &m.name)?,
-        RuntimeKind::Wasm => artifact::read_bytes(&bin.path)?,
-    };
-    art.check_digest(&bin.sha256, &format!("plugin '{}' ({})", m.name, bin.path.display()))?;
-    Ok((bin, art))
+    trust::check_binary(f)
 }

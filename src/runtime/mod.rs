@@ -93,10 +93,13 @@ pub trait KvStore: Send + Sync {
     fn delete(&self, namespace: &str, key: &[u8]) -> bool;
 }
 
+/// (namespace, key) → value.
+type KvMap = HashMap<(String, Vec<u8>), Vec<u8>>;
+
 /// The default [`KvStore`]: in memory, per node.
 #[derive(Default)]
 pub struct MemoryKv {
-    map: RwLock<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    map: RwLock<KvMap>,
 }
 
 impl KvStore for MemoryKv {

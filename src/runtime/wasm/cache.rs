@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::digest;
 use crate::error::{Error, Result};
-use crate::trust::digest;
 use crate::{bail, err};
 
 const MAGIC: &[u8; 8] = b"KEELWC01";
