@@ -428,8 +428,6 @@ impl HostCore {
     /// runs before the digest check.
     fn build_generation(&self, f: &ManifestFile, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
         let m = &f.manifest;
-        let dir = f.path.parent().unwrap_or_else(|| Path::new("."));
-        let bin = m.binary_for_platform(dir)?;
         let granted = Capabilities::parse(&m.capabilities)?;
         Capabilities::check_allowed(granted, self.allowlist(), &m.name)?;
         let ctx = LoadContext {
@@ -438,24 +436,13 @@ impl HostCore {
             services: self.services.clone(),
             restored_state: restored,
         };
-        let what = format!("plugin '{}' ({})", m.name, bin.path.display());
+        // The one read-and-check path (also keel_verify's): runtimes accept only Verified.
+        let (bin, art) = artifact::read_verified(f)?;
         let instance: Box<dyn Instance> = match m.runtime {
-            RuntimeKind::Native => {
-                let art = artifact::read_sealed(&bin.path, &m.name)?;
-                art.check_digest(&bin.sha256, &what)?;
-                Box::new(runtime::native::load(art, &ctx)?)
-            }
-            RuntimeKind::Wasm => {
-                let art = artifact::read_bytes(&bin.path)?;
-                art.check_digest(&bin.sha256, &what)?;
-                self.start_wasm()?.instantiate(&art, &ctx)?
-            }
-            RuntimeKind::Themis => {
-                // ThemisDB C++ plugin: same sealed-memfd path as native, then the C++ shim.
-                let art = artifact::read_sealed(&bin.path, &m.name)?;
-                art.check_digest(&bin.sha256, &what)?;
-                Box::new(runtime::legacy::load(art, &ctx)?)
-            }
+            RuntimeKind::Native => Box::new(runtime::native::load(art, &ctx)?),
+            RuntimeKind::Wasm => self.start_wasm()?.instantiate(&art, &ctx)?,
+            // ThemisDB C++ plugin: same sealed-memfd path as native, then the C++ shim.
+            RuntimeKind::Themis => Box::new(runtime::legacy::load(art, &ctx)?),
         };
         Ok(Generation::new(
             number,

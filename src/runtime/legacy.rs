@@ -65,10 +65,11 @@ use std::ffi::{c_void, CString};
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::{Map, Value};
 
-use crate::artifact::Artifact;
+use crate::artifact::Verified;
 use crate::error::Result;
 use crate::manifest::themis::LEGACY_TYPES;
-use crate::runtime::native::{max_output, with_output, RawOutput, SealedLibrary};
+use crate::runtime::output::{max_output, with_output, RawOutput};
+use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
 
@@ -114,7 +115,7 @@ const MAX_NAME: usize = 4096;
 mod sys {
     use std::ffi::{c_char, c_void};
 
-    use crate::runtime::native::RawOutput;
+    use crate::runtime::output::RawOutput;
 
     /// Mirror of `keel_themis_info`.
     #[repr(C)]
@@ -249,7 +250,7 @@ unsafe impl Sync for LegacyInstance {}
 
 /// Load a ThemisDB plugin from a verified artifact: create, describe, initialise and, on
 /// reload, restore its state (see the module documentation).
-pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<LegacyInstance> {
+pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<LegacyInstance> {
     let name = &ctx.manifest.name;
     let lib = SealedLibrary::open(artifact, name)?;
     let create = lib.symbol(CREATE_SYMBOL).ok_or_else(|| {
