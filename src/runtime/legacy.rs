@@ -246,6 +246,8 @@ pub struct LegacyInstance {
 // `serial` unless the plugin declared itself thread_safe (ThemisDB's contract for concurrent
 // use), and the registry never drops an instance while a call is in flight.
 unsafe impl Send for LegacyInstance {}
+// SAFETY: as for Send: shared use goes through the shim under `serial` (or the plugin's own
+// thread_safe promise).
 unsafe impl Sync for LegacyInstance {}
 
 /// Load a ThemisDB plugin from a verified artifact: create, describe, initialise and, on
@@ -396,8 +398,8 @@ impl LegacyInstance {
 
     /// `saveState()` appended to `out` (at most `max` bytes). Caller holds the lock.
     fn save_into(&self, out: &mut Vec<u8>, max: usize) -> (i32, String) {
-        // SAFETY: the object is live; sinks are valid for the call.
         with_output(out, max, |o| {
+            // SAFETY: the object is live; sinks are valid for the call.
             shim(|e| unsafe { keel_themis_shim_save_state(self.plugin, o, e) })
         })
     }
@@ -567,11 +569,21 @@ mod tests {
 
     #[test]
     fn shim_refuses_null_arguments_without_touching_them() {
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_create(std::ptr::null_mut(), std::ptr::null_mut(), e) });
+        // The shim checks every argument for NULL before touching it (what is tested here).
+        let (rc, _) = shim(|e| {
+            // SAFETY: NULL plugin arguments are refused by the shim; `e` is a live sink.
+            unsafe { keel_themis_shim_create(std::ptr::null_mut(), std::ptr::null_mut(), e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_initialize(std::ptr::null_mut(), c"{}".as_ptr(), e) });
+        let (rc, _) = shim(|e| {
+            // SAFETY: as above.
+            unsafe { keel_themis_shim_initialize(std::ptr::null_mut(), c"{}".as_ptr(), e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_restore_state(std::ptr::null_mut(), std::ptr::null(), 0, e) });
+        let (rc, _) = shim(|e| {
+            // SAFETY: as above.
+            unsafe { keel_themis_shim_restore_state(std::ptr::null_mut(), std::ptr::null(), 0, e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
         assert_eq!(
             describe(RC_BAD_ARGUMENT, String::new()),
