@@ -68,7 +68,7 @@ use serde_json::{Map, Value};
 use crate::artifact::Verified;
 use crate::error::Result;
 use crate::manifest::themis::LEGACY_TYPES;
-use crate::runtime::output::{max_output, with_output, RawOutput};
+use crate::runtime::output::{max_output, with_output, with_output_checked, RawOutput};
 use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
@@ -398,10 +398,16 @@ impl LegacyInstance {
 
     /// `saveState()` appended to `out` (at most `max` bytes). Caller holds the lock.
     fn save_into(&self, out: &mut Vec<u8>, max: usize) -> (i32, String) {
-        with_output(out, max, |o| {
+        let ((rc, msg), refused) = with_output_checked(out, max, |o| {
             // SAFETY: the object is live; sinks are valid for the call.
             shim(|e| unsafe { keel_themis_shim_save_state(self.plugin, o, e) })
-        })
+        });
+        // A refused write fails the call whatever the shim reports.
+        if refused {
+            (RC_SINK_FULL, msg)
+        } else {
+            (rc, msg)
+        }
     }
 }
 
