@@ -25,10 +25,10 @@ use std::path::{Component, Path};
 
 use rustix::fs::{Mode, OFlags, SealFlags};
 
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::fsio::{check_regular, open_regular_nofollow, read_flags};
 use crate::manifest::{BinaryRef, ManifestFile, RuntimeKind};
-use crate::trust::digest;
 use crate::{bail, err};
 
 /// Native binaries larger than this are refused.

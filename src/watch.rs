@@ -98,7 +98,7 @@ use parking_lot::Mutex;
 
 use crate::deps::discover::{self, is_ignored_name, MANIFEST_NAMES};
 use crate::error::{keel_status, Error, Result};
-use crate::host::HostCore;
+use crate::lifecycle::Handle;
 use crate::manifest;
 use crate::{bail, err};
 
@@ -284,7 +284,7 @@ impl WatchControl {
     }
 
     /// Start watching `dir` (see the module documentation).
-    pub(crate) fn start(&self, core: &Arc<HostCore>, dir: &Path, config: WatchConfig) -> Result<()> {
+    pub(crate) fn start(&self, lifecycle: Handle, dir: &Path, config: WatchConfig) -> Result<()> {
         config.validate()?;
         // The same checks (and codes) as load_dir: missing → FILE_NOT_FOUND, not a directory
         // → INVALID_ARGUMENT.
@@ -300,7 +300,7 @@ impl WatchControl {
             );
         }
         self.log.set_capacity(config.history);
-        *running = Some(Watcher::start(core.clone(), dir, config, self.log.clone())?);
+        *running = Some(Watcher::start(lifecycle, dir, config, self.log.clone())?);
         Ok(())
     }
 
@@ -354,7 +354,7 @@ fn notify_error(dir: &Path, e: notify::Error) -> Error {
 }
 
 impl Watcher {
-    fn start(core: Arc<HostCore>, dir: PathBuf, config: WatchConfig, log: Arc<WatchLog>) -> Result<Watcher> {
+    fn start(lifecycle: Handle, dir: PathBuf, config: WatchConfig, log: Arc<WatchLog>) -> Result<Watcher> {
         let (tx, rx) = channel();
         let fs_tx = tx.clone();
         // The file system watch starts before the thread's first scan, so nothing that
@@ -367,7 +367,7 @@ impl Watcher {
         fs.watch(&dir, notify::RecursiveMode::Recursive)
             .map_err(|e| notify_error(&dir, e))?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let state = WatchLoop::new(core, dir.clone(), config, log, stopping.clone());
+        let state = WatchLoop::new(lifecycle, dir.clone(), config, log, stopping.clone());
         let thread = std::thread::Builder::new()
             .name("keel-watch".into())
             .spawn(move || state.run(rx))
@@ -516,7 +516,8 @@ impl Outcome {
 }
 
 struct WatchLoop {
-    core: Arc<HostCore>,
+    /// The watcher's only way to the plugins: list their sources, load, reload, unload.
+    lifecycle: Handle,
     dir: PathBuf,
     config: WatchConfig,
     log: Arc<WatchLog>,
@@ -530,14 +531,14 @@ struct WatchLoop {
 
 impl WatchLoop {
     fn new(
-        core: Arc<HostCore>,
+        lifecycle: Handle,
         dir: PathBuf,
         config: WatchConfig,
         log: Arc<WatchLog>,
         stopping: Arc<AtomicBool>,
     ) -> WatchLoop {
         WatchLoop {
-            core,
+            lifecycle,
             dir,
             config,
             log,
@@ -835,7 +836,7 @@ impl WatchLoop {
     fn owner_of(&mut self, folder: &str) -> Option<(String, PathBuf)> {
         let path = self.dir.join(folder);
         let canonical = std::fs::canonicalize(&path).ok();
-        let sources = self.core.manifest_paths();
+        let sources = self.lifecycle.manifest_paths();
         for (name, src) in &sources {
             let Some(parent) = src.parent() else {
                 continue;
@@ -914,11 +915,11 @@ impl WatchLoop {
         };
         o.plugin = file.manifest.name.clone();
         // The load path of load_dir for this one folder (load_set of its manifest).
-        match self.core.load_manifests(vec![file]) {
+        match self.lifecycle.load_manifests(vec![file]) {
             Ok(slots) => {
                 o.generation = slots.first().and_then(|s| s.current()).map_or(0, |g| g.number);
                 o.message = format!("loaded from {}", manifest_path.display());
-                if let Some(src) = self.core.manifest_path(&o.plugin) {
+                if let Some(src) = self.lifecycle.manifest_path(&o.plugin) {
                     self.folders.entry(folder.to_string()).or_default().owner = Some((o.plugin.clone(), src));
                 }
             }
@@ -939,7 +940,7 @@ impl WatchLoop {
             generation: 0,
             message: String::new(),
         };
-        match self.core.reload(name) {
+        match self.lifecycle.reload(name) {
             Ok(g) => {
                 o.generation = g;
                 o.message = format!("generation {g} serving");
@@ -948,7 +949,7 @@ impl WatchLoop {
                 o.status = e.status();
                 o.message = e.message().to_string();
                 o.generation = self
-                    .core
+                    .lifecycle
                     .get(name)
                     .ok()
                     .and_then(|s| s.current())
@@ -960,7 +961,7 @@ impl WatchLoop {
 
     fn unload(&mut self, folder: &str, name: &str) -> Outcome {
         let generation = self
-            .core
+            .lifecycle
             .get(name)
             .ok()
             .and_then(|s| s.current())
@@ -973,7 +974,7 @@ impl WatchLoop {
             generation,
             message: "manifest removed; unloaded".into(),
         };
-        match self.core.unload(name) {
+        match self.lifecycle.unload(name) {
             Ok(()) => {}
             Err(e) => {
                 o.status = e.status();

@@ -591,3 +591,166 @@ fn themisdb_plugin_json_dependencies_are_planned_without_libraries() {
     );
     assert!(!msg.contains("nlohmann"), "{msg}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle listeners run outside the lifecycle lock
+// ---------------------------------------------------------------------------------------
+
+/// A listener loads a plugin when another one is loaded, a second one unloads it when the
+/// first is reloaded: both work (listeners run after the lifecycle lock is released), each
+/// operation's events are delivered before it returns, and every listener sees one order.
+/// Run on a thread of its own and awaited with a bound, so a deadlock fails the test.
+#[test]
+fn listeners_may_load_and_unload_plugins() {
+    use keel::host::LifecycleEvent::{self, *};
+    use std::sync::{mpsc, Arc, Mutex, Weak};
+
+    let d = PluginDir::new("deps-listeners");
+    let a = d.plugin("a", "1.0.0", json!({}), json!({}));
+    let b = d.plugin("b", "1.0.0", json!({}), json!({}));
+
+    let host = Arc::new(keel::Host::new());
+    host.trust().set_require_signature(false).unwrap();
+    type Seen = Arc<Mutex<Vec<(String, LifecycleEvent, u64)>>>;
+    let seen: Seen = Arc::default();
+    let nested: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let s = seen.clone();
+    host.add_listener(Arc::new(move |n, e, g| s.lock().unwrap().push((n.to_string(), e, g))));
+    // The listeners hold the host weakly (the host owns them).
+    let (w, out) = (Arc::downgrade(&host), nested.clone());
+    host.add_listener(Arc::new(move |n, e, _| {
+        if let (Some(h), ("a", Loaded)) = (Weak::upgrade(&w), (n, e)) {
+            let r = h.load(&b).map(|s| s.name().to_string());
+            out.lock()
+                .unwrap()
+                .push(format!("load b: {:?}", r.map_err(|e| e.to_string())));
+        }
+    }));
+    let (w, out) = (Arc::downgrade(&host), nested.clone());
+    host.add_listener(Arc::new(move |n, e, _| {
+        if let (Some(h), ("a", AfterSwap)) = (Weak::upgrade(&w), (n, e)) {
+            let r = h.unload("b");
+            out.lock()
+                .unwrap()
+                .push(format!("unload b: {:?}", r.map_err(|e| e.to_string())));
+        }
+    }));
+
+    let (tx, rx) = mpsc::channel();
+    let h = host.clone();
+    std::thread::spawn(move || {
+        h.load(&a).unwrap();
+        // The nested load has happened by the time the outer one returns.
+        let b_after_load = h.get("b").is_ok();
+        let generation = h.reload("a").unwrap();
+        let b_after_reload = h.get("b").is_ok();
+        tx.send((b_after_load, generation, b_after_reload)).unwrap();
+    });
+    let (b_after_load, generation, b_after_reload) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("a listener that loads or unloads deadlocked the lifecycle");
+
+    assert!(
+        b_after_load,
+        "the listener's load of b did not happen: {:?}",
+        nested.lock().unwrap()
+    );
+    assert_eq!(generation, 2);
+    assert!(
+        !b_after_reload,
+        "the listener's unload of b did not happen: {:?}",
+        nested.lock().unwrap()
+    );
+    assert_eq!(
+        *nested.lock().unwrap(),
+        ["load b: Ok(\"b\")", "unload b: Ok(())"],
+        "the listeners' own operations succeeded"
+    );
+    let want: Vec<(String, LifecycleEvent, u64)> = vec![
+        ("a".into(), Loaded, 1),
+        ("b".into(), Loaded, 1),
+        ("a".into(), BeforeSwap, 2),
+        ("a".into(), AfterSwap, 2),
+        ("b".into(), Unloaded, 1),
+    ];
+    assert_eq!(*seen.lock().unwrap(), want);
+    assert_eq!(d.shutdowns(), ["shutdown a", "shutdown b"], "old a drained, b unloaded");
+}
+
+/// Events of operations on several threads reach the listeners one at a time, and a listener
+/// that unloads the very plugin whose event it handles works too.
+#[test]
+fn listener_unloading_the_plugin_it_is_told_about() {
+    use keel::host::LifecycleEvent::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+
+    let d = PluginDir::new("deps-listener-self");
+    let names: Vec<String> = (0..4).map(|i| format!("p{i}")).collect();
+    let manifests: Vec<PathBuf> = names
+        .iter()
+        .map(|n| d.plugin(n, "1.0.0", json!({}), json!({})))
+        .collect();
+
+    let host = Arc::new(keel::Host::new());
+    host.trust().set_require_signature(false).unwrap();
+    // The thread delivering and how deep (a listener's own operation delivers nested).
+    let active: Arc<Mutex<Option<(std::thread::ThreadId, usize)>>> = Arc::default();
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let unloads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let w = Arc::downgrade(&host);
+    let (act, o, u) = (active.clone(), overlaps.clone(), unloads.clone());
+    host.add_listener(Arc::new(move |n, e, _| {
+        let me = std::thread::current().id();
+        {
+            let mut a = act.lock().unwrap();
+            *a = match *a {
+                Some((t, depth)) if t == me => Some((t, depth + 1)),
+                Some((t, depth)) => {
+                    o.fetch_add(1, Ordering::SeqCst);
+                    Some((t, depth))
+                }
+                None => Some((me, 1)),
+            };
+        }
+        if e == Loaded {
+            if let Some(h) = w.upgrade() {
+                // Unloading from inside the delivery of its own Loaded event.
+                u.lock()
+                    .unwrap()
+                    .push(format!("{n}: {:?}", h.unload(n).map_err(|e| e.to_string())));
+            }
+        }
+        let mut a = act.lock().unwrap();
+        *a = match *a {
+            Some((t, depth)) if t == me && depth > 1 => Some((t, depth - 1)),
+            Some((t, _)) if t == me => None,
+            other => other,
+        };
+    }));
+
+    let (tx, rx) = mpsc::channel();
+    for m in manifests {
+        let (h, tx) = (host.clone(), tx.clone());
+        std::thread::spawn(move || tx.send(h.load(&m).map(|_| ()).map_err(|e| e.to_string())).unwrap());
+    }
+    for _ in 0..names.len() {
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a listener that unloads deadlocked the lifecycle");
+        assert_eq!(r, Ok(()));
+    }
+    let mut got = unloads.lock().unwrap().clone();
+    got.sort();
+    let want: Vec<String> = names.iter().map(|n| format!("{n}: Ok(())")).collect();
+    assert_eq!(got, want);
+    for n in &names {
+        assert!(host.get(n).is_err(), "{n} is still loaded");
+    }
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "listeners ran on two threads at once"
+    );
+}

@@ -5,7 +5,7 @@
 //! `Host::stop_health_monitor` or when the host is dropped — the stop is a message on the
 //! channel the thread waits on, so it returns at once). Every `interval` it takes a lock-free
 //! snapshot of the registry and asks each plugin's current generation how it is
-//! ([`Instance::health`]: the native `health` hook; `Unknown` for plugins without one).
+//! ([`crate::runtime::Instance::health`]: the native `health` hook; `Unknown` for plugins without one).
 //!
 //! * **No lock is held while a plugin runs a check.** The check runs on a worker thread that
 //!   holds only the generation (an `Arc`, the same in-flight guard a call holds); the monitor
@@ -23,7 +23,7 @@
 //!   with the error weight raised from 0.2 to a configurable 0.5: with 0.2 a plugin failing
 //!   every call still scored 0.8, "green" on its own dashboard.
 //! * **Restart**: after `unhealthy_threshold` consecutive unhealthy checks the plugin is
-//!   restarted through `Host::reload` (the manifest and binary are verified again, the state
+//!   restarted through the lifecycle's reload (`Host::reload`: the manifest and binary are verified again, the state
 //!   is carried over). Errors alone lower the score but never restart a plugin: callers'
 //!   bad input makes calls fail too, and a restart would not fix that. Attempts are spaced
 //!   by exponential backoff (`backoff_initial · backoff_factor^(n−1)`, at most
@@ -45,9 +45,13 @@ use parking_lot::Mutex;
 
 use crate::bail;
 use crate::error::Result;
-use crate::host::HostCore;
+pub use crate::health_state::{score, Health, HealthCell, HealthReport};
+use crate::lifecycle::Handle;
 use crate::registry::{Generation, Slot};
-use crate::runtime::Health;
+
+/// What the last check found: the crate's one health enum ([`Health`]), under the name the
+/// health API has always used (`keel_health_status` in the C ABI).
+pub use crate::health_state::Health as HealthStatus;
 
 /// Settings of the health monitor.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,90 +169,6 @@ impl HealthConfig {
     }
 }
 
-/// What the last check found (`keel_health_status` in the C ABI).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum HealthStatus {
-    Healthy = 0,
-    Degraded = 1,
-    /// Reported unhealthy, or the check timed out or panicked.
-    Unhealthy = 2,
-    /// Not checked yet, or the plugin has no health hook.
-    Unknown = 3,
-    /// Still unhealthy after `max_restart_attempts` consecutive restarts: no more attempts
-    /// until a check finds it healthy.
-    Failed = 4,
-}
-
-/// A plugin's health as the monitor last saw it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthReport {
-    pub status: HealthStatus,
-    /// In [0, 1]; 1.0 before the first check.
-    pub score: f64,
-    /// When the plugin last answered a check.
-    pub last_heartbeat: Option<SystemTime>,
-    /// Unhealthy checks in a row.
-    pub consecutive_failures: u32,
-    /// Restart attempts since the plugin was last found not unhealthy.
-    pub restart_attempts: u32,
-    /// Successful restarts by the monitor over the slot's life.
-    pub restarts: u64,
-    /// Checks completed or timed out over the slot's life.
-    pub checks: u64,
-    /// Error rate (errors / calls) in the last check's window.
-    pub error_rate: f64,
-    /// Why the plugin is unhealthy (the last failed check); cleared by a check that is not
-    /// unhealthy.
-    pub last_error: Option<String>,
-    /// What went wrong in the last restart attempt: why it failed (the reload was rolled
-    /// back), or a drain timeout after a swap that did take effect. `None` after a clean one.
-    pub last_restart_error: Option<String>,
-}
-
-impl Default for HealthReport {
-    fn default() -> Self {
-        HealthReport {
-            status: HealthStatus::Unknown,
-            score: 1.0,
-            last_heartbeat: None,
-            consecutive_failures: 0,
-            restart_attempts: 0,
-            restarts: 0,
-            checks: 0,
-            error_rate: 0.0,
-            last_error: None,
-            last_restart_error: None,
-        }
-    }
-}
-
-/// A slot's published health record: written by the monitor, read by `Host::health`,
-/// `keel_plugin_health` and the metrics collector. Never touched by calls.
-#[derive(Default)]
-pub struct HealthCell(Mutex<HealthReport>);
-
-impl HealthCell {
-    pub fn report(&self) -> HealthReport {
-        self.0.lock().clone()
-    }
-
-    fn publish(&self, r: &HealthReport) {
-        *self.0.lock() = r.clone();
-    }
-}
-
-/// The score of a check: `clamp(base(status) − error_weight · error_rate, 0, 1)`, base
-/// 1.0 (`Healthy`, `Unknown`), 0.7 (`Degraded`), 0.3 (`Unhealthy`, `Failed`).
-pub fn score(status: HealthStatus, error_rate: f64, error_weight: f64) -> f64 {
-    let base = match status {
-        HealthStatus::Healthy | HealthStatus::Unknown => 1.0,
-        HealthStatus::Degraded => 0.7,
-        HealthStatus::Unhealthy | HealthStatus::Failed => 0.3,
-    };
-    (base - error_weight * error_rate.clamp(0.0, 1.0)).clamp(0.0, 1.0)
-}
-
 // ---------------------------------------------------------------------------------------
 // The monitor thread
 // ---------------------------------------------------------------------------------------
@@ -282,14 +202,14 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Start a monitor over `core`'s plugins.
-    pub(crate) fn start(core: Arc<HostCore>, config: HealthConfig) -> Result<Monitor> {
+    /// Start a monitor over the plugins of `lifecycle`.
+    pub(crate) fn start(lifecycle: Handle, config: HealthConfig) -> Result<Monitor> {
         config.validate()?;
         let (tx, rx) = channel();
         let loop_tx = tx.clone();
         let thread = std::thread::Builder::new()
             .name("keel-health".into())
-            .spawn(move || MonitorLoop::new(core, config, loop_tx).run(rx))
+            .spawn(move || MonitorLoop::new(lifecycle, config, loop_tx).run(rx))
             .map_err(|e| crate::err!(KEEL_ERR_INTERNAL, "cannot start the health monitor thread: {e}"))?;
         Ok(Monitor {
             tx,
@@ -416,7 +336,8 @@ impl Tracked {
 }
 
 struct MonitorLoop {
-    core: Arc<HostCore>,
+    /// The monitor's only way to the plugins: list them, restart one.
+    lifecycle: Handle,
     config: HealthConfig,
     tx: Sender<Event>,
     workers: Workers,
@@ -428,9 +349,9 @@ struct MonitorLoop {
 }
 
 impl MonitorLoop {
-    fn new(core: Arc<HostCore>, config: HealthConfig, tx: Sender<Event>) -> MonitorLoop {
+    fn new(lifecycle: Handle, config: HealthConfig, tx: Sender<Event>) -> MonitorLoop {
         MonitorLoop {
-            core,
+            lifecycle,
             config,
             tx,
             workers: Workers::new(),
@@ -471,7 +392,7 @@ impl MonitorLoop {
 
     /// Sync with the registry and queue a check of every plugin that has none running.
     fn tick(&mut self, now: Instant) {
-        let slots = self.core.slots();
+        let slots = self.lifecycle.slots();
         let live: std::collections::HashSet<&str> = slots.iter().map(|s| s.name()).collect();
         self.tracked.retain(|name, _| live.contains(name.as_str()));
         self.queue.retain(|name| live.contains(name.as_str()));
@@ -608,23 +529,23 @@ impl MonitorLoop {
         let status = match outcome {
             Outcome::Answered(h) => {
                 t.report.last_heartbeat = Some(SystemTime::now());
-                match h {
-                    Health::Healthy => HealthStatus::Healthy,
-                    Health::Degraded => HealthStatus::Degraded,
-                    Health::Unhealthy => HealthStatus::Unhealthy,
-                    Health::Unknown => HealthStatus::Unknown,
+                // `Failed` is the monitor's verdict; a plugin cannot answer it.
+                if h == Health::Failed {
+                    Health::Unhealthy
+                } else {
+                    h
                 }
             }
             Outcome::Failed(ref msg) => {
                 t.report.last_error = Some(msg.clone());
-                HealthStatus::Unhealthy
+                Health::Unhealthy
             }
             Outcome::TimedOut => {
                 t.report.last_error = Some(format!(
                     "the health check did not answer within {} ms",
                     cfg.check_timeout.as_millis()
                 ));
-                HealthStatus::Unhealthy
+                Health::Unhealthy
             }
         };
         let r = &mut t.report;
@@ -633,14 +554,14 @@ impl MonitorLoop {
         r.score = score(status, error_rate, cfg.error_weight);
         r.status = status;
         let mut restart = false;
-        if status == HealthStatus::Unhealthy {
+        if status == Health::Unhealthy {
             if matches!(outcome, Outcome::Answered(_)) {
                 r.last_error = Some("the plugin reports itself unhealthy".into());
             }
             r.consecutive_failures = r.consecutive_failures.saturating_add(1);
             if r.consecutive_failures >= cfg.unhealthy_threshold && !t.restarting {
                 if r.restart_attempts >= cfg.max_restart_attempts {
-                    r.status = HealthStatus::Failed;
+                    r.status = Health::Failed;
                 } else if t.next_restart_at.is_none_or(|at| now >= at) {
                     r.restart_attempts += 1;
                     t.next_restart_at = Some(now + cfg.backoff(r.restart_attempts));
@@ -663,7 +584,7 @@ impl MonitorLoop {
 
     /// Restart a plugin through the host's verified reload, on a thread of its own.
     fn spawn_restart(&mut self, name: &str, slot: &Arc<Slot>) {
-        let core = self.core.clone();
+        let lifecycle = self.lifecycle.clone();
         let tx = self.tx.clone();
         let before = slot.current().map(|g| g.number).unwrap_or(0);
         let weak = Arc::downgrade(slot);
@@ -671,7 +592,7 @@ impl MonitorLoop {
         let spawned = std::thread::Builder::new()
             .name("keel-health-restart".into())
             .spawn(move || {
-                let r = core.reload(&plugin);
+                let r = lifecycle.reload(&plugin);
                 // A drain timeout is reported after the swap: the restart did take effect.
                 let after = weak.upgrade().and_then(|s| s.current()).map(|g| g.number).unwrap_or(0);
                 let _ = tx.send(Event::Restarted {
@@ -699,7 +620,7 @@ impl MonitorLoop {
             r.restarts += 1;
             // The new generation gets `unhealthy_threshold` fresh checks.
             r.consecutive_failures = 0;
-            r.status = HealthStatus::Unknown;
+            r.status = Health::Unknown;
             // The new generation's own window of calls starts now.
             if let Some(slot) = t.slot.upgrade() {
                 let m = slot.metrics.snapshot();
@@ -728,7 +649,7 @@ mod tests {
 
     #[test]
     fn score_formula() {
-        use HealthStatus::*;
+        use Health::*;
         assert_eq!(score(Healthy, 0.0, 0.5), 1.0);
         assert_eq!(score(Unknown, 0.0, 0.5), 1.0);
         assert_eq!(score(Healthy, 1.0, 0.5), 0.5);

@@ -38,45 +38,50 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::{LatencySnapshot, MetricsSnapshot};
-use crate::health::HealthReport;
-use crate::registry::Registry;
+use crate::health_state::HealthReport;
 
-/// The HTTP `Content-Type` of [`crate::host::HostCore::metrics_text`]'s output.
+/// The HTTP `Content-Type` of [`crate::host::Host::metrics_text`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Reads the plugins of a registry at every scrape. Register it in a
+/// Where a [`PluginCollector`] reads the loaded plugins at every scrape (the host's registry).
+pub trait PluginSource: Send + Sync {
+    /// One row per loaded plugin, sorted by name; plugins without a current generation
+    /// (mid-unload) are left out.
+    fn plugin_rows(&self) -> Vec<PluginRow>;
+}
+
+/// Reads the plugins of a [`PluginSource`] at every scrape. Register it in a
 /// `prometheus_client::registry::Registry` (the host keeps one; embedders may add Keel's
-/// collector to their own registry with [`crate::host::HostCore::metrics_collector`]).
+/// collector to their own registry with [`crate::host::Host::metrics_collector`]).
 pub struct PluginCollector {
-    plugins: Arc<Registry>,
+    plugins: Arc<dyn PluginSource>,
 }
 
 impl fmt::Debug for PluginCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PluginCollector")
-            .field("plugins", &self.plugins.len())
-            .finish()
+        f.debug_struct("PluginCollector").finish_non_exhaustive()
     }
 }
 
 impl PluginCollector {
-    pub fn new(plugins: Arc<Registry>) -> PluginCollector {
+    pub fn new(plugins: Arc<dyn PluginSource>) -> PluginCollector {
         PluginCollector { plugins }
     }
 }
 
 /// One plugin as read at scrape time.
-struct Row {
-    name: String,
-    version: String,
-    generation: u64,
-    counters: MetricsSnapshot,
-    latency: LatencySnapshot,
-    memory_bytes: Option<u64>,
-    health: HealthReport,
+#[derive(Clone, Debug)]
+pub struct PluginRow {
+    pub name: String,
+    pub version: String,
+    pub generation: u64,
+    pub counters: MetricsSnapshot,
+    pub latency: LatencySnapshot,
+    pub memory_bytes: Option<u64>,
+    pub health: HealthReport,
 }
 
-impl Row {
+impl PluginRow {
     fn keel_labels(&self) -> [(&str, &str); 2] {
         [("plugin", self.name.as_str()), ("version", self.version.as_str())]
     }
@@ -85,29 +90,15 @@ impl Row {
     }
 }
 
-fn rows(plugins: &Registry) -> Vec<Row> {
-    // `slots()` is sorted by name. A slot whose generation is gone (mid-unload) is skipped.
-    plugins
-        .slots()
-        .iter()
-        .filter_map(|s| {
-            let g = s.current()?;
-            Some(Row {
-                name: s.name().to_string(),
-                version: g.manifest.version.to_string(),
-                generation: g.number,
-                counters: s.metrics.snapshot(),
-                latency: s.metrics.latency.snapshot(),
-                memory_bytes: g.instance.memory_bytes(),
-                health: s.health.report(),
-            })
-        })
-        .collect()
-}
-
 const NANOS_PER_MS: f64 = 1e6;
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, rows: &[Row], value: fn(&Row) -> u64) -> fmt::Result {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[PluginRow],
+    value: fn(&PluginRow) -> u64,
+) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
     for r in rows {
         let labels = r.keel_labels();
@@ -134,8 +125,8 @@ fn gauge(
     help: &str,
     unit: Option<&Unit>,
     labels: Labels,
-    rows: &[Row],
-    value: fn(&Row) -> Option<Value>,
+    rows: &[PluginRow],
+    value: fn(&PluginRow) -> Option<Value>,
 ) -> fmt::Result {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for r in rows {
@@ -161,7 +152,7 @@ fn gauge(
 
 impl Collector for PluginCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let rows = rows(&self.plugins);
+        let rows = self.plugins.plugin_rows();
         let e = &mut enc;
 
         // Keel's own families.

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use crate::barrier;
 use crate::capability::Capabilities;
 use crate::error::Result;
-use crate::health::HealthCell;
+use crate::health_state::HealthCell;
 use crate::manifest::Manifest;
 use crate::metrics::PluginMetrics;
 use crate::runtime::Instance;

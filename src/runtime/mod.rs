@@ -1,7 +1,8 @@
 //! Runtimes turn a verified artifact into a running [`Instance`].
 //!
 //! Every runtime implements the same trait, so the registry, the call path and the
-//! lifecycle code never know which one they are driving.
+//! lifecycle code never know which one they are driving. [`Runtimes::instantiate`] is the one
+//! place that picks the runtime for a manifest's [`RuntimeKind`].
 
 pub mod legacy;
 pub mod native;
@@ -10,24 +11,18 @@ pub mod shared_lib;
 pub mod wasm;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
+use crate::artifact::Artifact;
 use crate::capability::Capabilities;
 use crate::error::Result;
-use crate::manifest::Manifest;
-
-/// Health as a plugin reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Health {
-    Healthy = 0,
-    Degraded = 1,
-    Unhealthy = 2,
-    /// The plugin has no health hook.
-    Unknown = 3,
-}
+/// Health as a plugin reports it: the crate's one health enum (a plugin answers `Healthy`,
+/// `Degraded`, `Unhealthy`, or `Unknown` without a hook; `Failed` is the monitor's verdict).
+pub use crate::health_state::Health;
+use crate::manifest::{Manifest, RuntimeKind};
+use wasm::{WasmConfig, WasmRuntime};
 
 /// One loaded, initialised plugin generation's code and state.
 ///
@@ -100,10 +95,13 @@ pub trait KvStore: Send + Sync {
     fn delete(&self, namespace: &str, key: &[u8]) -> bool;
 }
 
+/// (namespace, key) → value.
+type KvMap = HashMap<(String, Vec<u8>), Vec<u8>>;
+
 /// The default [`KvStore`]: in memory, per node.
 #[derive(Default)]
 pub struct MemoryKv {
-    map: RwLock<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    map: RwLock<KvMap>,
 }
 
 impl KvStore for MemoryKv {
@@ -151,4 +149,62 @@ pub struct LoadContext<'a> {
     /// State saved from the previous generation on reload, handed to init where the ABI
     /// supports it (ThemisDB plugins get it as `{"restored_state": ...}`).
     pub restored_state: Option<&'a [u8]>,
+}
+
+/// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM
+/// runtime (engine settings, module cache, deadline watchdog) is started on the first WASM
+/// load with the configuration set until then.
+#[derive(Default)]
+pub struct Runtimes {
+    wasm: OnceLock<WasmRuntime>,
+    /// Held while the WASM runtime starts, so a configuration change and a first WASM load
+    /// never cross (the change is either used or refused, never lost).
+    wasm_config: Mutex<WasmConfig>,
+}
+
+impl Runtimes {
+    /// Settings of the WASM runtime. Only before it has started (the first WASM load):
+    /// `KEEL_ERR_INVALID_ARGUMENT` after that, or for settings [`WasmConfig::validate`]
+    /// refuses.
+    pub fn set_wasm_config(&self, config: WasmConfig) -> Result<()> {
+        config.validate()?;
+        let mut current = self.wasm_config.lock();
+        if self.wasm.get().is_some() {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "the WASM runtime is already running; configure it before loading WASM plugins"
+            );
+        }
+        *current = config;
+        Ok(())
+    }
+
+    /// The WASM runtime, once a WASM plugin has been loaded.
+    pub fn wasm(&self) -> Option<&WasmRuntime> {
+        self.wasm.get()
+    }
+
+    /// The WASM runtime, started on first use.
+    fn wasm_started(&self) -> Result<&WasmRuntime> {
+        if let Some(rt) = self.wasm.get() {
+            return Ok(rt);
+        }
+        let config = self.wasm_config.lock();
+        if let Some(rt) = self.wasm.get() {
+            return Ok(rt);
+        }
+        let rt = WasmRuntime::new(config.clone())?;
+        Ok(self.wasm.get_or_init(|| rt))
+    }
+
+    /// Start one generation of a plugin from its verified binary with the runtime its
+    /// manifest names: the single dispatch from [`RuntimeKind`] to a loader.
+    pub fn instantiate(&self, artifact: Artifact, ctx: &LoadContext<'_>) -> Result<Box<dyn Instance>> {
+        Ok(match ctx.manifest.runtime {
+            RuntimeKind::Native => Box::new(native::load(artifact, ctx)?),
+            // ThemisDB C++ plugin: the same sealed library as native, behind the C++ shim.
+            RuntimeKind::Themis => Box::new(legacy::load(artifact, ctx)?),
+            RuntimeKind::Wasm => self.wasm_started()?.instantiate(&artifact, ctx)?,
+        })
+    }
 }

@@ -1,0 +1,452 @@
+//! The lifecycle: load sets, rollback, reload, unload, cascades and listeners.
+//!
+//! Every change to the set of loaded plugins goes through `Lifecycle`, one operation at a
+//! time (the lifecycle lock; calls and lookups never take it). A load runs the
+//! [`pipeline`] — manifest → trust → deps/capabilities → artifact → runtime → registry — for
+//! every manifest of a set, all or nothing. A reload runs the same pipeline for the new
+//! generation with the old one's state and swaps it in; on any failure before the swap the old
+//! generation keeps serving. Unload removes the slot from the registry and drains the old
+//! generation. Events are queued under the lock and delivered to listeners after it is
+//! released ([`listeners`]), so a listener may load or unload plugins itself.
+//!
+//! The health monitor and the directory watcher drive the lifecycle through a `Handle`
+//! (list the plugins, load, reload, unload): they never see the host.
+
+pub mod listeners;
+pub mod pipeline;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+use crate::capability::Capabilities;
+use crate::deps;
+use crate::error::Result;
+use crate::manifest::{self, ManifestFile};
+use crate::metrics::exposition::{PluginRow, PluginSource};
+use crate::metrics::DEFAULT_SAMPLE_EVERY;
+use crate::registry::{Registry, Slot};
+use crate::runtime::{HostServices, Runtimes};
+use crate::trust::TrustState;
+use crate::{bail, err};
+
+use listeners::Listeners;
+pub use listeners::{LifecycleEvent, Listener};
+pub use pipeline::default_allowlist;
+use pipeline::Pipeline;
+
+/// Host-wide settings.
+#[derive(Clone, Debug)]
+pub struct HostOptions {
+    /// How long unload/reload wait for in-flight calls of the old generation.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Owns the registry and every change to it.
+pub(crate) struct Lifecycle {
+    registry: Arc<Registry>,
+    /// Serialises load, reload and unload (never taken by calls or lookups).
+    lock: Mutex<()>,
+    /// Where each loaded plugin's manifest came from (for reload).
+    sources: Mutex<HashMap<String, PathBuf>>,
+    options: RwLock<HostOptions>,
+    listeners: Listeners,
+    /// Latency sampling period given to every slot (see [`Lifecycle::set_latency_sampling`]).
+    sample_every: AtomicU32,
+    pipeline: Pipeline,
+}
+
+/// One lifecycle operation: the lifecycle lock, and on release the delivery of the events the
+/// operation queued (after the lock is gone, so listeners may start operations of their own).
+struct Op<'a> {
+    lock: Option<MutexGuard<'a, ()>>,
+    listeners: &'a Listeners,
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        self.listeners.deliver();
+    }
+}
+
+impl Lifecycle {
+    pub(crate) fn new(trust: Arc<TrustState>, runtimes: Arc<Runtimes>, services: HostServices) -> Lifecycle {
+        Lifecycle {
+            registry: Arc::new(Registry::default()),
+            lock: Mutex::new(()),
+            sources: Mutex::new(HashMap::new()),
+            options: RwLock::new(HostOptions::default()),
+            listeners: Listeners::default(),
+            sample_every: AtomicU32::new(DEFAULT_SAMPLE_EVERY),
+            pipeline: Pipeline::new(trust, runtimes, services),
+        }
+    }
+
+    fn op(&self) -> Op<'_> {
+        Op {
+            lock: Some(self.lock.lock()),
+            listeners: &self.listeners,
+        }
+    }
+
+    /// The registry (lock-free reads; changed only here).
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn options(&self) -> HostOptions {
+        self.options.read().clone()
+    }
+
+    pub(crate) fn set_drain_timeout(&self, timeout: Duration) {
+        self.options.write().drain_timeout = timeout;
+    }
+
+    pub(crate) fn allowlist(&self) -> Capabilities {
+        self.pipeline.allowlist()
+    }
+
+    pub(crate) fn set_allowlist(&self, allow: Capabilities) {
+        self.pipeline.set_allowlist(allow);
+    }
+
+    pub(crate) fn add_listener(&self, l: Listener) {
+        self.listeners.add(l);
+    }
+
+    /// A loaded plugin's slot.
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Slot>> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| err!(KEEL_ERR_PLUGIN_NOT_FOUND, "no plugin named '{name}' is loaded"))
+    }
+
+    pub(crate) fn plugin_names(&self) -> Vec<String> {
+        self.registry.names()
+    }
+
+    /// The loaded plugins' slots, sorted by name (lock-free snapshot).
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        self.registry.slots()
+    }
+
+    pub(crate) fn manifest_path(&self, name: &str) -> Option<PathBuf> {
+        self.sources.lock().get(name).cloned()
+    }
+
+    pub(crate) fn manifest_paths(&self) -> Vec<(String, PathBuf)> {
+        self.sources
+            .lock()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
+    }
+
+    /// The loaded plugins' versions and dependencies (the registry's dependency view).
+    pub(crate) fn loaded_graph(&self) -> deps::LoadedGraph {
+        self.registry
+            .slots()
+            .iter()
+            .filter_map(|s| {
+                s.current().map(|g| {
+                    let node = deps::LoadedNode {
+                        version: g.manifest.version.clone(),
+                        dependencies: g.manifest.dependencies.clone(),
+                    };
+                    (s.name().to_string(), node)
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn load_set(&self, manifest_paths: &[PathBuf]) -> Result<Vec<Arc<Slot>>> {
+        let files = manifest_paths
+            .iter()
+            .map(|p| manifest::read_file(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.load_manifests(files)
+    }
+
+    pub(crate) fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
+        let found = deps::discover::discover(dir)?;
+        self.load_set(&found.manifests)
+    }
+
+    /// Load a set all or nothing: admit every manifest (trust, capabilities), plan the order
+    /// (dependencies), then build and install one generation each; if one fails, those
+    /// installed by this call are unloaded again in reverse order.
+    pub(crate) fn load_manifests(&self, files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
+        let _op = self.op();
+        // The host has started: from now on the signature policy can only be strengthened.
+        self.pipeline.trust().mark_started();
+        let mut admitted = Vec::with_capacity(files.len());
+        for f in &files {
+            if self.registry.get(&f.manifest.name).is_some() {
+                bail!(
+                    KEEL_ERR_ALREADY_LOADED,
+                    "a plugin named '{}' is already loaded",
+                    f.manifest.name
+                );
+            }
+            admitted.push(self.pipeline.admit(f)?);
+        }
+        let order = pipeline::plan(&files, &self.loaded_graph())?;
+        let mut loaded: Vec<Arc<Slot>> = Vec::with_capacity(files.len());
+        for i in order {
+            let a = &admitted[i];
+            let started = Instant::now();
+            match self.pipeline.build(a, 1, None) {
+                Ok(gen) => {
+                    let slot = Arc::new(Slot::new(a.file.manifest.name.clone()));
+                    slot.metrics.set_sample_every(self.sample_every.load(Ordering::Relaxed));
+                    slot.metrics.loads.fetch_add(1, Ordering::Relaxed);
+                    slot.metrics
+                        .last_load_nanos
+                        .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    slot.install(gen);
+                    self.registry.insert(slot.clone());
+                    self.sources
+                        .lock()
+                        .insert(a.file.manifest.name.clone(), a.file.path.clone());
+                    loaded.push(slot);
+                }
+                Err(e) => {
+                    self.roll_back(&loaded);
+                    return Err(e.context(format!(
+                        "loading '{}' failed; nothing from this set was loaded",
+                        a.file.manifest.name
+                    )));
+                }
+            }
+        }
+        for s in &loaded {
+            self.listeners.queue(s.name(), LifecycleEvent::Loaded, 1);
+        }
+        // Return in the caller's order.
+        let mut out = Vec::with_capacity(files.len());
+        for f in &files {
+            if let Some(s) = loaded.iter().find(|s| s.name() == f.manifest.name) {
+                out.push(s.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Undo the installs of a failed load set, last first (no events: nothing was loaded).
+    fn roll_back(&self, installed: &[Arc<Slot>]) {
+        for s in installed.iter().rev() {
+            self.registry.remove(s.name());
+            self.sources.lock().remove(s.name());
+            if let Some(g) = s.take() {
+                let _ = s.drain(g, self.options().drain_timeout);
+            }
+        }
+    }
+
+    /// Hot reload (see `Host::reload`).
+    pub(crate) fn reload(&self, name: &str) -> Result<u64> {
+        let _op = self.op();
+        let slot = self.get(name)?;
+        let _sl = slot.lifecycle.lock();
+        let path = self
+            .manifest_path(name)
+            .ok_or_else(|| err!(KEEL_ERR_PLUGIN_NOT_FOUND, "plugin '{name}' has no manifest path"))?;
+        let start = Instant::now();
+        let result = (|| {
+            let f = manifest::read_file(&path)?;
+            if f.manifest.name != name {
+                bail!(
+                    KEEL_ERR_MANIFEST_INVALID,
+                    "manifest now names plugin '{}', not '{name}'",
+                    f.manifest.name
+                );
+            }
+            let a = self.pipeline.admit(&f)?;
+            deps::check_replacement(&pipeline::candidate(&f), &self.loaded_graph())?;
+            let old = slot
+                .current()
+                .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{name}' is not loaded"))?;
+            // The granted set is frozen at load: a reload may keep or narrow it, never widen it.
+            if !old.granted.contains(a.granted) {
+                let extra = Capabilities::from_bits(a.granted.bits() & !old.granted.bits())?;
+                bail!(
+                    KEEL_ERR_CAPABILITY_DENIED,
+                    "the new manifest asks for {:?} beyond the capabilities frozen at load ({:?}); unload and load the plugin to grant more",
+                    extra,
+                    old.granted
+                );
+            }
+            let state = old.instance.save_state()?;
+            drop(old);
+            self.pipeline.build(&a, slot.next_generation_number(), state.as_deref())
+        })();
+        let gen = match result {
+            Ok(g) => g,
+            Err(e) => {
+                slot.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.listeners
+                    .queue(name, LifecycleEvent::ReloadRolledBack, slot.next_generation_number());
+                return Err(e.context(format!(
+                    "reload of '{name}' rolled back; the old generation keeps serving"
+                )));
+            }
+        };
+        let number = gen.number;
+        self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
+        let old = slot.install(gen);
+        slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        slot.metrics
+            .last_load_nanos
+            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.listeners.queue(name, LifecycleEvent::AfterSwap, number);
+        if let Some(old) = old {
+            if let Err(e) = slot.drain(old, self.options().drain_timeout) {
+                slot.metrics.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(number)
+    }
+
+    pub(crate) fn unload(&self, name: &str) -> Result<()> {
+        let _op = self.op();
+        self.get(name)?;
+        deps::check_unload(name, &self.loaded_graph())?;
+        self.unload_locked(name)
+    }
+
+    pub(crate) fn unload_cascade(&self, name: &str) -> Result<Vec<String>> {
+        let _op = self.op();
+        self.get(name)?;
+        let order = deps::cascade_unload_order(name, &self.loaded_graph());
+        let mut first = None;
+        for n in &order {
+            if let Err(e) = self.unload_locked(n) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(order), Err)
+    }
+
+    pub(crate) fn unload_all(&self) -> Result<()> {
+        let _op = self.op();
+        let mut first = None;
+        for name in deps::unload_all_order(&self.loaded_graph()) {
+            if let Err(e) = self.unload_locked(&name) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Unload one plugin; the caller holds the lifecycle lock and has checked dependents.
+    fn unload_locked(&self, name: &str) -> Result<()> {
+        let slot = self.get(name)?;
+        let _sl = slot.lifecycle.lock();
+        self.registry.remove(name);
+        self.sources.lock().remove(name);
+        let old = slot.take();
+        self.listeners.queue(
+            name,
+            LifecycleEvent::Unloaded,
+            old.as_ref().map(|g| g.number).unwrap_or(0),
+        );
+        if let Some(old) = old {
+            if let Err(e) = slot.drain(old, self.options().drain_timeout) {
+                slot.metrics.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_latency_sampling(&self, every: u32) {
+        let _op = self.op();
+        self.sample_every.store(every, Ordering::Relaxed);
+        for s in self.registry.slots() {
+            s.metrics.set_sample_every(every);
+        }
+    }
+}
+
+/// The registry as the metrics exposition reads it at every scrape.
+impl PluginSource for Registry {
+    fn plugin_rows(&self) -> Vec<PluginRow> {
+        // `slots()` is sorted by name. A slot whose generation is gone (mid-unload) is skipped.
+        self.slots()
+            .iter()
+            .filter_map(|s| {
+                let g = s.current()?;
+                Some(PluginRow {
+                    name: s.name().to_string(),
+                    version: g.manifest.version.to_string(),
+                    generation: g.number,
+                    counters: s.metrics.snapshot(),
+                    latency: s.metrics.latency.snapshot(),
+                    memory_bytes: g.instance.memory_bytes(),
+                    health: s.health.report(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The narrow interface through which the health monitor and the directory watcher drive the
+/// plugins: list them, load, reload, unload. Each operation is the lifecycle's own (verified,
+/// serialised, listeners notified); nothing else of the host is reachable from here.
+#[derive(Clone)]
+pub(crate) struct Handle(Arc<Lifecycle>);
+
+impl Handle {
+    pub(crate) fn new(lifecycle: Arc<Lifecycle>) -> Handle {
+        Handle(lifecycle)
+    }
+
+    /// The loaded plugins' slots, sorted by name (lock-free snapshot).
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        self.0.slots()
+    }
+
+    /// A loaded plugin's slot (`KEEL_ERR_PLUGIN_NOT_FOUND` if none is loaded by that name).
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Slot>> {
+        self.0.get(name)
+    }
+
+    /// The manifest a loaded plugin was loaded from.
+    pub(crate) fn manifest_path(&self, name: &str) -> Option<PathBuf> {
+        self.0.manifest_path(name)
+    }
+
+    /// Every loaded plugin's name and manifest path.
+    pub(crate) fn manifest_paths(&self) -> Vec<(String, PathBuf)> {
+        self.0.manifest_paths()
+    }
+
+    /// Load manifests already read, as one all-or-nothing set.
+    pub(crate) fn load_manifests(&self, files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
+        self.0.load_manifests(files)
+    }
+
+    /// Verified hot reload; on failure the old generation keeps serving.
+    pub(crate) fn reload(&self, name: &str) -> Result<u64> {
+        self.0.reload(name)
+    }
+
+    /// Unload, refused while other plugins depend on it.
+    pub(crate) fn unload(&self, name: &str) -> Result<()> {
+        self.0.unload(name)
+    }
+}

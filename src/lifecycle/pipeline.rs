@@ -1,0 +1,124 @@
+//! The load pipeline: how a manifest becomes one generation of a plugin.
+//!
+//! ```text
+//! manifest ──► trust ──────────► deps / capabilities ──► artifact ─────────► runtime ──► registry
+//! (read by     (signature of     (granted set frozen,    (binary read once,  (native,    (Generation,
+//!  the caller)  the manifest)     load order planned)     digest checked)     legacy,     installed in
+//!                                                                             wasm)       a Slot)
+//! ```
+//!
+//! `Pipeline::admit` runs the checks that need no plugin code (trust, capabilities) once
+//! per manifest; `plan` orders a set by its dependencies; `Pipeline::build` reads and
+//! verifies the binary (`verified_binary`) and starts it with the runtime its manifest names.
+//! Nothing of a plugin's code runs before its digest has been checked.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::artifact::{self, Verified};
+use crate::capability::Capabilities;
+use crate::deps;
+use crate::error::Result;
+use crate::manifest::{BinaryRef, ManifestFile};
+use crate::registry::Generation;
+use crate::runtime::{HostServices, LoadContext, Runtimes};
+use crate::trust::TrustState;
+
+/// Capabilities a node allows unless configured otherwise: the ones that reach nothing
+/// outside the plugin's own namespace.
+pub fn default_allowlist() -> Capabilities {
+    Capabilities::parse(&["log", "clock", "random", "kv:read", "kv:write", "metrics:write"])
+        .unwrap_or(Capabilities::NONE)
+}
+
+/// What the stages need from the host: trust store and policy, the node's capability
+/// allowlist, the services lent to plugins and the runtimes.
+pub(crate) struct Pipeline {
+    trust: Arc<TrustState>,
+    allowlist: RwLock<Capabilities>,
+    services: HostServices,
+    runtimes: Arc<Runtimes>,
+}
+
+/// A manifest that passed the trust and capability checks, with the capability set it is
+/// granted (frozen from here on).
+pub(crate) struct Admitted<'a> {
+    pub(crate) file: &'a ManifestFile,
+    pub(crate) granted: Capabilities,
+}
+
+impl Pipeline {
+    pub(crate) fn new(trust: Arc<TrustState>, runtimes: Arc<Runtimes>, services: HostServices) -> Pipeline {
+        Pipeline {
+            trust,
+            allowlist: RwLock::new(default_allowlist()),
+            services,
+            runtimes,
+        }
+    }
+
+    pub(crate) fn trust(&self) -> &TrustState {
+        &self.trust
+    }
+
+    pub(crate) fn allowlist(&self) -> Capabilities {
+        *self.allowlist.read()
+    }
+
+    pub(crate) fn set_allowlist(&self, allow: Capabilities) {
+        *self.allowlist.write() = allow;
+    }
+
+    /// trust → capabilities: the manifest's signature under the host's policy, then its
+    /// requested capabilities against the allowlist. The one capability check of a load.
+    pub(crate) fn admit<'a>(&self, f: &'a ManifestFile) -> Result<Admitted<'a>> {
+        self.trust.verify_manifest(&f.path, &f.bytes, &f.manifest.name)?;
+        let requested = Capabilities::parse(&f.manifest.capabilities)
+            .map_err(|e| e.context(format!("plugin '{}'", f.manifest.name)))?;
+        Capabilities::check_allowed(requested, self.allowlist(), &f.manifest.name)?;
+        Ok(Admitted {
+            file: f,
+            granted: requested,
+        })
+    }
+
+    /// artifact → runtime → generation: read and verify the binary, start it with the
+    /// runtime the manifest names (with the previous generation's state on reload).
+    pub(crate) fn build(&self, a: &Admitted<'_>, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
+        let m = &a.file.manifest;
+        let (bin, art) = verified_binary(a.file)?;
+        let ctx = LoadContext {
+            manifest: m,
+            granted: a.granted,
+            services: self.services.clone(),
+            restored_state: restored,
+        };
+        let instance = self.runtimes.instantiate(art, &ctx)?;
+        Ok(Generation::new(number, m.clone(), bin.sha256, a.granted, instance))
+    }
+}
+
+/// deps: the order in which to initialise `files`, dependencies first, ties by name; cycles,
+/// missing dependencies and version conflicts refused (see [`crate::deps::plan`]).
+pub(crate) fn plan(files: &[ManifestFile], loaded: &deps::LoadedGraph) -> Result<Vec<usize>> {
+    let candidates: Vec<deps::Candidate> = files.iter().map(candidate).collect();
+    deps::plan(&candidates, &deps::versions(loaded))
+}
+
+/// A manifest as the dependency planner sees it.
+pub(crate) fn candidate(f: &ManifestFile) -> deps::Candidate {
+    deps::Candidate {
+        name: f.manifest.name.clone(),
+        version: f.manifest.version.clone(),
+        dependencies: f.manifest.dependencies.clone(),
+    }
+}
+
+/// Read the binary a manifest names for this platform, the way its runtime takes it (native
+/// and ThemisDB: copied into a sealed memfd; WASM: bytes in memory), and check it against the
+/// pinned digest: [`artifact::read_verified`], the same path as `keel_verify`. The bytes
+/// returned are the bytes that were hashed and are the bytes that run.
+fn verified_binary(f: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+    artifact::read_verified(f)
+}
