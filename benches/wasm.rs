@@ -214,7 +214,11 @@ fn bench(c: &mut Criterion) {
     }))
     .unwrap();
     let native_kernel = keel::runtime::native::load(
-        keel::artifact::read_sealed(&so, "compute-native").unwrap(),
+        {
+            let art = keel::artifact::read_sealed(&so, "compute-native").unwrap();
+            let pin = art.sha256_hex();
+            art.verify(&pin, "compute-native").unwrap()
+        },
         &context(&native_manifest, HostServices::default()),
     )
     .unwrap();

@@ -1,21 +1,34 @@
 //! Artifacts: a plugin binary's bytes, read once, pinned and hashed.
 //!
-//! The bytes that are hashed are the bytes that are later mapped (native) or compiled
-//! (WASM); nothing downstream opens the path again. A native binary is copied through an
-//! `O_NOFOLLOW` descriptor into a sealed memfd (no write, grow, shrink, or further seals),
-//! the memfd is hashed, and the runtime `dlopen`s `/proc/self/fd/N`: replacing or editing the
-//! file on disk after the check cannot change what runs.
+//! One path leads from a manifest's binary reference to code a runtime may run:
+//!
+//! 1. [`read`] resolves the binary *beneath* the manifest's directory without following any
+//!    symbolic link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or a component walk
+//!    with `O_NOFOLLOW` where `openat2` is unavailable), opens it `O_NONBLOCK` (a FIFO never
+//!    blocks the loader), checks on the opened descriptor that it is a regular file, and reads
+//!    it into an [`Unverified`] artifact: native binaries are copied into a sealed memfd (no
+//!    write, grow, shrink, or further seals) and the sealed copy is hashed; WASM modules are
+//!    read into memory and hashed.
+//! 2. [`Unverified::verify`] compares the SHA-256 with the digest the manifest pins and turns
+//!    the artifact into a [`Verified`] one. Runtimes accept only `Verified`.
+//!
+//! The bytes that are hashed are the bytes that are later mapped (native: the runtime
+//! `dlopen`s `/proc/self/fd/N` of the sealed memfd) or compiled (WASM); nothing downstream opens
+//! the path again, so replacing or editing the file on disk after the check cannot change what
+//! runs. The host's load path and `keel_verify` / `keel verify` both use [`read_verified`].
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Component, Path};
 
 use rustix::fs::{Mode, OFlags, SealFlags};
 
 use crate::digest;
 use crate::error::{Error, Result};
+use crate::fsio::{check_regular, open_regular_nofollow, read_flags};
+use crate::manifest::{BinaryRef, ManifestFile, RuntimeKind};
 use crate::{bail, err};
 
 /// Native binaries larger than this are refused.
@@ -23,13 +36,26 @@ pub const MAX_NATIVE_BYTES: u64 = 1 << 30;
 /// WASM modules larger than this are refused.
 pub const MAX_WASM_BYTES: u64 = 256 << 20;
 
-/// Verified bytes of one plugin binary.
+/// Bytes of one plugin binary, hashed but not yet compared with the manifest's pin.
+/// Nothing but [`Unverified::verify`] turns it into something a runtime accepts.
 #[derive(Debug)]
-pub struct Artifact {
+pub struct Unverified {
     sha256: [u8; 32],
     len: u64,
     body: Body,
 }
+
+/// Bytes of one plugin binary whose SHA-256 matched the digest pinned in its manifest.
+/// Only [`Unverified::verify`] makes one.
+#[derive(Debug)]
+pub struct Verified {
+    sha256: [u8; 32],
+    len: u64,
+    body: Body,
+}
+
+/// The name this module used before artifacts were typed: a verified artifact.
+pub type Artifact = Verified;
 
 #[derive(Debug)]
 enum Body {
@@ -39,7 +65,45 @@ enum Body {
     Bytes(std::sync::Arc<[u8]>),
 }
 
-impl Artifact {
+impl Unverified {
+    /// Lower-case hex SHA-256 of the bytes.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Compare the bytes' SHA-256 with `pinned_hex` (case-insensitive): the only way to a
+    /// [`Verified`] artifact. `KEEL_ERR_DIGEST_MISMATCH` otherwise; `what` names the binary in
+    /// the message.
+    pub fn verify(self, pinned_hex: &str, what: &str) -> Result<Verified> {
+        let expected = pinned_hex.trim().to_ascii_lowercase();
+        let actual = self.sha256_hex();
+        if expected != actual {
+            bail!(
+                KEEL_ERR_DIGEST_MISMATCH,
+                "{what}: SHA-256 of the binary is {actual}, the manifest pins {expected} (binary modified or manifest stale)"
+            );
+        }
+        Ok(Verified {
+            sha256: self.sha256,
+            len: self.len,
+            body: self.body,
+        })
+    }
+}
+
+impl Verified {
     /// Lower-case hex SHA-256 of the bytes.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)
@@ -65,7 +129,7 @@ impl Artifact {
         }
     }
 
-    /// Take ownership of the sealed memfd (native runtime keeps it open while the library
+    /// Take ownership of the sealed memfd (the native runtimes keep it open while the library
     /// is mapped).
     pub fn into_sealed_fd(self) -> Option<OwnedFd> {
         match self.body {
@@ -81,36 +145,105 @@ impl Artifact {
             Body::Sealed(_) => None,
         }
     }
+}
 
-    /// Fail with `KEEL_ERR_DIGEST_MISMATCH` unless the bytes hash to `expected_hex`
-    /// (case-insensitive).
-    pub fn check_digest(&self, expected_hex: &str, what: &str) -> Result<()> {
-        let expected = expected_hex.trim().to_ascii_lowercase();
-        let actual = self.sha256_hex();
-        if expected != actual {
+/// Map an error of resolving `rel` beneath `dir` to its cause.
+fn beneath_error(dir: &Path, rel: &Path, e: rustix::io::Errno) -> Error {
+    let full = dir.join(rel);
+    match e {
+        rustix::io::Errno::LOOP => err!(
+            KEEL_ERR_SYMLINK_REFUSED,
+            "{}: a component of the binary path '{}' is a symbolic link (refused: binaries are resolved beneath the manifest's directory without following links)",
+            full.display(),
+            rel.display()
+        ),
+        rustix::io::Errno::XDEV => err!(
+            KEEL_ERR_MANIFEST_BAD_PATH,
+            "{}: the binary path '{}' leaves the manifest's directory",
+            full.display(),
+            rel.display()
+        ),
+        rustix::io::Errno::NOTDIR => err!(
+            KEEL_ERR_FILE_NOT_FOUND,
+            "{}: a component of '{}' is not a directory",
+            full.display(),
+            rel.display()
+        ),
+        e => Error::io(&full, &std::io::Error::from(e)),
+    }
+}
+
+/// Open `rel` (relative, no `..`) beneath the directory `dir` without following any symbolic
+/// link in any component, and check it is a regular file.
+pub fn open_beneath(dir: &Path, rel: &Path) -> Result<(File, u64)> {
+    for c in rel.components() {
+        if !matches!(c, Component::Normal(_) | Component::CurDir) {
             bail!(
-                KEEL_ERR_DIGEST_MISMATCH,
-                "{what}: SHA-256 of the binary is {actual}, the manifest pins {expected} (binary modified or manifest stale)"
+                KEEL_ERR_MANIFEST_BAD_PATH,
+                "'{}' must be a relative path inside the manifest's directory",
+                rel.display()
             );
         }
-        Ok(())
+    }
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let dirfd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io(dir, &std::io::Error::from(e)))?;
+    let resolve = rustix::fs::ResolveFlags::BENEATH
+        | rustix::fs::ResolveFlags::NO_SYMLINKS
+        | rustix::fs::ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(&dirfd, rel, read_flags(true), Mode::empty(), resolve) {
+        Ok(fd) => check_regular(fd, &dir.join(rel)),
+        // No openat2 (kernel before 5.6, or filtered by seccomp): walk the components.
+        Err(rustix::io::Errno::NOSYS) | Err(rustix::io::Errno::PERM) => walk_beneath(dirfd, dir, rel),
+        Err(e) => Err(beneath_error(dir, rel, e)),
     }
 }
 
-fn open_nofollow(path: &Path) -> Result<(File, u64)> {
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io(path, &std::io::Error::from(e)))?;
-    let file = File::from(fd);
-    let meta = file.metadata().map_err(|e| Error::io(path, &e))?;
-    if !meta.is_file() {
-        bail!(KEEL_ERR_IO, "{}: not a regular file", path.display());
+/// The fallback of [`open_beneath`]: open every directory component with
+/// `O_DIRECTORY | O_NOFOLLOW` relative to the previous one, then the file with `O_NOFOLLOW`.
+#[doc(hidden)]
+pub fn walk_beneath(dirfd: OwnedFd, dir: &Path, rel: &Path) -> Result<(File, u64)> {
+    let parts: Vec<_> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some((last, dirs)) = parts.split_last() else {
+        bail!(
+            KEEL_ERR_MANIFEST_BAD_PATH,
+            "the binary path '{}' is empty",
+            rel.display()
+        );
+    };
+    let mut cur = dirfd;
+    for d in dirs {
+        cur = rustix::fs::openat(
+            &cur,
+            *d,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            // O_DIRECTORY | O_NOFOLLOW on a symbolic link fails with ENOTDIR: say which it was.
+            let link = e == rustix::io::Errno::NOTDIR
+                && rustix::fs::statat(&cur, *d, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink);
+            beneath_error(dir, rel, if link { rustix::io::Errno::LOOP } else { e })
+        })?;
     }
-    Ok((file, meta.len()))
+    let fd =
+        rustix::fs::openat(&cur, *last, read_flags(true), Mode::empty()).map_err(|e| beneath_error(dir, rel, e))?;
+    check_regular(fd, &dir.join(rel))
 }
 
-/// Copy a native binary into a sealed memfd and hash the sealed copy.
-pub fn read_sealed(path: &Path, label: &str) -> Result<Artifact> {
-    let (mut file, len) = open_nofollow(path)?;
+/// Copy an opened native binary into a sealed memfd and hash the sealed copy.
+fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified> {
     if len > MAX_NATIVE_BYTES {
         bail!(
             KEEL_ERR_FILE_TOO_LARGE,
@@ -153,16 +286,15 @@ pub fn read_sealed(path: &Path, label: &str) -> Result<Artifact> {
         hasher.update(&buf[..n]);
         off += n as u64;
     }
-    Ok(Artifact {
+    Ok(Unverified {
         sha256: hasher.finalize(),
         len: off,
         body: Body::Sealed(OwnedFd::from(dst)),
     })
 }
 
-/// Read a module into memory (O_NOFOLLOW) and hash it.
-pub fn read_bytes(path: &Path) -> Result<Artifact> {
-    let (file, len) = open_nofollow(path)?;
+/// Read an opened WASM module into memory and hash it.
+fn slurp(file: File, len: u64, path: &Path) -> Result<Unverified> {
     if len > MAX_WASM_BYTES {
         bail!(
             KEEL_ERR_FILE_TOO_LARGE,
@@ -184,11 +316,53 @@ pub fn read_bytes(path: &Path) -> Result<Artifact> {
     Ok(from_bytes(buf))
 }
 
+/// Read the binary `bin` names, for `runtime`, beneath the manifest's directory (see the
+/// module documentation). `label` names the memfd (`keel:<label>`).
+pub fn read(bin: &BinaryRef, runtime: RuntimeKind, label: &str) -> Result<Unverified> {
+    let (file, len) = open_beneath(&bin.dir, &bin.relative)?;
+    match runtime {
+        RuntimeKind::Wasm => slurp(file, len, &bin.path),
+        RuntimeKind::Native | RuntimeKind::Themis => seal(file, len, &bin.path, label),
+    }
+}
+
+/// The binary a manifest names for this platform, read as a load reads it ([`read`]) but not
+/// yet compared with the pin (tools show both digests).
+pub fn read_for(mf: &ManifestFile) -> Result<(BinaryRef, Unverified)> {
+    let bin = mf.manifest.binary_for_platform(&mf.dir())?;
+    let art = read(&bin, mf.manifest.runtime, &mf.manifest.name)?;
+    Ok((bin, art))
+}
+
+/// The one read-and-check path of the host's load and of `keel_verify`: the binary for this
+/// platform, read beneath the manifest's directory and checked against the pinned digest
+/// (`KEEL_ERR_DIGEST_MISMATCH`).
+pub fn read_verified(mf: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+    let (bin, art) = read_for(mf)?;
+    let what = format!("plugin '{}' binary {}", mf.manifest.name, bin.path.display());
+    let art = art.verify(&bin.sha256, &what)?;
+    Ok((bin, art))
+}
+
+/// Copy the native binary at `path` (final component `O_NOFOLLOW`, regular file) into a
+/// sealed memfd and hash it. For tools and tests; loads go through [`read`].
+pub fn read_sealed(path: &Path, label: &str) -> Result<Unverified> {
+    let (file, len) = open_regular_nofollow(path)?;
+    seal(file, len, path, label)
+}
+
+/// Read the module at `path` (final component `O_NOFOLLOW`, regular file) into memory and hash
+/// it. For tools and tests; loads go through [`read`].
+pub fn read_bytes(path: &Path) -> Result<Unverified> {
+    let (file, len) = open_regular_nofollow(path)?;
+    slurp(file, len, path)
+}
+
 /// An artifact from bytes already in memory.
-pub fn from_bytes(bytes: Vec<u8>) -> Artifact {
+pub fn from_bytes(bytes: Vec<u8>) -> Unverified {
     let sha256 = digest::sha256(&bytes);
     let len = bytes.len() as u64;
-    Artifact {
+    Unverified {
         sha256,
         len,
         body: Body::Bytes(bytes.into()),
@@ -198,4 +372,40 @@ pub fn from_bytes(bytes: Vec<u8>) -> Artifact {
 /// `/proc/self/fd/N` for a descriptor.
 pub fn proc_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::keel_status;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("keel-artifact-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn walk_fallback_refuses_a_symlinked_directory_and_reads_a_plain_path() {
+        let d = tmp("walk");
+        let outside = tmp("walk-outside");
+        std::fs::write(outside.join("lib.so"), b"outside").unwrap();
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/lib.so"), b"inside").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("escape")).unwrap();
+        let dirfd = || rustix::fs::open(&d, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let e = walk_beneath(dirfd(), &d, Path::new("escape/lib.so")).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_SYMLINK_REFUSED, "{e}");
+        let (mut f, len) = walk_beneath(dirfd(), &d, Path::new("sub/lib.so")).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        assert_eq!((s.as_str(), len), ("inside", 6));
+        // The same through openat2.
+        let e = open_beneath(&d, Path::new("escape/lib.so")).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_SYMLINK_REFUSED, "{e}");
+        assert_eq!(open_beneath(&d, Path::new("./sub/lib.so")).unwrap().1, 6);
+        let e = open_beneath(&d, Path::new("sub")).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_NOT_REGULAR_FILE, "{e}");
+    }
 }

@@ -35,7 +35,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// SHA-256 of a file, streamed in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
+    let (mut f, _) = crate::fsio::open_regular(path)?;
     let mut h = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -11,6 +11,13 @@ use std::fmt;
 /// Blocks: 1xx argument/ABI misuse, 2xx not found, 3xx manifest, 4xx trust,
 /// 5xx dependency, 6xx capability, 7xx runtime, 8xx limit, 9xx state/lifecycle,
 /// 10xx internal.
+///
+/// What Keel guarantees: bad input (files, manifests, signatures, WASM modules, a native
+/// plugin's vtable and lengths, C ABI arguments) is refused with one of these codes, the host
+/// keeps serving and its registry is unchanged; no panic, C++ exception or unwinding crosses
+/// the ABI. What it cannot: a native (or ThemisDB C++) plugin runs in-process, so a native
+/// plugin that segfaults, aborts or corrupts memory takes the whole process down; run
+/// untrusted native code in WASM (or out of process) instead. See docs/errors.md.
 #[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumIter, strum::IntoStaticStr, strum::FromRepr)]
@@ -30,6 +37,9 @@ pub enum keel_status {
     KEEL_ERR_SYMLINK_REFUSED = 104,
     /// A file is larger than Keel accepts for its kind.
     KEEL_ERR_FILE_TOO_LARGE = 105,
+    /// A file Keel reads (manifest, binary, `.sig`, trust store) is not a regular file (a FIFO,
+    /// socket, device or directory), checked on the opened descriptor; refused without blocking.
+    KEEL_ERR_NOT_REGULAR_FILE = 106,
 
     // 2xx: something named does not exist.
     /// No plugin with that name is loaded.
@@ -128,6 +138,10 @@ pub enum keel_status {
     KEEL_ERR_UNSUPPORTED = 708,
     /// The plugin violated the ABI contract (bad pointer, bad length from the guest).
     KEEL_ERR_PLUGIN_ABI_VIOLATION = 709,
+    /// The shared library is not a well-formed ELF image for this machine (header, program
+    /// headers or a segment's file range outside the file, e.g. a truncated library); refused
+    /// before `dlopen` maps it.
+    KEEL_ERR_LIBRARY_MALFORMED = 710,
 
     // 8xx: limits.
     /// The guest hit its memory cap.
@@ -237,6 +251,8 @@ impl Error {
         let status = match err.kind() {
             std::io::ErrorKind::NotFound => keel_status::KEEL_ERR_FILE_NOT_FOUND,
             _ if err.raw_os_error() == Some(libc::ELOOP) => keel_status::KEEL_ERR_SYMLINK_REFUSED,
+            // open(2) of a Unix socket.
+            _ if err.raw_os_error() == Some(libc::ENXIO) => keel_status::KEEL_ERR_NOT_REGULAR_FILE,
             _ => keel_status::KEEL_ERR_IO,
         };
         let what = if status == keel_status::KEEL_ERR_SYMLINK_REFUSED {

@@ -6,6 +6,7 @@
 //! (`ffi`, header `include/keel/keel.h`) is a thin layer over [`host::Host`].
 
 pub mod error;
+pub mod fsio;
 
 pub mod artifact;
 pub mod barrier;

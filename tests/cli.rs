@@ -392,3 +392,81 @@ fn help_documents_the_exit_codes() {
         o.stdout
     );
 }
+
+/// Run keel, failing (instead of hanging) if it has not exited after a minute; the FIFOs are
+/// then opened for writing to release it.
+fn keel_bounded(args: &[&str], fifos: &[&Path]) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run keel");
+    for _ in 0..6000 {
+        if child.try_wait().unwrap().is_some() {
+            let o = child.wait_with_output().unwrap();
+            return Out {
+                code: o.status.code().expect("keel exited normally"),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    for f in fifos {
+        let _ = std::fs::OpenOptions::new().write(true).open(f);
+    }
+    panic!("keel {args:?} hung");
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn hostile_files_get_their_exit_codes_and_never_hang() {
+    let (dir, manifest) = plugin("cli-hostile", "hostile");
+    // A FIFO as the manifest: exit 8 (KEEL_ERR_NOT_REGULAR_FILE), for validate, verify, inspect.
+    let fifo = dir.join("fifo.json");
+    mkfifo(&fifo);
+    for cmd in ["validate", "verify", "inspect"] {
+        let o = keel_bounded(
+            &[cmd, p(&fifo), "--allow-unsigned"][..if cmd == "verify" { 3 } else { 2 }],
+            &[&fifo],
+        );
+        assert_eq!(o.code, 8, "{cmd}: {}{}", o.stdout, o.stderr);
+        assert!(o.stderr.contains("KEEL_ERR_NOT_REGULAR_FILE"), "{}", o.stderr);
+    }
+    // Duplicate keys: 11 (schema), naming the key; a JSON array: 15 (unknown format).
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let dup = dir.join("dup.json");
+    std::fs::write(&dup, text.replacen('{', "{\"name\": \"shadow\",", 1)).unwrap();
+    let o = expect(["validate", p(&dup)], 11);
+    assert!(o.stderr.contains("duplicate key \"name\""), "{}", o.stderr);
+    let arr = dir.join("array.json");
+    std::fs::write(&arr, format!("[{text}]")).unwrap();
+    expect(["validate", p(&arr)], 15);
+    // The binary behind a symlinked directory: 5; a FIFO as the binary: 8.
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let so = dir.join(v["binary"]["linux"].as_str().unwrap());
+    let outside = common::tempdir("cli-hostile-outside");
+    std::fs::copy(&so, outside.join("lib.so")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("escape")).unwrap();
+    let mut esc = v.clone();
+    esc["binary"] = json!({"linux": "escape/lib.so"});
+    let esc_path = dir.join("escape.json");
+    std::fs::write(&esc_path, serde_json::to_vec(&esc).unwrap()).unwrap();
+    expect(["verify", p(&esc_path), "--allow-unsigned"], 5);
+    let bin_fifo = dir.join("fifo.so");
+    mkfifo(&bin_fifo);
+    let mut ff = v.clone();
+    ff["binary"] = json!({"linux": "fifo.so"});
+    let ff_path = dir.join("fifobin.json");
+    std::fs::write(&ff_path, serde_json::to_vec(&ff).unwrap()).unwrap();
+    let o = keel_bounded(&["verify", p(&ff_path), "--allow-unsigned"], &[&bin_fifo]);
+    assert_eq!(o.code, 8, "{}{}", o.stdout, o.stderr);
+}

@@ -173,7 +173,8 @@ fn malformed_manifests_get_precise_codes() {
             KEEL_ERR_MANIFEST_PARSE,
         ),
         ("notjson", b"\x00\x01garbage".to_vec(), KEEL_ERR_MANIFEST_PARSE),
-        ("array", b"[1,2,3]".to_vec(), KEEL_ERR_MANIFEST_SCHEMA),
+        // A JSON array is neither format (issue 13: it used to be reported as a schema error).
+        ("array", b"[1,2,3]".to_vec(), KEEL_ERR_MANIFEST_UNKNOWN_FORMAT),
         (
             "unknown-format",
             b"{\"hello\": 1}".to_vec(),
@@ -497,8 +498,10 @@ fn replaced_file_after_verification_never_runs() {
     let manifest_path = common::write_manifest(&dir, "echo", "1.0.0", &so, serde_json::json!({}));
     let mf = keel::manifest::read_file(&manifest_path).unwrap();
     let bin = mf.manifest.binary_for_platform(&dir).unwrap();
-    let art = keel::artifact::read_sealed(&bin.path, "echo").unwrap();
-    art.check_digest(&bin.sha256, "echo").unwrap();
+    let art = keel::artifact::read_sealed(&bin.path, "echo")
+        .unwrap()
+        .verify(&bin.sha256, "echo")
+        .unwrap();
     // Attacker swaps the file (rename over it, and also overwrite in place).
     common::build_native("echo", &["ECHO_TAG=\"swapped\""], &dir, "libecho.so");
     let ctx = keel::runtime::LoadContext {
@@ -523,6 +526,8 @@ fn sealed_artifact_cannot_be_modified() {
     let dir = common::tempdir("sealed");
     let so = common::build_native("echo", &[], &dir, "libecho.so");
     let art = keel::artifact::read_sealed(&so, "echo").unwrap();
+    let pin = art.sha256_hex();
+    let art = art.verify(&pin, "echo").unwrap();
     let fd = art.sealed_fd().unwrap();
     let path = keel::artifact::proc_path(fd);
     // Opening the memfd for writing succeeds, but writing is refused by the seals.

@@ -28,6 +28,13 @@
  * Blocks: 1xx argument/ABI misuse, 2xx not found, 3xx manifest, 4xx trust,
  * 5xx dependency, 6xx capability, 7xx runtime, 8xx limit, 9xx state/lifecycle,
  * 10xx internal.
+ *
+ * What Keel guarantees: bad input (files, manifests, signatures, WASM modules, a native
+ * plugin's vtable and lengths, C ABI arguments) is refused with one of these codes, the host
+ * keeps serving and its registry is unchanged; no panic, C++ exception or unwinding crosses
+ * the ABI. What it cannot: a native (or ThemisDB C++) plugin runs in-process, so a native
+ * plugin that segfaults, aborts or corrupts memory takes the whole process down; run
+ * untrusted native code in WASM (or out of process) instead. See docs/errors.md.
  */
 enum keel_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -59,6 +66,11 @@ enum keel_status
    * A file is larger than Keel accepts for its kind.
    */
   KEEL_ERR_FILE_TOO_LARGE = 105,
+  /**
+   * A file Keel reads (manifest, binary, `.sig`, trust store) is not a regular file (a FIFO,
+   * socket, device or directory), checked on the opened descriptor; refused without blocking.
+   */
+  KEEL_ERR_NOT_REGULAR_FILE = 106,
   /**
    * No plugin with that name is loaded.
    */
@@ -231,6 +243,12 @@ enum keel_status
    * The plugin violated the ABI contract (bad pointer, bad length from the guest).
    */
   KEEL_ERR_PLUGIN_ABI_VIOLATION = 709,
+  /**
+   * The shared library is not a well-formed ELF image for this machine (header, program
+   * headers or a segment's file range outside the file, e.g. a truncated library); refused
+   * before `dlopen` maps it.
+   */
+  KEEL_ERR_LIBRARY_MALFORMED = 710,
   /**
    * The guest hit its memory cap.
    */

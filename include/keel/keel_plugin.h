@@ -22,6 +22,12 @@
  * what went wrong; the host reports KEEL_ERR_CALL_FAILED / KEEL_ERR_INIT_FAILED with it.
  * A plugin must not let a C++ exception or a longjmp cross any of these functions.
  *
+ * Containment: the plugin runs in the host's process. The host checks what the plugin
+ * reports (the vtable is copied once according to `struct_size`; `function_count` and every
+ * function name are bounded and must be readable; a write refused for the output limit fails
+ * the call whatever `call` returns), but a plugin that segfaults, aborts or corrupts memory
+ * takes the whole process down. Untrusted code belongs in a WASM plugin.
+ *
  * Plain C99; usable from C++ (extern "C").
  */
 #ifndef KEEL_PLUGIN_H

@@ -35,6 +35,11 @@ const EXIT_CODES: &[(u8, Option<keel_status>, &str)] = {
             Some(KEEL_ERR_INVALID_ARGUMENT),
             "bad argument (secret key file unreadable/invalid/too open, bad comment)",
         ),
+        (
+            8,
+            Some(KEEL_ERR_NOT_REGULAR_FILE),
+            "a file is not a regular file (FIFO, socket, device, directory)",
+        ),
         (10, Some(KEEL_ERR_MANIFEST_PARSE), "manifest is not valid JSON"),
         (11, Some(KEEL_ERR_MANIFEST_SCHEMA), "manifest violates the schema"),
         (

@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::artifact::Artifact;
+use crate::artifact::{self, Verified};
 use crate::capability::Capabilities;
 use crate::deps;
 use crate::error::Result;
 use crate::manifest::{BinaryRef, ManifestFile};
 use crate::registry::Generation;
 use crate::runtime::{HostServices, LoadContext, Runtimes};
-use crate::trust::{self, TrustState};
+use crate::trust::TrustState;
 
 /// Capabilities a node allows unless configured otherwise: the ones that reach nothing
 /// outside the plugin's own namespace.
@@ -117,8 +117,8 @@ pub(crate) fn candidate(f: &ManifestFile) -> deps::Candidate {
 
 /// Read the binary a manifest names for this platform, the way its runtime takes it (native
 /// and ThemisDB: copied into a sealed memfd; WASM: bytes in memory), and check it against the
-/// pinned digest: the bytes returned are the bytes that were hashed and are the bytes that run.
-/// The same read and check as `keel verify` (one implementation, [`trust::check_binary`]).
-fn verified_binary(f: &ManifestFile) -> Result<(BinaryRef, Artifact)> {
-    trust::check_binary(f)
+/// pinned digest: [`artifact::read_verified`], the same path as `keel_verify`. The bytes
+/// returned are the bytes that were hashed and are the bytes that run.
+fn verified_binary(f: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+    artifact::read_verified(f)
 }

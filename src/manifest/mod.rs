@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::{bail, err};
 
 /// The embedded JSON Schema of Keel manifests (draft 2020-12).
@@ -140,8 +140,13 @@ pub struct ManifestFile {
 pub struct BinaryRef {
     /// The platform key that matched (e.g. `linux-x86_64`).
     pub platform: String,
-    /// Absolute path: manifest directory joined with the relative path.
+    /// Manifest directory joined with the relative path (for messages: the binary is opened
+    /// as `relative` beneath `dir`, see [`crate::artifact::read`]).
     pub path: PathBuf,
+    /// The manifest's directory.
+    pub dir: PathBuf,
+    /// The path the manifest names, relative to `dir`.
+    pub relative: PathBuf,
     /// Lower-case hex SHA-256 pinned by the manifest.
     pub sha256: String,
 }
@@ -202,8 +207,13 @@ pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| err!(KEEL_ERR_MANIFEST_PARSE, "manifest is not valid JSON: {e}"))?;
     if !value.is_object() {
-        bail!(KEEL_ERR_MANIFEST_SCHEMA, "manifest must be a JSON object (rule: type)");
+        bail!(
+            KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
+            "manifest is a JSON {}, not an object: neither a Keel manifest nor a ThemisDB plugin.json",
+            json_kind(&value)
+        );
     }
+    check_duplicate_keys(bytes)?;
     match detect_format(&value) {
         Some(ManifestFormat::Keel) => Ok((ManifestFormat::Keel, parse_keel_value(value)?)),
         Some(ManifestFormat::ThemisDb) => Ok((ManifestFormat::ThemisDb, themis::convert(&value)?)),
@@ -211,6 +221,96 @@ pub fn parse(bytes: &[u8]) -> Result<(ManifestFormat, Manifest)> {
             KEEL_ERR_MANIFEST_UNKNOWN_FORMAT,
             "manifest is neither a Keel manifest (no \"manifest_version\") nor a ThemisDB plugin.json (no \"name\")"
         ),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Refuse a document in which an object has the same key twice (`KEEL_ERR_MANIFEST_SCHEMA`,
+/// naming the key and the JSON path of the object): JSON parsers disagree on which one wins,
+/// so a signed manifest could mean one thing to Keel and another to a tool. `bytes` must
+/// already parse as JSON (nesting depth is bounded by the parser).
+pub fn check_duplicate_keys(bytes: &[u8]) -> Result<()> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+
+    struct Node<'p>(&'p str);
+
+    impl<'de> DeserializeSeed<'de> for Node<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Node<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            let mut i = 0usize;
+            while seq.next_element_seed(Node(&format!("{}/{i}", self.0)))?.is_some() {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let escaped = key.replace('~', "~0").replace('/', "~1");
+                if !seen.insert(key.clone()) {
+                    let at = if self.0.is_empty() { "/" } else { self.0 };
+                    return Err(A::Error::custom(format!(
+                        "\u{0}duplicate key \"{key}\" in the object at {at} (rule: unique keys)\u{0}"
+                    )));
+                }
+                map.next_value_seed(Node(&format!("{}/{escaped}", self.0)))?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match Node("").deserialize(&mut de) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The message between the NUL markers is ours; serde_json appends the position.
+            let text = e.to_string();
+            let msg = text.split('\u{0}').nth(1).unwrap_or(&text).to_string();
+            Err(err!(
+                KEEL_ERR_MANIFEST_SCHEMA,
+                "manifest is ambiguous: {msg} at line {} column {}",
+                e.line(),
+                e.column()
+            ))
+        }
     }
 }
 
@@ -254,34 +354,26 @@ pub fn read_file(path: &Path) -> Result<ManifestFile> {
     })
 }
 
-/// Read a whole small file, refusing anything larger than `cap` bytes.
+/// Read a whole small regular file, refusing anything larger than `cap` bytes (see
+/// [`crate::fsio::read_capped`]: never blocks on a FIFO, `KEEL_ERR_NOT_REGULAR_FILE`).
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, &e))?;
-    let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
-    if !meta.is_file() {
-        bail!(KEEL_ERR_IO, "{}: not a regular file", path.display());
+    crate::fsio::read_capped(path, cap)
+}
+
+impl ManifestFile {
+    /// The directory the manifest's binary paths are relative to: the manifest's parent
+    /// directory (`.` for a bare file name).
+    pub fn dir(&self) -> PathBuf {
+        manifest_dir(&self.path)
     }
-    if meta.len() > cap {
-        bail!(
-            KEEL_ERR_FILE_TOO_LARGE,
-            "{}: {} bytes, more than the {} accepted",
-            path.display(),
-            meta.len(),
-            cap
-        );
+}
+
+/// The directory a manifest at `path` resolves its binaries in (`.` for a bare file name).
+pub fn manifest_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(cap + 1).read_to_end(&mut buf).map_err(|e| Error::io(path, &e))?;
-    if buf.len() as u64 > cap {
-        bail!(
-            KEEL_ERR_FILE_TOO_LARGE,
-            "{}: grew past {} bytes while being read",
-            path.display(),
-            cap
-        );
-    }
-    Ok(buf)
 }
 
 impl Manifest {
@@ -334,6 +426,8 @@ impl Manifest {
                 return Ok(BinaryRef {
                     platform: key,
                     path: manifest_dir.join(rel),
+                    dir: manifest_dir.to_path_buf(),
+                    relative: PathBuf::from(rel),
                     sha256,
                 });
             }
@@ -413,6 +507,26 @@ mod tests {
         v["binary"]["linux"] = Value::from("../evil.so");
         let e = parse_keel_value(v).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_BAD_PATH);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_key_and_path() {
+        let e = parse(br#"{"manifest_version": 1, "name": "a", "name": "b"}"#).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_SCHEMA);
+        assert!(e.message().contains("duplicate key \"name\" in the object at /"), "{e}");
+        let e = parse(br#"{"manifest_version": 1, "limits": {"a/b": 1, "x": {"k": 1, "k": 2}}}"#).unwrap_err();
+        assert!(e.message().contains("\"k\" in the object at /limits/x"), "{e}");
+        let e = parse(br#"{"name": "t", "binary": {}, "deps": [{"x": 1}, {"y": 1, "y": 1}]}"#).unwrap_err();
+        assert!(e.message().contains("\"y\" in the object at /deps/1"), "{e}");
+        assert!(!e.message().contains('\u{0}'), "{e}");
+    }
+
+    #[test]
+    fn a_json_array_is_an_unknown_format() {
+        for doc in [&b"[]"[..], b"[{\"manifest_version\": 1}]", b"\"x\"", b"null"] {
+            let e = parse(doc).unwrap_err();
+            assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_UNKNOWN_FORMAT, "{e}");
+        }
     }
 
     #[test]

@@ -65,10 +65,11 @@ use std::ffi::{c_void, CString};
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::{Map, Value};
 
-use crate::artifact::Artifact;
+use crate::artifact::Verified;
 use crate::error::Result;
 use crate::manifest::themis::LEGACY_TYPES;
-use crate::runtime::native::{max_output, with_output, RawOutput, SealedLibrary};
+use crate::runtime::output::{max_output, with_output, with_output_checked, RawOutput};
+use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
 
@@ -114,7 +115,7 @@ const MAX_NAME: usize = 4096;
 mod sys {
     use std::ffi::{c_char, c_void};
 
-    use crate::runtime::native::RawOutput;
+    use crate::runtime::output::RawOutput;
 
     /// Mirror of `keel_themis_info`.
     #[repr(C)]
@@ -245,11 +246,13 @@ pub struct LegacyInstance {
 // `serial` unless the plugin declared itself thread_safe (ThemisDB's contract for concurrent
 // use), and the registry never drops an instance while a call is in flight.
 unsafe impl Send for LegacyInstance {}
+// SAFETY: as for Send: shared use goes through the shim under `serial` (or the plugin's own
+// thread_safe promise).
 unsafe impl Sync for LegacyInstance {}
 
 /// Load a ThemisDB plugin from a verified artifact: create, describe, initialise and, on
 /// reload, restore its state (see the module documentation).
-pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<LegacyInstance> {
+pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<LegacyInstance> {
     let name = &ctx.manifest.name;
     let lib = SealedLibrary::open(artifact, name)?;
     let create = lib.symbol(CREATE_SYMBOL).ok_or_else(|| {
@@ -395,10 +398,16 @@ impl LegacyInstance {
 
     /// `saveState()` appended to `out` (at most `max` bytes). Caller holds the lock.
     fn save_into(&self, out: &mut Vec<u8>, max: usize) -> (i32, String) {
-        // SAFETY: the object is live; sinks are valid for the call.
-        with_output(out, max, |o| {
+        let ((rc, msg), refused) = with_output_checked(out, max, |o| {
+            // SAFETY: the object is live; sinks are valid for the call.
             shim(|e| unsafe { keel_themis_shim_save_state(self.plugin, o, e) })
-        })
+        });
+        // A refused write fails the call whatever the shim reports.
+        if refused {
+            (RC_SINK_FULL, msg)
+        } else {
+            (rc, msg)
+        }
     }
 }
 
@@ -566,11 +575,21 @@ mod tests {
 
     #[test]
     fn shim_refuses_null_arguments_without_touching_them() {
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_create(std::ptr::null_mut(), std::ptr::null_mut(), e) });
+        // The shim checks every argument for NULL before touching it (what is tested here).
+        let (rc, _) = shim(|e| {
+            // SAFETY: NULL plugin arguments are refused by the shim; `e` is a live sink.
+            unsafe { keel_themis_shim_create(std::ptr::null_mut(), std::ptr::null_mut(), e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_initialize(std::ptr::null_mut(), c"{}".as_ptr(), e) });
+        let (rc, _) = shim(|e| {
+            // SAFETY: as above.
+            unsafe { keel_themis_shim_initialize(std::ptr::null_mut(), c"{}".as_ptr(), e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
-        let (rc, _) = shim(|e| unsafe { keel_themis_shim_restore_state(std::ptr::null_mut(), std::ptr::null(), 0, e) });
+        let (rc, _) = shim(|e| {
+            // SAFETY: as above.
+            unsafe { keel_themis_shim_restore_state(std::ptr::null_mut(), std::ptr::null(), 0, e) }
+        });
         assert_eq!(rc, RC_BAD_ARGUMENT);
         assert_eq!(
             describe(RC_BAD_ARGUMENT, String::new()),

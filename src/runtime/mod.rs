@@ -6,6 +6,8 @@
 
 pub mod legacy;
 pub mod native;
+pub mod output;
+pub mod shared_lib;
 pub mod wasm;
 
 use std::collections::HashMap;

@@ -5,15 +5,20 @@
 //! that no other library can be loaded under the same `/proc/self/fd/N` name (glibc matches
 //! already-loaded objects by name first).
 
-use std::ffi::{c_char, c_void, CStr};
-use std::os::fd::OwnedFd;
+use std::ffi::{c_char, c_void};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use parking_lot::Mutex;
 
-use crate::artifact::{self, Artifact};
+use crate::artifact::Verified;
 use crate::capability::Capabilities;
 use crate::error::Result;
-use crate::manifest::Manifest;
+pub(crate) use crate::runtime::output::max_output;
+use crate::runtime::output::WRITE_REFUSED;
+pub use crate::runtime::output::{
+    output_write, with_output, with_output_checked, OutputSink, RawOutput, DEFAULT_MAX_OUTPUT,
+};
+pub use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
 use crate::{bail, err};
 
@@ -23,13 +28,13 @@ pub const ABI_VERSION: u32 = 1;
 pub const ENTRY_SYMBOL: &[u8] = b"keel_plugin_entry\0";
 /// `KEEL_PLUGIN_FLAG_SERIAL`.
 pub const FLAG_SERIAL: u32 = 1;
-
-/// Mirror of `keel_output`.
-#[repr(C)]
-pub struct RawOutput {
-    pub ctx: *mut c_void,
-    pub write: unsafe extern "C" fn(ctx: *mut c_void, data: *const u8, len: usize) -> i32,
-}
+/// A vtable may list at most this many functions (`function_count`); more is refused.
+pub const MAX_FUNCTIONS: u32 = 4096;
+/// A function name may be at most this many bytes (without the NUL); longer is refused.
+pub const MAX_FUNCTION_NAME: usize = 255;
+/// What a host-API entry returns when the embedder's service panicked (the panic is caught;
+/// the plugin sees an error status).
+pub const API_PANICKED: i32 = -3;
 
 /// Mirror of `keel_host_api`.
 #[repr(C)]
@@ -68,70 +73,50 @@ pub struct RawVtable {
 /// The fields every ABI-1 vtable has (up to and including `shutdown`).
 const MIN_VTABLE_SIZE: usize = std::mem::offset_of!(RawVtable, save_state);
 
-/// Where an output writer appends, and how much it may.
-pub struct OutputSink<'a> {
-    pub buf: &'a mut Vec<u8>,
-    pub max: usize,
-}
-
-/// `keel_output.write`: append to the sink, refusing past its limit.
-pub unsafe extern "C" fn output_write(ctx: *mut c_void, data: *const u8, len: usize) -> i32 {
-    if ctx.is_null() || (data.is_null() && len != 0) {
-        return -1;
-    }
-    // SAFETY: ctx is the OutputSink the host passed for the duration of this hook.
-    let sink = unsafe { &mut *(ctx as *mut OutputSink<'_>) };
-    if sink.buf.len().saturating_add(len) > sink.max {
-        return -2;
-    }
-    if len != 0 {
-        // SAFETY: the plugin promises `data` points to `len` readable bytes.
-        sink.buf
-            .extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
-    }
-    0
-}
-
-/// Run `f` with a `keel_output` whose writes append to `buf` up to `max` bytes in all.
-#[inline]
-pub fn with_output<R>(buf: &mut Vec<u8>, max: usize, f: impl FnOnce(&RawOutput) -> R) -> R {
-    let mut sink = OutputSink { buf, max };
-    let out = RawOutput {
-        ctx: &mut sink as *mut OutputSink<'_> as *mut c_void,
-        write: output_write,
-    };
-    f(&out)
-}
-
 /// What the host API entries reach through `ctx`.
 struct HostApiCtx {
     plugin: String,
     services: HostServices,
 }
 
+/// Run a host-API entry's body behind a panic boundary: a panic in the embedder's service
+/// (log sink, key-value store) or in Keel becomes `on_panic` for the plugin instead of
+/// unwinding into C.
+#[inline]
+fn guarded<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(on_panic)
+}
+
+/// # Safety
+/// `ctx` is the `HostApiCtx` of the table handed to the plugin (or NULL); `msg` points to
+/// `len` readable bytes (or is NULL with `len == 0`).
 unsafe extern "C" fn api_log(ctx: *mut c_void, level: i32, msg: *const c_char, len: usize) {
     if ctx.is_null() || (msg.is_null() && len != 0) {
         return;
     }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
     let c = unsafe { &*(ctx as *const HostApiCtx) };
-    let bytes = if len == 0 {
-        &[][..]
-    } else {
-        unsafe { std::slice::from_raw_parts(msg as *const u8, len) }
+    // SAFETY: per the ABI the plugin passes `len` readable bytes (non-NULL checked above).
+    let Some(bytes) = (unsafe { bytes(msg as *const u8, len) }) else {
+        return;
     };
-    let text = String::from_utf8_lossy(bytes);
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    guarded((), || {
+        let text = String::from_utf8_lossy(bytes);
         (c.services.log)(&c.plugin, LogLevel::from_i32(level), &text)
-    }));
+    })
 }
 
 unsafe extern "C" fn api_now(_ctx: *mut c_void) -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    guarded(0, || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
+    })
 }
 
+/// # Safety
+/// `buf` points to `len` writable bytes (or is NULL with `len == 0`).
 unsafe extern "C" fn api_random(_ctx: *mut c_void, buf: *mut u8, len: usize) -> i32 {
     if buf.is_null() && len != 0 {
         return -1;
@@ -139,43 +124,55 @@ unsafe extern "C" fn api_random(_ctx: *mut c_void, buf: *mut u8, len: usize) -> 
     if len == 0 {
         return 0;
     }
+    // SAFETY: per the ABI `buf` holds `len` writable bytes (non-NULL checked above).
     let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-    match rand_core::OsRng.try_fill_bytes(out) {
+    guarded(API_PANICKED, || match rand_core::OsRng.try_fill_bytes(out) {
         Ok(()) => 0,
         Err(_) => -1,
-    }
+    })
 }
 
+/// # Safety
+/// `p` points to `len` readable bytes that stay valid for `'a`, or is NULL.
 unsafe fn bytes<'a>(p: *const u8, len: usize) -> Option<&'a [u8]> {
     if len == 0 {
         Some(&[])
     } else if p.is_null() {
         None
     } else {
+        // SAFETY: non-NULL, and the caller guarantees `len` readable bytes.
         Some(unsafe { std::slice::from_raw_parts(p, len) })
     }
 }
 
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `key` points to `key_len` readable bytes; `out` is a
+/// live `keel_output`.
 unsafe extern "C" fn api_kv_get(ctx: *mut c_void, key: *const u8, key_len: usize, out: *const RawOutput) -> i32 {
     if ctx.is_null() || out.is_null() {
         return -1;
     }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
     let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
     let Some(key) = (unsafe { bytes(key, key_len) }) else {
         return -1;
     };
-    match c.services.kv.get(&c.plugin, key) {
-        Some(v) => {
-            let out = unsafe { &*out };
-            if unsafe { (out.write)(out.ctx, v.as_ptr(), v.len()) } != 0 {
-                return -2;
-            }
-            0
-        }
-        None => 1,
+    let v = match guarded(None, || Some(c.services.kv.get(&c.plugin, key))) {
+        None => return API_PANICKED,
+        Some(None) => return 1,
+        Some(Some(v)) => v,
+    };
+    // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
+    let out = unsafe { &*out };
+    // SAFETY: calling the output's own write with its own ctx and a valid slice.
+    if unsafe { (out.write)(out.ctx, v.as_ptr(), v.len()) } != 0 {
+        return -2;
     }
+    0
 }
-
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `key`/`val` point to `key_len`/`val_len` readable bytes.
 unsafe extern "C" fn api_kv_put(
     ctx: *mut c_void,
     key: *const u8,
@@ -186,27 +183,34 @@ unsafe extern "C" fn api_kv_put(
     if ctx.is_null() {
         return -1;
     }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
     let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
     let (Some(key), Some(val)) = (unsafe { bytes(key, key_len) }, unsafe { bytes(val, val_len) }) else {
         return -1;
     };
-    c.services.kv.put(&c.plugin, key, val);
-    0
+    guarded(API_PANICKED, || {
+        c.services.kv.put(&c.plugin, key, val);
+        0
+    })
 }
 
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `key` points to `key_len` readable bytes.
 unsafe extern "C" fn api_kv_delete(ctx: *mut c_void, key: *const u8, key_len: usize) -> i32 {
     if ctx.is_null() {
         return -1;
     }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
     let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
     let Some(key) = (unsafe { bytes(key, key_len) }) else {
         return -1;
     };
-    if c.services.kv.delete(&c.plugin, key) {
-        0
-    } else {
-        1
-    }
+    guarded(
+        API_PANICKED,
+        || if c.services.kv.delete(&c.plugin, key) { 0 } else { 1 },
+    )
 }
 
 /// The host API table for a plugin: entries only for granted capabilities.
@@ -228,140 +232,219 @@ use rand_core::RngCore;
 
 /// A loaded native plugin instance.
 pub struct NativeInstance {
-    vtable: *const RawVtable,
+    /// The plugin's vtable, copied once at load according to its `struct_size` (entries the
+    /// plugin's version of the struct does not have are NULL).
+    vt: RawVtable,
+    /// `vt.call`, checked present at load.
+    call: unsafe extern "C" fn(*mut c_void, u32, *const u8, usize, *const RawOutput) -> i32,
     instance: *mut c_void,
     functions: Vec<String>,
     serial: Option<Mutex<()>>,
     max_output: usize,
-    has_save: bool,
-    has_restore: bool,
-    has_health: bool,
     // Kept alive for the plugin: it may hold `host` until shutdown.
     _api: Box<RawHostApi>,
     _api_ctx: Box<HostApiCtx>,
     lib: Option<SealedLibrary>,
 }
 
-// SAFETY: the vtable and instance pointers are only used through the plugin's C ABI, whose
+// SAFETY: the vtable copy and instance pointer are only used through the plugin's C ABI, whose
 // contract (keel_plugin.h) is that `call` is thread-safe unless KEEL_PLUGIN_FLAG_SERIAL is set,
 // in which case calls are serialised by `serial`.
 unsafe impl Send for NativeInstance {}
+// SAFETY: as for Send: shared use goes through the thread-safe (or serialised) C ABI.
 unsafe impl Sync for NativeInstance {}
 
-/// Default ceiling on a call's output (64 MiB).
-pub const DEFAULT_MAX_OUTPUT: usize = 64 << 20;
-
-/// The ceiling on a call's output: the manifest's `limits.max_output_bytes`, else
-/// [`DEFAULT_MAX_OUTPUT`].
-pub(crate) fn max_output(manifest: &Manifest) -> usize {
-    manifest
-        .limits
-        .as_ref()
-        .and_then(|l| l.max_output_bytes)
-        .map(|v| v as usize)
-        .unwrap_or(DEFAULT_MAX_OUTPUT)
-}
-
-fn cstr_field(p: *const c_char, what: &str) -> Result<String> {
-    if p.is_null() {
-        bail!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "vtable field {what} is NULL");
+/// Copy `dst.len()` bytes of this process's memory at `addr` into `dst` without faulting:
+/// `false` if any of it is not mapped readable. Used for everything a plugin's vtable points
+/// to before Keel trusts it (a lying `struct_size`, `function_count` or string pointer must
+/// not crash the host).
+fn read_plugin_memory(addr: usize, dst: &mut [u8]) -> bool {
+    if dst.is_empty() {
+        return true;
     }
-    // SAFETY: the ABI requires NUL-terminated strings that live as long as the library.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str()
-        .map(str::to_owned)
-        .map_err(|_| err!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "vtable field {what} is not UTF-8"))
-}
-
-/// A shared library `dlopen`ed from a verified artifact's sealed memfd (`/proc/self/fd/N`,
-/// `RTLD_NOW | RTLD_LOCAL`), together with that memfd. Dropping it `dlclose`s the library and
-/// then closes the memfd, unless the image is still mapped (see `Drop`). Used by the native and
-/// the legacy (ThemisDB C++) runtimes; the owner must have shut the plugin down first.
-pub struct SealedLibrary {
-    lib: Option<libloading::os::unix::Library>,
-    memfd: Option<OwnedFd>,
-}
-
-impl SealedLibrary {
-    /// `dlopen` the artifact's sealed memfd. The library's constructors run here, so call this
-    /// only after the digest (and signature) checks.
-    pub fn open(artifact: Artifact, plugin: &str) -> Result<SealedLibrary> {
-        let Some(fd) = artifact.into_sealed_fd() else {
-            bail!(KEEL_ERR_INTERNAL, "native artifact of '{plugin}' is not a sealed memfd");
-        };
-        let path = artifact::proc_path(&fd);
-        // SAFETY: dlopen runs the library's constructors; the bytes were verified before this.
-        let lib = unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_LOCAL) }
-            .map_err(|e| err!(KEEL_ERR_LIBRARY_LOAD, "plugin '{plugin}': dlopen failed: {e}"))?;
-        Ok(SealedLibrary {
-            lib: Some(lib),
-            memfd: Some(fd),
-        })
+    if addr == 0 {
+        return false;
     }
-
-    /// The address of an exported symbol (`name` NUL-terminated), if the library exports it.
-    pub fn symbol(&self, name: &[u8]) -> Option<*mut c_void> {
-        let lib = self.lib.as_ref()?;
-        // SAFETY: only the address is taken; the caller decides the type it is used as.
-        let sym: libloading::os::unix::Symbol<*mut c_void> = unsafe { lib.get(name) }.ok()?;
-        Some(sym.into_raw())
+    let local = libc::iovec {
+        iov_base: dst.as_mut_ptr() as *mut c_void,
+        iov_len: dst.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: dst.len(),
+    };
+    // SAFETY: process_vm_readv on our own pid copies into `dst` (valid, writable, dst.len()
+    // bytes) and reports EFAULT instead of faulting for unmapped source memory.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n >= 0 {
+        return n as usize == dst.len();
     }
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    if errno == Some(libc::ENOSYS) || errno == Some(libc::EPERM) {
+        return read_via_pipe(addr, dst);
+    }
+    false
 }
 
-impl Drop for SealedLibrary {
-    fn drop(&mut self) {
-        let name = self.memfd.as_ref().map(artifact::proc_path);
-        drop(self.lib.take());
-        if let (Some(fd), Some(name)) = (self.memfd.take(), name) {
-            // If the library is still mapped (a TLS destructor, RTLD_NODELETE or a
-            // STB_GNU_UNIQUE symbol keeps it), keep the descriptor open forever so its name is
-            // never reused for another library: glibc would hand back the old object for the
-            // new name.
-            let cname = std::ffi::CString::new(name).unwrap_or_default();
-            // SAFETY: RTLD_NOLOAD only queries.
-            let h = unsafe { libc::dlopen(cname.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-            if h.is_null() {
-                drop(fd);
-            } else {
-                // SAFETY: balances the NOLOAD reference just taken.
-                unsafe { libc::dlclose(h) };
-                std::mem::forget(fd);
-            }
+/// [`read_plugin_memory`] where `process_vm_readv` is unavailable: `write(2)` of the source
+/// into a pipe fails with `EFAULT` instead of faulting; the bytes are read back.
+fn read_via_pipe(addr: usize, dst: &mut [u8]) -> bool {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return false;
+    }
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    for (i, chunk) in dst.chunks_mut(4096).enumerate() {
+        let src = addr + i * 4096;
+        // SAFETY: write(2) only reads `chunk.len()` bytes at `src`, reporting EFAULT (no
+        // signal) if they are not mapped; the pipe buffer (>= 4096 bytes) holds them.
+        let n = unsafe { libc::write(w.as_raw_fd(), src as *const c_void, chunk.len()) };
+        if n != chunk.len() as isize {
+            return false;
+        }
+        // SAFETY: reading back into `chunk`, valid and writable for its length.
+        let m = unsafe { libc::read(r.as_raw_fd(), chunk.as_mut_ptr() as *mut c_void, chunk.len()) };
+        if m != chunk.len() as isize {
+            return false;
         }
     }
+    true
+}
+
+/// A NUL-terminated string at `p` of at most `max` bytes, read without faulting (page by
+/// page); `None` if unreadable or longer.
+fn read_plugin_cstr(p: *const c_char, max: usize) -> Option<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let mut out = Vec::new();
+    let mut addr = p as usize;
+    while out.len() <= max {
+        let chunk = (PAGE - addr % PAGE).min(max + 1 - out.len());
+        let mut buf = vec![0u8; chunk];
+        if !read_plugin_memory(addr, &mut buf) {
+            return None;
+        }
+        if let Some(z) = buf.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..z]);
+            return Some(out);
+        }
+        out.extend_from_slice(&buf);
+        addr += chunk;
+    }
+    None
+}
+
+/// Copy the plugin's vtable once, according to its `struct_size`: never a reference to more
+/// bytes than the plugin's struct has. Entries past `struct_size` (an older, smaller vtable)
+/// are NULL; bytes past this host's struct (a newer plugin) are ignored.
+fn copy_vtable(vt: *const RawVtable, name: &str) -> Result<RawVtable> {
+    let mut head = [0u8; 8];
+    if !read_plugin_memory(vt as usize, &mut head) {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': keel_plugin_entry returned an unreadable pointer"
+        );
+    }
+    // Read the ABI version alone first: nothing else in the struct is trusted before it matches.
+    let abi = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
+    if abi != ABI_VERSION {
+        bail!(
+            KEEL_ERR_ABI_MISMATCH,
+            "plugin '{name}' speaks Keel plugin ABI {abi}, this host speaks {ABI_VERSION}"
+        );
+    }
+    let struct_size = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if struct_size < MIN_VTABLE_SIZE {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': vtable struct_size {struct_size} too small (at least {MIN_VTABLE_SIZE})"
+        );
+    }
+    // Whole entries only: an entry the struct_size cuts through is absent.
+    let n = struct_size.min(std::mem::size_of::<RawVtable>()) / std::mem::align_of::<RawVtable>()
+        * std::mem::align_of::<RawVtable>();
+    let mut copy = std::mem::MaybeUninit::<RawVtable>::zeroed();
+    // SAFETY: `copy` is size_of::<RawVtable>() writable bytes and n <= that.
+    let dst = unsafe { std::slice::from_raw_parts_mut(copy.as_mut_ptr() as *mut u8, n) };
+    if !read_plugin_memory(vt as usize, dst) {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': vtable of struct_size {struct_size} is not readable"
+        );
+    }
+    // SAFETY: all-zero is a valid RawVtable (integers 0, pointers NULL, function pointers
+    // None); the first n bytes are the plugin's, whole fields of the same C layout (a function
+    // pointer field holds NULL or an address, both valid for Option<fn>).
+    Ok(unsafe { copy.assume_init() })
+}
+
+/// The exported function names, bounded: at most [`MAX_FUNCTIONS`] entries, each a readable,
+/// non-empty UTF-8 string of at most [`MAX_FUNCTION_NAME`] bytes without control characters.
+fn read_function_names(v: &RawVtable, name: &str) -> Result<Vec<String>> {
+    let count = v.function_count;
+    if count > MAX_FUNCTIONS {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': function_count {count} is more than the {MAX_FUNCTIONS} accepted"
+        );
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if v.functions.is_null() {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': function_count > 0 but functions is NULL"
+        );
+    }
+    let mut ptrs = vec![0usize; count as usize];
+    // SAFETY: viewing the usize buffer as its bytes (same size, u8 has no alignment).
+    let raw = unsafe {
+        std::slice::from_raw_parts_mut(ptrs.as_mut_ptr() as *mut u8, ptrs.len() * std::mem::size_of::<usize>())
+    };
+    if !read_plugin_memory(v.functions as usize, raw) {
+        bail!(
+            KEEL_ERR_PLUGIN_ABI_VIOLATION,
+            "plugin '{name}': function_count is {count} but the functions array is not that long (unreadable)"
+        );
+    }
+    let mut names = Vec::with_capacity(count as usize);
+    for (i, &p) in ptrs.iter().enumerate() {
+        if p == 0 {
+            bail!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "plugin '{name}': functions[{i}] is NULL");
+        }
+        let Some(bytes) = read_plugin_cstr(p as *const c_char, MAX_FUNCTION_NAME) else {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "plugin '{name}': functions[{i}] is not a readable NUL-terminated name of at most {MAX_FUNCTION_NAME} bytes (function_count {count} too large?)"
+            );
+        };
+        let s = String::from_utf8(bytes).map_err(|_| {
+            err!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "plugin '{name}': functions[{i}] is not UTF-8 (function_count {count} too large?)"
+            )
+        })?;
+        if s.is_empty() || s.chars().any(char::is_control) {
+            bail!(
+                KEEL_ERR_PLUGIN_ABI_VIOLATION,
+                "plugin '{name}': functions[{i}] is empty or holds control characters (function_count {count} too large?)"
+            );
+        }
+        names.push(s);
+    }
+    Ok(names)
 }
 
 /// Load a native plugin from a verified artifact and run its init hook.
-pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance> {
+pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<NativeInstance> {
     let name = &ctx.manifest.name;
     let lib = SealedLibrary::open(artifact, name)?;
-    let mut inst = NativeInstance {
-        vtable: std::ptr::null(),
-        instance: std::ptr::null_mut(),
-        functions: Vec::new(),
-        serial: None,
-        max_output: max_output(ctx.manifest),
-        has_save: false,
-        has_restore: false,
-        has_health: false,
-        _api_ctx: Box::new(HostApiCtx {
-            plugin: name.clone(),
-            services: ctx.services.clone(),
-        }),
-        _api: Box::new(RawHostApi {
-            abi_version: ABI_VERSION,
-            struct_size: 0,
-            ctx: std::ptr::null_mut(),
-            log: None,
-            now_unix_nanos: None,
-            random_bytes: None,
-            kv_get: None,
-            kv_put: None,
-            kv_delete: None,
-        }),
-        lib: Some(lib),
-    };
-    let entry = inst.lib.as_ref().and_then(|l| l.symbol(ENTRY_SYMBOL)).ok_or_else(|| {
+    let entry = lib.symbol(ENTRY_SYMBOL).ok_or_else(|| {
         err!(
             KEEL_ERR_SYMBOL_MISSING,
             "plugin '{name}' does not export keel_plugin_entry (not a Keel native plugin)"
@@ -377,48 +460,31 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance>
             "plugin '{name}': keel_plugin_entry returned NULL"
         );
     }
-    // Read the ABI version alone first: nothing else in the struct is trusted before it matches.
-    // SAFETY: every vtable version starts with a u32 abi_version.
-    let abi = unsafe { std::ptr::read(vt as *const u32) };
-    if abi != ABI_VERSION {
-        bail!(
-            KEEL_ERR_ABI_MISMATCH,
-            "plugin '{name}' speaks Keel plugin ABI {abi}, this host speaks {ABI_VERSION}"
-        );
-    }
-    // SAFETY: ABI version matches, so the layout is RawVtable up to struct_size.
-    let v = unsafe { &*vt };
-    if (v.struct_size as usize) < MIN_VTABLE_SIZE {
-        bail!(
-            KEEL_ERR_PLUGIN_ABI_VIOLATION,
-            "plugin '{name}': vtable struct_size {} too small",
-            v.struct_size
-        );
-    }
-    let full = v.struct_size as usize >= std::mem::size_of::<RawVtable>();
-    let (Some(init), Some(_), Some(_)) = (v.init, v.call, v.shutdown) else {
+    let v = copy_vtable(vt, name)?;
+    let (Some(init), Some(call), Some(_)) = (v.init, v.call, v.shutdown) else {
         bail!(
             KEEL_ERR_PLUGIN_ABI_VIOLATION,
             "plugin '{name}': vtable lacks init, call or shutdown"
         );
     };
-    if v.function_count > 0 && v.functions.is_null() {
-        bail!(
-            KEEL_ERR_PLUGIN_ABI_VIOLATION,
-            "plugin '{name}': function_count > 0 but functions is NULL"
-        );
-    }
-    for i in 0..v.function_count as usize {
-        // SAFETY: functions has function_count entries per the ABI.
-        let p = unsafe { *v.functions.add(i) };
-        inst.functions.push(cstr_field(p, "functions[i]")?);
-    }
-    inst.vtable = vt;
-    inst.serial = (v.flags & FLAG_SERIAL != 0).then(|| Mutex::new(()));
-    inst.has_save = full && v.save_state.is_some();
-    inst.has_restore = full && v.restore_state.is_some();
-    inst.has_health = full && v.health.is_some();
-    *inst._api = host_api(&inst._api_ctx, ctx.granted);
+    let functions = read_function_names(&v, name)?;
+    let serial = (v.flags & FLAG_SERIAL != 0).then(|| Mutex::new(()));
+    let api_ctx = Box::new(HostApiCtx {
+        plugin: name.clone(),
+        services: ctx.services.clone(),
+    });
+    let api = Box::new(host_api(&api_ctx, ctx.granted));
+    let mut inst = NativeInstance {
+        vt: v,
+        call,
+        instance: std::ptr::null_mut(),
+        functions,
+        serial,
+        max_output: max_output(ctx.manifest),
+        _api: api,
+        _api_ctx: api_ctx,
+        lib: Some(lib),
+    };
 
     let config = ctx.manifest.config_json();
     let config_c = std::ffi::CString::new(config.clone())
@@ -447,13 +513,6 @@ pub fn load(artifact: Artifact, ctx: &LoadContext<'_>) -> Result<NativeInstance>
     Ok(inst)
 }
 
-impl NativeInstance {
-    fn vt(&self) -> &RawVtable {
-        // SAFETY: set to a checked vtable before any NativeInstance escapes `load`.
-        unsafe { &*self.vtable }
-    }
-}
-
 impl Instance for NativeInstance {
     fn functions(&self) -> &[String] {
         &self.functions
@@ -462,28 +521,24 @@ impl Instance for NativeInstance {
     #[inline]
     fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
         let _serial = self.serial.as_ref().map(|m| m.lock());
-        // SAFETY: `call` is non-null (checked at load).
-        let call = unsafe { self.vt().call.unwrap_unchecked() };
+        let call = self.call;
         let inst = self.instance;
-        let rc = with_output(output, self.max_output, |out| {
+        let (rc, refused) = with_output_checked(output, self.max_output, |out| {
             // SAFETY: per the ABI; input and output are valid for the call.
             unsafe { call(inst, function, input.as_ptr(), input.len(), out) }
         });
-        if rc != 0 {
-            return Err(self.call_error(function, rc, output));
+        // A refused write fails the call whatever the plugin returned: the output is cut.
+        if rc != 0 || refused {
+            return Err(self.call_error(function, rc, refused, output));
         }
         Ok(())
     }
 
     fn save_state(&self) -> Result<Option<Vec<u8>>> {
-        if !self.has_save {
+        let Some(save) = self.vt.save_state else {
             return Ok(None);
-        }
+        };
         let _serial = self.serial.as_ref().map(|m| m.lock());
-        let save = self
-            .vt()
-            .save_state
-            .ok_or_else(|| err!(KEEL_ERR_INTERNAL, "save_state vanished"))?;
         let mut buf = Vec::new();
         let inst = self.instance;
         // SAFETY: per the ABI.
@@ -499,14 +554,10 @@ impl Instance for NativeInstance {
     }
 
     fn restore_state(&self, state: &[u8]) -> Result<()> {
-        if !self.has_restore {
+        let Some(restore) = self.vt.restore_state else {
             bail!(KEEL_ERR_UNSUPPORTED, "plugin has no restore_state hook");
-        }
+        };
         let _serial = self.serial.as_ref().map(|m| m.lock());
-        let restore = self
-            .vt()
-            .restore_state
-            .ok_or_else(|| err!(KEEL_ERR_INTERNAL, "restore_state vanished"))?;
         // SAFETY: per the ABI.
         let rc = unsafe { restore(self.instance, state.as_ptr(), state.len()) };
         if rc != 0 {
@@ -516,10 +567,7 @@ impl Instance for NativeInstance {
     }
 
     fn health(&self) -> Health {
-        if !self.has_health {
-            return Health::Unknown;
-        }
-        let Some(h) = self.vt().health else {
+        let Some(h) = self.vt.health else {
             return Health::Unknown;
         };
         // A serial plugin is not thread-safe: its health hook must not overlap a call either.
@@ -535,12 +583,12 @@ impl Instance for NativeInstance {
 
 impl NativeInstance {
     #[cold]
-    fn call_error(&self, function: u32, rc: i32, output: &[u8]) -> crate::error::Error {
+    fn call_error(&self, function: u32, rc: i32, refused: bool, output: &[u8]) -> crate::error::Error {
         let fname = self.functions.get(function as usize).map(String::as_str).unwrap_or("?");
-        if rc == -2 || output.len() >= self.max_output {
+        if refused || rc == WRITE_REFUSED {
             return err!(
                 KEEL_ERR_OUTPUT_TOO_LARGE,
-                "function '{fname}' output exceeded {} bytes",
+                "function '{fname}' output exceeded {} bytes (a write was refused; the plugin returned {rc})",
                 self.max_output
             );
         }
@@ -559,15 +607,14 @@ impl NativeInstance {
 
 impl Drop for NativeInstance {
     fn drop(&mut self) {
-        if !self.vtable.is_null() && !self.instance.is_null() {
-            if let Some(shutdown) = self.vt().shutdown {
+        if !self.instance.is_null() {
+            if let Some(shutdown) = self.vt.shutdown {
                 // SAFETY: no call is in flight (the generation is only dropped after its last
                 // guard), and shutdown is called exactly once.
                 unsafe { shutdown(self.instance) };
             }
         }
         self.instance = std::ptr::null_mut();
-        self.vtable = std::ptr::null();
         // dlclose, then release the memfd (see SealedLibrary's Drop).
         drop(self.lib.take());
     }

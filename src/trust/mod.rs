@@ -34,9 +34,9 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::artifact::{self, Artifact};
+use crate::artifact::{self, Unverified, Verified};
 use crate::error::{keel_status, Error, Result};
-use crate::manifest::{self, BinaryRef, ManifestFile, RuntimeKind};
+use crate::manifest::{self, BinaryRef, ManifestFile};
 use crate::{bail, err};
 
 pub use policy::{Policy, PolicyCell};
@@ -130,28 +130,18 @@ pub fn read_signature_file(manifest_path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Read the binary a manifest names for this platform, exactly as a load would (`O_NOFOLLOW`;
-/// native binaries through a sealed memfd), and return it with the manifest's pinned digest.
-/// The digest is not compared here: see [`check_binary`].
-pub fn read_binary(mf: &ManifestFile) -> Result<(BinaryRef, Artifact)> {
-    let dir = mf.path.parent().unwrap_or_else(|| Path::new(""));
-    let bin = mf.manifest.binary_for_platform(dir)?;
-    let art = match mf.manifest.runtime {
-        RuntimeKind::Wasm => artifact::read_bytes(&bin.path)?,
-        RuntimeKind::Native | RuntimeKind::Themis => artifact::read_sealed(&bin.path, &mf.manifest.name)?,
-    };
-    Ok((bin, art))
+/// Read the binary a manifest names for this platform exactly as a load does
+/// ([`artifact::read_for`]: beneath the manifest's directory, no symbolic link, regular file;
+/// native binaries through a sealed memfd), with the manifest's pinned digest in the
+/// [`BinaryRef`]. The digest is not compared here: see [`check_binary`].
+pub fn read_binary(mf: &ManifestFile) -> Result<(BinaryRef, Unverified)> {
+    artifact::read_for(mf)
 }
 
 /// Read the binary for this platform and compare it with the manifest's pinned digest
-/// (`KEEL_ERR_DIGEST_MISMATCH`).
-pub fn check_binary(mf: &ManifestFile) -> Result<(BinaryRef, Artifact)> {
-    let (bin, art) = read_binary(mf)?;
-    art.check_digest(
-        &bin.sha256,
-        &format!("plugin '{}' binary {}", mf.manifest.name, bin.path.display()),
-    )?;
-    Ok((bin, art))
+/// (`KEEL_ERR_DIGEST_MISMATCH`): [`artifact::read_verified`], the host's own load path.
+pub fn check_binary(mf: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+    artifact::read_verified(mf)
 }
 
 /// Trust state a host owns: store (lock-free reads) and policy.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use keel::artifact::{self, Artifact};
+use keel::artifact::{self, Verified};
 use keel::capability::Capabilities;
 use keel::manifest::{self, Manifest};
 use keel::runtime::{HostServices, LoadContext};
@@ -23,8 +23,12 @@ pub fn wat_fixture(name: &str) -> Vec<u8> {
     wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-pub fn artifact(wasm: Vec<u8>) -> Artifact {
-    artifact::from_bytes(wasm)
+/// A verified artifact of `wasm` (pinned to its own digest: these tests load bytes, not files).
+pub fn artifact(wasm: Vec<u8>) -> Verified {
+    let art = artifact::from_bytes(wasm);
+    let pin = art.sha256_hex();
+    art.verify(&pin, "test module")
+        .expect("an artifact matches its own digest")
 }
 
 /// A validated Keel manifest for a WASM plugin; `extra` is merged into the JSON.

@@ -528,7 +528,13 @@ impl Guest {
                     ctl.shared.limits.memory_pages / 16
                 );
             }
-            bail!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "{}: returned 0", what(&ctl.shared.name));
+            // keel_wasm.h: keel_alloc returns 0 when out of memory (below the cap too: the
+            // guest's own allocator may be exhausted or fragmented).
+            bail!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "{}: returned 0 (the plugin is out of memory)",
+                what(&ctl.shared.name)
+            );
         }
         if p as u64 + cap as u64 > ctl.memory.view(store).data_size() {
             ctl.broken = true;
