@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::host::keel_host;
-use super::{arg_out, arg_ref, arg_str, boundary};
+use super::{arg_str, borrow, boundary, Out};
 use crate::error::keel_status;
 use crate::runtime::wasm::{CacheConfig, WasmConfig, WasmLimits};
 
@@ -66,10 +66,13 @@ fn limits_from_c(l: &keel_wasm_limits) -> WasmLimits {
 }
 
 /// Fill `*out` with Keel's default WASM settings (no module cache). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_status {
     boundary(|| {
-        let out = arg_out(out, "out")?;
+        // SAFETY: caller contract for `out`.
+        let out = unsafe { Out::new(out, "out") }?;
         let d = WasmConfig::default();
         let c = keel_wasm_config {
             defaults: limits_to_c(&d.defaults),
@@ -80,8 +83,7 @@ pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_s
             cache_dir: std::ptr::null(),
             cache_key: [0; 32],
         };
-        // SAFETY: checked non-null.
-        unsafe { *out = c };
+        out.set(c);
         Ok(())
     })
 }
@@ -94,12 +96,16 @@ pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_s
 /// runtime can honour (zero limits, memory over 4096 MiB, pool size 0, a watchdog tick under
 /// 100 µs, an all-zero cache key with a cache dir) give `KEEL_ERR_INVALID_ARGUMENT`.
 /// `config` and the string it points to are borrowed for the call. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8` (`cache_dir`),
+/// `KEEL_ERR_INVALID_ARGUMENT` (a setting no runtime can honour, or the runtime already runs).
 #[no_mangle]
 pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *const keel_wasm_config) -> keel_status {
     boundary(|| {
-        // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        let c = unsafe { arg_ref(config, "config") }?;
+        // SAFETY: caller contract for every pointer argument; `keel_wasm_config` is plain
+        // data (repr(C)) borrowed for the call.
+        let (h, c) = unsafe { (borrow(host, "host")?, config.as_ref()) };
+        let c = c.ok_or_else(|| crate::err!(KEEL_ERR_NULL_POINTER, "config is NULL"))?;
         let cache = if c.cache_dir.is_null() {
             None
         } else {
@@ -110,7 +116,7 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        h.host.set_wasm_config(WasmConfig {
+        h.set_wasm_config(WasmConfig {
             defaults: limits_from_c(&c.defaults),
             ceilings: limits_from_c(&c.ceilings),
             pool_size: c.pool_size as usize,
@@ -136,21 +142,19 @@ pub struct keel_wasm_cache_stats {
 
 /// The compiled-module cache counters of the host's WASM runtime (all zero before the first
 /// WASM load). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_wasm_cache_stats(host: *const keel_host, out: *mut keel_wasm_cache_stats) -> keel_status {
     boundary(|| {
-        // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        let out = arg_out(out, "out")?;
-        let s = h.host.wasm_runtime().map(|rt| rt.cache_stats()).unwrap_or_default();
-        // SAFETY: checked non-null.
-        unsafe {
-            *out = keel_wasm_cache_stats {
-                hits: s.hits,
-                compiles: s.compiles,
-                rejected: s.rejected,
-            }
-        };
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::new(out, "out")?) };
+        let s = h.wasm_runtime().map(|rt| rt.cache_stats()).unwrap_or_default();
+        out.set(keel_wasm_cache_stats {
+            hits: s.hits,
+            compiles: s.compiles,
+            rejected: s.rejected,
+        });
         Ok(())
     })
 }
