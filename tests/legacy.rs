@@ -369,7 +369,11 @@ fn a_reload_while_a_lease_is_held_does_not_free_the_leased_instance() {
     assert_eq!(host.reload("legacy"), Err(KEEL_ERR_DRAIN_TIMEOUT), "{}", last_error());
     assert_eq!(p.generation(), 2);
     let state: Value = serde_json::from_str(&p.call("state").unwrap()).unwrap();
-    assert_eq!(state, json!({"count": 1, "tag": "v2"}), "calls go to the new generation");
+    assert_eq!(
+        state,
+        json!({"count": 1, "tag": "v2"}),
+        "calls go to the new generation"
+    );
     let lines = marker_lines(&marker);
     assert!(
         !lines.iter().any(|l| l == "shutdown v1" || l == "destroy v1"),

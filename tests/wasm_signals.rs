@@ -315,5 +315,15 @@ fn a_handler_installed_over_keels_is_detected_and_counted() {
         assert!(!signals::stats().handler_overridden);
         install_app(counting_handler as *const () as usize, 0, &[]);
         assert_eq!(signals::stats().handler_overrides, 2);
+
+        // The same counters through the C ABI.
+        let mut c = keel::ffi::wasm::keel_wasm_signal_stats::default();
+        assert_eq!(keel::ffi::wasm::keel_wasm_signal_counters(&mut c), KEEL_OK);
+        assert!(c.routing_active && c.handler_overridden, "{c:?}");
+        assert_eq!(c.handler_overrides, 2, "{c:?}");
+        assert_eq!(
+            keel::ffi::wasm::keel_wasm_signal_counters(std::ptr::null_mut()),
+            KEEL_ERR_NULL_POINTER
+        );
     });
 }

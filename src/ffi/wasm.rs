@@ -158,3 +158,46 @@ pub extern "C" fn keel_host_wasm_cache_stats(host: *const keel_host, out: *mut k
         Ok(())
     })
 }
+
+/// Counters of the SIGUSR1 routing between wasmer's guest interrupts and the application's
+/// own SIGUSR1 handler (process-wide; see docs/wasm.md).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct keel_wasm_signal_stats {
+    /// Keel's handler was installed in front of wasmer's (false before the first WASM load,
+    /// or if wasmer was initialised before Keel).
+    pub routing_active: bool,
+    /// Keel's handler was not the installed SIGUSR1 handler at the last look (someone called
+    /// `sigaction(SIGUSR1)` after Keel: WASM deadlines no longer interrupt guests).
+    pub handler_overridden: bool,
+    /// Signals handed to wasmer as guest interrupts.
+    pub interrupts: u64,
+    /// Signals handed to the application's disposition.
+    pub forwarded: u64,
+    /// Late interrupts swallowed instead of reaching the default action.
+    pub late_interrupts: u64,
+    /// Times Keel found its handler replaced (after having seen it in place).
+    pub handler_overrides: u64,
+}
+
+/// Read the SIGUSR1 routing counters into `*out`; looks whether Keel's handler is still
+/// installed first (one `sigaction` query). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn keel_wasm_signal_counters(out: *mut keel_wasm_signal_stats) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `out`.
+        let out = unsafe { Out::new(out, "out") }?;
+        let s = crate::runtime::wasm::signals::stats();
+        out.set(keel_wasm_signal_stats {
+            routing_active: s.routing_active,
+            handler_overridden: s.handler_overridden,
+            interrupts: s.interrupts,
+            forwarded: s.forwarded,
+            late_interrupts: s.late_interrupts,
+            handler_overrides: s.handler_overrides,
+        });
+        Ok(())
+    })
+}
