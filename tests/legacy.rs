@@ -38,26 +38,32 @@ struct Api(*const FixtureApi);
 
 impl Api {
     fn get(&self) -> &FixtureApi {
+        // SAFETY: the pointer came from getInstance() of a generation that a lease (or, in
+        // `rust_host_api_and_a_throwing_shutdown`, the instance itself) keeps alive.
         let a = unsafe { &*self.0 };
         assert_eq!(a.magic, FIXTURE_MAGIC, "getInstance() is the fixture's API object");
         a
     }
     fn bump(&self) -> i64 {
         let a = self.get();
+        // SAFETY: the fixture's function table, called with its own object (live, see `get`).
         unsafe { (a.bump)(a.self_) }
     }
     fn count(&self) -> i64 {
         let a = self.get();
+        // SAFETY: as in `bump`.
         unsafe { (a.count)(a.self_) }
     }
     fn tag(&self) -> String {
         let a = self.get();
+        // SAFETY: as in `bump`; `tag` returns a static NUL-terminated string.
         unsafe { CStr::from_ptr((a.tag)(a.self_)) }
             .to_string_lossy()
             .into_owned()
     }
     fn config(&self) -> Value {
         let a = self.get();
+        // SAFETY: as in `bump`; `config` returns the object's own NUL-terminated string.
         let text = unsafe { CStr::from_ptr((a.config)(a.self_)) }
             .to_string_lossy()
             .into_owned();

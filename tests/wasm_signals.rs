@@ -46,6 +46,7 @@ fn passes_in_child(name: &str, body: fn()) {
 
 /// The application installs `handler` for SIGUSR1 (before Keel starts).
 fn install_app(handler: usize, flags: libc::c_int, mask: &[libc::c_int]) {
+    // SAFETY: sigaction/sigset calls on a zeroed, then fully set, struct owned by this frame.
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = handler;
@@ -60,6 +61,7 @@ fn install_app(handler: usize, flags: libc::c_int, mask: &[libc::c_int]) {
 
 /// Whether `sig` is blocked on the calling thread now.
 fn blocked(sig: libc::c_int) -> bool {
+    // SAFETY: a mask query into a set owned by this frame.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut set);
@@ -68,6 +70,7 @@ fn blocked(sig: libc::c_int) -> bool {
 }
 
 fn set_blocked(sig: libc::c_int, block: bool) {
+    // SAFETY: a mask change with a set owned by this frame.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -108,6 +111,7 @@ fn application_sigusr1_reaches_the_application_and_deadlines_keep_working() {
             assert_eq!(call(&p, "ok").unwrap(), b"ok");
 
             // Without Keel's router, wasmer's handler would abort the process here.
+            // SAFETY: raise has no preconditions; a handler for SIGUSR1 is installed.
             unsafe { libc::raise(libc::SIGUSR1) };
             assert_eq!(APP_SIGNALS.load(Ordering::SeqCst), 1);
 
@@ -134,6 +138,7 @@ fn application_sigusr1_reaches_the_application_and_deadlines_keep_working() {
                     std::thread::yield_now();
                 }
             });
+            // SAFETY: `t` is a live, joinable thread of this process.
             unsafe { libc::pthread_kill(std::os::unix::thread::JoinHandleExt::as_pthread_t(&t), libc::SIGUSR1) };
             t.join().unwrap();
             assert_eq!(APP_SIGNALS.load(Ordering::SeqCst), 2);
@@ -148,6 +153,7 @@ static SAW_USR1_BLOCKED: AtomicBool = AtomicBool::new(false);
 static SIGINFO_CALLS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn siginfo_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: `info` is the kernel's siginfo for this delivery (SA_SIGINFO), checked non-null.
     let ok = !info.is_null() && unsafe { (*info).si_signo } == sig;
     SAW_INFO.store(ok, Ordering::SeqCst);
     SAW_USR2_BLOCKED.store(blocked(libc::SIGUSR2), Ordering::SeqCst);
@@ -163,6 +169,7 @@ extern "C" fn plain_masked_handler(_sig: libc::c_int) {
 
 /// Keel's own SIGUSR1 disposition as installed now.
 fn installed() -> libc::sigaction {
+    // SAFETY: a query into a zeroed struct owned by this frame.
     unsafe {
         let mut cur: libc::sigaction = std::mem::zeroed();
         assert_eq!(libc::sigaction(libc::SIGUSR1, std::ptr::null(), &mut cur), 0);
@@ -194,6 +201,7 @@ fn a_forwarded_siginfo_handler_runs_with_the_applications_mask_and_flags() {
             );
 
             assert!(!blocked(libc::SIGUSR2));
+            // SAFETY: raise has no preconditions; a handler for SIGUSR1 is installed.
             unsafe { libc::raise(libc::SIGUSR1) };
             assert_eq!(SIGINFO_CALLS.load(Ordering::SeqCst), 1);
             assert!(
@@ -230,6 +238,7 @@ fn a_forwarded_plain_handler_runs_with_its_mask_and_the_signal_blocked() {
                 0,
                 "no SA_RESTART the application did not ask for"
             );
+            // SAFETY: raise has no preconditions; a handler for SIGUSR1 is installed.
             unsafe { libc::raise(libc::SIGUSR1) };
             assert_eq!(APP_SIGNALS.load(Ordering::SeqCst), 1);
             assert!(SAW_USR2_BLOCKED.load(Ordering::SeqCst), "sa_mask applied");
@@ -249,10 +258,12 @@ fn sa_resethand_gives_the_default_action_back_after_one_signal() {
         install_app(counting_handler as *const () as usize, libc::SA_RESETHAND, &[]);
         let _rt = WasmRuntime::new(WasmConfig::default()).unwrap();
         assert!(signals::routing_active());
+        // SAFETY: raise has no preconditions; a handler for SIGUSR1 is installed.
         unsafe { libc::raise(libc::SIGUSR1) };
         assert_eq!(APP_SIGNALS.load(Ordering::SeqCst), 1);
         println!("first signal handled");
         // The application's disposition is the default action now: this terminates.
+        // SAFETY: raise has no preconditions (this one is meant to terminate the child).
         unsafe { libc::raise(libc::SIGUSR1) };
         println!("still alive after the second signal");
     }) else {
@@ -277,6 +288,7 @@ fn a_late_interrupt_never_reaches_the_default_action() {
         // before the call has left the guest and `settle` has cleared the entry.
         set_blocked(libc::SIGUSR1, true);
         assert!(signals::expect(me));
+        // SAFETY: signalling the calling thread, which has SIGUSR1 blocked.
         assert_eq!(unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR1) }, 0);
         signals::settle(me);
         // Delivered now: late. Without Keel swallowing it, the process would end here.
@@ -310,6 +322,7 @@ fn a_handler_installed_over_keels_is_detected_and_counted() {
         assert_eq!(signals::stats().handler_overrides, 1);
 
         // Keel's handler back in place, then replaced again: a second override.
+        // SAFETY: reinstalling the disposition read from sigaction above.
         unsafe { assert_eq!(libc::sigaction(libc::SIGUSR1, &keel, std::ptr::null_mut()), 0) };
         assert!(signals::check_handler());
         assert!(!signals::stats().handler_overridden);
