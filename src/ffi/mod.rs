@@ -297,6 +297,87 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_handle_is_the_arc_of_its_slot() {
+        use crate::registry::Slot;
+        let slot = Arc::new(Slot::new("handle-test".into()));
+        let h = new_shared::<host::keel_plugin>(slot.clone());
+        assert_eq!(
+            h as usize,
+            Arc::as_ptr(&slot) as usize,
+            "no wrapper between handle and slot"
+        );
+        assert_eq!(Arc::strong_count(&slot), 2, "one strong count per handle");
+        // SAFETY: `h` is a live handle.
+        let borrowed = unsafe { borrow(h, "plugin") }.unwrap();
+        assert!(std::ptr::eq(borrowed, &*slot));
+        assert_eq!(Arc::strong_count(&slot), 2, "borrowing takes no count");
+        // SAFETY: `h` is a live handle, freed once.
+        unsafe { free(h) };
+        assert_eq!(Arc::strong_count(&slot), 1);
+        // SAFETY: NULL is accepted.
+        unsafe { free(std::ptr::null_mut::<host::keel_plugin>()) };
+        // SAFETY: NULL is refused with a status, never dereferenced.
+        let e = unsafe { borrow(std::ptr::null::<host::keel_plugin>(), "plugin") }
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_NULL_POINTER);
+    }
+
+    #[test]
+    fn out_parameters_are_written_only_on_success() {
+        let mut v = 7u64;
+        let s = boundary(|| {
+            // SAFETY: `v` is valid for writes.
+            let out = unsafe { Out::new(&mut v, "v") }?;
+            Err::<(), _>(err!(KEEL_ERR_INVALID_ARGUMENT, "fails before the write"))?;
+            out.set(1);
+            Ok(())
+        });
+        assert_eq!(s, keel_status::KEEL_ERR_INVALID_ARGUMENT);
+        assert_eq!(v, 7);
+        // SAFETY: NULL is refused.
+        assert!(unsafe { Out::<u64>::new(std::ptr::null_mut(), "v") }.is_err());
+    }
+
+    #[test]
+    fn an_output_buffer_holds_the_result_or_nothing() {
+        let b = new_boxed::<host::keel_buffer>(b"old".to_vec());
+        let bytes = |b: *mut host::keel_buffer| {
+            // SAFETY: `b` is a live buffer, not written meanwhile.
+            unsafe { borrow(b, "b") }.unwrap().clone()
+        };
+        assert_eq!(
+            fill_buffer(b, |o| {
+                o.clear();
+                o.extend_from_slice(b"new");
+                Ok(())
+            }),
+            keel_status::KEEL_OK
+        );
+        assert_eq!(bytes(b), b"new");
+        let s = fill_buffer(b, |o| {
+            o.extend_from_slice(b"partial or error text");
+            Err(err!(KEEL_ERR_CALL_FAILED, "failed"))
+        });
+        assert_eq!(s, keel_status::KEEL_ERR_CALL_FAILED);
+        assert!(bytes(b).is_empty(), "empty after a failure");
+        assert_eq!(
+            fill_buffer(b, |o| {
+                o.extend_from_slice(b"x");
+                panic!("deliberate test panic")
+            }),
+            keel_status::KEEL_ERR_PANIC
+        );
+        assert!(bytes(b).is_empty(), "empty after a panic");
+        assert_eq!(
+            fill_buffer(std::ptr::null_mut(), |_| Ok(())),
+            keel_status::KEEL_ERR_NULL_POINTER
+        );
+        // SAFETY: `b` is a live buffer, freed once.
+        unsafe { free(b) };
+    }
+
+    #[test]
     fn errors_set_the_message_and_return_their_code() {
         let s = boundary(|| Err(err!(KEEL_ERR_KEY_REVOKED, "key abc revoked")));
         assert_eq!(s, keel_status::KEEL_ERR_KEY_REVOKED);
