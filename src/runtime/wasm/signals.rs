@@ -25,10 +25,12 @@
 //! - `SA_RESTART` cannot be applied per signal: whether an interrupted system call restarts is
 //!   decided by the kernel from the flags of the handler actually installed, which is Keel's.
 //!   Keel therefore installs its handler with `SA_RESTART` exactly when the application's had
-//!   it when Keel started. That also makes wasmer's interrupts restart system calls on that
-//!   thread (they target guest code, which makes none; a host function blocked in a system
-//!   call finishes it before the interrupt takes effect). A handler the application installs
-//!   later, through Keel, is not seen (see below).
+//!   it when Keel started. It then applies to wasmer's interrupts too: they target guest
+//!   code, which makes no system calls, and Keel's host functions do not block, so that only
+//!   matters for a system call some other code of the interrupted thread is blocked in (it
+//!   restarts instead of failing with `EINTR`). The flag cannot follow changes the
+//!   application makes after Keel started (such a `sigaction` replaces Keel's handler; see
+//!   below).
 //!
 //! A *late* interrupt (the signal reaches a thread after [`settle`] cleared its entry: the
 //! thread had SIGUSR1 blocked when the watchdog fired, or wasmer's signal was still on its
