@@ -150,6 +150,10 @@ impl Plugin {
         assert_eq!(keel_plugin_generation(self.0, &mut g), KEEL_OK);
         g
     }
+    fn generation_status(&self) -> keel_status {
+        let mut g = 0;
+        keel_plugin_generation(self.0, &mut g)
+    }
 }
 
 /// Build the fixture with `defines` as `<dir>/<so>`.
@@ -414,6 +418,29 @@ fn a_reload_while_a_lease_is_held_does_not_free_the_leased_instance() {
         marker_lines(&marker),
         ["init v1", "init v2", "restore v2 1", "shutdown v1", "destroy v1"]
     );
+
+    // The same for an unload: the leased object outlives it until the lease is freed.
+    let info = p.function("info").unwrap();
+    let lease = p.instance().unwrap();
+    assert_eq!(host.unload("legacy"), KEEL_ERR_DRAIN_TIMEOUT, "{}", last_error());
+    assert_eq!(p.generation_status(), KEEL_ERR_PLUGIN_UNLOADED);
+    assert_eq!(lease.tag(), "v2");
+    assert_eq!(lease.bump(), 2);
+    assert!(!marker_lines(&marker).iter().any(|l| l == "destroy v2"));
+    drop(lease);
+    let start = std::time::Instant::now();
+    while !marker_lines(&marker).iter().any(|l| l == "destroy v2") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            marker_lines(&marker)
+        );
+        // A call through the handle (function ids stay valid; the plugin is gone).
+        let out = Buf::new();
+        assert_eq!(keel_call(p.0, info, ptr::null(), 0, out.0), KEEL_ERR_PLUGIN_UNLOADED);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(marker_lines(&marker)[5..], ["shutdown v2", "destroy v2"]);
 }
 
 #[test]
