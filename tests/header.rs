@@ -117,3 +117,32 @@ fn keel_h_reads_host_then_plugin_then_call_then_the_rest() {
     }
     assert_eq!(names[0], "keel_host_new");
 }
+
+#[test]
+fn values_shared_by_the_plugin_headers_are_defined_once() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/keel");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let common = read("keel_common.h");
+    for name in ["keel_plugin.h", "keel_wasm.h"] {
+        let h = read(name);
+        assert!(
+            h.contains("#include \"keel_common.h\""),
+            "{name} includes keel_common.h"
+        );
+        for line in h.lines().filter(|l| l.trim_start().starts_with("#define ")) {
+            let macro_name = line.split_whitespace().nth(1).unwrap_or("");
+            assert!(
+                !common.contains(&format!("#define {macro_name} ")),
+                "{name} defines {macro_name} again (it belongs to keel_common.h)"
+            );
+        }
+    }
+    for m in [
+        "KEEL_LOG_ERROR",
+        "KEEL_LOG_DEBUG",
+        "KEEL_HEALTH_HEALTHY",
+        "KEEL_HEALTH_UNHEALTHY",
+    ] {
+        assert!(common.contains(&format!("#define {m} ")), "keel_common.h defines {m}");
+    }
+}
