@@ -20,9 +20,17 @@
  *  - shutdown():   OnShutdown::KeepLoaded (default): nothing happens — the plugin belongs to
  *                  the Keel host, and other users keep it. OnShutdown::Unload: unload the
  *                  plugin from the host given at construction (status: lastShutdownStatus()).
- *  - getInstance(): for a legacy ThemisDB plugin, its own getInstance() object (valid until the
- *                  next reload or unload of that plugin); for any other plugin, the adapter
- *                  itself (so code that receives the object can reach call()).
+ *  - getInstance(): for a legacy ThemisDB plugin, its own getInstance() object; for any other
+ *                  plugin, the adapter itself (so code that receives the object can reach
+ *                  call()). The legacy object is held by a keel_themis_lease the adapter keeps
+ *                  (see keel.h): a reload or unload — by the embedder, the health monitor or the
+ *                  directory watcher — never frees it under the caller. The object stays valid
+ *                  until the adapter lets the lease go: at the next getInstance() that finds
+ *                  the plugin reloaded (it then returns the new generation's object),
+ *                  releaseInstance(), shutdown() or the adapter's destruction. While the
+ *                  adapter holds a lease, a reload or unload of the plugin waits for it like
+ *                  for a call in flight (up to the drain timeout, then KEEL_ERR_DRAIN_TIMEOUT
+ *                  with the swap done); call releaseInstance() when done with the object.
  *
  * Exceptions: the IThemisPlugin methods are noexcept and never throw (no exception reaches Keel
  * or the code that calls them). Only the adapter's own helpers throw keel::Error (a keel_status
@@ -150,7 +158,10 @@ public:
         }
     }
 
-    ~ThemisAdapter() override { keel_plugin_free(plugin_); }
+    ~ThemisAdapter() override {
+        keel_themis_lease_free(lease_);
+        keel_plugin_free(plugin_);
+    }
     ThemisAdapter(const ThemisAdapter &) = delete;
     ThemisAdapter &operator=(const ThemisAdapter &) = delete;
 
@@ -201,15 +212,35 @@ public:
 
     void shutdown() noexcept override {
         if (on_shutdown_ != OnShutdown::Unload) return;
+        releaseInstance(); // the adapter's own lease must not hold up the unload
         last_shutdown_.store(keel_host_unload(host_, name_.c_str()));
     }
 
     void *getInstance() noexcept override {
-        void *instance = nullptr;
-        keel_status s = keel_plugin_themis_instance(plugin_, &instance);
-        if (s == KEEL_OK) return instance;
+        std::lock_guard<std::mutex> lock(mutex_);
+        uint64_t current = 0;
+        if (keel_plugin_generation(plugin_, &current) != KEEL_OK) {
+            release_lease_locked(); // unloaded: nothing to hand out
+            return nullptr;
+        }
+        uint64_t held = 0;
+        if (lease_ != nullptr && keel_themis_lease_generation(lease_, &held) == KEEL_OK && held == current) {
+            return leased_instance_locked();
+        }
+        keel_themis_lease *fresh = nullptr;
+        keel_status s = keel_plugin_themis_lease(plugin_, &fresh);
         if (s == KEEL_ERR_UNSUPPORTED) return this;
-        return nullptr;
+        if (s != KEEL_OK) return nullptr;
+        release_lease_locked();
+        lease_ = fresh;
+        return leased_instance_locked();
+    }
+
+    /** Let go of the legacy object getInstance() returned (its generation may then be shut
+     *  down if it has been replaced). The next getInstance() takes a new lease. */
+    void releaseInstance() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        release_lease_locked();
     }
 
     // ---- Helpers (these may throw keel::Error) ----
@@ -242,6 +273,16 @@ public:
     keel_plugin *handle() const noexcept { return plugin_; }
 
 private:
+    void release_lease_locked() noexcept {
+        keel_themis_lease_free(lease_);
+        lease_ = nullptr;
+    }
+
+    void *leased_instance_locked() const noexcept {
+        void *instance = nullptr;
+        return keel_themis_lease_instance(lease_, &instance) == KEEL_OK ? instance : nullptr;
+    }
+
     bool has_trait(const char *trait) const noexcept {
         bool has = false;
         return keel_plugin_has_trait(plugin_, trait, &has) == KEEL_OK && has;
@@ -267,6 +308,7 @@ private:
     mutable std::set<std::string> versions_;
     mutable const std::string *last_version_ = nullptr;
     std::unordered_map<std::string, keel_function> functions_;
+    keel_themis_lease *lease_ = nullptr; // guarded by mutex_
 };
 
 } // namespace keel

@@ -38,30 +38,65 @@ struct Api(*const FixtureApi);
 
 impl Api {
     fn get(&self) -> &FixtureApi {
+        // SAFETY: the pointer came from getInstance() of a generation that a lease (or, in
+        // `rust_host_api_and_a_throwing_shutdown`, the instance itself) keeps alive.
         let a = unsafe { &*self.0 };
         assert_eq!(a.magic, FIXTURE_MAGIC, "getInstance() is the fixture's API object");
         a
     }
     fn bump(&self) -> i64 {
         let a = self.get();
+        // SAFETY: the fixture's function table, called with its own object (live, see `get`).
         unsafe { (a.bump)(a.self_) }
     }
     fn count(&self) -> i64 {
         let a = self.get();
+        // SAFETY: as in `bump`.
         unsafe { (a.count)(a.self_) }
     }
     fn tag(&self) -> String {
         let a = self.get();
+        // SAFETY: as in `bump`; `tag` returns a static NUL-terminated string.
         unsafe { CStr::from_ptr((a.tag)(a.self_)) }
             .to_string_lossy()
             .into_owned()
     }
     fn config(&self) -> Value {
         let a = self.get();
+        // SAFETY: as in `bump`; `config` returns the object's own NUL-terminated string.
         let text = unsafe { CStr::from_ptr((a.config)(a.self_)) }
             .to_string_lossy()
             .into_owned();
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("config {text:?} is not JSON: {e}"))
+    }
+}
+
+/// A `keel_themis_lease` and the fixture object it keeps alive; freed when dropped.
+struct Lease(*mut keel_themis_lease, Api);
+
+impl Lease {
+    fn adopt(l: *mut keel_themis_lease) -> Lease {
+        let mut obj = ptr::null_mut();
+        assert_eq!(keel_themis_lease_instance(l, &mut obj), KEEL_OK);
+        Lease(l, Api(obj as *const FixtureApi))
+    }
+    fn generation(&self) -> u64 {
+        let mut g = 0;
+        assert_eq!(keel_themis_lease_generation(self.0, &mut g), KEEL_OK);
+        g
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.1
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        assert_eq!(keel_themis_lease_free(self.0), KEEL_OK);
     }
 }
 
@@ -92,10 +127,11 @@ impl Plugin {
             .unwrap_or_else(|s| panic!("info: {s:?}: {}", last_error()));
         serde_json::from_str(&text).unwrap()
     }
-    fn instance(&self) -> Result<Api, keel_status> {
-        let mut p = ptr::null_mut();
-        match keel_plugin_themis_instance(self.0, &mut p) {
-            KEEL_OK => Ok(Api(p as *const FixtureApi)),
+    /// A lease on the current generation's getInstance() object (freed when dropped).
+    fn instance(&self) -> Result<Lease, keel_status> {
+        let mut l = ptr::null_mut();
+        match keel_plugin_themis_lease(self.0, &mut l) {
+            KEEL_OK => Ok(Lease::adopt(l)),
             s => Err(s),
         }
     }
@@ -113,6 +149,10 @@ impl Plugin {
         let mut g = 0;
         assert_eq!(keel_plugin_generation(self.0, &mut g), KEEL_OK);
         g
+    }
+    fn generation_status(&self) -> keel_status {
+        let mut g = 0;
+        keel_plugin_generation(self.0, &mut g)
     }
 }
 
@@ -204,6 +244,8 @@ fn themisdb_plugin_json_loads_answers_info_and_hands_out_its_instance() {
     assert_eq!(api.bump(), 2);
     let state: Value = serde_json::from_str(&p.call("state").unwrap()).unwrap();
     assert_eq!(state, json!({"count": 2, "tag": "v1"}));
+    assert_eq!(api.generation(), 1);
+    drop(api);
 
     // After unload: calls and accessors say so; the name stays readable.
     assert_eq!(host.unload("legacy"), KEEL_OK);
@@ -230,6 +272,7 @@ fn reload_from_plugin_json_carries_state_the_themisdb_way() {
     for _ in 0..3 {
         old.bump();
     }
+    drop(old);
 
     let so2 = build(
         &dir,
@@ -280,6 +323,7 @@ fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
     assert_eq!(marker_lines(&marker), ["init v1"]);
     api.bump();
     api.bump();
+    drop(api);
 
     let so2 = build(&dir, &["LEGACY_TAG=\"v2\"", "LEGACY_STEP=5"], "liblegacy.so");
     keel_manifest(&dir, "legacy", "1.0.1", &so2, config.clone());
@@ -289,6 +333,7 @@ fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
     want["restored_state"] = json!("{\"count\":2,\"tag\":\"v1\"}");
     assert_eq!(new.config(), want, "manifest config plus restored_state");
     assert_eq!(new.bump(), 7);
+    drop(new);
     // The new object is initialised and restored before the old one is shut down and
     // destroyed; nothing of the old one runs after its destroyPlugin.
     assert_eq!(
@@ -309,6 +354,93 @@ fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
             "destroy v2"
         ]
     );
+}
+
+#[test]
+fn a_reload_while_a_lease_is_held_does_not_free_the_leased_instance() {
+    let dir = common::tempdir("legacy-lease");
+    let marker = dir.join("marker.txt");
+    let config = json!({"marker": marker.to_str().unwrap()});
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = keel_manifest(&dir, "legacy", "1.0.0", &so, config.clone());
+    let host = TestHost::new();
+    assert_eq!(keel_host_set_drain_timeout_ms(host.0, 50), KEEL_OK);
+    let p = host
+        .load_plugin(&manifest)
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+    let lease = p.instance().unwrap();
+    assert_eq!(lease.generation(), 1);
+    assert_eq!(lease.bump(), 1);
+
+    // A reload (here the embedder's; the health monitor's and the watcher's take the same
+    // path) swaps at once but cannot shut the leased generation down: the drain times out.
+    let so2 = build(&dir, &["LEGACY_TAG=\"v2\""], "liblegacy.so");
+    keel_manifest(&dir, "legacy", "1.0.1", &so2, config);
+    assert_eq!(host.reload("legacy"), Err(KEEL_ERR_DRAIN_TIMEOUT), "{}", last_error());
+    assert_eq!(p.generation(), 2);
+    let state: Value = serde_json::from_str(&p.call("state").unwrap()).unwrap();
+    assert_eq!(
+        state,
+        json!({"count": 1, "tag": "v2"}),
+        "calls go to the new generation"
+    );
+    let lines = marker_lines(&marker);
+    assert!(
+        !lines.iter().any(|l| l == "shutdown v1" || l == "destroy v1"),
+        "the leased generation was shut down under its lease: {lines:?}"
+    );
+
+    // The leased object is the old generation's, alive, and keeps its own state.
+    assert_eq!(lease.tag(), "v1");
+    assert_eq!(lease.bump(), 2);
+    assert_eq!(lease.generation(), 1);
+    {
+        let new = p.instance().unwrap();
+        assert_eq!(new.tag(), "v2");
+        assert_eq!(new.generation(), 2);
+        assert_eq!(new.count(), 1, "the state saved at the swap");
+    }
+
+    // Freed with the lease: the old generation is then shut down and destroyed (by the
+    // plugin's next call or by Keel's reaper), and only then.
+    drop(lease);
+    let start = std::time::Instant::now();
+    while !marker_lines(&marker).iter().any(|l| l == "destroy v1") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            marker_lines(&marker)
+        );
+        p.call("info").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        marker_lines(&marker),
+        ["init v1", "init v2", "restore v2 1", "shutdown v1", "destroy v1"]
+    );
+
+    // The same for an unload: the leased object outlives it until the lease is freed.
+    let info = p.function("info").unwrap();
+    let lease = p.instance().unwrap();
+    assert_eq!(host.unload("legacy"), KEEL_ERR_DRAIN_TIMEOUT, "{}", last_error());
+    assert_eq!(p.generation_status(), KEEL_ERR_PLUGIN_UNLOADED);
+    assert_eq!(lease.tag(), "v2");
+    assert_eq!(lease.bump(), 2);
+    assert!(!marker_lines(&marker).iter().any(|l| l == "destroy v2"));
+    drop(lease);
+    let start = std::time::Instant::now();
+    while !marker_lines(&marker).iter().any(|l| l == "destroy v2") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            marker_lines(&marker)
+        );
+        // A call through the handle (function ids stay valid; the plugin is gone).
+        let out = Buf::new();
+        assert_eq!(keel_call(p.0, info, ptr::null(), 0, out.0), KEEL_ERR_PLUGIN_UNLOADED);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(marker_lines(&marker)[5..], ["shutdown v2", "destroy v2"]);
 }
 
 #[test]
@@ -483,10 +615,13 @@ fn a_plugin_without_istatefulplugin_has_no_state_function_and_reloads_fresh() {
 fn bad_arguments_and_non_legacy_plugins_get_their_codes() {
     let host = TestHost::new();
     let mut out = ptr::null_mut();
-    assert_eq!(
-        keel_plugin_themis_instance(ptr::null(), &mut out),
-        KEEL_ERR_NULL_POINTER
-    );
+    assert_eq!(keel_plugin_themis_lease(ptr::null(), &mut out), KEEL_ERR_NULL_POINTER);
+    assert!(out.is_null(), "out-parameters are written only on success");
+    let mut obj = ptr::null_mut();
+    assert_eq!(keel_themis_lease_instance(ptr::null(), &mut obj), KEEL_ERR_NULL_POINTER);
+    let mut g = 0;
+    assert_eq!(keel_themis_lease_generation(ptr::null(), &mut g), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_themis_lease_free(ptr::null_mut()), KEEL_OK);
     let buf = Buf::new();
     assert_eq!(keel_plugin_name(ptr::null(), buf.0), KEEL_ERR_NULL_POINTER);
     assert_eq!(keel_plugin_version(ptr::null(), buf.0), KEEL_ERR_NULL_POINTER);
@@ -506,10 +641,7 @@ fn bad_arguments_and_non_legacy_plugins_get_their_codes() {
         "{}",
         last_error()
     );
-    assert_eq!(
-        keel_plugin_themis_instance(echo.0, ptr::null_mut()),
-        KEEL_ERR_NULL_POINTER
-    );
+    assert_eq!(keel_plugin_themis_lease(echo.0, ptr::null_mut()), KEEL_ERR_NULL_POINTER);
     assert_eq!(keel_plugin_name(echo.0, ptr::null_mut()), KEEL_ERR_NULL_POINTER);
     assert_eq!(
         keel_plugin_has_trait(echo.0, ptr::null(), &mut has),

@@ -36,6 +36,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* KEEL_LOG_* (log levels for keel_host_api.log) and KEEL_HEALTH_* (health hook values). */
+#include "keel_common.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -51,17 +54,6 @@ extern "C" {
 #else
 #define KEEL_PLUGIN_EXPORT __attribute__((visibility("default")))
 #endif
-
-/** Log levels for keel_host_api.log. */
-#define KEEL_LOG_ERROR 0
-#define KEEL_LOG_WARN 1
-#define KEEL_LOG_INFO 2
-#define KEEL_LOG_DEBUG 3
-
-/** Health values returned by the optional `health` hook. */
-#define KEEL_HEALTH_HEALTHY 0
-#define KEEL_HEALTH_DEGRADED 1
-#define KEEL_HEALTH_UNHEALTHY 2
 
 /** vtable flags. */
 /** The host serialises calls into this plugin (the plugin is not thread-safe). */

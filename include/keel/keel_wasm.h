@@ -104,23 +104,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* KEEL_LOG_* (log levels for keel_log) and KEEL_HEALTH_* (keel_health values). */
+#include "keel_common.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 /** The WASM ABI version this header describes (keel_abi_version must return it). */
 #define KEEL_WASM_ABI_VERSION 1
-
-/** Log levels for keel_log (same values as keel_plugin.h). */
-#define KEEL_LOG_ERROR 0
-#define KEEL_LOG_WARN 1
-#define KEEL_LOG_INFO 2
-#define KEEL_LOG_DEBUG 3
-
-/** Values returned by keel_health (same values as keel_plugin.h). */
-#define KEEL_HEALTH_HEALTHY 0
-#define KEEL_HEALTH_DEGRADED 1
-#define KEEL_HEALTH_UNHEALTHY 2
 
 /** Export a function under `name` (a bare identifier). */
 #define KEEL_WASM_EXPORT(name) __attribute__((export_name(#name), visibility("default")))

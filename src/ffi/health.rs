@@ -2,8 +2,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::host::{keel_host, keel_plugin};
-use super::{arg_out, arg_ref, boundary};
+use super::host::{current, keel_host, keel_plugin};
+use super::{borrow, boundary, Out};
 use crate::error::keel_status;
 use crate::health::{HealthConfig, HealthStatus};
 
@@ -77,9 +77,11 @@ pub struct keel_health_report {
 /// plugin is reported `KEEL_HEALTH_STATUS_FAILED` and left alone until it is healthy again.
 /// A healthy (or degraded) check resets both counters.
 ///
-/// Returns `KEEL_ERR_INVALID_ARGUMENT` if `interval_ms` or `unhealthy_threshold` is 0 or
-/// `backoff_max_ms < backoff_initial_ms`. The monitor's threads belong to the host; it is
-/// stopped by `keel_host_stop_health_monitor` or `keel_host_free`. Thread-safe.
+/// The monitor's threads belong to the host; it is stopped by
+/// `keel_host_stop_health_monitor` or `keel_host_free`. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (`interval_ms` or
+/// `unhealthy_threshold` is 0, or `backoff_max_ms < backoff_initial_ms`).
 #[no_mangle]
 pub extern "C" fn keel_host_start_health_monitor(
     host: *const keel_host,
@@ -90,26 +92,28 @@ pub extern "C" fn keel_host_start_health_monitor(
 ) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
+        let h = unsafe { borrow(host, "host") }?;
         let config = HealthConfig::new(
             Duration::from_millis(interval_ms),
             unhealthy_threshold,
             Duration::from_millis(backoff_initial_ms),
             Duration::from_millis(backoff_max_ms),
         );
-        h.host.start_health_monitor(config)
+        h.start_health_monitor(config)
     })
 }
 
 /// Stop the host's health monitor and wait for its thread; returns promptly (the monitor
 /// never waits on a plugin). A restart already under way completes. Not running: `KEEL_OK`.
 /// Health reports keep their last values. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_stop_health_monitor(host: *const keel_host) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        h.host.stop_health_monitor();
+        let h = unsafe { borrow(host, "host") }?;
+        h.stop_health_monitor();
         Ok(())
     })
 }
@@ -117,16 +121,16 @@ pub extern "C" fn keel_host_stop_health_monitor(host: *const keel_host) -> keel_
 /// Copy a plugin's health report into `*out` (caller-owned memory; nothing to free).
 ///
 /// Before the monitor has checked the plugin the status is `KEEL_HEALTH_STATUS_UNKNOWN` and
-/// the score 1.0. `KEEL_ERR_PLUGIN_UNLOADED` if the plugin has been unloaded. Thread-safe,
-/// never waits on the plugin.
+/// the score 1.0. Thread-safe, never waits on the plugin.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_PLUGIN_UNLOADED`.
 #[no_mangle]
 pub extern "C" fn keel_plugin_health(plugin: *const keel_plugin, out: *mut keel_health_report) -> keel_status {
     boundary(|| {
-        // SAFETY: caller contract.
-        let p = unsafe { arg_ref(plugin, "plugin") }?;
-        let out = arg_out(out, "out")?;
-        let g = p.current()?;
-        let r = p.slot.health.report();
+        // SAFETY: caller contract for every pointer argument.
+        let (slot, out) = unsafe { (borrow(plugin, "plugin")?, Out::new(out, "out")?) };
+        let g = current(slot)?;
+        let r = slot.health.report();
         let heartbeat = r
             .last_heartbeat
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
@@ -144,8 +148,7 @@ pub extern "C" fn keel_plugin_health(plugin: *const keel_plugin, out: *mut keel_
             checks: r.checks,
             generation: g.number,
         };
-        // SAFETY: checked non-null; points to caller-owned memory for one report.
-        unsafe { out.write(report) };
+        out.set(report);
         Ok(())
     })
 }
@@ -154,12 +157,14 @@ pub extern "C" fn keel_plugin_health(plugin: *const keel_plugin, out: *mut keel_
 /// (`keel_plugin_call_duration_seconds`, `plugin_call_latency_*_ms`): rounded up to a power
 /// of two; 0 turns latency sampling off, 1 times every call (two clock reads per call).
 /// Default 64. Applies to loaded plugins at once and to later loads. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_set_latency_sampling(host: *const keel_host, every: u32) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        h.host.set_latency_sampling(every);
+        let h = unsafe { borrow(host, "host") }?;
+        h.set_latency_sampling(every);
         Ok(())
     })
 }

@@ -5,26 +5,41 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 //! The C ABI. Thin: check pointers and strings, catch panics, convert, return a status.
 //!
-//! Conventions (also in the header):
-//! - Every function returns `keel_status`; `KEEL_OK` (0) is success.
-//! - On failure, `keel_last_error_message` returns a message for the calling thread; it is
-//!   left untouched by successful calls.
-//! - Out-parameters are written only on success.
-//! - Objects returned through `**out` are owned by the caller and released with their
-//!   `_free` function; borrowed pointers say so.
-//! - No panic unwinds across this boundary: each body runs inside [`boundary`].
+//! The rules every function follows are stated once, in the header's preamble (cbindgen.toml):
+//! status codes, the thread's last error, out-parameters, output buffers, ownership, panics.
+//! This module holds the one implementation of each:
+//! - [`boundary`]: runs a body, turns errors and panics into a status and the last error;
+//! - [`Castable`] with [`new_boxed`], [`new_shared`], [`borrow`], [`borrow_mut`], [`free`]:
+//!   the only place a handle pointer is made from or turned back into a `Box` or an `Arc`;
+//! - [`Out`]: an out-parameter, written once, only on success;
+//! - [`fill_buffer`]: a `keel_buffer` output (the result on success, empty on failure).
+
+// Declaration order is the order of `keel.h` (cbindgen keeps source order): hosts, plugins,
+// calls and buffers (all in `host`), then the rest. (Blank lines keep rustfmt from sorting.)
+pub mod host;
+
+pub mod errors;
+
+pub mod trust;
 
 pub mod deps;
+
 pub mod health;
-pub mod host;
-pub mod themis;
-pub mod trust;
-pub mod wasm;
+
 pub mod watch;
+
+pub mod wasm;
+
+pub mod themis;
+
+pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::error::{keel_status, Error, Result};
 use crate::{bail, err};
@@ -100,73 +115,156 @@ pub(crate) unsafe fn arg_bytes<'a>(p: *const u8, len: usize, what: &str) -> Resu
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-/// Borrow an object argument.
+/// How a handle owns the Rust value it points to: see [`Castable`].
+pub(crate) trait Ownership {
+    /// Release one owner of the value at `p`.
+    ///
+    /// # Safety
+    /// `p` was made by the matching constructor ([`new_boxed`] / [`new_shared`]) for a
+    /// value of type `T` and this owner has not been released yet.
+    unsafe fn release<T>(p: *const T);
+}
+
+/// The handle is a `Box<Rust>`: one owner, freed by its `_free` function.
+pub(crate) enum Boxed {}
+
+/// The handle is an `Arc<Rust>` (one strong count per handle given out), released by its
+/// `_free` function; the value lives while Keel or another handle still holds it.
+pub(crate) enum Shared {}
+
+impl Ownership for Boxed {
+    unsafe fn release<T>(p: *const T) {
+        // SAFETY: per the trait contract `p` came from `Box::into_raw` and is released once.
+        drop(unsafe { Box::from_raw(p.cast_mut()) });
+    }
+}
+
+impl Ownership for Shared {
+    unsafe fn release<T>(p: *const T) {
+        // SAFETY: per the trait contract `p` came from `Arc::into_raw` and this strong count
+        // is released once.
+        drop(unsafe { Arc::from_raw(p) });
+    }
+}
+
+/// A C handle type (`keel_host`, `keel_plugin`, ...): an opaque name for a pointer to
+/// `Self::Rust`, owned as `Self::Ownership` says. The pointer C holds *is* the `Box` or
+/// `Arc` pointer (no wrapper in between), so borrowing a handle is one pointer hop.
+///
+/// Handle pointers are made and taken apart only by the functions below.
+pub(crate) trait Castable {
+    /// The Rust value behind the handle.
+    type Rust;
+    /// [`Boxed`] or [`Shared`].
+    type Ownership: Ownership;
+}
+
+/// A new handle owning `value` (a `Box`).
+pub(crate) fn new_boxed<C: Castable<Ownership = Boxed>>(value: C::Rust) -> *mut C {
+    Box::into_raw(Box::new(value)).cast()
+}
+
+/// A new handle holding one strong count of `value` (an `Arc`).
+pub(crate) fn new_shared<C: Castable<Ownership = Shared>>(value: Arc<C::Rust>) -> *mut C {
+    Arc::into_raw(value).cast_mut().cast()
+}
+
+/// Borrow the value behind a handle argument (no reference-count traffic).
 ///
 /// # Safety
-/// `p` is NULL or a valid pointer obtained from Keel, not yet freed.
-pub(crate) unsafe fn arg_ref<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
-    // SAFETY: caller contract.
-    unsafe { p.as_ref() }.ok_or_else(|| err!(KEEL_ERR_NULL_POINTER, "{what} is NULL"))
+/// `p` is NULL or a handle of type `C` from Keel, not yet freed, for at least `'a`.
+pub(crate) unsafe fn borrow<'a, C: Castable>(p: *const C, what: &str) -> Result<&'a C::Rust> {
+    // SAFETY: per the contract a non-null `p` points to a live `C::Rust` (the handle pointer
+    // is the Box/Arc pointer, see `Castable`), shared for `'a`.
+    unsafe { p.cast::<C::Rust>().as_ref() }.ok_or_else(|| err!(KEEL_ERR_NULL_POINTER, "{what} is NULL"))
 }
 
-/// Check an out-parameter.
-pub(crate) fn arg_out<T>(p: *mut T, what: &str) -> Result<*mut T> {
-    if p.is_null() {
-        bail!(KEEL_ERR_NULL_POINTER, "{what} (out-parameter) is NULL");
+/// Borrow the value behind a `Boxed` handle exclusively.
+///
+/// # Safety
+/// `p` is NULL or a handle of type `C` from Keel, not yet freed, that no one else uses for
+/// `'a` (the caller owns it exclusively for the call).
+pub(crate) unsafe fn borrow_mut<'a, C: Castable<Ownership = Boxed>>(p: *mut C, what: &str) -> Result<&'a mut C::Rust> {
+    // SAFETY: per the contract a non-null `p` points to a live `C::Rust` owned by a Box
+    // that nobody else touches for `'a`.
+    unsafe { p.cast::<C::Rust>().as_mut() }.ok_or_else(|| err!(KEEL_ERR_NULL_POINTER, "{what} is NULL"))
+}
+
+/// Release a handle (its `_free` function). NULL is accepted and ignored.
+///
+/// # Safety
+/// `p` is NULL or a handle of type `C` from Keel, not yet freed, and no other thread uses
+/// it any more.
+pub(crate) unsafe fn free<C: Castable>(p: *mut C) {
+    if !p.is_null() {
+        // SAFETY: per the contract; the pointer was made by the constructor of C's ownership.
+        unsafe { C::Ownership::release(p.cast_const().cast::<C::Rust>()) };
     }
-    Ok(p)
 }
 
-/// The calling thread's last error message.
-///
-/// Sets `*message` to a NUL-terminated UTF-8 string describing the most recent failed Keel
-/// call on this thread ("" if none failed yet). The string is owned by Keel and stays valid
-/// until the next failing Keel call on the same thread; copy it to keep it.
-///
-/// Thread-safety: per thread; no synchronisation needed.
-/// Returns `KEEL_ERR_NULL_POINTER` if `message` is NULL.
-#[no_mangle]
-pub extern "C" fn keel_last_error_message(message: *mut *const c_char) -> keel_status {
-    if message.is_null() {
-        return keel_status::KEEL_ERR_NULL_POINTER;
+/// An out-parameter: checked for NULL when the function starts, written at most once, by
+/// [`Out::set`], which a function calls only once nothing can fail any more. So on failure
+/// the caller's variable is unchanged.
+pub(crate) struct Out<'a, T: Copy> {
+    p: NonNull<T>,
+    _caller: PhantomData<&'a mut T>,
+}
+
+impl<'a, T: Copy> Out<'a, T> {
+    /// A required out-parameter (NULL: `KEEL_ERR_NULL_POINTER`).
+    ///
+    /// # Safety
+    /// `p` is NULL or valid for writes of one `T` for `'a`.
+    pub(crate) unsafe fn new(p: *mut T, what: &str) -> Result<Out<'a, T>> {
+        match NonNull::new(p) {
+            Some(p) => Ok(Out {
+                p,
+                _caller: PhantomData,
+            }),
+            None => bail!(KEEL_ERR_NULL_POINTER, "{what} (out-parameter) is NULL"),
+        }
     }
-    LAST_ERROR.with(|l| {
-        // SAFETY: checked non-null; the pointer stays valid until the next set_last_error on
-        // this thread, which only a failing Keel call performs.
-        unsafe { *message = l.borrow().as_ptr() };
-    });
-    keel_status::KEEL_OK
+
+    /// An optional out-parameter (NULL: the caller does not want the value).
+    ///
+    /// # Safety
+    /// As for [`Out::new`].
+    pub(crate) unsafe fn optional(p: *mut T) -> Option<Out<'a, T>> {
+        NonNull::new(p).map(|p| Out {
+            p,
+            _caller: PhantomData,
+        })
+    }
+
+    /// Write the value (the function's last step on success).
+    pub(crate) fn set(self, value: T) {
+        // SAFETY: `p` is non-null and valid for a write of `T` for `'a` (contract of `new`);
+        // `T: Copy`, so nothing is dropped in place.
+        unsafe { self.p.as_ptr().write(value) }
+    }
 }
 
-/// The symbolic name of a status code.
+/// Run a function that writes its result into a `keel_buffer` (`out`), inside [`boundary`]:
+/// `f` gets the buffer's bytes; on success they are the result, on any failure (error or
+/// panic) the buffer is left empty. Its memory is kept either way, and nothing is copied:
+/// `f` writes in place. A NULL `out` fails with `KEEL_ERR_NULL_POINTER` before `f` runs.
 ///
-/// Sets `*name` to a static NUL-terminated string such as `"KEEL_ERR_DIGEST_MISMATCH"`
-/// (never freed). Unknown codes give `KEEL_ERR_INVALID_ARGUMENT`.
-///
-/// Thread-safety: safe from any thread.
-#[no_mangle]
-pub extern "C" fn keel_status_name(status: u32, name: *mut *const c_char) -> keel_status {
-    boundary(|| {
-        let out = arg_out(name, "name")?;
-        let s = keel_status::from_u32(status)
-            .ok_or_else(|| err!(KEEL_ERR_INVALID_ARGUMENT, "{status} is not a keel_status value"))?;
-        let c: &'static CStr = status_cstr(s);
-        // SAFETY: checked non-null.
-        unsafe { *out = c.as_ptr() };
-        Ok(())
-    })
-}
-
-fn status_cstr(s: keel_status) -> &'static CStr {
-    use std::collections::HashMap;
-    use std::sync::OnceLock;
-    static NAMES: OnceLock<HashMap<u32, CString>> = OnceLock::new();
-    let m = NAMES.get_or_init(|| {
-        keel_status::all()
-            .map(|s| (s as u32, CString::new(s.name()).unwrap_or_default()))
-            .collect()
-    });
-    m.get(&(s as u32)).map(|c| c.as_c_str()).unwrap_or(c"KEEL_ERR_INTERNAL")
+/// This is the whole output-buffer rule of the header's preamble.
+#[inline]
+pub(crate) fn fill_buffer<F>(out: *mut host::keel_buffer, f: F) -> keel_status
+where
+    F: FnOnce(&mut Vec<u8>) -> Result<()>,
+{
+    // SAFETY: caller contract: `out` is NULL or a buffer the caller owns exclusively for the call.
+    let buf = match unsafe { borrow_mut(out, "out") } {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    let status = boundary(|| f(&mut *buf));
+    if status != keel_status::KEEL_OK {
+        buf.clear();
+    }
+    status
 }
 
 #[cfg(test)]
@@ -196,6 +294,87 @@ mod tests {
             message().contains("index out of bounds"),
             "success leaves the last error alone"
         );
+    }
+
+    #[test]
+    fn a_plugin_handle_is_the_arc_of_its_slot() {
+        use crate::registry::Slot;
+        let slot = Arc::new(Slot::new("handle-test".into()));
+        let h = new_shared::<host::keel_plugin>(slot.clone());
+        assert_eq!(
+            h as usize,
+            Arc::as_ptr(&slot) as usize,
+            "no wrapper between handle and slot"
+        );
+        assert_eq!(Arc::strong_count(&slot), 2, "one strong count per handle");
+        // SAFETY: `h` is a live handle.
+        let borrowed = unsafe { borrow(h, "plugin") }.unwrap();
+        assert!(std::ptr::eq(borrowed, &*slot));
+        assert_eq!(Arc::strong_count(&slot), 2, "borrowing takes no count");
+        // SAFETY: `h` is a live handle, freed once.
+        unsafe { free(h) };
+        assert_eq!(Arc::strong_count(&slot), 1);
+        // SAFETY: NULL is accepted.
+        unsafe { free(std::ptr::null_mut::<host::keel_plugin>()) };
+        // SAFETY: NULL is refused with a status, never dereferenced.
+        let e = unsafe { borrow(std::ptr::null::<host::keel_plugin>(), "plugin") }
+            .err()
+            .unwrap();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_NULL_POINTER);
+    }
+
+    #[test]
+    fn out_parameters_are_written_only_on_success() {
+        let mut v = 7u64;
+        let s = boundary(|| {
+            // SAFETY: `v` is valid for writes.
+            let out = unsafe { Out::new(&mut v, "v") }?;
+            Err::<(), _>(err!(KEEL_ERR_INVALID_ARGUMENT, "fails before the write"))?;
+            out.set(1);
+            Ok(())
+        });
+        assert_eq!(s, keel_status::KEEL_ERR_INVALID_ARGUMENT);
+        assert_eq!(v, 7);
+        // SAFETY: NULL is refused.
+        assert!(unsafe { Out::<u64>::new(std::ptr::null_mut(), "v") }.is_err());
+    }
+
+    #[test]
+    fn an_output_buffer_holds_the_result_or_nothing() {
+        let b = new_boxed::<host::keel_buffer>(b"old".to_vec());
+        let bytes = |b: *mut host::keel_buffer| {
+            // SAFETY: `b` is a live buffer, not written meanwhile.
+            unsafe { borrow(b, "b") }.unwrap().clone()
+        };
+        assert_eq!(
+            fill_buffer(b, |o| {
+                o.clear();
+                o.extend_from_slice(b"new");
+                Ok(())
+            }),
+            keel_status::KEEL_OK
+        );
+        assert_eq!(bytes(b), b"new");
+        let s = fill_buffer(b, |o| {
+            o.extend_from_slice(b"partial or error text");
+            Err(err!(KEEL_ERR_CALL_FAILED, "failed"))
+        });
+        assert_eq!(s, keel_status::KEEL_ERR_CALL_FAILED);
+        assert!(bytes(b).is_empty(), "empty after a failure");
+        assert_eq!(
+            fill_buffer(b, |o| {
+                o.extend_from_slice(b"x");
+                panic!("deliberate test panic")
+            }),
+            keel_status::KEEL_ERR_PANIC
+        );
+        assert!(bytes(b).is_empty(), "empty after a panic");
+        assert_eq!(
+            fill_buffer(std::ptr::null_mut(), |_| Ok(())),
+            keel_status::KEEL_ERR_NULL_POINTER
+        );
+        // SAFETY: `b` is a live buffer, freed once.
+        unsafe { free(b) };
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use super::host::keel_host;
-use super::{arg_bytes, arg_ref, arg_str, boundary};
+use super::{arg_bytes, arg_str, borrow, boundary};
 use crate::error::keel_status;
 
 /// Replace the host's trust store with the JSON file at `path` (format: see docs/trust.md).
@@ -18,13 +18,18 @@ use crate::error::keel_status;
 ///
 /// Thread-safe: verifications running concurrently see either the old or the new store,
 /// never a mix.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+/// `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`, `KEEL_ERR_FILE_TOO_LARGE`,
+/// `KEEL_ERR_TRUST_STORE_MALFORMED`, `KEEL_ERR_TRUST_STORE_ROLLBACK`.
 #[no_mangle]
 pub extern "C" fn keel_host_set_trust_store_file(host: *const keel_host, path: *const c_char) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
-        let h = unsafe { arg_ref(host, "host") }?;
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract.
         let path = unsafe { arg_str(path, "path") }?;
-        h.host.trust().set_trust_store_path(Path::new(path))?;
+        h.trust().set_trust_store_path(Path::new(path))?;
         Ok(())
     })
 }
@@ -32,15 +37,18 @@ pub extern "C" fn keel_host_set_trust_store_file(host: *const keel_host, path: *
 /// Replace the host's trust store with a JSON document held in memory.
 ///
 /// `data` points to `len` bytes borrowed for the call (copied as needed; the caller keeps
-/// ownership). Errors and thread-safety as for `keel_host_set_trust_store_file`;
-/// `KEEL_ERR_NULL_POINTER` if `data` is NULL while `len` is non-zero.
+/// ownership). Thread-safety as for `keel_host_set_trust_store_file`.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`host`, or `data` while `len` is non-zero),
+/// `KEEL_ERR_TRUST_STORE_MALFORMED`, `KEEL_ERR_TRUST_STORE_ROLLBACK`.
 #[no_mangle]
 pub extern "C" fn keel_host_set_trust_store_bytes(host: *const keel_host, data: *const u8, len: usize) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
-        let h = unsafe { arg_ref(host, "host") }?;
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract.
         let bytes = unsafe { arg_bytes(data, len, "data") }?;
-        h.host.trust().set_trust_store_bytes(bytes)?;
+        h.trust().set_trust_store_bytes(bytes)?;
         Ok(())
     })
 }
@@ -53,12 +61,15 @@ pub extern "C" fn keel_host_set_trust_store_bytes(host: *const keel_host, data: 
 /// ABI checks, and a signature that is present must still verify.
 ///
 /// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_POLICY_DOWNGRADE` (turning it off after the
+/// first load).
 #[no_mangle]
 pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, require: bool) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        h.host.trust().set_require_signature(require)?;
+        let h = unsafe { borrow(host, "host") }?;
+        h.trust().set_require_signature(require)?;
         Ok(())
     })
 }
@@ -77,13 +88,19 @@ pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, requir
 /// `manifest_path` is borrowed for the call.
 ///
 /// Thread-safe; does not mark the host as started.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, the file codes
+/// (`KEEL_ERR_FILE_NOT_FOUND`, `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`,
+/// `KEEL_ERR_FILE_TOO_LARGE`), `KEEL_ERR_MANIFEST_*`, and the signature and digest codes
+/// listed above.
 #[no_mangle]
 pub extern "C" fn keel_verify(host: *const keel_host, manifest_path: *const c_char) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
-        let h = unsafe { arg_ref(host, "host") }?;
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract.
         let path = unsafe { arg_str(manifest_path, "manifest_path") }?;
-        h.host.trust().verify_plugin(Path::new(path))?;
+        h.trust().verify_plugin(Path::new(path))?;
         Ok(())
     })
 }

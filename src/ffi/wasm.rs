@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::host::keel_host;
-use super::{arg_out, arg_ref, arg_str, boundary};
+use super::{arg_str, borrow, boundary, Out};
 use crate::error::keel_status;
 use crate::runtime::wasm::{CacheConfig, WasmConfig, WasmLimits};
 
@@ -66,10 +66,13 @@ fn limits_from_c(l: &keel_wasm_limits) -> WasmLimits {
 }
 
 /// Fill `*out` with Keel's default WASM settings (no module cache). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_status {
     boundary(|| {
-        let out = arg_out(out, "out")?;
+        // SAFETY: caller contract for `out`.
+        let out = unsafe { Out::new(out, "out") }?;
         let d = WasmConfig::default();
         let c = keel_wasm_config {
             defaults: limits_to_c(&d.defaults),
@@ -80,8 +83,7 @@ pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_s
             cache_dir: std::ptr::null(),
             cache_key: [0; 32],
         };
-        // SAFETY: checked non-null.
-        unsafe { *out = c };
+        out.set(c);
         Ok(())
     })
 }
@@ -94,12 +96,16 @@ pub extern "C" fn keel_wasm_config_default(out: *mut keel_wasm_config) -> keel_s
 /// runtime can honour (zero limits, memory over 4096 MiB, pool size 0, a watchdog tick under
 /// 100 µs, an all-zero cache key with a cache dir) give `KEEL_ERR_INVALID_ARGUMENT`.
 /// `config` and the string it points to are borrowed for the call. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8` (`cache_dir`),
+/// `KEEL_ERR_INVALID_ARGUMENT` (a setting no runtime can honour, or the runtime already runs).
 #[no_mangle]
 pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *const keel_wasm_config) -> keel_status {
     boundary(|| {
-        // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        let c = unsafe { arg_ref(config, "config") }?;
+        // SAFETY: caller contract for every pointer argument; `keel_wasm_config` is plain
+        // data (repr(C)) borrowed for the call.
+        let (h, c) = unsafe { (borrow(host, "host")?, config.as_ref()) };
+        let c = c.ok_or_else(|| crate::err!(KEEL_ERR_NULL_POINTER, "config is NULL"))?;
         let cache = if c.cache_dir.is_null() {
             None
         } else {
@@ -110,7 +116,7 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        h.host.set_wasm_config(WasmConfig {
+        h.set_wasm_config(WasmConfig {
             defaults: limits_from_c(&c.defaults),
             ceilings: limits_from_c(&c.ceilings),
             pool_size: c.pool_size as usize,
@@ -136,21 +142,62 @@ pub struct keel_wasm_cache_stats {
 
 /// The compiled-module cache counters of the host's WASM runtime (all zero before the first
 /// WASM load). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_wasm_cache_stats(host: *const keel_host, out: *mut keel_wasm_cache_stats) -> keel_status {
     boundary(|| {
-        // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        let out = arg_out(out, "out")?;
-        let s = h.host.wasm_runtime().map(|rt| rt.cache_stats()).unwrap_or_default();
-        // SAFETY: checked non-null.
-        unsafe {
-            *out = keel_wasm_cache_stats {
-                hits: s.hits,
-                compiles: s.compiles,
-                rejected: s.rejected,
-            }
-        };
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::new(out, "out")?) };
+        let s = h.wasm_runtime().map(|rt| rt.cache_stats()).unwrap_or_default();
+        out.set(keel_wasm_cache_stats {
+            hits: s.hits,
+            compiles: s.compiles,
+            rejected: s.rejected,
+        });
+        Ok(())
+    })
+}
+
+/// Counters of the SIGUSR1 routing between wasmer's guest interrupts and the application's
+/// own SIGUSR1 handler (process-wide; see docs/wasm.md).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct keel_wasm_signal_stats {
+    /// Keel's handler was installed in front of wasmer's (false before the first WASM load,
+    /// or if wasmer was initialised before Keel).
+    pub routing_active: bool,
+    /// Keel's handler was not the installed SIGUSR1 handler at the last look (someone called
+    /// `sigaction(SIGUSR1)` after Keel: WASM deadlines no longer interrupt guests).
+    pub handler_overridden: bool,
+    /// Signals handed to wasmer as guest interrupts.
+    pub interrupts: u64,
+    /// Signals handed to the application's disposition.
+    pub forwarded: u64,
+    /// Late interrupts swallowed instead of reaching the default action.
+    pub late_interrupts: u64,
+    /// Times Keel found its handler replaced (after having seen it in place).
+    pub handler_overrides: u64,
+}
+
+/// Read the SIGUSR1 routing counters into `*out`; looks whether Keel's handler is still
+/// installed first (one `sigaction` query). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn keel_wasm_signal_counters(out: *mut keel_wasm_signal_stats) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `out`.
+        let out = unsafe { Out::new(out, "out") }?;
+        let s = crate::runtime::wasm::signals::stats();
+        out.set(keel_wasm_signal_stats {
+            routing_active: s.routing_active,
+            handler_overridden: s.handler_overridden,
+            interrupts: s.interrupts,
+            forwarded: s.forwarded,
+            late_interrupts: s.late_interrupts,
+            handler_overrides: s.handler_overrides,
+        });
         Ok(())
     })
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::host::{keel_buffer, keel_host};
-use super::{arg_out, arg_ref, arg_str, boundary};
+use super::{arg_str, borrow, boundary, fill_buffer};
 use crate::error::keel_status;
 use crate::watch::WatchConfig;
 
@@ -29,24 +29,25 @@ use crate::watch::WatchConfig;
 /// outcome is recorded (see `keel_host_watch_events`); lifecycle listeners fire as usual,
 /// on the watcher's thread.
 ///
-/// Returns `KEEL_ERR_BUSY` if the host already watches a directory (stop it first),
-/// `KEEL_ERR_FILE_NOT_FOUND` if `dir` does not exist, `KEEL_ERR_INVALID_ARGUMENT` if it is
-/// not a directory or `debounce_ms` is 0 or above 3600000, `KEEL_ERR_IO` if the watch
-/// cannot be set up (e.g. the inotify watch limit).
-///
 /// The watcher's thread belongs to the host; it is stopped by `keel_host_stop_watching` or
 /// `keel_host_free`. Calls never wait for it. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_BUSY` (the host already
+/// watches a directory; stop it first), `KEEL_ERR_FILE_NOT_FOUND` (`dir` does not exist),
+/// `KEEL_ERR_INVALID_ARGUMENT` (not a directory, or `debounce_ms` is 0 or above 3600000),
+/// `KEEL_ERR_IO` (the watch cannot be set up, e.g. the inotify watch limit).
 #[no_mangle]
 pub extern "C" fn keel_host_watch_dir(host: *const keel_host, dir: *const c_char, debounce_ms: u64) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
-        let h = unsafe { arg_ref(host, "host") }?;
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract.
         let dir = unsafe { arg_str(dir, "dir") }?;
         let config = WatchConfig {
             debounce: Duration::from_millis(debounce_ms),
             ..WatchConfig::default()
         };
-        h.host.watch_dir(Path::new(dir), config)
+        h.watch_dir(Path::new(dir), config)
     })
 }
 
@@ -55,18 +56,20 @@ pub extern "C" fn keel_host_watch_dir(host: *const keel_host, dir: *const c_char
 /// waited for. Not watching: `KEEL_OK` (idempotent). Plugins stay loaded; the recorded
 /// outcomes are kept. May be called from a lifecycle listener running on the watcher's
 /// thread (the thread then ends when the listener returns). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_stop_watching(host: *const keel_host) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        h.host.stop_watching();
+        let h = unsafe { borrow(host, "host") }?;
+        h.stop_watching();
         Ok(())
     })
 }
 
 /// Write the watcher's recent outcomes with a sequence number above `after_seq` (0: all
-/// kept) into `out`, replacing its content, as JSON lines, oldest first, each ending in
+/// kept) into `out` (an output buffer), as JSON lines, oldest first, each ending in
 /// `\n`:
 ///
 /// `{"seq":3,"unix_ms":1700000000000,"folder":"echo","plugin":"echo","action":"reload",
@@ -76,20 +79,18 @@ pub extern "C" fn keel_host_stop_watching(host: *const keel_host) -> keel_status
 /// `status` is a `keel_status` (0: done); `generation` is the generation serving after the
 /// action (after a failed reload: the old one, still serving). Sequence numbers count up
 /// for the life of the host; the host keeps the last 256 outcomes. No outcomes: `out` is
-/// emptied. `out` is borrowed. Thread-safe (for distinct buffers).
+/// emptied. Thread-safe (for distinct buffers).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
 #[no_mangle]
 pub extern "C" fn keel_host_watch_events(host: *const keel_host, after_seq: u64, out: *mut keel_buffer) -> keel_status {
-    boundary(|| {
+    fill_buffer(out, |out| {
         // SAFETY: caller contract.
-        let h = unsafe { arg_ref(host, "host") }?;
-        let out = arg_out(out, "out")?;
-        let events = h.host.watch_events_after(after_seq);
-        // SAFETY: checked non-null; the caller owns the buffer exclusively for the call.
-        let buf = unsafe { &mut *out };
-        buf.data.clear();
-        for e in events {
-            buf.data.extend_from_slice(e.to_json_line().as_bytes());
-            buf.data.push(b'\n');
+        let h = unsafe { borrow(host, "host") }?;
+        out.clear();
+        for e in h.watch_events_after(after_seq) {
+            out.extend_from_slice(e.to_json_line().as_bytes());
+            out.push(b'\n');
         }
         Ok(())
     })

@@ -70,8 +70,15 @@ int main(int argc, char **argv) {
     CHECK(call_str(plugin, "kv_put", "lang=c", out) == KEEL_OK);
     CHECK(call_str(plugin, "kv_get", "lang", out) == KEEL_OK);
     CHECK(buffer_equals(out, "c"));
+    /* Output buffers: the result on success, empty on any failure (the plugin's error text
+     * is in the last error message). */
+    CHECK(call_str(plugin, "echo", "previous result", out) == KEEL_OK);
     CHECK(call_str(plugin, "fail", "", out) == KEEL_ERR_CALL_FAILED);
+    CHECK(buffer_equals(out, ""));
     CHECK(call_str(plugin, "nope", "", out) == KEEL_ERR_FUNCTION_NOT_FOUND);
+    CHECK(call_str(plugin, "echo", "previous result", out) == KEEL_OK);
+    CHECK(keel_call(plugin, 200, NULL, 0, out) == KEEL_ERR_FUNCTION_NOT_FOUND); /* never resolved */
+    CHECK(buffer_equals(out, ""));
 
     /* Bad input gets its own code and leaves the host serving. */
     CHECK(keel_host_load(NULL, "x", NULL) == KEEL_ERR_NULL_POINTER);
@@ -86,6 +93,20 @@ int main(int argc, char **argv) {
         keel_plugin *missing = NULL;
         CHECK(keel_plugin_get(host, "missing", &missing) == KEEL_ERR_PLUGIN_NOT_FOUND);
         CHECK(missing == NULL);
+    }
+    {
+        /* A native plugin has no ThemisDB object to lease; the out-parameter stays as it was. */
+        keel_themis_lease *lease = NULL;
+        CHECK(keel_plugin_themis_lease(plugin, &lease) == KEEL_ERR_UNSUPPORTED);
+        CHECK(lease == NULL);
+        CHECK(keel_themis_lease_free(NULL) == KEEL_OK);
+    }
+    {
+        /* Process-wide SIGUSR1 routing counters (no WASM runtime here: routing inactive). */
+        keel_wasm_signal_stats st;
+        memset(&st, 0xff, sizeof st);
+        CHECK(keel_wasm_signal_counters(&st) == KEEL_OK);
+        CHECK(!st.routing_active && st.late_interrupts == 0 && st.handler_overrides == 0);
     }
     CHECK(keel_host_load(host, path(dir, "does/not/exist.json"), NULL) == KEEL_ERR_FILE_NOT_FOUND);
     f = fopen(path(dir, "malformed.json"), "w");
