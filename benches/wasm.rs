@@ -88,6 +88,7 @@ impl Ffi {
         std::fs::write(&path, m.to_string()).unwrap();
         Ffi {
             echo: Loaded::with_setup(&path, c"add", |host| {
+                // SAFETY: keel_wasm_config is a plain C struct of integers and bools; all-zero is a valid value, overwritten next.
                 let mut c = unsafe { std::mem::zeroed::<keel::ffi::wasm::keel_wasm_config>() };
                 assert_eq!(
                     keel::ffi::wasm::keel_wasm_config_default(&mut c),

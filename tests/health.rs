@@ -386,6 +386,7 @@ mod c_abi {
     fn report(p: *const keel_plugin) -> keel_health_report {
         let mut r = std::mem::MaybeUninit::<keel_health_report>::uninit();
         assert_eq!(keel_plugin_health(p, r.as_mut_ptr()), KEEL_OK);
+        // SAFETY: keel_plugin_health returned KEEL_OK, so it wrote the whole report.
         unsafe { r.assume_init() }
     }
 

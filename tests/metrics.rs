@@ -387,6 +387,7 @@ fn latency_sampling_through_the_c_abi() {
     assert_eq!(keel_host_metrics_text(h, buf), KEEL_OK);
     let (mut d, mut n) = (std::ptr::null(), 0);
     assert_eq!(keel_buffer_data(buf, &mut d, &mut n), KEEL_OK);
+    // SAFETY: keel_buffer_data returned KEEL_OK: d points to n bytes the buffer owns, read before it changes.
     let text = String::from_utf8(unsafe { std::slice::from_raw_parts(d, n) }.to_vec()).unwrap();
     let e = parse(&text).unwrap_or_else(|m| panic!("{m}\n{text}"));
     assert_eq!(

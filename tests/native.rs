@@ -466,6 +466,7 @@ fn status_names_and_last_error_are_per_thread() {
     let mut name = ptr::null();
     assert_eq!(keel_status_name(KEEL_ERR_DIGEST_MISMATCH as u32, &mut name), KEEL_OK);
     assert_eq!(
+        // SAFETY: keel_status_name returned KEEL_OK: name is a static NUL-terminated string.
         unsafe { CStr::from_ptr(name) }.to_str().unwrap(),
         "KEEL_ERR_DIGEST_MISMATCH"
     );

@@ -879,6 +879,7 @@ fn keel_call_through_the_c_abi_reaches_wasm_plugins() {
     assert_eq!(keel_call(plugin, ok, std::ptr::null(), 0, buf), KEEL_OK);
     let (mut data, mut len) = (std::ptr::null(), 0usize);
     assert_eq!(keel_buffer_data(buf, &mut data, &mut len), KEEL_OK);
+    // SAFETY: keel_buffer_data returned KEEL_OK: data points to len bytes the buffer owns.
     assert_eq!(unsafe { std::slice::from_raw_parts(data, len) }, b"ok");
     assert_eq!(keel_buffer_free(buf), KEEL_OK);
     assert_eq!(keel_plugin_free(plugin), KEEL_OK);

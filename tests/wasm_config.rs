@@ -26,6 +26,7 @@ fn wasm_plugin(dir: &Path, fixture: &str, name: &str) -> PathBuf {
 }
 
 fn defaults() -> keel_wasm_config {
+    // SAFETY: keel_wasm_config is a plain C struct of integers and bools; all-zero is a valid value, overwritten next.
     let mut c = unsafe { std::mem::zeroed::<keel_wasm_config>() };
     assert_eq!(keel_wasm_config_default(&mut c), KEEL_OK);
     c

@@ -562,6 +562,7 @@ mod c_abi {
         if len == 0 {
             return Vec::new();
         }
+        // SAFETY: keel_buffer_data returned a pointer to len bytes the buffer owns, read before it changes.
         let text = std::str::from_utf8(unsafe { std::slice::from_raw_parts(data, len) }).unwrap();
         assert!(text.ends_with('\n'));
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -49,7 +49,9 @@ pub struct Loaded {
 }
 
 // The C ABI's host and plugin calls are thread-safe; buffers stay per thread.
+// SAFETY: the C ABI documents host and plugin handles as thread-safe; buffers are per thread.
 unsafe impl Send for Loaded {}
+// SAFETY: the C ABI documents host and plugin handles as thread-safe; buffers are per thread.
 unsafe impl Sync for Loaded {}
 
 impl Loaded {

@@ -503,7 +503,10 @@ mod tests {
         }
     }
 
-    fn graph(entries: &[(&str, &str, &[(&str, &str)])]) -> LoadedGraph {
+    /// (name, version, [(dependency, requirement)]).
+    type Entry<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn graph(entries: &[Entry<'_>]) -> LoadedGraph {
         entries
             .iter()
             .map(|(n, ver, deps)| {

@@ -129,6 +129,7 @@ pub mod capi {
     pub fn last_error() -> String {
         let mut p = ptr::null();
         assert_eq!(keel_last_error_message(&mut p), KEEL_OK);
+        // SAFETY: keel_last_error_message succeeded: p is a NUL-terminated string valid until the next call on this thread.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 
@@ -214,6 +215,7 @@ pub mod capi {
             if n == 0 {
                 return vec![];
             }
+            // SAFETY: keel_buffer_data returned a pointer to n bytes the buffer owns; copied before the next write.
             unsafe { std::slice::from_raw_parts(d, n) }.to_vec()
         }
 

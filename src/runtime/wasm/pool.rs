@@ -26,7 +26,9 @@ pub struct Pool<T> {
 // overlap and each claim sees the previous holder's writes; `T: Send` lets a value be
 // used by whichever thread claims it.
 unsafe impl<T: Send> Sync for Pool<T> {}
+// SAFETY: see the comment above: claims are exclusive (one CAS), so no two threads use a value at once.
 unsafe impl<T: Send> Send for Pool<T> {}
+// SAFETY: as for Sync above: the pool owns its values and hands each to one claimer at a time.
 
 /// A claimed slot; released when dropped.
 pub struct Claim<'a, T> {
