@@ -4,7 +4,7 @@
 //! and the Rust host; info, getInstance, config, hot reload with state, unload order, and one
 //! precise code for every failure.
 
-mod common;
+use crate::common;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::path::{Path, PathBuf};

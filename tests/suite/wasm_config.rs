@@ -1,7 +1,7 @@
 //! Node-wide WASM settings through the C ABI: defaults, ceilings, metering, and the
 //! compiled-module cache, as a C++ host sets them.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::ptr;

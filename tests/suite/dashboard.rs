@@ -3,7 +3,7 @@
 //! and a running health monitor is scraped, and every name in every panel query and in the
 //! template variable must be among the scraped series.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! Nothing here measures time: intervals are small and outcomes are awaited by bounded
 //! polling (the bound only keeps a broken build from hanging).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

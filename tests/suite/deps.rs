@@ -2,7 +2,7 @@
 //! native fixture plugins: load order, all-or-nothing sets, cycles, version ranges, unload
 //! refusal and cascade, the capability allowlist and the frozen granted set.
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! reloads and failures must produce; the sampled latency histogram's counts; and the text
 //! checked line by line against the OpenMetrics text grammar.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

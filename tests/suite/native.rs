@@ -1,7 +1,7 @@
 //! The foundation, end to end through the C ABI: load verified native plugins, call them,
 //! and get one precise code for every kind of bad input.
 
-mod common;
+use crate::common;
 
 use std::ffi::{CStr, CString};
 use std::ptr;

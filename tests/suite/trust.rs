@@ -1,7 +1,7 @@
 //! Trust end to end: Ed25519 (RFC 8032 vectors), Keel's signature format, the trust store,
 //! the policy, and one code per cause through both the Rust API and the C ABI.
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@
 //! folder dropped in after the change under test; once the sentinel is loaded, every earlier
 //! change has been acted on (events are handled in order, with the same quiet periods).
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! is unchanged. Also: the bad-input matrix of docs/errors.md is checked against the code,
 //! and the Rust mirrors of keel_plugin.h's structs against the header (C `static_assert`s).
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! WASM plugins through `WasmRuntime`: ABI, limits, traps, capabilities, concurrency, state,
 //! compiled-module cache, and a fixture written in C against keel_wasm.h.
 
-mod wasm_support;
+use crate::wasm_support;
 
 use std::sync::Arc;
 

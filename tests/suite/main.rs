@@ -1,0 +1,23 @@
+//! The integration suite as one test binary: every module below used to be its own binary,
+//! each linking wasmer and the whole library again. `tests/cli.rs` (needs the `cli` feature)
+//! and `tests/wasm_signals.rs` (changes process-wide signal dispositions) stay separate.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../wasm_support/mod.rs"]
+mod wasm_support;
+
+mod dashboard;
+mod deps;
+mod header;
+mod health;
+mod hostile;
+mod legacy;
+mod metrics;
+mod module_graph;
+mod native;
+mod themis_manifest;
+mod trust;
+mod wasm;
+mod wasm_config;
+mod watch;
