@@ -1184,6 +1184,16 @@ keel_status keel_plugin_themis_lease(const keel_plugin *plugin, keel_themis_leas
 keel_status keel_themis_lease_instance(const keel_themis_lease *lease, void **out);
 
 /**
+ * The leased generation's own `IThemisPlugin` object (the one `createPlugin` returned and
+ * Keel initialised): `*out` receives it as a `themis::plugins::IThemisPlugin*`. Valid until
+ * the lease is freed; do not call `initialize`, `shutdown` or `destroyPlugin` on it (Keel
+ * owns its lifecycle). Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_themis_lease_plugin(const keel_themis_lease *lease, void **out);
+
+/**
  * The number of the generation the lease holds (compare with `keel_plugin_generation` to
  * see whether the plugin has been reloaded since). Thread-safe.
  *
@@ -1305,6 +1315,30 @@ keel_status keel_plugin_functions(const keel_plugin *plugin, keel_buffer *out);
  * Errors: `KEEL_ERR_NULL_POINTER`.
  */
 keel_status keel_host_list_plugins(const keel_host *host, keel_buffer *out);
+
+/**
+ * Find the plugin manifests under `dir` as `keel_host_load_dir` does (plugin folders with
+ * `keel.json` or `plugin.json`, ThemisDB's nested `<category>/<name>/plugin.json` layout up to
+ * 4 levels, no stray `*.json`, hidden and temporary names ignored), without reading or
+ * loading them: a JSON array of manifest paths, sorted, written to `out` (an output buffer).
+ * An empty array means none was found. Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+ * `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_IO`.
+ */
+keel_status keel_discover_manifests(const char *dir, keel_buffer *out);
+
+/**
+ * Read and validate one manifest (Keel `keel.json` or ThemisDB `plugin.json`) without loading
+ * anything or checking trust: its normalised Keel form (the Keel manifest schema's JSON:
+ * `name`, `version`, `type`, `runtime`, `binary`, `capabilities`, `dependencies`, `traits`,
+ * `auto_load`, `load_priority`, `config`, ...) written to `out` (an output buffer).
+ * Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+ * `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`, `KEEL_ERR_FILE_TOO_LARGE`, `KEEL_ERR_MANIFEST_*`.
+ */
+keel_status keel_manifest_read(const char *path, keel_buffer *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -280,3 +280,47 @@ pub extern "C" fn keel_host_list_plugins(host: *const keel_host, out: *mut keel_
         Ok(())
     })
 }
+
+/// Find the plugin manifests under `dir` as `keel_host_load_dir` does (plugin folders with
+/// `keel.json` or `plugin.json`, ThemisDB's nested `<category>/<name>/plugin.json` layout up to
+/// 4 levels, no stray `*.json`, hidden and temporary names ignored), without reading or
+/// loading them: a JSON array of manifest paths, sorted, written to `out` (an output buffer).
+/// An empty array means none was found. Thread-safe (for distinct buffers).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+/// `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn keel_discover_manifests(dir: *const c_char, out: *mut keel_buffer) -> keel_status {
+    fill_buffer(out, |out| {
+        // SAFETY: caller contract.
+        let dir = unsafe { super::arg_str(dir, "dir") }?;
+        let mut found = crate::deps::discover::discover(std::path::Path::new(dir))?.manifests;
+        found.sort();
+        let paths: Vec<String> = found.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        out.clear();
+        serde_json::to_writer(&mut *out, &paths)
+            .map_err(|e| crate::err!(KEEL_ERR_INTERNAL, "serialising the manifest list: {e}"))?;
+        Ok(())
+    })
+}
+
+/// Read and validate one manifest (Keel `keel.json` or ThemisDB `plugin.json`) without loading
+/// anything or checking trust: its normalised Keel form (the Keel manifest schema's JSON:
+/// `name`, `version`, `type`, `runtime`, `binary`, `capabilities`, `dependencies`, `traits`,
+/// `auto_load`, `load_priority`, `config`, ...) written to `out` (an output buffer).
+/// Thread-safe (for distinct buffers).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+/// `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`, `KEEL_ERR_FILE_TOO_LARGE`, `KEEL_ERR_MANIFEST_*`.
+#[no_mangle]
+pub extern "C" fn keel_manifest_read(path: *const c_char, out: *mut keel_buffer) -> keel_status {
+    fill_buffer(out, |out| {
+        // SAFETY: caller contract.
+        let path = unsafe { super::arg_str(path, "path") }?;
+        let f = crate::manifest::read_file(std::path::Path::new(path))?;
+        out.clear();
+        serde_json::to_writer(&mut *out, &f.manifest)
+            .map_err(|e| crate::err!(KEEL_ERR_INTERNAL, "serialising the manifest: {e}"))?;
+        Ok(())
+    })
+}
