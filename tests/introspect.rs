@@ -250,3 +250,50 @@ fn the_plugin_list_functions_and_state_describe_what_runs() {
     assert_eq!(out.text(), "[]");
     assert_eq!(keel_host_unload_all(std::ptr::null()), KEEL_ERR_NULL_POINTER);
 }
+
+#[test]
+fn discovery_and_manifest_reading_report_bad_input() {
+    let (dir, manifest) = common::echo_plugin("discover", &[], serde_json::json!({}));
+    // A stray JSON file next to the plugin folder is not a manifest.
+    let root = dir
+        .parent()
+        .unwrap()
+        .join(format!("{}-root", dir.file_name().unwrap().to_str().unwrap()));
+    std::fs::create_dir_all(root.join("cat")).unwrap();
+    std::fs::rename(&dir, root.join("cat").join("echo")).unwrap();
+    let name = manifest.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::rename(root.join("cat/echo").join(&name), root.join("cat/echo/keel.json")).unwrap();
+    std::fs::write(root.join("notes.json"), "{}").unwrap();
+    let out = Buf::new();
+    let r = cstr(root.to_str().unwrap());
+    assert_eq!(keel_discover_manifests(r.as_ptr(), out.0), KEEL_OK, "{}", last_error());
+    let found: Vec<String> = serde_json::from_slice(&out.bytes()).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].ends_with("cat/echo/keel.json"), "{found:?}");
+    let m = cstr(&found[0]);
+    assert_eq!(keel_manifest_read(m.as_ptr(), out.0), KEEL_OK, "{}", last_error());
+    let v: serde_json::Value = serde_json::from_slice(&out.bytes()).unwrap();
+    assert_eq!(v["name"], "echo");
+    assert_eq!(v["runtime"], "native");
+
+    let missing = cstr(root.join("missing").to_str().unwrap());
+    assert_eq!(
+        keel_discover_manifests(missing.as_ptr(), out.0),
+        KEEL_ERR_FILE_NOT_FOUND
+    );
+    assert!(out.bytes().is_empty(), "an output buffer is empty after a failure");
+    assert_eq!(keel_manifest_read(missing.as_ptr(), out.0), KEEL_ERR_FILE_NOT_FOUND);
+    let stray = cstr(root.join("notes.json").to_str().unwrap());
+    assert_ne!(keel_manifest_read(stray.as_ptr(), out.0), KEEL_OK);
+    assert!(!last_error().is_empty());
+    assert_eq!(keel_discover_manifests(std::ptr::null(), out.0), KEEL_ERR_NULL_POINTER);
+    assert_eq!(
+        keel_manifest_read(m.as_ptr(), std::ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let mut obj = std::ptr::null_mut();
+    assert_eq!(
+        keel::ffi::themis::keel_themis_lease_plugin(std::ptr::null(), &mut obj),
+        KEEL_ERR_NULL_POINTER
+    );
+}
