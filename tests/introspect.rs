@@ -297,3 +297,49 @@ fn discovery_and_manifest_reading_report_bad_input() {
         KEEL_ERR_NULL_POINTER
     );
 }
+
+/// Poll `cond` (bounded: fails after 60 s instead of hanging; no timing is asserted).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..60_000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("never happened: {what}");
+}
+
+#[test]
+fn a_plugin_being_reloaded_under_a_running_call_is_draining() {
+    let (dir, manifest) = common::echo_plugin("draining", &[], serde_json::json!({}));
+    let host = TestHost::new();
+    let p = host.load_plugin(&manifest).unwrap();
+    let block = p.function("block_until").unwrap();
+    let gate = dir.join("gate");
+    let entered = dir.join("gate.entered");
+    let host_ptr = host.0 as usize;
+    let plugin_ptr = p.0 as usize;
+    let g = gate.clone();
+    let caller = std::thread::spawn(move || {
+        let out = Buf::new();
+        let input = g.to_str().unwrap().as_bytes().to_vec();
+        common::capi::call(plugin_ptr as *const keel_plugin, block, &input, &out)
+    });
+    wait_for("the call entered the plugin", || entered.exists());
+    let reloader = std::thread::spawn(move || {
+        let mut g = 0;
+        keel_host_reload(host_ptr as *const keel_host, c"echo".as_ptr(), &mut g)
+    });
+    let state = || {
+        let mut st = keel_lifecycle_state::KEEL_STATE_LOADING;
+        assert_eq!(keel_plugin_state(p.0, &mut st), KEEL_OK);
+        st
+    };
+    wait_for("the reload is draining the old generation", || {
+        state() == keel_lifecycle_state::KEEL_STATE_DRAINING
+    });
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(caller.join().unwrap(), KEEL_OK);
+    assert_eq!(reloader.join().unwrap(), KEEL_OK, "{}", last_error());
+    assert_eq!(state(), keel_lifecycle_state::KEEL_STATE_ACTIVE);
+}
