@@ -216,6 +216,21 @@ int main(int argc, char **argv) {
         pm.clearReloadListeners();
         CHECK_OK(pm.reloadPlugin("echo"));
         CHECK(phases.size() == 3);
+        // A listener may call the manager, lifecycle operations included (no deadlock: Keel
+        // delivers outside its lock, the manager holds none of its own while calling out).
+        int inner = 0;
+        pm.registerReloadListener([&](const std::string &n, PluginReloadPhase ph) {
+            if (n != "legacy" || ph != PluginReloadPhase::AFTER_LOAD) return;
+            if (pm.getPlugin("legacy").has_value() && pm.unloadPlugin("echo").has_value() &&
+                pm.loadPlugin("echo").has_value())
+                inner++;
+        });
+        CHECK_OK(pm.reloadPlugin("legacy"));
+        CHECK(inner == 1);
+        CHECK(pm.isPluginLoaded("echo"));
+        auto echo_again = pm.getPlugin("echo");
+        CHECK(echo_again && static_cast<keel::ThemisAdapter *>((*echo_again)->getInstance())->call("echo", "x") == "x");
+        pm.clearReloadListeners();
 
         // ---- capabilities ----
         using themis::plugins::PluginCapabilityRequirement;
@@ -235,7 +250,7 @@ int main(int argc, char **argv) {
         // ---- metrics and diagnostics ----
         const auto &metrics = pm.getMetrics();
         CHECK(metrics.getStats("echo").function_calls >= 1);
-        CHECK(metrics.getStats("legacy").reload_count == 1);
+        CHECK(metrics.getStats("legacy").reload_count == 2);
         CHECK(metrics.exposition().find("plugin_function_calls{plugin=\"echo\"}") != std::string::npos);
         const std::string diag = pm.getDiagnosticsForPlugin("legacy");
         CHECK(diag.find("\"plugin_name\":\"legacy\"") != std::string::npos);
