@@ -684,12 +684,10 @@ public:
     /** The loaded plugins of a type (sorted by name). */
     std::vector<IThemisPlugin *> getPluginsByType(PluginType type) const {
         std::vector<IThemisPlugin *> out;
-        for (const auto &n : listLoadedPlugins()) {
-            auto m = getManifest(n);
-            if (m && m->type == type) {
-                auto p = getPlugin(n);
-                if (p) out.push_back(*p);
-            }
+        for (const auto &m : loaded_rows()) {
+            if (m.type != type) continue;
+            auto p = getPlugin(m.name);
+            if (p) out.push_back(*p);
         }
         return out;
     }
