@@ -189,8 +189,16 @@ impl Host {
     /// events happened, on one thread at a time; a listener may load, reload or unload plugins,
     /// and the events of such an operation follow once it returns (a listener is never
     /// re-entered; see [`crate::lifecycle::listeners`]). A listener that panics is ignored.
-    pub fn add_listener(&self, l: Listener) {
-        self.lifecycle.add_listener(l);
+    ///
+    /// Returns the listener's id (never 0), for [`Host::remove_listener`].
+    pub fn add_listener(&self, l: Listener) -> u64 {
+        self.lifecycle.add_listener(l)
+    }
+
+    /// Remove a listener registered by [`Host::add_listener`]; `false` if the id is unknown
+    /// (or already removed). Events already being delivered may still reach it.
+    pub fn remove_listener(&self, id: u64) -> bool {
+        self.lifecycle.remove_listener(id)
     }
 
     // --- plugins ------------------------------------------------------------------------
@@ -202,6 +210,11 @@ impl Host {
 
     pub fn plugin_names(&self) -> Vec<String> {
         self.lifecycle.plugin_names()
+    }
+
+    /// The loaded plugins' slots, sorted by name (a lock-free snapshot).
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.lifecycle.slots()
     }
 
     /// The manifest path a loaded plugin was loaded from (what reload reads again).

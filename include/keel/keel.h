@@ -346,6 +346,87 @@ typedef uint32_t keel_health_status;
 #endif // __cplusplus
 
 /**
+ * A lifecycle event, as delivered to a `keel_listener_fn`.
+ */
+enum keel_event
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * A plugin was loaded (generation 1 installed and initialised).
+   */
+  KEEL_EVENT_LOADED = 0,
+  /**
+   * A reload verified and initialised a new generation and swapped it in (always followed
+   * by `KEEL_EVENT_AFTER_SWAP` for the same generation; listeners run after the operation,
+   * so the new generation already serves when they see it).
+   */
+  KEEL_EVENT_BEFORE_SWAP = 1,
+  /**
+   * After a reload: the new generation is current, the old one has been drained.
+   */
+  KEEL_EVENT_AFTER_SWAP = 2,
+  /**
+   * A reload failed; the old generation keeps serving (`generation` is the number the new
+   * one would have had).
+   */
+  KEEL_EVENT_ROLLED_BACK = 3,
+  /**
+   * A plugin was unloaded (`generation` is the one that was unloaded).
+   */
+  KEEL_EVENT_UNLOADED = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_event keel_event;
+#else
+typedef uint32_t keel_event;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * A plugin's lifecycle state (`keel_plugin_state`); the values are ThemisDB's `PluginState`
+ * ones, with `Draining` in place of `Unloading`.
+ */
+enum keel_lifecycle_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not loaded (unloaded since the handle was taken).
+   */
+  KEEL_STATE_UNLOADED = 0,
+  /**
+   * Being loaded. A handle or a list row exists only once a plugin is initialised and
+   * published, so Keel's queries never return it; it is here for ThemisDB's state values.
+   */
+  KEEL_STATE_LOADING = 1,
+  /**
+   * Loaded and serving; the health monitor has not found it degraded or unhealthy.
+   */
+  KEEL_STATE_ACTIVE = 2,
+  /**
+   * Loaded and serving, but the health monitor's last report was degraded, unhealthy or
+   * failed (`keel_plugin_health` has the details).
+   */
+  KEEL_STATE_DEGRADED = 3,
+  /**
+   * Loaded and serving while a reload or unload of it runs (its current generation will be
+   * drained).
+   */
+  KEEL_STATE_DRAINING = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_lifecycle_state keel_lifecycle_state;
+#else
+typedef uint32_t keel_lifecycle_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A growable byte buffer that receives results (see "Output buffers" at the top of this
  * header). Owned by the caller (`keel_buffer_new` / `keel_buffer_free`) and reused across
  * calls: its memory is kept, so steady-state calls allocate nothing. Not thread-safe: use
@@ -555,6 +636,25 @@ typedef struct {
    */
   uint64_t handler_overrides;
 } keel_wasm_signal_stats;
+
+/**
+ * A lifecycle listener: `plugin` (NUL-terminated UTF-8, borrowed for the call), the event,
+ * the generation number, and the `user_data` given at registration. It may be called from
+ * any thread that runs a lifecycle operation (the embedder's, the health monitor's, the
+ * directory watcher's), one call at a time, never re-entered, and never under Keel's
+ * lifecycle lock: it may load, reload or unload plugins itself (the events of those
+ * operations follow once it returns). It must not unwind (no C++ exception may leave it).
+ */
+typedef void (*keel_listener_fn)(const char *plugin,
+                                 keel_event event,
+                                 uint64_t generation,
+                                 void *user_data);
+
+/**
+ * Releases a listener's `user_data` once the listener is removed (or its host freed) and no
+ * delivery uses it any more.
+ */
+typedef void (*keel_user_data_free_fn)(void *user_data);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1084,6 +1184,16 @@ keel_status keel_plugin_themis_lease(const keel_plugin *plugin, keel_themis_leas
 keel_status keel_themis_lease_instance(const keel_themis_lease *lease, void **out);
 
 /**
+ * The leased generation's own `IThemisPlugin` object (the one `createPlugin` returned and
+ * Keel initialised): `*out` receives it as a `themis::plugins::IThemisPlugin*`. Valid until
+ * the lease is freed; do not call `initialize`, `shutdown` or `destroyPlugin` on it (Keel
+ * owns its lifecycle). Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_themis_lease_plugin(const keel_themis_lease *lease, void **out);
+
+/**
  * The number of the generation the lease holds (compare with `keel_plugin_generation` to
  * see whether the plugin has been reloaded since). Thread-safe.
  *
@@ -1134,6 +1244,101 @@ keel_status keel_plugin_type(const keel_plugin *plugin, keel_buffer *out);
  * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_PLUGIN_UNLOADED`.
  */
 keel_status keel_plugin_has_trait(const keel_plugin *plugin, const char *name, bool *out);
+
+/**
+ * Register a lifecycle listener (see `keel_listener_fn` for when and how it is called).
+ * `user_data` is passed to every call; `free_user_data` (may be NULL) is called with it once
+ * the listener has been removed or the host freed and no delivery uses it any more. Both
+ * must be usable from any thread. On success `*id` receives the listener's id (never 0), for
+ * `keel_host_remove_listener`. A listener that panics or fails is ignored; later listeners
+ * still run. Thread-safe.
+ *
+ * Events: loaded, before swap, after swap, rolled back, unloaded (`keel_event`). Health
+ * changes are not lifecycle events: read them with `keel_plugin_health`.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`, `listener`, `id`; then `free_user_data` is not
+ * called).
+ */
+keel_status keel_host_add_listener(const keel_host *host,
+                                   keel_listener_fn listener,
+                                   void *user_data,
+                                   keel_user_data_free_fn free_user_data,
+                                   uint64_t *id);
+
+/**
+ * Remove a listener registered with `keel_host_add_listener`. An event being delivered on
+ * another thread when this returns may still reach it; later events do not. Its
+ * `free_user_data` runs once no delivery uses it. Thread-safe; may be called from a listener.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (no listener with that id:
+ * never registered, or already removed).
+ */
+keel_status keel_host_remove_listener(const keel_host *host, uint64_t id);
+
+/**
+ * Unload every loaded plugin, dependents before their dependencies (reverse dependency order,
+ * ties by name). Every plugin is unloaded even if one fails to drain; the first error is
+ * returned then. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_DRAIN_TIMEOUT` (all unloaded; a plugin's code is
+ * released when its last call returns).
+ */
+keel_status keel_host_unload_all(const keel_host *host);
+
+/**
+ * A plugin's lifecycle state now (`keel_lifecycle_state`): `*out` receives it. Works on a
+ * handle whose plugin has been unloaded (`KEEL_STATE_UNLOADED`). Thread-safe, lock-free for
+ * calls.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_plugin_state(const keel_plugin *plugin, keel_lifecycle_state *out);
+
+/**
+ * The functions the plugin's current generation exports, as a JSON array of strings (in the
+ * plugin's order), written to `out` (an output buffer). Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_PLUGIN_UNLOADED`.
+ */
+keel_status keel_plugin_functions(const keel_plugin *plugin, keel_buffer *out);
+
+/**
+ * Every loaded plugin, sorted by name, as a JSON array written to `out` (an output buffer).
+ * Each element is an object with `name`, `version`, `description`, `type` (manifest type, ""
+ * if none), `runtime` (`"native"`, `"wasm"`, `"themis"`), `generation`, `state` (`"active"`,
+ * `"degraded"`, `"draining"`; see `keel_lifecycle_state`), `manifest_path` (or null),
+ * `binary_sha256` (lower-case hex of the binary that runs), `capabilities` (the granted,
+ * frozen set), `dependencies` (plugin name → version range), `traits`, `auto_load`,
+ * `load_priority` (or null). A lock-free snapshot: a plugin unloaded meanwhile is left out.
+ * Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_host_list_plugins(const keel_host *host, keel_buffer *out);
+
+/**
+ * Find the plugin manifests under `dir` as `keel_host_load_dir` does (plugin folders with
+ * `keel.json` or `plugin.json`, ThemisDB's nested `<category>/<name>/plugin.json` layout up to
+ * 4 levels, no stray `*.json`, hidden and temporary names ignored), without reading or
+ * loading them: a JSON array of manifest paths, sorted, written to `out` (an output buffer).
+ * An empty array means none was found. Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+ * `KEEL_ERR_INVALID_ARGUMENT` (not a directory), `KEEL_ERR_IO`.
+ */
+keel_status keel_discover_manifests(const char *dir, keel_buffer *out);
+
+/**
+ * Read and validate one manifest (Keel `keel.json` or ThemisDB `plugin.json`) without loading
+ * anything or checking trust: its normalised Keel form (the Keel manifest schema's JSON:
+ * `name`, `version`, `type`, `runtime`, `binary`, `capabilities`, `dependencies`, `traits`,
+ * `auto_load`, `load_priority`, `config`, ...) written to `out` (an output buffer).
+ * Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_FILE_NOT_FOUND`,
+ * `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`, `KEEL_ERR_FILE_TOO_LARGE`, `KEEL_ERR_MANIFEST_*`.
+ */
+keel_status keel_manifest_read(const char *path, keel_buffer *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -32,6 +32,8 @@ pub mod wasm;
 
 pub mod themis;
 
+pub mod introspect;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;

@@ -35,6 +35,7 @@ pub struct keel_themis_lease {
 pub(crate) struct ThemisLease {
     generation: Arc<Generation>,
     instance: *mut c_void,
+    plugin: *mut c_void,
 }
 
 impl Castable for keel_themis_lease {
@@ -71,7 +72,12 @@ pub extern "C" fn keel_plugin_themis_lease(
                 )
             })?;
         let instance = legacy.themis_instance()?;
-        out.set(new_boxed::<keel_themis_lease>(ThemisLease { generation, instance }));
+        let plugin = legacy.themis_plugin();
+        out.set(new_boxed::<keel_themis_lease>(ThemisLease {
+            generation,
+            instance,
+            plugin,
+        }));
         Ok(())
     })
 }
@@ -87,6 +93,22 @@ pub extern "C" fn keel_themis_lease_instance(lease: *const keel_themis_lease, ou
         // SAFETY: caller contract for every pointer argument.
         let (l, out) = unsafe { (borrow(lease, "lease")?, Out::new(out, "out")?) };
         out.set(l.instance);
+        Ok(())
+    })
+}
+
+/// The leased generation's own `IThemisPlugin` object (the one `createPlugin` returned and
+/// Keel initialised): `*out` receives it as a `themis::plugins::IThemisPlugin*`. Valid until
+/// the lease is freed; do not call `initialize`, `shutdown` or `destroyPlugin` on it (Keel
+/// owns its lifecycle). Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn keel_themis_lease_plugin(lease: *const keel_themis_lease, out: *mut *mut c_void) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (l, out) = unsafe { (borrow(lease, "lease")?, Out::new(out, "out")?) };
+        out.set(l.plugin);
         Ok(())
     })
 }

@@ -41,7 +41,8 @@ pub type Listener = Arc<dyn Fn(&str, LifecycleEvent, u64) + Send + Sync>;
 /// The registered listeners and the events waiting to be delivered to them.
 #[derive(Default)]
 pub(crate) struct Listeners {
-    list: RwLock<Vec<Listener>>,
+    list: RwLock<Vec<(u64, Listener)>>,
+    next_id: std::sync::atomic::AtomicU64,
     queue: Mutex<VecDeque<(String, LifecycleEvent, u64)>>,
     /// Held by the thread delivering.
     delivering: Mutex<()>,
@@ -50,8 +51,21 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    pub(crate) fn add(&self, l: Listener) {
-        self.list.write().push(l);
+    /// Register a listener; returns its id (never 0) for [`Listeners::remove`].
+    pub(crate) fn add(&self, l: Listener) -> u64 {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.list.write().push((id, l));
+        id
+    }
+
+    /// Remove a listener by id; `false` if no listener has that id. An event being delivered
+    /// when this returns may still reach it (the delivering thread took its copy of the list
+    /// before); later events do not.
+    pub(crate) fn remove(&self, id: u64) -> bool {
+        let mut list = self.list.write();
+        let before = list.len();
+        list.retain(|(i, _)| *i != id);
+        list.len() != before
     }
 
     /// Queue an event (under the lifecycle lock, so the queue keeps the operations' order).
@@ -73,7 +87,7 @@ impl Listeners {
             // The queue's lock is released before any listener runs.
             let next = self.queue.lock().pop_front();
             let Some((plugin, ev, generation)) = next else { break };
-            let ls: Vec<Listener> = self.list.read().clone();
+            let ls: Vec<Listener> = self.list.read().iter().map(|(_, l)| l.clone()).collect();
             for l in ls {
                 // A listener that panics must not break the lifecycle or later listeners.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l(&plugin, ev, generation)));

@@ -123,8 +123,12 @@ impl Lifecycle {
         self.pipeline.set_allowlist(allow);
     }
 
-    pub(crate) fn add_listener(&self, l: Listener) {
-        self.listeners.add(l);
+    pub(crate) fn add_listener(&self, l: Listener) -> u64 {
+        self.listeners.add(l)
+    }
+
+    pub(crate) fn remove_listener(&self, id: u64) -> bool {
+        self.listeners.remove(id)
     }
 
     /// A loaded plugin's slot.

@@ -385,6 +385,11 @@ impl LegacyInstance {
 
     /// `getInstance()`: the type-specific object (may be NULL). It belongs to the plugin
     /// object and is valid while this instance lives.
+    /// The plugin's own `IThemisPlugin` object (valid while this instance lives).
+    pub fn themis_plugin(&self) -> *mut c_void {
+        self.plugin
+    }
+
     pub fn themis_instance(&self) -> Result<*mut c_void> {
         let _serial = self.lock();
         let mut out = std::ptr::null_mut();
