@@ -108,6 +108,11 @@ const EXIT_CODES: &[(u8, Option<keel_status>, &str)] = {
             Some(KEEL_ERR_HASH_ONLY_SIGNATURE),
             "only a ThemisDB hash .sig and a signature is required",
         ),
+        (
+            33,
+            Some(KEEL_ERR_UNPINNED_BINARY),
+            "manifest pins no binary digest and unpinned binaries are not allowed",
+        ),
     ]
 };
 
@@ -327,7 +332,7 @@ fn verify(manifest_path: &Path, trust_store: Option<&Path>, allow_unsigned: bool
         v.manifest.manifest.version,
         v.trust.summary(),
         v.binary.path.display(),
-        v.binary.sha256
+        v.binary.sha256.as_deref().unwrap_or("(unpinned)")
     );
     Ok(())
 }
@@ -345,6 +350,15 @@ fn validate(manifest_path: &Path) -> Result<()> {
                 m.runtime,
                 m.binary.keys().cloned().collect::<Vec<_>>().join(", ")
             );
+            if format == manifest::ManifestFormat::ThemisDb {
+                let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::internal(e.to_string()))?;
+                for note in manifest::themis::convert_with_notes(&value)?.notes {
+                    match note.strip_prefix("warning: ") {
+                        Some(w) => eprintln!("warning: {}: {w}", manifest_path.display()),
+                        None => println!("note: {note}"),
+                    }
+                }
+            }
             Ok(())
         }
         Err(e) => {
@@ -379,7 +393,7 @@ fn inspect(manifest_path: &Path, as_json: bool, trust_store: Option<&Path>, allo
             "path": bin.path.display().to_string(),
             "pinned_sha256": bin.sha256,
             "actual_sha256": art.sha256_hex(),
-            "matches": bin.sha256 == art.sha256_hex(),
+            "matches": bin.sha256.as_deref() == Some(art.sha256_hex().as_str()),
         }),
         Err(e) => json!({"error": error_json(&e)}),
     };
