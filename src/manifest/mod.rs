@@ -69,8 +69,10 @@ pub struct Limits {
 
 /// A validated Keel manifest. ThemisDB manifests are converted into this type.
 ///
-/// The serde shape of this type is exactly the JSON Schema in
-/// [`KEEL_MANIFEST_SCHEMA`]; a test checks that both accept and reject the same documents.
+/// The serde shape of this type is the JSON Schema in [`KEEL_MANIFEST_SCHEMA`], except that
+/// serde lets `sha256` be absent (the schema requires it; only a converted ThemisDB manifest
+/// without `expected_hash` is typed without it) and [`Manifest::weak_dependencies`] is never
+/// read or written. Documents always pass the schema before they are typed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
