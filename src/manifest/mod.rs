@@ -652,4 +652,37 @@ mod tests {
             keel_status::KEEL_ERR_BAD_VERSION
         );
     }
+
+    #[test]
+    fn keel_config_is_checked_against_config_schema_with_its_path() {
+        let mut v = good();
+        v["config_schema"] = serde_json::json!({
+            "type": "object",
+            "properties": {"limits": {"type": "object", "properties": {"rows": {"type": "integer"}}}},
+            "additionalProperties": false
+        });
+        v["config"] = serde_json::json!({"limits": {"rows": "ten"}, "extra": 1});
+        let e = parse_keel_value(v.clone()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_SCHEMA);
+        assert!(e.message().contains("at /config/limits/rows"), "{e}");
+        assert!(e.message().contains("rule: additionalProperties"), "{e}");
+        assert!(e.message().contains("plugin 'echo'"), "{e}");
+        v["config"] = serde_json::json!({"limits": {"rows": 10}});
+        assert!(parse_keel_value(v.clone()).is_ok());
+        // A schema without a config checks nothing.
+        v.as_object_mut().unwrap().remove("config");
+        assert!(parse_keel_value(v).is_ok());
+    }
+
+    #[test]
+    fn weak_dependencies_resolve_to_plugins_or_libraries() {
+        let mut m = parse_keel_value(good()).unwrap();
+        m.weak_dependencies = ["aws-sdk-cpp-s3", "base", "echo", "store"].map(String::from).into();
+        let libs = m.resolve_weak_dependencies(|d| ["store", "echo", "base"].contains(&d));
+        assert_eq!(libs, ["aws-sdk-cpp-s3", "echo"], "itself is never its own dependency");
+        assert_eq!(m.dependencies["store"], "*");
+        assert_eq!(m.dependencies["base"], "^1.0", "an explicit requirement is kept");
+        assert!(!m.dependencies.contains_key("aws-sdk-cpp-s3"));
+        assert!(m.weak_dependencies.is_empty());
+    }
 }
