@@ -503,6 +503,10 @@ fn validate_accepts_an_unpinned_themisdb_manifest_with_a_warning_and_verify_refu
     // Loading (here: verify, the load's checks) is a policy question: refused with its own exit code.
     let o = expect(["verify", p(&manifest), "--allow-unsigned"], 33);
     assert!(o.stderr.contains("KEEL_ERR_UNPINNED_BINARY"), "{}", o.stderr);
+    // Opted in: the actual SHA-256 of the bytes read is reported.
+    let o = expect(["verify", p(&manifest), "--allow-unsigned", "--allow-unpinned"], 0);
+    let sha = common::sha256_file(&dir.join("libs3.so"));
+    assert!(o.stdout.contains("UNPINNED") && o.stdout.contains(&sha), "{}", o.stdout);
     // A config that violates config_schema is a schema error at its path.
     let mut bad = doc.clone();
     bad["config"]["bucket"] = serde_json::json!(7);

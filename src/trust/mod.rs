@@ -106,8 +106,10 @@ impl TrustReport {
 pub struct PluginVerification {
     pub manifest: ManifestFile,
     pub trust: TrustReport,
-    /// The binary for this platform; its bytes hash to `binary.sha256`.
+    /// The binary for this platform; its bytes hash to `binary.sha256` when it is pinned.
     pub binary: BinaryRef,
+    /// Lower-case hex SHA-256 of the binary's bytes as read (equal to the pin, if any).
+    pub binary_sha256: String,
 }
 
 /// `<manifest>.sig`: the manifest's file name with `.sig` appended (`plugin.json.sig`).
@@ -345,11 +347,12 @@ impl TrustState {
     pub fn verify_plugin(&self, manifest_path: &Path) -> Result<PluginVerification> {
         let mf = manifest::read_file(manifest_path)?;
         let trust = self.verify_manifest(&mf.path, &mf.bytes, &mf.manifest.name)?;
-        let (binary, _artifact) = check_binary(&mf, self.policy())?;
+        let (binary, artifact) = check_binary(&mf, self.policy())?;
         Ok(PluginVerification {
             manifest: mf,
             trust,
             binary,
+            binary_sha256: artifact.sha256_hex(),
         })
     }
 }
