@@ -101,6 +101,17 @@ impl Unverified {
             body: self.body,
         })
     }
+
+    /// Accept bytes whose manifest pins no digest, because the host's policy allows
+    /// unpinned binaries (the caller checks the policy: see [`read_verified`]). The
+    /// [`Verified`] artifact still carries the SHA-256 of exactly these bytes.
+    fn accept_unpinned(self) -> Verified {
+        Verified {
+            sha256: self.sha256,
+            len: self.len,
+            body: self.body,
+        }
+    }
 }
 
 impl Verified {
@@ -334,13 +345,37 @@ pub fn read_for(mf: &ManifestFile) -> Result<(BinaryRef, Unverified)> {
     Ok((bin, art))
 }
 
+/// Whether a binary whose manifest pins no digest may be loaded (the host's
+/// `allow_unpinned` policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpinned {
+    /// Refuse it with `KEEL_ERR_UNPINNED_BINARY` (the default policy).
+    Refuse,
+    /// Accept it: the artifact records the SHA-256 of the bytes read.
+    Allow,
+}
+
 /// The one read-and-check path of the host's load and of `keel_verify`: the binary for this
 /// platform, read beneath the manifest's directory and checked against the pinned digest
-/// (`KEEL_ERR_DIGEST_MISMATCH`).
-pub fn read_verified(mf: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+/// (`KEEL_ERR_DIGEST_MISMATCH`). A manifest that pins no digest is refused with
+/// `KEEL_ERR_UNPINNED_BINARY` *before* the binary is opened, unless `unpinned` is
+/// [`Unpinned::Allow`].
+pub fn read_verified(mf: &ManifestFile, unpinned: Unpinned) -> Result<(BinaryRef, Verified)> {
+    if mf.manifest.is_unpinned() && unpinned == Unpinned::Refuse {
+        bail!(
+            KEEL_ERR_UNPINNED_BINARY,
+            "plugin '{}': the manifest pins no SHA-256 for its binary (no \"expected_hash\") and the host's policy does not allow unpinned binaries (pin it, or opt in with keel_host_set_allow_unpinned before the first load)",
+            mf.manifest.name
+        );
+    }
     let (bin, art) = read_for(mf)?;
-    let what = format!("plugin '{}' binary {}", mf.manifest.name, bin.path.display());
-    let art = art.verify(&bin.sha256, &what)?;
+    let art = match &bin.sha256 {
+        Some(pin) => {
+            let what = format!("plugin '{}' binary {}", mf.manifest.name, bin.path.display());
+            art.verify(pin, &what)?
+        }
+        None => art.accept_unpinned(),
+    };
     Ok((bin, art))
 }
 

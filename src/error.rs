@@ -94,6 +94,9 @@ pub enum keel_status {
     KEEL_ERR_POLICY_DOWNGRADE = 411,
     /// A ThemisDB hash-only `.sig` was found where an authenticated signature is required.
     KEEL_ERR_HASH_ONLY_SIGNATURE = 412,
+    /// The manifest pins no SHA-256 for the binary (a ThemisDB `plugin.json` without
+    /// `expected_hash`) and the host has not opted in to unpinned binaries.
+    KEEL_ERR_UNPINNED_BINARY = 413,
 
     // 5xx: dependencies.
     /// The dependency graph has a cycle.

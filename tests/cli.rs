@@ -470,3 +470,47 @@ fn hostile_files_get_their_exit_codes_and_never_hang() {
     let o = keel_bounded(&["verify", p(&ff_path), "--allow-unsigned"], &[&bin_fifo]);
     assert_eq!(o.code, 8, "{}{}", o.stdout, o.stderr);
 }
+
+#[test]
+fn validate_accepts_an_unpinned_themisdb_manifest_with_a_warning_and_verify_refuses_it() {
+    let dir = common::tempdir("cli-unpinned");
+    let manifest = dir.join("plugin.json");
+    let doc = serde_json::json!({
+        "name": "s3_importer", "version": "1.0.0", "type": "importer", "description": "d",
+        "binary": {"linux": "libs3.so"},
+        "dependencies": ["aws-sdk-cpp-s3", "base_store"],
+        "config_schema": {"type": "object", "properties": {"bucket": {"type": "string"}}},
+        "config": {"bucket": "b"}
+    });
+    std::fs::write(&manifest, serde_json::to_vec(&doc).unwrap()).unwrap();
+    std::fs::write(dir.join("libs3.so"), b"not loaded by validate").unwrap();
+    let o = expect(["validate", p(&manifest)], 0);
+    assert!(
+        o.stdout.starts_with("ok:") && o.stdout.contains("valid themisdb manifest"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stderr.contains("warning:") && o.stderr.contains("expected_hash") && o.stderr.contains("unpinned"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stdout.contains("'aws-sdk-cpp-s3'") && o.stdout.contains("resolved at load"),
+        "{}",
+        o.stdout
+    );
+    // Loading (here: verify, the load's checks) is a policy question: refused with its own exit code.
+    let o = expect(["verify", p(&manifest), "--allow-unsigned"], 33);
+    assert!(o.stderr.contains("KEEL_ERR_UNPINNED_BINARY"), "{}", o.stderr);
+    // Opted in: the actual SHA-256 of the bytes read is reported.
+    let o = expect(["verify", p(&manifest), "--allow-unsigned", "--allow-unpinned"], 0);
+    let sha = common::sha256_file(&dir.join("libs3.so"));
+    assert!(o.stdout.contains("UNPINNED") && o.stdout.contains(&sha), "{}", o.stdout);
+    // A config that violates config_schema is a schema error at its path.
+    let mut bad = doc.clone();
+    bad["config"]["bucket"] = serde_json::json!(7);
+    std::fs::write(&manifest, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let o = expect(["validate", p(&manifest)], 11);
+    assert!(o.stderr.contains("at /config/bucket"), "{}", o.stderr);
+}

@@ -176,6 +176,11 @@ enum keel_status
    */
   KEEL_ERR_HASH_ONLY_SIGNATURE = 412,
   /**
+   * The manifest pins no SHA-256 for the binary (a ThemisDB `plugin.json` without
+   * `expected_hash`) and the host has not opted in to unpinned binaries.
+   */
+  KEEL_ERR_UNPINNED_BINARY = 413,
+  /**
    * The dependency graph has a cycle.
    */
   KEEL_ERR_DEPENDENCY_CYCLE = 500,
@@ -945,6 +950,24 @@ keel_status keel_host_set_trust_store_bytes(const keel_host *host, const uint8_t
 keel_status keel_host_set_require_signature(const keel_host *host, bool require);
 
 /**
+ * Set whether binaries whose manifest pins no SHA-256 (a ThemisDB `plugin.json` without
+ * `expected_hash`) may be loaded (default: false; such a load fails with
+ * `KEEL_ERR_UNPINNED_BINARY`).
+ *
+ * Turning it off always succeeds. Turning it on succeeds only before the host has started
+ * (its first load); afterwards it fails with `KEEL_ERR_POLICY_DOWNGRADE` and the policy
+ * stays off. Every unpinned load it allows is logged through the host's log sink with the
+ * SHA-256 of the bytes loaded, which the plugin's generation records. Allowing unpinned
+ * binaries skips no other check (manifest, signature policy, ABI).
+ *
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_POLICY_DOWNGRADE` (turning it on after the
+ * first load).
+ */
+keel_status keel_host_set_allow_unpinned(const keel_host *host, bool allow);
+
+/**
  * Verify a plugin without loading it: read and validate the manifest at `manifest_path`,
  * verify `<manifest_path>.sig` against the host's trust store and policy, and check the
  * binary for this platform against the digest the manifest pins. No plugin code runs and
@@ -954,8 +977,8 @@ keel_status keel_host_set_require_signature(const keel_host *host, bool require)
  * first failing check (one code per cause: e.g. `KEEL_ERR_NO_SIGNATURE`,
  * `KEEL_ERR_MALFORMED_SIGNATURE`, `KEEL_ERR_UNKNOWN_KEY`, `KEEL_ERR_KEY_REVOKED`,
  * `KEEL_ERR_KEY_NOT_YET_VALID`, `KEEL_ERR_KEY_EXPIRED`, `KEEL_ERR_KEY_NOT_ALLOWED`,
- * `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_HASH_ONLY_SIGNATURE`, `KEEL_ERR_DIGEST_MISMATCH`, or a
- * manifest code), with the thread's last error message naming the plugin and the cause.
+ * `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_HASH_ONLY_SIGNATURE`, `KEEL_ERR_DIGEST_MISMATCH`,
+ * `KEEL_ERR_UNPINNED_BINARY` (no pin and unpinned binaries not allowed), or a manifest code), with the thread's last error message naming the plugin and the cause.
  * `manifest_path` is borrowed for the call.
  *
  * Thread-safe; does not mark the host as started.
@@ -963,9 +986,10 @@ keel_status keel_host_set_require_signature(const keel_host *host, bool require)
  * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, the file codes
  * (`KEEL_ERR_FILE_NOT_FOUND`, `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`,
  * `KEEL_ERR_FILE_TOO_LARGE`), `KEEL_ERR_MANIFEST_*`, and the signature and digest codes
- * listed above.
+ * listed above, `KEEL_ERR_UNPINNED_BINARY`.
  */
-keel_status keel_verify(const keel_host *host, const char *manifest_path);
+keel_status keel_verify(const keel_host *host,
+                        const char *manifest_path);
 
 /**
  * Set the node's capability allowlist: the capabilities plugins loaded from now on may be

@@ -108,6 +108,11 @@ const EXIT_CODES: &[(u8, Option<keel_status>, &str)] = {
             Some(KEEL_ERR_HASH_ONLY_SIGNATURE),
             "only a ThemisDB hash .sig and a signature is required",
         ),
+        (
+            33,
+            Some(KEEL_ERR_UNPINNED_BINARY),
+            "manifest pins no binary digest and unpinned binaries are not allowed",
+        ),
     ]
 };
 
@@ -186,6 +191,11 @@ enum Command {
         /// matches. A signature that is present must still verify; the digest check still runs.
         #[arg(long)]
         allow_unsigned: bool,
+        /// Accept a binary whose manifest pins no SHA-256 (ThemisDB plugin.json without
+        /// expected_hash), as a host with the allow_unpinned policy does; the binary's actual
+        /// SHA-256 is printed.
+        #[arg(long)]
+        allow_unpinned: bool,
     },
     /// Check a manifest against the schema (Keel or ThemisDB format) with path-precise errors.
     #[command(after_help = exit_code_help())]
@@ -221,7 +231,11 @@ fn main() -> ExitCode {
             manifest,
             trust_store,
             allow_unsigned,
-        } => ("verify", verify(&manifest, trust_store.as_deref(), allow_unsigned)),
+            allow_unpinned,
+        } => (
+            "verify",
+            verify(&manifest, trust_store.as_deref(), allow_unsigned, allow_unpinned),
+        ),
         Command::Validate { manifest } => ("validate", validate(&manifest)),
         Command::Inspect {
             manifest,
@@ -317,17 +331,24 @@ fn trust_state(trust_store: Option<&Path>, allow_unsigned: bool) -> Result<Trust
     Ok(t)
 }
 
-fn verify(manifest_path: &Path, trust_store: Option<&Path>, allow_unsigned: bool) -> Result<()> {
+fn verify(manifest_path: &Path, trust_store: Option<&Path>, allow_unsigned: bool, allow_unpinned: bool) -> Result<()> {
     let t = trust_state(trust_store, allow_unsigned)?;
+    t.set_allow_unpinned(allow_unpinned)?;
     let v = t.verify_plugin(manifest_path)?;
+    let binary = match &v.binary.sha256 {
+        Some(pin) => format!("binary {} matches sha256 {pin}", v.binary.path.display()),
+        None => format!(
+            "binary {} is UNPINNED (allowed by --allow-unpinned), its sha256 is {}",
+            v.binary.path.display(),
+            v.binary_sha256
+        ),
+    };
     println!(
-        "ok: {}: plugin '{}' {}: {}; binary {} matches sha256 {}",
+        "ok: {}: plugin '{}' {}: {}; {binary}",
         manifest_path.display(),
         v.manifest.manifest.name,
         v.manifest.manifest.version,
         v.trust.summary(),
-        v.binary.path.display(),
-        v.binary.sha256
     );
     Ok(())
 }
@@ -345,6 +366,15 @@ fn validate(manifest_path: &Path) -> Result<()> {
                 m.runtime,
                 m.binary.keys().cloned().collect::<Vec<_>>().join(", ")
             );
+            if format == manifest::ManifestFormat::ThemisDb {
+                let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::internal(e.to_string()))?;
+                for note in manifest::themis::convert_with_notes(&value)?.notes {
+                    match note.strip_prefix("warning: ") {
+                        Some(w) => eprintln!("warning: {}: {w}", manifest_path.display()),
+                        None => println!("note: {note}"),
+                    }
+                }
+            }
             Ok(())
         }
         Err(e) => {
@@ -379,7 +409,7 @@ fn inspect(manifest_path: &Path, as_json: bool, trust_store: Option<&Path>, allo
             "path": bin.path.display().to_string(),
             "pinned_sha256": bin.sha256,
             "actual_sha256": art.sha256_hex(),
-            "matches": bin.sha256 == art.sha256_hex(),
+            "matches": bin.sha256.as_deref() == Some(art.sha256_hex().as_str()),
         }),
         Err(e) => json!({"error": error_json(&e)}),
     };

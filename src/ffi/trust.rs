@@ -74,6 +74,30 @@ pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, requir
     })
 }
 
+/// Set whether binaries whose manifest pins no SHA-256 (a ThemisDB `plugin.json` without
+/// `expected_hash`) may be loaded (default: false; such a load fails with
+/// `KEEL_ERR_UNPINNED_BINARY`).
+///
+/// Turning it off always succeeds. Turning it on succeeds only before the host has started
+/// (its first load); afterwards it fails with `KEEL_ERR_POLICY_DOWNGRADE` and the policy
+/// stays off. Every unpinned load it allows is logged through the host's log sink with the
+/// SHA-256 of the bytes loaded, which the plugin's generation records. Allowing unpinned
+/// binaries skips no other check (manifest, signature policy, ABI).
+///
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_POLICY_DOWNGRADE` (turning it on after the
+/// first load).
+#[no_mangle]
+pub extern "C" fn keel_host_set_allow_unpinned(host: *const keel_host, allow: bool) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { borrow(host, "host") }?;
+        h.trust().set_allow_unpinned(allow)?;
+        Ok(())
+    })
+}
+
 /// Verify a plugin without loading it: read and validate the manifest at `manifest_path`,
 /// verify `<manifest_path>.sig` against the host's trust store and policy, and check the
 /// binary for this platform against the digest the manifest pins. No plugin code runs and
@@ -83,8 +107,8 @@ pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, requir
 /// first failing check (one code per cause: e.g. `KEEL_ERR_NO_SIGNATURE`,
 /// `KEEL_ERR_MALFORMED_SIGNATURE`, `KEEL_ERR_UNKNOWN_KEY`, `KEEL_ERR_KEY_REVOKED`,
 /// `KEEL_ERR_KEY_NOT_YET_VALID`, `KEEL_ERR_KEY_EXPIRED`, `KEEL_ERR_KEY_NOT_ALLOWED`,
-/// `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_HASH_ONLY_SIGNATURE`, `KEEL_ERR_DIGEST_MISMATCH`, or a
-/// manifest code), with the thread's last error message naming the plugin and the cause.
+/// `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_HASH_ONLY_SIGNATURE`, `KEEL_ERR_DIGEST_MISMATCH`,
+/// `KEEL_ERR_UNPINNED_BINARY` (no pin and unpinned binaries not allowed), or a manifest code), with the thread's last error message naming the plugin and the cause.
 /// `manifest_path` is borrowed for the call.
 ///
 /// Thread-safe; does not mark the host as started.
@@ -92,7 +116,7 @@ pub extern "C" fn keel_host_set_require_signature(host: *const keel_host, requir
 /// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, the file codes
 /// (`KEEL_ERR_FILE_NOT_FOUND`, `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`,
 /// `KEEL_ERR_FILE_TOO_LARGE`), `KEEL_ERR_MANIFEST_*`, and the signature and digest codes
-/// listed above.
+/// listed above, `KEEL_ERR_UNPINNED_BINARY`.
 #[no_mangle]
 pub extern "C" fn keel_verify(host: *const keel_host, manifest_path: *const c_char) -> keel_status {
     boundary(|| {

@@ -193,11 +193,10 @@ impl Lifecycle {
     /// Load a set all or nothing: admit every manifest (trust, capabilities), plan the order
     /// (dependencies), then build and install one generation each; if one fails, those
     /// installed by this call are unloaded again in reverse order.
-    pub(crate) fn load_manifests(&self, files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
+    pub(crate) fn load_manifests(&self, mut files: Vec<ManifestFile>) -> Result<Vec<Arc<Slot>>> {
         let _op = self.op();
         // The host has started: from now on the signature policy can only be strengthened.
         self.pipeline.trust().mark_started();
-        let mut admitted = Vec::with_capacity(files.len());
         for f in &files {
             if self.registry.get(&f.manifest.name).is_some() {
                 bail!(
@@ -206,9 +205,16 @@ impl Lifecycle {
                     f.manifest.name
                 );
             }
+        }
+        // ThemisDB array-form dependencies: plugin or library, decided by this set and the
+        // loaded plugins; the generations record the resolved dependencies.
+        let graph = self.loaded_graph();
+        self.pipeline.resolve_weak_dependencies(&mut files, &graph);
+        let mut admitted = Vec::with_capacity(files.len());
+        for f in &files {
             admitted.push(self.pipeline.admit(f)?);
         }
-        let order = pipeline::plan(&files, &self.loaded_graph())?;
+        let order = pipeline::plan(&files, &graph)?;
         let mut loaded: Vec<Arc<Slot>> = Vec::with_capacity(files.len());
         for i in order {
             let a = &admitted[i];
@@ -271,7 +277,9 @@ impl Lifecycle {
             .ok_or_else(|| err!(KEEL_ERR_PLUGIN_NOT_FOUND, "plugin '{name}' has no manifest path"))?;
         let start = Instant::now();
         let result = (|| {
-            let f = manifest::read_file(&path)?;
+            let mut f = manifest::read_file(&path)?;
+            self.pipeline
+                .resolve_weak_dependencies(std::slice::from_mut(&mut f), &self.loaded_graph());
             if f.manifest.name != name {
                 bail!(
                     KEEL_ERR_MANIFEST_INVALID,

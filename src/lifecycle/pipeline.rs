@@ -22,8 +22,8 @@ use crate::deps;
 use crate::error::Result;
 use crate::manifest::{BinaryRef, ManifestFile};
 use crate::registry::Generation;
-use crate::runtime::{HostServices, LoadContext, Runtimes};
-use crate::trust::TrustState;
+use crate::runtime::{HostServices, LoadContext, LogLevel, Runtimes};
+use crate::trust::{Policy, TrustState};
 
 /// Capabilities a node allows unless configured otherwise: the ones that reach nothing
 /// outside the plugin's own namespace.
@@ -74,6 +74,10 @@ impl Pipeline {
     /// requested capabilities against the allowlist. The one capability check of a load.
     pub(crate) fn admit<'a>(&self, f: &'a ManifestFile) -> Result<Admitted<'a>> {
         self.trust.verify_manifest(&f.path, &f.bytes, &f.manifest.name)?;
+        if f.manifest.is_unpinned() && !self.trust.policy().allow_unpinned {
+            // Refused before anything of the set is built (read_verified checks it again).
+            artifact::read_verified(f, artifact::Unpinned::Refuse)?;
+        }
         let requested = Capabilities::parse(&f.manifest.capabilities)
             .map_err(|e| e.context(format!("plugin '{}'", f.manifest.name)))?;
         Capabilities::check_allowed(requested, self.allowlist(), &f.manifest.name)?;
@@ -87,7 +91,18 @@ impl Pipeline {
     /// runtime the manifest names (with the previous generation's state on reload).
     pub(crate) fn build(&self, a: &Admitted<'_>, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
         let m = &a.file.manifest;
-        let (bin, art) = verified_binary(a.file)?;
+        let (_bin, art) = verified_binary(a.file, self.trust.policy())?;
+        let sha256 = art.sha256_hex();
+        if m.is_unpinned() {
+            // Allowed by policy (read_verified refused it otherwise): say so, with what ran.
+            (self.services.log)(
+                &m.name,
+                LogLevel::Warn,
+                &format!(
+                    "loading an unpinned binary (the manifest has no expected_hash; allowed by the host's allow_unpinned policy): sha256 {sha256}"
+                ),
+            );
+        }
         let ctx = LoadContext {
             manifest: m,
             granted: a.granted,
@@ -95,7 +110,31 @@ impl Pipeline {
             restored_state: restored,
         };
         let instance = self.runtimes.instantiate(art, &ctx)?;
-        Ok(Generation::new(number, m.clone(), bin.sha256, a.granted, instance))
+        // The SHA-256 of the exact bytes that run (equal to the pin when there is one).
+        Ok(Generation::new(number, m.clone(), sha256, a.granted, instance))
+    }
+
+    /// Resolve the ThemisDB array-form dependencies of `files` (see
+    /// [`crate::manifest::Manifest::resolve_weak_dependencies`]) against the set itself and the
+    /// loaded plugins: names of plugins become plugin dependencies (`*`) in the manifests that
+    /// are planned and recorded by the generations; the rest are library dependencies, logged.
+    pub(crate) fn resolve_weak_dependencies(&self, files: &mut [ManifestFile], loaded: &deps::LoadedGraph) {
+        let names: std::collections::BTreeSet<String> = files.iter().map(|f| f.manifest.name.clone()).collect();
+        for f in files.iter_mut() {
+            let libs = f
+                .manifest
+                .resolve_weak_dependencies(|d| names.contains(d) || loaded.contains_key(d));
+            if !libs.is_empty() {
+                (self.services.log)(
+                    &f.manifest.name,
+                    LogLevel::Info,
+                    &format!(
+                        "dependencies {} name no plugin being loaded or loaded: read as library dependencies (resolved by the dynamic linker)",
+                        libs.join(", ")
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -119,6 +158,6 @@ pub(crate) fn candidate(f: &ManifestFile) -> deps::Candidate {
 /// and ThemisDB: copied into a sealed memfd; WASM: bytes in memory), and check it against the
 /// pinned digest: [`artifact::read_verified`], the same path as `keel_verify`. The bytes
 /// returned are the bytes that were hashed and are the bytes that run.
-fn verified_binary(f: &ManifestFile) -> Result<(BinaryRef, Verified)> {
-    artifact::read_verified(f)
+fn verified_binary(f: &ManifestFile, policy: Policy) -> Result<(BinaryRef, Verified)> {
+    artifact::read_verified(f, crate::trust::unpinned_rule(policy))
 }

@@ -69,8 +69,10 @@ pub struct Limits {
 
 /// A validated Keel manifest. ThemisDB manifests are converted into this type.
 ///
-/// The serde shape of this type is exactly the JSON Schema in
-/// [`KEEL_MANIFEST_SCHEMA`]; a test checks that both accept and reject the same documents.
+/// The serde shape of this type is the JSON Schema in [`KEEL_MANIFEST_SCHEMA`], except that
+/// serde lets `sha256` be absent (the schema requires it; only a converted ThemisDB manifest
+/// without `expected_hash` is typed without it) and [`Manifest::weak_dependencies`] is never
+/// read or written. Documents always pass the schema before they are typed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -85,14 +87,20 @@ pub struct Manifest {
     pub plugin_type: Option<String>,
     pub runtime: RuntimeKind,
     pub binary: BTreeMap<String, String>,
-    pub sha256: Digests,
+    /// The pinned digests. Required by the Keel schema; `None` only for a ThemisDB
+    /// `plugin.json` without `expected_hash` (valid, but loaded only under the
+    /// `allow_unpinned` policy: see [`crate::trust::policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digests>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub dependencies: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Map<String, Value>>,
-    /// JSON Schema of `config` (ThemisDB `config_schema`); carried, not enforced at load.
+    /// JSON Schema of `config` (ThemisDB `config_schema`): when the manifest has a `config`,
+    /// it must validate against this schema (checked with the manifest, see
+    /// [`Manifest::check_config`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_schema: Option<serde_json::Map<String, Value>>,
     /// Behaviour the plugin declares (ThemisDB capability flags such as `streaming` or
@@ -107,6 +115,10 @@ pub struct Manifest {
     pub auto_load: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_priority: Option<u32>,
+    /// ThemisDB array-form dependencies that may name a plugin or a library: resolved at load
+    /// ([`Manifest::resolve_weak_dependencies`]). Never part of a Keel manifest document.
+    #[serde(skip)]
+    pub weak_dependencies: std::collections::BTreeSet<String>,
 }
 
 /// Which format a manifest file was written in.
@@ -147,8 +159,9 @@ pub struct BinaryRef {
     pub dir: PathBuf,
     /// The path the manifest names, relative to `dir`.
     pub relative: PathBuf,
-    /// Lower-case hex SHA-256 pinned by the manifest.
-    pub sha256: String,
+    /// Lower-case hex SHA-256 pinned by the manifest; `None` if it pins none (ThemisDB
+    /// `plugin.json` without `expected_hash`).
+    pub sha256: Option<String>,
 }
 
 /// The platform keys tried for this machine, most specific first.
@@ -332,6 +345,28 @@ pub fn detect_format(value: &Value) -> Option<ManifestFormat> {
 /// Parse a Keel manifest value: schema first, then the typed view and consistency checks.
 pub fn parse_keel_value(value: Value) -> Result<Manifest> {
     validate_keel_schema(&value)?;
+    typed_manifest(value)
+}
+
+/// The Keel schema without `sha256` among the required keys: what a converted ThemisDB
+/// manifest without `expected_hash` is checked against (every other rule still applies).
+pub(crate) fn validate_keel_schema_unpinned(value: &Value) -> Result<()> {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    check_schema(
+        V.get_or_init(|| {
+            let mut schema: Value = serde_json::from_str(KEEL_MANIFEST_SCHEMA).expect("embedded schema is valid JSON");
+            if let Some(Value::Array(req)) = schema.get_mut("required") {
+                req.retain(|k| k != "sha256");
+            }
+            compile_schema(&schema.to_string())
+        }),
+        value,
+        "manifest violates the schema",
+    )
+}
+
+/// The typed view of a value that passed a schema, then the consistency checks.
+pub(crate) fn typed_manifest(value: Value) -> Result<Manifest> {
     let m: Manifest = serde_json::from_value(value).map_err(|e| {
         err!(
             KEEL_ERR_MANIFEST_SCHEMA,
@@ -382,11 +417,11 @@ impl Manifest {
     pub fn check_consistency(&self) -> Result<()> {
         for (platform, rel) in &self.binary {
             check_relative(rel).map_err(|e| e.context(format!("binary.{platform}")))?;
-            if self.digest_for(platform).is_none() {
+            if self.sha256.is_some() && self.digest_for(platform).is_none() {
                 bail!(KEEL_ERR_MANIFEST_INVALID, "binary.{platform} has no sha256 digest (sha256 must be one digest for a single binary, or name every platform)");
             }
         }
-        if let Digests::PerPlatform(map) = &self.sha256 {
+        if let Some(Digests::PerPlatform(map)) = &self.sha256 {
             for k in map.keys() {
                 if !self.binary.contains_key(k) {
                     bail!(
@@ -404,15 +439,84 @@ impl Manifest {
                 )
             })?;
         }
-        Ok(())
+        self.check_config()
+    }
+
+    /// When the manifest has both `config` and `config_schema`, `config` must validate
+    /// against `config_schema` (JSON Schema, draft 2020-12 unless it names another with
+    /// `$schema`): `KEEL_ERR_MANIFEST_SCHEMA`, naming every violation (up to 16) by its
+    /// JSON path in the manifest (`/config/...`) and the rule it broke. A `config_schema`
+    /// that is not a valid JSON Schema is refused the same way, at `/config_schema`.
+    /// Without `config` nothing is checked (the plugin gets `{}`, and ThemisDB manifests
+    /// carry schemas for settings the server supplies).
+    pub fn check_config(&self) -> Result<()> {
+        let (Some(config), Some(schema)) = (&self.config, &self.config_schema) else {
+            return Ok(());
+        };
+        let schema = Value::Object(schema.clone());
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .map_err(|e| {
+                err!(
+                    KEEL_ERR_MANIFEST_SCHEMA,
+                    "plugin '{}': at /config_schema: not a valid JSON Schema: {e}",
+                    self.name
+                )
+            })?;
+        let value = Value::Object(config.clone());
+        let mut msgs = Vec::new();
+        for e in validator.iter_errors(&value) {
+            msgs.push(format!(
+                "at /config{}: {e} (rule: {})",
+                e.instance_path(),
+                e.kind().keyword()
+            ));
+            if msgs.len() >= 16 {
+                break;
+            }
+        }
+        if msgs.is_empty() {
+            Ok(())
+        } else {
+            Err(err!(
+                KEEL_ERR_MANIFEST_SCHEMA,
+                "plugin '{}': config violates config_schema: {}",
+                self.name,
+                msgs.join("; ")
+            ))
+        }
     }
 
     fn digest_for(&self, platform: &str) -> Option<String> {
-        match &self.sha256 {
+        match self.sha256.as_ref()? {
             Digests::One(d) if self.binary.len() == 1 => Some(d.to_ascii_lowercase()),
             Digests::One(_) => None,
             Digests::PerPlatform(m) => m.get(platform).map(|d| d.to_ascii_lowercase()),
         }
+    }
+
+    /// Whether the manifest pins no digest for its binaries (loaded only under the
+    /// `allow_unpinned` policy).
+    pub fn is_unpinned(&self) -> bool {
+        self.sha256.is_none()
+    }
+
+    /// Resolve ThemisDB array-form dependencies ([`Manifest::weak_dependencies`]): a name
+    /// for which `is_plugin` is true (a plugin of the set being loaded, or a loaded plugin)
+    /// becomes a plugin dependency on any version (`*`), recorded in `dependencies` like any
+    /// other, so unload refusal, cascades and reload checks see it; every other name is a
+    /// library dependency (the dynamic linker's business) and is returned, for a note.
+    pub fn resolve_weak_dependencies(&mut self, is_plugin: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut libraries = Vec::new();
+        for dep in std::mem::take(&mut self.weak_dependencies) {
+            if dep != self.name && is_plugin(&dep) {
+                self.dependencies.entry(dep).or_insert_with(|| "*".to_string());
+            } else {
+                libraries.push(dep);
+            }
+        }
+        libraries
     }
 
     /// The binary for this machine, resolved against the manifest's directory.
@@ -420,9 +524,13 @@ impl Manifest {
         for key in platform_keys(self.runtime) {
             if let Some(rel) = self.binary.get(&key) {
                 check_relative(rel)?;
-                let sha256 = self
-                    .digest_for(&key)
-                    .ok_or_else(|| err!(KEEL_ERR_MANIFEST_INVALID, "binary.{key} has no sha256 digest"))?;
+                let sha256 = match &self.sha256 {
+                    None => None,
+                    Some(_) => Some(
+                        self.digest_for(&key)
+                            .ok_or_else(|| err!(KEEL_ERR_MANIFEST_INVALID, "binary.{key} has no sha256 digest"))?,
+                    ),
+                };
                 return Ok(BinaryRef {
                     platform: key,
                     path: manifest_dir.join(rel),
@@ -487,7 +595,7 @@ mod tests {
         let m = parse_keel_value(good()).unwrap();
         assert_eq!(m.name, "echo");
         let b = m.binary_for_platform(Path::new("/p")).unwrap();
-        assert_eq!(b.sha256, "ab".repeat(32));
+        assert_eq!(b.sha256, Some("ab".repeat(32)));
         assert!(b.path.ends_with("libecho.so"));
     }
 
@@ -543,5 +651,38 @@ mod tests {
             parse_keel_value(v).unwrap_err().status(),
             keel_status::KEEL_ERR_BAD_VERSION
         );
+    }
+
+    #[test]
+    fn keel_config_is_checked_against_config_schema_with_its_path() {
+        let mut v = good();
+        v["config_schema"] = serde_json::json!({
+            "type": "object",
+            "properties": {"limits": {"type": "object", "properties": {"rows": {"type": "integer"}}}},
+            "additionalProperties": false
+        });
+        v["config"] = serde_json::json!({"limits": {"rows": "ten"}, "extra": 1});
+        let e = parse_keel_value(v.clone()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_MANIFEST_SCHEMA);
+        assert!(e.message().contains("at /config/limits/rows"), "{e}");
+        assert!(e.message().contains("rule: additionalProperties"), "{e}");
+        assert!(e.message().contains("plugin 'echo'"), "{e}");
+        v["config"] = serde_json::json!({"limits": {"rows": 10}});
+        assert!(parse_keel_value(v.clone()).is_ok());
+        // A schema without a config checks nothing.
+        v.as_object_mut().unwrap().remove("config");
+        assert!(parse_keel_value(v).is_ok());
+    }
+
+    #[test]
+    fn weak_dependencies_resolve_to_plugins_or_libraries() {
+        let mut m = parse_keel_value(good()).unwrap();
+        m.weak_dependencies = ["aws-sdk-cpp-s3", "base", "echo", "store"].map(String::from).into();
+        let libs = m.resolve_weak_dependencies(|d| ["store", "echo", "base"].contains(&d));
+        assert_eq!(libs, ["aws-sdk-cpp-s3", "echo"], "itself is never its own dependency");
+        assert_eq!(m.dependencies["store"], "*");
+        assert_eq!(m.dependencies["base"], "^1.0", "an explicit requirement is kept");
+        assert!(!m.dependencies.contains_key("aws-sdk-cpp-s3"));
+        assert!(m.weak_dependencies.is_empty());
     }
 }

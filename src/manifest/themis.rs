@@ -22,9 +22,10 @@
 //! | `type` (legacy integer) | `type`, named by ThemisDB's current `PluginType` numbering: 0 `compute_backend` … 6 `llm_backend`, 7 `audio_processing`, 8 `image_generation`, 9 `agentic_tool`, 10 `ingestion_step`, 11 `resource_limit_policy`, 12 `custom` (older releases numbered differently; a note says so) |
 //! | `binary.linux` / `.windows` / `.macos` | `binary` keys `linux` / `windows` / `macos` |
 //! | `library` (legacy) | every one of those three keys not already named |
-//! | `expected_hash` | `sha256`, lower-cased (ThemisDB compared case-sensitively, §9.8), pinned for every listed platform: like ThemisDB, the one hash is checked against whichever platform binary is loaded |
-//! | `dependencies` array | name → `*` |
+//! | `expected_hash` | `sha256`, lower-cased (ThemisDB compared case-sensitively, §9.8), pinned for every listed platform: like ThemisDB, the one hash is checked against whichever platform binary is loaded. Absent: no `sha256` (an *unpinned* manifest, see below) |
+//! | `dependencies` array | names resolved at load ([`Manifest::weak_dependencies`]): a plugin of the set being loaded (or a loaded one) → name → `*`; anything else is a library dependency (noted, not an error) |
 //! | `dependencies` object | name → requirement; values are *minimum* versions, so a bare version `1.11.0` becomes `>=1.11.0` (not semver's caret default); `""` becomes `*` |
+//! | `config` (not in ThemisDB's schema; a Keel extension) | `config`, checked against `config_schema` and passed to `initialize` |
 //! | `capabilities` flags set to `true` | `traits` (informational; `supports_streaming` style keys are read as `streaming`). They are not Keel capabilities: a ThemisDB plugin is granted no Keel capability |
 //! | `auto_load`, `load_priority`, `config_schema` | same |
 //! | everything else the schema knows | checked, not mapped (marketplace metadata, edition/licence gating, `min/max_themis(db)_version`, `compatible_core_abi`, `signature` metadata); the ones ThemisDB would act on produce a note |
@@ -32,17 +33,23 @@
 //!
 //! # Where Keel deliberately differs from ThemisDB's loader
 //!
-//! * **`expected_hash` is required.** Keel loads no binary that is not pinned by SHA-256, so a
-//!   ThemisDB manifest without `expected_hash` is refused with `KEEL_ERR_MANIFEST_INVALID`
-//!   (the message says how to fix it). There is no "unpinned" mode.
-//! * **Libraries listed as plugin dependencies** (compat notes §9.10: `nlohmann/json`, `curl`,
+//! * **`expected_hash` is optional, loading an unpinned binary is a policy.** A ThemisDB
+//!   manifest without `expected_hash` is valid (a note starting `warning:` says it is
+//!   unpinned), but the host refuses to load it with `KEEL_ERR_UNPINNED_BINARY` unless it has
+//!   opted in with the `allow_unpinned` policy (`keel_host_set_allow_unpinned`, only before
+//!   the first load). An unpinned binary that is loaded is still read once and hashed; the
+//!   generation records the SHA-256 of the exact bytes loaded.
+//! * **Libraries listed as dependencies** (compat notes §9.10: `nlohmann/json`, `curl`,
 //!   `librdkafka`, `aws-sdk-cpp`, …): a dependency is read as a *library* requirement and
 //!   dropped from the plugin dependencies, with a note, when its name contains a character a
 //!   ThemisDB plugin name cannot contain (anything but ASCII letters, digits, `_`, `-`; e.g.
-//!   `/`, `.`, `+`) or it is one of [`KNOWN_LIBRARIES`]. Libraries are the dynamic linker's
-//!   business, not the plugin host's. This applies to ThemisDB manifests only; a Keel manifest
-//!   may depend on a plugin of any valid name. A remaining name that is a valid ThemisDB name
-//!   but not a valid Keel name (upper case) is refused rather than guessed at.
+//!   `/`, `.`, `+`) or it is one of [`KNOWN_LIBRARIES`]. In the array form, so is a name Keel
+//!   could not load as a plugin (upper case), and every other array name is decided at load:
+//!   a plugin of the scanned set or a loaded plugin makes it a plugin dependency, otherwise it
+//!   is a library (`aws-sdk-cpp-s3`). Libraries are the dynamic linker's business, not the
+//!   plugin host's. In the object form (entries with a version range: plugin dependencies) a
+//!   name that is a valid ThemisDB name but not a valid Keel name (upper case) is refused
+//!   rather than guessed at. This applies to ThemisDB manifests only.
 //! * **Type names** follow the v2 schema: a string `type` must be one of the 8 lower-case
 //!   names (ThemisDB's loader silently turned anything else, e.g. `"CUSTOM"`, into CUSTOM).
 //! * Rescans overwriting loaded entries (§9.11) is host behaviour: Keel's load path refuses a
@@ -198,20 +205,25 @@ pub fn convert_with_notes(value: &Value) -> Result<Conversion> {
         }
     }
 
-    let Some(hash) = obj.get("expected_hash").and_then(Value::as_str) else {
-        bail!(
-            KEEL_ERR_MANIFEST_INVALID,
-            "ThemisDB plugin '{name}' has no \"expected_hash\": Keel loads only binaries pinned by SHA-256; add \"expected_hash\": \"<sha256 of the binary>\" (e.g. from sha256sum)"
-        );
-    };
-    let hash = hash.to_ascii_lowercase();
-    let sha256: Value = if binary.len() == 1 {
-        Value::from(hash)
-    } else {
-        Value::Object(binary.keys().map(|k| (k.clone(), Value::from(hash.clone()))).collect())
+    let sha256: Option<Value> = match obj.get("expected_hash").and_then(Value::as_str) {
+        Some(hash) => {
+            let hash = hash.to_ascii_lowercase();
+            Some(if binary.len() == 1 {
+                Value::from(hash)
+            } else {
+                Value::Object(binary.keys().map(|k| (k.clone(), Value::from(hash.clone()))).collect())
+            })
+        }
+        None => {
+            notes.push(format!(
+                "warning: no \"expected_hash\": the binary is unpinned; a host refuses to load it (KEEL_ERR_UNPINNED_BINARY) unless its policy allows unpinned binaries (keel_host_set_allow_unpinned); pin it with \"expected_hash\": \"<sha256 of the binary>\" (e.g. from sha256sum)"
+            ));
+            None
+        }
     };
 
-    let dependencies = convert_dependencies(&name, obj.get("dependencies"), &mut notes)?;
+    let (dependencies, weak) = convert_dependencies(&name, obj.get("dependencies"), &mut notes)?;
+    let config = convert_config(obj)?;
     let traits = convert_traits(obj.get("capabilities"), &mut notes);
     unapplied_settings(obj, &mut notes);
 
@@ -227,7 +239,12 @@ pub fn convert_with_notes(value: &Value) -> Result<Conversion> {
     }
     keel.insert("runtime".into(), Value::from("themis"));
     keel.insert("binary".into(), Value::Object(binary));
-    keel.insert("sha256".into(), sha256);
+    if let Some(sha256) = &sha256 {
+        keel.insert("sha256".into(), sha256.clone());
+    }
+    if let Some(config) = config {
+        keel.insert("config".into(), Value::Object(config));
+    }
     if !dependencies.is_empty() {
         keel.insert(
             "dependencies".into(),
@@ -242,8 +259,16 @@ pub fn convert_with_notes(value: &Value) -> Result<Conversion> {
             keel.insert(key.into(), v.clone());
         }
     }
-    let manifest = super::parse_keel_value(Value::Object(keel))
+    let keel = Value::Object(keel);
+    let checked = if sha256.is_some() {
+        super::validate_keel_schema(&keel)
+    } else {
+        super::validate_keel_schema_unpinned(&keel)
+    };
+    let mut manifest = checked
+        .and_then(|()| super::typed_manifest(keel))
         .map_err(|e| e.context(format!("ThemisDB plugin '{name}' converted to a Keel manifest")))?;
+    manifest.weak_dependencies = weak;
     Ok(Conversion { manifest, notes })
 }
 
@@ -276,26 +301,58 @@ pub fn themis_requirement(text: &str) -> String {
     }
 }
 
+/// Plugin dependencies (name → requirement) and array-form names to resolve at load.
+///
+/// * Array form (`["schema_mapper", "aws-sdk-cpp-s3"]`): names without a version. A name that
+///   cannot be a plugin name ([`is_library_name`], or not a valid Keel plugin name, e.g. upper
+///   case) is a library (noted); every other name is *weak*: resolved at load against the
+///   plugins being loaded and those already loaded (a plugin dependency `*` if one has that
+///   name, a library dependency otherwise; see [`Manifest::resolve_weak_dependencies`]).
+/// * Object form (`{"base": ">=1.0"}`): entries with a version range are plugin dependencies,
+///   except names that are plainly libraries ([`is_library_name`]); a name Keel cannot load
+///   is refused.
 fn convert_dependencies(
     plugin: &str,
     deps: Option<&Value>,
     notes: &mut Vec<String>,
-) -> Result<BTreeMap<String, String>> {
-    let entries: Vec<(&str, Option<&str>)> = match deps {
+) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+    let mut out = BTreeMap::new();
+    let mut weak = BTreeSet::new();
+    let library = |dep: &str, notes: &mut Vec<String>| {
+        notes.push(format!(
+            "dependency '{dep}' names a library, not a plugin: not treated as a plugin dependency (libraries are resolved by the dynamic linker)"
+        ));
+    };
+    let entries: Vec<(&str, &str)> = match deps {
         None => Vec::new(),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(|n| (n, None)).collect(),
-        Some(Value::Object(map)) => map.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        Some(Value::Array(items)) => {
+            for dep in items.iter().filter_map(Value::as_str) {
+                if is_library_name(dep) || !is_valid_plugin_name(dep) {
+                    library(dep, notes);
+                } else {
+                    weak.insert(dep.to_string());
+                }
+            }
+            if !weak.is_empty() {
+                notes.push(format!(
+                    "array-form dependencies {} are resolved at load: a plugin dependency (any version) if a plugin of that name is being loaded with it or is loaded, otherwise a library dependency",
+                    weak.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Vec::new()
+        }
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str().unwrap_or("")))
+            .collect(),
         Some(_) => bail!(
             KEEL_ERR_MANIFEST_SCHEMA,
             "at /dependencies: must be an array or an object (rule: oneOf)"
         ),
     };
-    let mut out = BTreeMap::new();
     for (dep, constraint) in entries {
         if is_library_name(dep) {
-            notes.push(format!(
-                "dependency '{dep}' names a library, not a plugin: not treated as a plugin dependency (libraries are resolved by the dynamic linker)"
-            ));
+            library(dep, notes);
             continue;
         }
         if !is_valid_plugin_name(dep) {
@@ -304,20 +361,28 @@ fn convert_dependencies(
                 "ThemisDB plugin '{plugin}': dependency '{dep}' is not a valid Keel plugin name (lower-case letters, digits, '_' and '-', starting and ending with a letter or digit)"
             );
         }
-        let req = match constraint {
-            None => "*".to_string(),
-            Some(c) => themis_requirement(c),
-        };
+        let req = themis_requirement(constraint);
         semver::VersionReq::parse(&req).map_err(|e| {
             err!(
                 KEEL_ERR_BAD_VERSION,
-                "ThemisDB plugin '{plugin}': dependency '{dep}' has constraint '{}', which is not a version requirement: {e}",
-                constraint.unwrap_or("")
+                "ThemisDB plugin '{plugin}': dependency '{dep}' has constraint '{constraint}', which is not a version requirement: {e}"
             )
         })?;
         out.insert(dep.to_string(), req);
     }
-    Ok(out)
+    Ok((out, weak))
+}
+
+/// The config a ThemisDB plugin's `initialize` gets: the top-level `config` object, if the
+/// manifest has one (a Keel extension of `plugin.json`: ThemisDB's schema has no such key and
+/// its loader always passes `{}`). `config_schema` defaults are not filled in: as in ThemisDB,
+/// applying them is the plugin's business.
+fn convert_config(obj: &Map<String, Value>) -> Result<Option<Map<String, Value>>> {
+    match obj.get("config") {
+        Some(Value::Object(c)) => Ok(Some(c.clone())),
+        Some(_) => bail!(KEEL_ERR_MANIFEST_SCHEMA, "at /config: must be an object (rule: type)"),
+        None => Ok(None),
+    }
 }
 
 fn convert_traits(caps: Option<&Value>, notes: &mut Vec<String>) -> Vec<String> {
@@ -368,7 +433,10 @@ fn known_top_level_keys() -> &'static BTreeSet<String> {
 /// top-level keys no ThemisDB rule knows (accepted, as ThemisDB's loader accepts them).
 fn unapplied_settings(obj: &Map<String, Value>, notes: &mut Vec<String>) {
     let known = known_top_level_keys();
-    for key in obj.keys().filter(|k| !known.contains(k.as_str())) {
+    for key in obj
+        .keys()
+        .filter(|k| !known.contains(k.as_str()) && k.as_str() != "config")
+    {
         notes.push(format!(
             "unknown top-level key \"{key}\": accepted and ignored (ThemisDB's loader ignores it too)"
         ));

@@ -106,8 +106,10 @@ impl TrustReport {
 pub struct PluginVerification {
     pub manifest: ManifestFile,
     pub trust: TrustReport,
-    /// The binary for this platform; its bytes hash to `binary.sha256`.
+    /// The binary for this platform; its bytes hash to `binary.sha256` when it is pinned.
     pub binary: BinaryRef,
+    /// Lower-case hex SHA-256 of the binary's bytes as read (equal to the pin, if any).
+    pub binary_sha256: String,
 }
 
 /// `<manifest>.sig`: the manifest's file name with `.sig` appended (`plugin.json.sig`).
@@ -139,9 +141,20 @@ pub fn read_binary(mf: &ManifestFile) -> Result<(BinaryRef, Unverified)> {
 }
 
 /// Read the binary for this platform and compare it with the manifest's pinned digest
-/// (`KEEL_ERR_DIGEST_MISMATCH`): [`artifact::read_verified`], the host's own load path.
-pub fn check_binary(mf: &ManifestFile) -> Result<(BinaryRef, Verified)> {
-    artifact::read_verified(mf)
+/// (`KEEL_ERR_DIGEST_MISMATCH`): [`artifact::read_verified`], the host's own load path. A
+/// manifest without a pin is refused (`KEEL_ERR_UNPINNED_BINARY`) unless `policy` allows
+/// unpinned binaries.
+pub fn check_binary(mf: &ManifestFile, policy: Policy) -> Result<(BinaryRef, Verified)> {
+    artifact::read_verified(mf, unpinned_rule(policy))
+}
+
+/// The artifact rule for manifests without a pin under `policy`.
+pub fn unpinned_rule(policy: Policy) -> artifact::Unpinned {
+    if policy.allow_unpinned {
+        artifact::Unpinned::Allow
+    } else {
+        artifact::Unpinned::Refuse
+    }
 }
 
 /// Trust state a host owns: store (lock-free reads) and policy.
@@ -224,6 +237,13 @@ impl TrustState {
     /// (`KEEL_ERR_POLICY_DOWNGRADE` after).
     pub fn set_require_signature(&self, require: bool) -> Result<()> {
         self.policy.set_require_signature(require)
+    }
+
+    /// Allow loading binaries whose manifest pins no SHA-256, only before
+    /// [`TrustState::mark_started`] (`KEEL_ERR_POLICY_DOWNGRADE` after); disallowing always
+    /// succeeds.
+    pub fn set_allow_unpinned(&self, allow: bool) -> Result<()> {
+        self.policy.set_allow_unpinned(allow)
     }
 
     /// The host has started: from now on the policy can only be strengthened.
@@ -327,11 +347,12 @@ impl TrustState {
     pub fn verify_plugin(&self, manifest_path: &Path) -> Result<PluginVerification> {
         let mf = manifest::read_file(manifest_path)?;
         let trust = self.verify_manifest(&mf.path, &mf.bytes, &mf.manifest.name)?;
-        let (binary, _artifact) = check_binary(&mf)?;
+        let (binary, artifact) = check_binary(&mf, self.policy())?;
         Ok(PluginVerification {
             manifest: mf,
             trust,
             binary,
+            binary_sha256: artifact.sha256_hex(),
         })
     }
 }

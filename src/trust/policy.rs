@@ -6,6 +6,14 @@
 //! (`KEEL_ERR_POLICY_DOWNGRADE`). Allowing unsigned plugins only relaxes the signature
 //! requirement: manifest validation, the binary's digest check and the ABI check run
 //! regardless, and a signature that is present must still verify.
+//!
+//! `allow_unpinned` is off by default: a manifest that pins no SHA-256 for its binary (a
+//! ThemisDB `plugin.json` without `expected_hash`) is valid but refused at load with
+//! `KEEL_ERR_UNPINNED_BINARY`. Before the host has started an operator may turn it on; once
+//! started it can still be turned off, but never on again (`KEEL_ERR_POLICY_DOWNGRADE`).
+//! Allowing unpinned binaries skips only the comparison with a pin that does not exist: the
+//! binary is still read once beneath the manifest's directory, and the SHA-256 of the exact
+//! bytes loaded is recorded (and logged) for the generation.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -17,18 +25,22 @@ use crate::error::Result;
 pub struct Policy {
     /// Refuse plugins without a valid signature by a trusted key (default `true`).
     pub require_signature: bool,
+    /// Load binaries whose manifest pins no SHA-256 (default `false`).
+    pub allow_unpinned: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             require_signature: true,
+            allow_unpinned: false,
         }
     }
 }
 
 const REQUIRE: u8 = 1;
 const STARTED: u8 = 2;
+const UNPINNED: u8 = 4;
 
 /// The policy as the host holds it: one atomic, so "started" and "require" change together
 /// (no window in which a downgrade could slip past a concurrent `mark_started`).
@@ -43,13 +55,19 @@ impl Default for PolicyCell {
 
 impl PolicyCell {
     pub fn new(p: Policy) -> Self {
-        PolicyCell(AtomicU8::new(if p.require_signature { REQUIRE } else { 0 }))
+        let mut v = if p.require_signature { REQUIRE } else { 0 };
+        if p.allow_unpinned {
+            v |= UNPINNED;
+        }
+        PolicyCell(AtomicU8::new(v))
     }
 
     /// The current policy.
     pub fn get(&self) -> Policy {
+        let v = self.0.load(Ordering::Acquire);
         Policy {
-            require_signature: self.0.load(Ordering::Acquire) & REQUIRE != 0,
+            require_signature: v & REQUIRE != 0,
+            allow_unpinned: v & UNPINNED != 0,
         }
     }
 
@@ -84,6 +102,28 @@ impl PolicyCell {
         }
         Ok(())
     }
+
+    /// Set `allow_unpinned`. Turning it on after [`PolicyCell::mark_started`] fails with
+    /// `KEEL_ERR_POLICY_DOWNGRADE` (and changes nothing); setting the value it already has
+    /// always succeeds; turning it off always succeeds.
+    pub fn set_allow_unpinned(&self, allow: bool) -> Result<()> {
+        let r = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            if !allow {
+                Some(v & !UNPINNED)
+            } else if v & STARTED != 0 && v & UNPINNED == 0 {
+                None
+            } else {
+                Some(v | UNPINNED)
+            }
+        });
+        if r.is_err() {
+            bail!(
+                KEEL_ERR_POLICY_DOWNGRADE,
+                "allow_unpinned cannot be turned on after the host has started (the policy can only be strengthened at run time)"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +145,24 @@ mod tests {
             keel_status::KEEL_ERR_POLICY_DOWNGRADE
         );
         assert!(p.get().require_signature);
+    }
+
+    #[test]
+    fn unpinned_on_before_start_off_after_never_on_again() {
+        let p = PolicyCell::default();
+        assert!(!p.get().allow_unpinned);
+        p.set_allow_unpinned(true).unwrap();
+        assert!(p.get().allow_unpinned && p.get().require_signature);
+        p.mark_started();
+        p.set_allow_unpinned(true).unwrap(); // no change, not a downgrade
+        p.set_allow_unpinned(false).unwrap();
+        assert_eq!(
+            p.set_allow_unpinned(true).unwrap_err().status(),
+            keel_status::KEEL_ERR_POLICY_DOWNGRADE
+        );
+        assert!(!p.get().allow_unpinned);
+        // Independent of the signature bit.
+        p.set_require_signature(true).unwrap();
+        assert!(!p.get().allow_unpinned);
     }
 }

@@ -592,26 +592,30 @@ fn reload_that_would_break_a_dependent_is_rolled_back() {
 
 #[test]
 fn themisdb_plugin_json_dependencies_are_planned_without_libraries() {
-    // A ThemisDB manifest in a plugin folder: "nlohmann/json" is a library and is not looked
-    // for; the real plugin dependency is, and is missing.
+    // A ThemisDB manifest in a plugin folder. Object form (version ranges: plugin
+    // dependencies): "nlohmann/json" is a library and is not looked for; the real plugin
+    // dependency is, and is missing.
     let d = PluginDir::new("deps-themis");
     let folder = d.root.join("importer");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::copy(d.library("importer", false), folder.join("importer.so")).unwrap();
-    let manifest = json!({
-        "name": "pg_importer",
-        "version": "1.0.0",
-        "type": "importer",
-        "description": "test importer",
-        "binary": {"linux": "importer.so"},
-        "dependencies": ["nlohmann/json", "schema_mapper"],
-        "expected_hash": common::sha256_file(&folder.join("importer.so")).to_uppercase()
-    });
-    std::fs::write(
-        folder.join("plugin.json"),
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
+    let write = |deps: serde_json::Value| {
+        let manifest = json!({
+            "name": "pg_importer",
+            "version": "1.0.0",
+            "type": "importer",
+            "description": "test importer",
+            "binary": {"linux": "importer.so"},
+            "dependencies": deps,
+            "expected_hash": common::sha256_file(&folder.join("importer.so")).to_uppercase()
+        });
+        std::fs::write(
+            folder.join("plugin.json"),
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+    };
+    write(json!({"nlohmann/json": ">=3.0", "schema_mapper": ">=1.0"}));
     let h = TestHost::new();
     assert_eq!(h.load_dir(&d.root), KEEL_ERR_DEPENDENCY_MISSING);
     let msg = last_error();
@@ -620,6 +624,14 @@ fn themisdb_plugin_json_dependencies_are_planned_without_libraries() {
         "{msg}"
     );
     assert!(!msg.contains("nlohmann"), "{msg}");
+    // Array form: a name that is no plugin of the scanned set (nor loaded) is a library
+    // dependency, not a missing plugin: planning passes, and the load goes on to the binary
+    // (this native test library is no ThemisDB plugin, so it fails there, not at 501).
+    write(json!(["nlohmann/json", "schema_mapper"]));
+    let s = h.load_dir(&d.root);
+    assert_ne!(s, KEEL_ERR_DEPENDENCY_MISSING, "{}", last_error());
+    assert_eq!(s, KEEL_ERR_SYMBOL_MISSING, "{}", last_error());
+    assert!(last_error().contains("createPlugin"), "{}", last_error());
 }
 
 // ---------------------------------------------------------------------------------------

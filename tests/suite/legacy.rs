@@ -756,3 +756,171 @@ fn calls_from_many_threads_while_reloading() {
     }
     assert_eq!(p.instance().unwrap().tag(), "v3");
 }
+
+/// A ThemisDB `plugin.json` for `so` without `expected_hash` (an unpinned binary).
+fn unpinned_plugin_json(dir: &Path, name: &str, so: &Path, extra: Value) -> PathBuf {
+    let path = plugin_json(dir, name, "1.0.0", so, extra);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("expected_hash");
+    std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn unpinned_plugin_json_is_refused_by_default_and_loads_only_when_the_host_opts_in() {
+    use keel::ffi::trust::{keel_host_set_allow_unpinned, keel_verify};
+    let dir = common::tempdir("legacy-unpinned");
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = unpinned_plugin_json(&dir, "legacy", &so, json!({}));
+    let mpath = cstr(manifest.to_str().unwrap());
+
+    // Default policy: valid manifest, refused load with its own code, nothing registered.
+    let host = TestHost::new();
+    assert_eq!(keel_verify(host.0, mpath.as_ptr()), KEEL_ERR_UNPINNED_BINARY);
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_UNPINNED_BINARY));
+    let msg = last_error();
+    assert!(msg.contains("legacy") && msg.contains("expected_hash"), "{msg}");
+    assert_eq!(host.get("legacy").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
+    // The host has started (a load was attempted): the policy cannot be relaxed any more.
+    assert_eq!(keel_host_set_allow_unpinned(host.0, true), KEEL_ERR_POLICY_DOWNGRADE);
+    assert!(last_error().contains("allow_unpinned"), "{}", last_error());
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_UNPINNED_BINARY));
+    assert_eq!(keel_host_set_allow_unpinned(host.0, false), KEEL_OK);
+    assert_eq!(keel_host_set_allow_unpinned(ptr::null(), true), KEEL_ERR_NULL_POINTER);
+
+    // Opted in before the first load: it loads and runs.
+    let host = TestHost::new();
+    assert_eq!(keel_host_set_allow_unpinned(host.0, true), KEEL_OK);
+    assert_eq!(keel_verify(host.0, mpath.as_ptr()), KEEL_OK, "{}", last_error());
+    let p = host
+        .load_plugin(&manifest)
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+    assert_eq!(p.instance().unwrap().bump(), 1);
+    // Strict again after start, and never relaxed again.
+    assert_eq!(keel_host_set_allow_unpinned(host.0, false), KEEL_OK);
+    assert_eq!(keel_host_set_allow_unpinned(host.0, true), KEEL_ERR_POLICY_DOWNGRADE);
+    let dir2 = common::tempdir("legacy-unpinned-2");
+    let so2 = build(&dir2, &[], "liblegacy.so");
+    let m2 = unpinned_plugin_json(&dir2, "legacy2", &so2, json!({}));
+    assert_eq!(host.load(&m2).err(), Some(KEEL_ERR_UNPINNED_BINARY));
+    assert_eq!(p.instance().unwrap().bump(), 2, "the loaded plugin keeps serving");
+}
+
+#[test]
+fn an_unpinned_generation_records_the_sha256_of_the_bytes_loaded() {
+    let dir = common::tempdir("legacy-unpinned-sha");
+    let so = build(&dir, &[], "liblegacy.so");
+    let manifest = unpinned_plugin_json(&dir, "legacy", &so, json!({}));
+    let logged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = logged.clone();
+    let host = keel::Host::with_services(keel::runtime::HostServices {
+        log: Arc::new(move |plugin, level, msg| sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}"))),
+        ..Default::default()
+    });
+    host.trust().set_require_signature(false).unwrap();
+    host.trust().set_allow_unpinned(true).unwrap();
+    let slot = host.load(&manifest).unwrap();
+    let sha = common::sha256_file(&so);
+    assert_eq!(slot.current().unwrap().binary_sha256, sha);
+    let logged = logged.lock().unwrap();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.starts_with("legacy Warn") && l.contains("unpinned") && l.contains(&sha)),
+        "{logged:?}"
+    );
+}
+
+#[test]
+fn plugin_json_config_is_checked_and_reaches_initialize_merged_with_restored_state_on_reload() {
+    let dir = common::tempdir("legacy-json-config");
+    let so = build(&dir, &[], "liblegacy.so");
+    let schema = json!({
+        "type": "object",
+        "properties": {"mode": {"enum": ["fast", "safe"]}, "depth": {"type": "integer", "minimum": 1}},
+        "required": ["mode"]
+    });
+    let config = json!({"mode": "fast", "depth": 3});
+    let host = TestHost::new();
+
+    // A bad config is refused at load with its path; nothing is registered.
+    let manifest = plugin_json(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"config_schema": schema, "config": {"mode": "fast", "depth": 0}}),
+    );
+    assert_eq!(host.load(&manifest).err(), Some(KEEL_ERR_MANIFEST_SCHEMA));
+    let msg = last_error();
+    assert!(msg.contains("at /config/depth") && msg.contains("minimum"), "{msg}");
+    assert_eq!(host.get("legacy").err(), Some(KEEL_ERR_PLUGIN_NOT_FOUND));
+
+    let manifest = plugin_json(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"config_schema": schema, "config": config}),
+    );
+    let p = host
+        .load_plugin(&manifest)
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+    let api = p.instance().unwrap();
+    assert_eq!(api.config(), config, "the manifest's config, not {{}}");
+    api.bump();
+    drop(api);
+    assert_eq!(host.reload("legacy"), Ok(2), "{}", last_error());
+    let mut want = config.clone();
+    want["restored_state"] = json!("{\"count\":1,\"tag\":\"v1\"}");
+    assert_eq!(p.instance().unwrap().config(), want, "config plus restored_state");
+
+    // A reload whose manifest now has a bad config rolls back; the old generation serves.
+    plugin_json(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"config_schema": schema, "config": {"depth": 2}}),
+    );
+    assert_eq!(host.reload("legacy"), Err(KEEL_ERR_MANIFEST_SCHEMA));
+    assert!(last_error().contains("mode"), "{}", last_error());
+    assert_eq!(p.generation(), 2);
+}
+
+#[test]
+fn array_form_dependencies_a_library_and_a_plugin_of_the_scanned_set() {
+    let root = common::tempdir("legacy-array-deps");
+    let so = build(&root, &[], "liblegacy.so");
+    for (category, name, deps) in [
+        ("storage", "base_store", json!([])),
+        (
+            "importers",
+            "s3_importer",
+            json!(["aws-sdk-cpp-s3", "base_store", "OpenSSL"]),
+        ),
+    ] {
+        let dir = root.join(category).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = dir.join("liblegacy.so");
+        std::fs::copy(&so, &local).unwrap();
+        plugin_json(&dir, name, "1.0.0", &local, json!({"dependencies": deps}));
+    }
+    std::fs::remove_file(&so).unwrap();
+    let host = TestHost::new();
+    let c = cstr(root.to_str().unwrap());
+    assert_eq!(keel_host_load_dir(host.0, c.as_ptr()), KEEL_OK, "{}", last_error());
+    assert!(host.get("base_store").is_ok() && host.get("s3_importer").is_ok());
+    // The resolved plugin dependency is a real one: it blocks unload, naming the dependent.
+    assert_eq!(host.unload("base_store"), KEEL_ERR_HAS_DEPENDENTS);
+    assert!(last_error().contains("s3_importer"), "{}", last_error());
+    assert_eq!(host.unload("s3_importer"), KEEL_OK);
+    assert_eq!(host.unload("base_store"), KEEL_OK);
+
+    // Loaded one at a time: the dependency resolves against the loaded plugin too.
+    let host = TestHost::new();
+    host.load_plugin(&root.join("storage/base_store/plugin.json")).unwrap();
+    host.load_plugin(&root.join("importers/s3_importer/plugin.json"))
+        .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
+    assert_eq!(host.unload("base_store"), KEEL_ERR_HAS_DEPENDENTS);
+}

@@ -484,3 +484,47 @@ fn an_embedder_registry_can_hold_keels_collector() {
         "{text}"
     );
 }
+
+#[test]
+fn wasm_plugins_report_the_linear_memory_of_their_instances() {
+    let dir = common::tempdir("metrics-wasm-memory");
+    let wasm = wat::parse_file(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wasm/memhog.wat"))
+        .unwrap();
+    let bin = dir.join("memhog.wasm");
+    std::fs::write(&bin, &wasm).unwrap();
+    let manifest = dir.join("memhog.json");
+    std::fs::write(
+        &manifest,
+        serde_json::to_vec(&serde_json::json!({
+            "manifest_version": 1, "name": "memhog", "version": "1.0.0", "runtime": "wasm",
+            "binary": {"wasm32": "memhog.wasm"}, "sha256": common::sha256_file(&bin),
+            "limits": {"memory_mb": 2}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let host = host();
+    let slot = host.load(&manifest).unwrap();
+    let memory = |host: &Host| {
+        let text = host.metrics_text();
+        parse(&text)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+            .get("plugin_memory_bytes", &[("plugin", "memhog")])
+    };
+    // One instance with its one declared page.
+    assert_eq!(memory(&host), Some(65536.0));
+    // `probe` grows the memory to the 2 MiB cap and returns the page count: the gauge follows.
+    let out = call(&slot, "probe", b"").unwrap();
+    let pages = u32::from_le_bytes(out[..4].try_into().unwrap());
+    assert_eq!(pages, 32);
+    assert_eq!(memory(&host), Some(f64::from(pages) * 65536.0));
+    // `hog` traps: the instance is discarded and its memory no longer counted.
+    assert_eq!(call(&slot, "hog", b"").unwrap_err().status(), KEEL_ERR_MEMORY_LIMIT);
+    assert_eq!(memory(&host), Some(0.0));
+    // The next call runs on a fresh instance.
+    call(&slot, "probe", b"").unwrap();
+    assert_eq!(memory(&host), Some(32.0 * 65536.0));
+    drop(slot);
+    host.unload("memhog").unwrap();
+    assert_eq!(memory(&host), None);
+}

@@ -501,7 +501,7 @@ fn replaced_file_after_verification_never_runs() {
     let bin = mf.manifest.binary_for_platform(&dir).unwrap();
     let art = keel::artifact::read_sealed(&bin.path, "echo")
         .unwrap()
-        .verify(&bin.sha256, "echo")
+        .verify(bin.sha256.as_deref().unwrap(), "echo")
         .unwrap();
     // Attacker swaps the file (rename over it, and also overwrite in place).
     common::build_native("echo", &["ECHO_TAG=\"swapped\""], &dir, "libecho.so");

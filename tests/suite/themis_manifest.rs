@@ -101,9 +101,9 @@ fn postgres_like_manifest_with_array_dependencies() {
     assert_eq!(m.binary["linux"], "libpostgres_importer.so");
     assert_eq!(m.binary["windows"], "postgres_importer.dll");
     assert_eq!(m.binary["macos"], "libpostgres_importer.dylib");
-    // The library is dropped; the plugin dependency is "any version".
-    assert_eq!(m.dependencies.len(), 1);
-    assert_eq!(m.dependencies["schema_mapper"], "*");
+    // The library is dropped; the array-form name is resolved at load (plugin or library).
+    assert!(m.dependencies.is_empty());
+    assert_eq!(m.weak_dependencies.iter().collect::<Vec<_>>(), ["schema_mapper"]);
     assert_eq!(m.traits, ["batching", "streaming"]);
     assert!(
         m.capabilities.is_empty(),
@@ -116,14 +116,14 @@ fn postgres_like_manifest_with_array_dependencies() {
     assert!(m.config.is_none());
     assert_eq!(m.config_json(), "{}");
     // One hash, pinned for whichever platform binary gets loaded.
-    let Digests::PerPlatform(d) = &m.sha256 else {
+    let Some(Digests::PerPlatform(d)) = &m.sha256 else {
         panic!("{:?}", m.sha256)
     };
     assert!(d.len() == 3 && d.values().all(|h| h == HASH));
     let bin = m.binary_for_platform(Path::new("/plugins/pg")).unwrap();
     assert_eq!(bin.platform, "linux");
     assert_eq!(bin.path, Path::new("/plugins/pg/libpostgres_importer.so"));
-    assert_eq!(bin.sha256, HASH);
+    assert_eq!(bin.sha256.as_deref(), Some(HASH));
 }
 
 #[test]
@@ -163,8 +163,11 @@ fn mongo_like_manifest_with_object_dependencies_and_upper_case_hash() {
     assert_eq!(m.dependencies["schema_mapper"], ">=1.0.0, <3");
     assert!(!m.dependencies.contains_key("mongo-cxx-driver"));
     // Upper-case expected_hash is accepted and compared lower-cased (ThemisDB bug §9.8).
-    assert_eq!(m.sha256, Digests::One(HASH.to_string()));
-    assert_eq!(m.binary_for_platform(Path::new("/p")).unwrap().sha256, HASH);
+    assert_eq!(m.sha256, Some(Digests::One(HASH.to_string())));
+    assert_eq!(
+        m.binary_for_platform(Path::new("/p")).unwrap().sha256.as_deref(),
+        Some(HASH)
+    );
     // Domain-specific flags are kept as traits too; false flags are not.
     assert_eq!(m.traits, ["bulk_upsert", "streaming", "thread_safe"]);
     assert_eq!(m.auto_load, Some(false));
@@ -177,6 +180,9 @@ fn converted_manifest_is_a_valid_keel_manifest() {
         let keel_json = serde_json::to_vec(&m).unwrap();
         let (format, again) = manifest::parse(&keel_json).unwrap();
         assert_eq!(format, ManifestFormat::Keel);
+        // Array-form names still to be resolved at load are not part of a Keel document.
+        let mut m = m;
+        m.weak_dependencies.clear();
         assert_eq!(again, m);
     }
 }
@@ -192,7 +198,10 @@ fn legacy_library_field() {
         assert_eq!(m.binary[platform], "libold_exporter.so");
     }
     assert_eq!(m.plugin_type.as_deref(), Some("exporter"));
-    assert_eq!(m.binary_for_platform(Path::new("/x")).unwrap().sha256, HASH);
+    assert_eq!(
+        m.binary_for_platform(Path::new("/x")).unwrap().sha256.as_deref(),
+        Some(HASH)
+    );
     // Through the format detection too.
     assert_eq!(parse(&v).unwrap().0, ManifestFormat::ThemisDb);
 }
@@ -387,15 +396,50 @@ fn newer_variant_fields_are_checked() {
 }
 
 #[test]
-fn missing_expected_hash_is_refused() {
+fn missing_expected_hash_is_valid_and_unpinned_with_a_warning() {
     let mut v = postgres();
     v.as_object_mut().unwrap().remove("expected_hash");
-    let e = refused(&v);
-    assert_code(&e, KEEL_ERR_MANIFEST_INVALID);
+    let c = themis::convert_with_notes(&v).unwrap();
+    assert!(c.manifest.is_unpinned());
+    assert_eq!(c.manifest.sha256, None);
     assert!(
-        e.message().contains("expected_hash") && e.message().contains("postgres_importer"),
-        "{e}"
+        c.notes
+            .iter()
+            .any(|n| n.starts_with("warning: ") && n.contains("KEEL_ERR_UNPINNED_BINARY")),
+        "{:?}",
+        c.notes
     );
+    let bin = c.manifest.binary_for_platform(Path::new("/p")).unwrap();
+    assert_eq!(bin.sha256, None);
+    // A Keel manifest without sha256 is still a schema error.
+    let mut k = serde_json::to_value(&c.manifest).unwrap();
+    k.as_object_mut().unwrap().remove("sha256");
+    let e = manifest::parse(&serde_json::to_vec(&k).unwrap()).unwrap_err();
+    assert_code(&e, KEEL_ERR_MANIFEST_SCHEMA);
+    assert!(e.message().contains("sha256"), "{e}");
+}
+
+#[test]
+fn config_is_checked_against_config_schema_with_its_path() {
+    let mut v = postgres();
+    v["config"] = json!({"batch_size": "many"});
+    let e = refused(&v);
+    assert_code(&e, KEEL_ERR_MANIFEST_SCHEMA);
+    assert!(e.message().contains("at /config/batch_size"), "{e}");
+    assert!(e.message().contains("config_schema"), "{e}");
+    v["config"] = json!({"batch_size": 100});
+    let (_, m) = parse(&v).unwrap();
+    assert_eq!(m.config_json(), r#"{"batch_size":100}"#);
+    v["config"] = json!(3);
+    let e = refused(&v);
+    assert_code(&e, KEEL_ERR_MANIFEST_SCHEMA);
+    assert!(e.message().contains("at /config"), "{e}");
+    // A config_schema that is no schema is refused at its path.
+    v["config"] = json!({});
+    v["config_schema"] = json!({"type": 12});
+    let e = refused(&v);
+    assert_code(&e, KEEL_ERR_MANIFEST_SCHEMA);
+    assert!(e.message().contains("at /config_schema"), "{e}");
 }
 
 #[test]
@@ -412,7 +456,8 @@ fn libraries_in_both_dependency_forms() {
     let mut v = postgres();
     v["dependencies"] = json!(["nlohmann/json", "curl", "librdkafka", "llama.cpp", "base_plugin"]);
     let (_, m) = parse(&v).unwrap();
-    assert_eq!(m.dependencies.keys().collect::<Vec<_>>(), ["base_plugin"]);
+    assert!(m.dependencies.is_empty());
+    assert_eq!(m.weak_dependencies.iter().collect::<Vec<_>>(), ["base_plugin"]);
     let mut v = postgres();
     v["dependencies"] = json!({"aws-sdk-cpp": ">=1.11.0", "openssl": ">=1.1.1w", "spdlog": ">=1.9.0"});
     let (_, m) = parse(&v).unwrap();
@@ -421,8 +466,23 @@ fn libraries_in_both_dependency_forms() {
 
 #[test]
 fn dependency_names_keel_cannot_load_are_refused() {
+    // Array form: a name Keel cannot load as a plugin is a library dependency.
     let mut v = postgres();
-    v["dependencies"] = json!(["OtherPlugin"]);
+    v["dependencies"] = json!(["OtherPlugin", "aws-sdk-cpp-s3"]);
+    let c = themis::convert_with_notes(&v).unwrap();
+    assert!(c.manifest.dependencies.is_empty());
+    assert_eq!(
+        c.manifest.weak_dependencies.iter().collect::<Vec<_>>(),
+        ["aws-sdk-cpp-s3"]
+    );
+    assert!(
+        c.notes.iter().any(|n| n.contains("'OtherPlugin' names a library")),
+        "{:?}",
+        c.notes
+    );
+    // Object form (a version range: a plugin dependency): refused.
+    let mut v = postgres();
+    v["dependencies"] = json!({"OtherPlugin": ">=1.0"});
     let e = refused(&v);
     assert_code(&e, KEEL_ERR_MANIFEST_INVALID);
     assert!(e.message().contains("'OtherPlugin'"), "{e}");

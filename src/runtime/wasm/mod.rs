@@ -272,6 +272,7 @@ impl WasmRuntime {
             pooled,
             restored: Mutex::new(ctx.restored_state.map(Arc::from)),
             epoch: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
         };
         WasmPlugin::start(shared, self.config.pool_size)
     }

@@ -65,6 +65,10 @@ pub struct PluginShared {
     pub restored: Mutex<Option<Arc<[u8]>>>,
     /// Bumped by restore_state in pooled mode; instances of older epochs are dropped.
     pub epoch: AtomicU64,
+    /// Linear memory of every live instance, in bytes (`plugin_memory_bytes`): each instance
+    /// adds its size when created and after every entry whose memory grew, and subtracts what
+    /// it added when dropped.
+    pub memory_bytes: AtomicU64,
 }
 
 /// Decode a `keel_result`: (error flag, pointer, length).
@@ -143,6 +147,8 @@ struct Ctl {
     /// `tunables::grow_refusals()` when the last entry started.
     refusals_before: u64,
     epoch: u64,
+    /// Bytes of linear memory this instance has added to `shared.memory_bytes`.
+    accounted: u64,
 }
 
 /// One instance: its own store, memory and exports. Used by one thread at a time.
@@ -185,6 +191,7 @@ impl Ctl {
         self.watch.arm(self.seq);
         let r = f(store);
         let fired = self.watch.disarm(self.seq);
+        self.account(store);
         if fired {
             // A late interrupt signal could hit this store's next call: never reuse it.
             self.broken = true;
@@ -195,6 +202,25 @@ impl Ctl {
                 self.broken = true;
                 Err(self.classify(store, e, what))
             }
+        }
+    }
+
+    /// Bring `shared.memory_bytes` up to this instance's linear memory size (an atomic
+    /// add only when the memory grew: memories never shrink).
+    #[inline]
+    fn account(&mut self, store: &Store) {
+        let now = self.memory.view(store).data_size();
+        if now != self.accounted {
+            if now > self.accounted {
+                self.shared
+                    .memory_bytes
+                    .fetch_add(now - self.accounted, Ordering::Relaxed);
+            } else {
+                self.shared
+                    .memory_bytes
+                    .fetch_sub(self.accounted - now, Ordering::Relaxed);
+            }
+            self.accounted = now;
         }
     }
 
@@ -366,9 +392,11 @@ impl Guest {
                 broken: false,
                 refusals_before: 0,
                 epoch: shared.epoch.load(Ordering::Acquire),
+                accounted: 0,
             },
             _instance: instance,
         };
+        g.ctl.account(&g.store);
         g.start()?;
         Ok(g)
     }
@@ -667,6 +695,10 @@ unsafe impl Send for Guest {}
 impl Drop for Guest {
     fn drop(&mut self) {
         self.ctl.shared.dog.unregister(&self.ctl.watch);
+        self.ctl
+            .shared
+            .memory_bytes
+            .fetch_sub(self.ctl.accounted, Ordering::Relaxed);
     }
 }
 
@@ -831,6 +863,12 @@ impl Instance for WasmPlugin {
             return Health::Unknown;
         }
         self.with_guest(|g| Ok(g.health())).unwrap_or(Health::Unhealthy)
+    }
+
+    /// Linear memory of every live instance (pool slots, the serial instance, temporaries
+    /// serving an overflow call), as of their last entry: a relaxed load, no instance touched.
+    fn memory_bytes(&self) -> Option<u64> {
+        Some(self.shared.memory_bytes.load(Ordering::Relaxed))
     }
 }
 
