@@ -12,6 +12,7 @@ mod deps;
 mod header;
 mod health;
 mod hostile;
+mod introspect;
 mod legacy;
 mod metrics;
 mod module_graph;

@@ -156,6 +156,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_TRUST_STORE_ROLLBACK:
     case KEEL_ERR_POLICY_DOWNGRADE:
     case KEEL_ERR_HASH_ONLY_SIGNATURE:
+    case KEEL_ERR_UNPINNED_BINARY:
         return ErrorCode::ERR_PLUGIN_INVALID_SIGNATURE;
     case KEEL_ERR_DEPENDENCY_CYCLE:
         return ErrorCode::ERR_PLUGIN_CIRCULAR_DEPENDENCY;

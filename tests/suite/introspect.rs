@@ -3,7 +3,7 @@
 //! with the user-data destructor, the plugin list, a plugin's functions and its state,
 //! unload-all in reverse dependency order.
 
-mod common;
+use crate::common;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::path::PathBuf;
