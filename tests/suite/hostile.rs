@@ -425,9 +425,10 @@ fn the_bad_input_matrix_in_docs_errors_md_matches_the_code() {
         let (file, name) = test
             .split_once("::")
             .unwrap_or_else(|| panic!("row {r:?}: test as file.rs::name"));
-        let src = std::fs::read_to_string(root.join("tests").join(file))
-            .or_else(|_| std::fs::read_to_string(root.join("src").join(file)))
-            .unwrap_or_else(|_| panic!("row {r:?}: no tests/{file} or src/{file}"));
+        let src = ["tests/suite", "tests", "src"]
+            .iter()
+            .find_map(|d| std::fs::read_to_string(root.join(d).join(file)).ok())
+            .unwrap_or_else(|| panic!("row {r:?}: no tests/suite/{file}, tests/{file} or src/{file}"));
         assert!(
             src.contains(&format!("fn {name}(")),
             "row {r:?}: no fn {name} in {file}"
