@@ -659,8 +659,9 @@ keel_status keel_host_reload(const keel_host *host, const char *name, uint64_t *
 
 /**
  * Unload a plugin by name. Waits for in-flight calls up to the drain timeout, then shuts
- * the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` the last running call
- * does that when it returns; code is never freed under a running call). Thread-safe.
+ * the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` a Keel thread does that
+ * once the last running call has returned — never the caller's thread; code is never freed
+ * under a running call). Thread-safe.
  */
 keel_status keel_host_unload(const keel_host *host, const char *name);
 

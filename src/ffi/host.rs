@@ -133,8 +133,9 @@ pub extern "C" fn keel_host_reload(host: *const keel_host, name: *const c_char, 
 }
 
 /// Unload a plugin by name. Waits for in-flight calls up to the drain timeout, then shuts
-/// the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` the last running call
-/// does that when it returns; code is never freed under a running call). Thread-safe.
+/// the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` a Keel thread does that
+/// once the last running call has returned — never the caller's thread; code is never freed
+/// under a running call). Thread-safe.
 #[no_mangle]
 pub extern "C" fn keel_host_unload(host: *const keel_host, name: *const c_char) -> keel_status {
     boundary(|| {
