@@ -100,9 +100,8 @@ impl<T: Send + Sync + 'static> GenerationCell<T> {
         // SAFETY: `old` was stored by a previous `swap` from `Arc::into_raw`, and the
         // strong reference it stood for moves from the cell to the returned value (the
         // swap removed it from `fast`, so no later read can reach it).
-        Some(Unpublished {
-            gen: Some(unsafe { Arc::from_raw(old) }),
-        })
+        let gen = unsafe { Arc::from_raw(old) };
+        Some(Unpublished { gen: Some(gen) })
     }
 }
 
@@ -151,7 +150,7 @@ impl<T: Send + Sync + 'static> Unpublished<T> {
         let mut sleep = Duration::from_micros(50);
         let mut fenced = false;
         loop {
-            gen = match try_free(gen) {
+            gen = match try_free(gen, fenced) {
                 Ok(()) => return Ok(()),
                 Err((g, why)) => {
                     fenced |= why == NotDrained::InUse;
@@ -173,11 +172,13 @@ impl<T: Send + Sync + 'static> Unpublished<T> {
 }
 
 /// Free an unpublished value on this thread if no read is inside it and no other strong
-/// reference exists; otherwise give it back with the reason. Runs the heavy barrier first:
-/// the value was unpublished before this call, so after a successful barrier no read can
-/// newly protect it, and a scan that finds no hazard proves every read has left.
-pub(crate) fn try_free<T: Send + Sync + 'static>(gen: Arc<T>) -> Result<(), (Arc<T>, NotDrained)> {
-    if barrier::heavy().is_err() {
+/// reference exists; otherwise give it back with the reason. Runs the heavy barrier first
+/// unless `fenced` (one already succeeded since the value was unpublished): after a
+/// successful barrier no read can newly protect the value, and a scan that finds no hazard
+/// proves every read has left (the scan's Acquire load reads the reader's Release clear or
+/// a later Release store of that slot, so the reads happen before the free).
+pub(crate) fn try_free<T: Send + Sync + 'static>(gen: Arc<T>, fenced: bool) -> Result<(), (Arc<T>, NotDrained)> {
+    if !fenced && barrier::heavy().is_err() {
         return Err((gen, NotDrained::BarrierFailed));
     }
     if hazard::is_protected(Arc::as_ptr(&gen)) {

@@ -18,21 +18,27 @@ pub(crate) const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_m
 
 /// A retired generation of any type.
 trait Retired: Send {
-    /// Free it if nothing holds it; otherwise give it back.
+    /// Free it if nothing holds it; otherwise give it back. Only after a successful
+    /// heavy barrier that ran after it was unpublished.
     fn try_free(self: Box<Self>) -> Option<Box<dyn Retired>>;
 }
 
 impl<T: Send + Sync + 'static> Retired for Arc<T> {
     fn try_free(self: Box<Self>) -> Option<Box<dyn Retired>> {
-        match try_free(*self) {
+        match try_free(*self, true) {
             Ok(()) => None,
             Err((g, _)) => Some(Box::new(g)),
         }
     }
 }
 
-/// One pass over `batch`: frees what it can, returns the rest.
+/// One pass over `batch`: one heavy barrier (entries may come straight from a swap — a
+/// dropped `Unpublished` — with none run since), then free what no read and no strong
+/// reference holds; returns the rest. If the barrier fails nothing is freed.
 fn scan(batch: Vec<Box<dyn Retired>>) -> Vec<Box<dyn Retired>> {
+    if crate::barrier::heavy().is_err() {
+        return batch;
+    }
     batch.into_iter().filter_map(|r| r.try_free()).collect()
 }
 
@@ -108,8 +114,8 @@ pub(crate) fn retire<T: Send + Sync + 'static>(gen: Arc<T>) {
     thread::wake();
 }
 
-/// Retired generations not freed yet (diagnostics and tests).
-#[cfg(not(loom))]
+/// Retired generations not freed yet.
+#[cfg(all(test, not(loom)))]
 pub(crate) fn pending() -> usize {
     thread::PENDING.load(std::sync::atomic::Ordering::Acquire)
 }
