@@ -25,7 +25,6 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-#[cfg(not(loom))]
 use std::time::{Duration, Instant};
 
 #[cfg(loom)]
@@ -143,7 +142,6 @@ impl<T: Send + Sync + 'static> Unpublished<T> {
     /// Wait at most `timeout` until no read is inside the value and nobody else holds a
     /// strong reference, then drop it on this thread. On timeout the value goes to the
     /// reclaimer thread, which frees it once the last read has returned.
-    #[cfg(not(loom))]
     pub(crate) fn drain(mut self, timeout: Duration) -> Result<(), NotDrained> {
         let mut gen = self.gen.take().expect("present until drained or dropped");
         let start = Instant::now();

@@ -112,7 +112,10 @@ fn loom_retire_vs_last_read_vs_reclaimer() {
 }
 
 /// A strong reference taken through the hazard (`load_full`) keeps the value alive after
-/// the writer retired it; the reclaimer frees it only after the reference is gone.
+/// the writer retired it: the increment happens under the hazard, and a reclaimer pass
+/// running meanwhile must not free the value the holder is reading. (The holder hands its
+/// reference back through `join`: loom does not model std `Arc`'s own counter, whose
+/// Release/Acquire pairing for a drop on another thread is std's guarantee, not ours.)
 #[test]
 fn loom_load_full_vs_retire() {
     model(|| {
@@ -120,11 +123,16 @@ fn loom_load_full_vs_retire() {
         let cell = Arc::new(GenerationCell::new());
         cell.swap(Some(Val::new(3, &dropped)));
         let c = cell.clone();
-        let holder = loom::thread::spawn(move || c.load_full().map(|v| v.read()));
+        let holder = loom::thread::spawn(move || {
+            let v = c.load_full();
+            let r = v.as_ref().map(|v| v.read());
+            (v, r)
+        });
         drop(cell.swap(None));
         reclaim::run_once();
-        let r = holder.join().unwrap();
+        let (v, r) = holder.join().unwrap();
         assert!(r.is_none() || r == Some(3));
+        drop(v);
         assert_eq!(reclaim::run_once(), 0, "leaked after both sides finished");
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
     });
