@@ -40,7 +40,11 @@ run_tsan() {
         echo "SKIPPED tsan: nightly rust-src missing (rustup component add --toolchain nightly rust-src)"
         return 1
     fi
-    export RUSTFLAGS="-Zsanitizer=thread -Cforce-frame-pointers=yes"
+    # -lgcc: wasmer-vm refers to __negsf2/__negdf2, which a -Zbuild-std compiler_builtins
+    # does not provide; libgcc.a does.
+    export RUSTFLAGS="-Zsanitizer=thread -Cforce-frame-pointers=yes -Clink-arg=-lgcc"
+    # Line tables are enough for TSan's reports and keep the instrumented build small.
+    export CARGO_PROFILE_DEV_DEBUG=line-tables-only CARGO_PROFILE_TEST_DEBUG=line-tables-only
     export RUSTDOCFLAGS="-Zsanitizer=thread"
     export CARGO_TARGET_DIR=target/tsan
     # Pure-Rust call/reload protocol (no dlopen).
