@@ -40,9 +40,16 @@ run_tsan() {
         echo "SKIPPED tsan: nightly rust-src missing (rustup component add --toolchain nightly rust-src)"
         return 1
     fi
-    # -lgcc: wasmer-vm refers to __negsf2/__negdf2, which a -Zbuild-std compiler_builtins
-    # does not provide; libgcc.a does.
     export RUSTFLAGS="-Zsanitizer=thread -Cforce-frame-pointers=yes -Clink-arg=-lgcc"
+    # wasmer-vm's libcall table refers to __negsf2/__negdf2, which neither a -Zbuild-std
+    # compiler_builtins nor x86-64's libgcc provides: link a two-line definition of them.
+    mkdir -p target/tsan
+    printf 'float __negsf2(float a) { return -a; }\ndouble __negdf2(double a) { return -a; }\n' > target/tsan/neg.c
+    cc -O2 -c target/tsan/neg.c -o target/tsan/neg.o || return 1
+    # (The wrapper's name ends in "gcc" so that rustc passes it gcc-style arguments.)
+    printf '#!/bin/sh\nexec cc "$@" %s\n' "$PWD/target/tsan/neg.o" > target/tsan/tsan-gcc
+    chmod +x target/tsan/tsan-gcc
+    export CARGO_TARGET_$(echo "$host_target" | tr a-z- A-Z_)_LINKER="$PWD/target/tsan/tsan-gcc"
     # Line tables are enough for TSan's reports and keep the instrumented build small.
     export CARGO_PROFILE_DEV_DEBUG=line-tables-only CARGO_PROFILE_TEST_DEBUG=line-tables-only
     export RUSTDOCFLAGS="-Zsanitizer=thread"
