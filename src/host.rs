@@ -270,7 +270,7 @@ impl Host {
     /// Unload a plugin: later calls through existing handles fail with
     /// KEEL_ERR_PLUGIN_UNLOADED; in-flight calls finish; the plugin is shut down and its code
     /// unmapped after the last one (waiting at most the drain timeout; on timeout the error
-    /// says so and the last caller releases it).
+    /// says so and Keel's reclaimer thread releases it after the last call returns).
     ///
     /// Refused with `KEEL_ERR_HAS_DEPENDENTS`, listing them, while other loaded plugins
     /// depend on it; [`Host::unload_cascade`] unloads those too.

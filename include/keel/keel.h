@@ -756,8 +756,9 @@ keel_status keel_host_reload(const keel_host *host, const char *name, uint64_t *
 
 /**
  * Unload a plugin by name. Waits for in-flight calls up to the drain timeout, then shuts
- * the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` the last running call
- * or lease does that when it ends; code is never freed under a running call). Thread-safe.
+ * the plugin down and unmaps its code (on `KEEL_ERR_DRAIN_TIMEOUT` a Keel thread does that
+ * once the last running call or lease has ended — never the caller's thread; code is never
+ * freed under a running call). Thread-safe.
  *
  * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_PLUGIN_NOT_FOUND`,
  * `KEEL_ERR_HAS_DEPENDENTS` (nothing unloaded), `KEEL_ERR_DRAIN_TIMEOUT` (unloaded).

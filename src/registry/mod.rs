@@ -1,23 +1,31 @@
-//! The registry: plugin name → [`Slot`]; a slot holds the current [`Generation`] behind an
-//! atomic pointer.
+//! The registry: plugin name → [`Slot`]; a slot holds the current [`Generation`] in a
+//! generation cell ([`cell`]).
 //!
 //! Readers never take an exclusive lock: the name map is a copy-on-write `ArcSwap`
 //! (writers are serialised by the host's lifecycle lock), and a call does one atomic load
-//! of the slot's generation. The arc-swap guard held during the call is the in-flight
-//! guard: a generation swapped out is dropped (its plugin shut down and its code unmapped)
-//! only when the last call inside it has returned.
+//! of the slot's generation under a hazard pointer. A generation swapped out is dropped
+//! (its plugin shut down and its code unmapped) only when the last call inside it has
+//! returned, and always on a Keel thread: the lifecycle thread that drains it, or the
+//! reclaimer thread when the drain timed out — never on the caller's thread.
 
-pub mod hazard;
+pub(crate) mod cell;
+mod hazard;
+#[cfg(all(test, loom))]
+mod loom_tests;
+mod reclaim;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+pub use cell::Unpublished;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::barrier;
 use crate::capability::Capabilities;
 use crate::error::Result;
 use crate::health_state::HealthCell;
@@ -73,15 +81,9 @@ impl Generation {
 /// here.
 pub struct Slot {
     name: String,
-    /// Owns the current generation (lifecycle code, lookups, the health monitor).
-    current: ArcSwapOption<Generation>,
-    /// The same generation as a raw pointer for the call path, which protects it with a
-    /// hazard pointer instead of a reference count. Non-null only while `current` holds it.
-    fast: AtomicPtr<Generation>,
-    /// Generations unpublished while calls were still inside them (drain timed out); freed
-    /// by the last such call when it returns.
-    retired: Mutex<Vec<Arc<Generation>>>,
-    has_retired: AtomicBool,
+    /// The current generation: hazard-protected for calls, strong references for lifecycle
+    /// code, lookups and the health monitor.
+    cell: cell::GenerationCell<Generation>,
     /// Function names resolved by hosts; a name's position is its stable function id.
     functions: Mutex<Vec<String>>,
     /// Serialises lifecycle operations (reload, unload) on this slot; never taken by calls.
@@ -94,13 +96,9 @@ pub struct Slot {
 
 impl Slot {
     pub fn new(name: String) -> Slot {
-        barrier::init();
         Slot {
             name,
-            current: ArcSwapOption::empty(),
-            fast: AtomicPtr::new(std::ptr::null_mut()),
-            retired: Mutex::new(Vec::new()),
-            has_retired: AtomicBool::new(false),
+            cell: cell::GenerationCell::new(),
             functions: Mutex::new(Vec::new()),
             lifecycle: Mutex::new(()),
             metrics: PluginMetrics::default(),
@@ -120,18 +118,21 @@ impl Slot {
 
     /// The current generation, if loaded (a strong reference: not for the call path).
     pub fn current(&self) -> Option<Arc<Generation>> {
-        self.current.load_full()
+        self.cell.load_full()
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.current.load().is_some()
+        self.cell.is_some()
     }
 
     /// Resolve a function name to a stable id, valid across reloads of this slot.
     pub fn resolve(&self, name: &str) -> Result<u32> {
         let mut fns = self.functions.lock();
-        let guard = self.current.load();
-        let Some(gen) = guard.as_ref() else {
+        self.cell.with_current(|gen| self.resolve_in(&mut fns, gen, name))
+    }
+
+    fn resolve_in(&self, fns: &mut Vec<String>, gen: Option<&Generation>, name: &str) -> Result<u32> {
+        let Some(gen) = gen else {
             bail!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' is not loaded", self.name);
         };
         if !gen.instance.functions().iter().any(|f| f == name) {
@@ -159,48 +160,34 @@ impl Slot {
         Ok(id)
     }
 
-    /// Install `gen` as the current generation; returns the previous one. The function map
-    /// of `gen` is filled for every name resolved so far before it becomes visible.
-    pub fn install(&self, gen: Generation) -> Option<Arc<Generation>> {
+    /// Install `gen` as the current generation; returns the previous one, which calls may
+    /// still be inside: pass it to [`Slot::drain`] (dropping it instead hands it to the
+    /// reclaimer thread). The function map of `gen` is filled for every name resolved so far
+    /// before it becomes visible.
+    pub fn install(&self, gen: Generation) -> Option<Unpublished<Generation>> {
         let fns = self.functions.lock();
         for (id, name) in fns.iter().enumerate() {
             gen.map_function(id as u32, name);
         }
         self.next_generation.store(gen.number + 1, Ordering::Relaxed);
-        let gen = Arc::new(gen);
-        self.fast.store(Arc::as_ptr(&gen) as *mut Generation, Ordering::SeqCst);
-        self.current.swap(Some(gen))
+        self.cell.swap(Some(Arc::new(gen)))
     }
 
-    /// Remove the current generation (calls from now on fail with KEEL_ERR_PLUGIN_UNLOADED).
-    pub fn take(&self) -> Option<Arc<Generation>> {
+    /// Remove the current generation (calls from now on fail with KEEL_ERR_PLUGIN_UNLOADED);
+    /// returns it for [`Slot::drain`].
+    pub fn take(&self) -> Option<Unpublished<Generation>> {
         let _fns = self.functions.lock();
-        self.fast.store(std::ptr::null_mut(), Ordering::SeqCst);
-        self.current.swap(None)
+        self.cell.swap(None)
     }
 
-    /// The call path: one atomic load, an in-flight guard, the call, the sharded counters.
+    /// The call path: one atomic load under a hazard pointer, the call, the sharded
+    /// counters. Never frees a generation (that is a Keel thread's job).
     #[inline]
     pub fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
-        let Some((guard, p)) = hazard::protect(&self.fast) else {
-            // Nested deeper than the hazard slots: hold a reference count instead.
-            let gen = self.current.load_full();
-            return match gen.as_deref() {
-                Some(g) => self.call_in(g, function, input, output),
-                None => Err(self.unloaded()),
-            };
-        };
-        // SAFETY: `p` is protected by `guard`: it is either null or a generation that
-        // `current` or `retired` still owns, and that is not freed while the hazard is set.
-        let r = match unsafe { p.as_ref() } {
+        self.cell.with_current(|gen| match gen {
             Some(g) => self.call_in(g, function, input, output),
             None => Err(self.unloaded()),
-        };
-        drop(guard);
-        if self.has_retired.load(Ordering::Relaxed) {
-            self.reap();
-        }
-        r
+        })
     }
 
     #[inline]
@@ -217,56 +204,28 @@ impl Slot {
         self.metrics.observe(|| gen.instance.call(idx, input, output))
     }
 
-    /// Whether a generation (already unpublished, heavy barrier run since) is still in use.
-    fn in_use(gen: &Arc<Generation>) -> bool {
-        Arc::strong_count(gen) > 1 || hazard::is_protected(Arc::as_ptr(gen))
-    }
-
-    /// Free retired generations nobody is inside any more (the last caller does this).
-    #[cold]
-    fn reap(&self) {
-        let freed: Vec<Arc<Generation>> = {
-            let Some(mut retired) = self.retired.try_lock() else {
-                return;
-            };
-            let (busy, idle): (Vec<_>, Vec<_>) = retired.drain(..).partition(Self::in_use);
-            *retired = busy;
-            if retired.is_empty() {
-                self.has_retired.store(false, Ordering::Relaxed);
-            }
-            idle
-        };
-        // Shut down and unmap outside the lock.
-        drop(freed);
-    }
-
-    /// Wait until no call is inside `gen` (which `install` or `take` just unpublished), for
-    /// at most `timeout`, then drop it (plugin shutdown, code unmapped). On timeout the
-    /// generation is kept until the last call inside it returns, which then frees it: code
-    /// is never freed under a running call.
-    pub fn drain(&self, gen: Arc<Generation>, timeout: Duration) -> Result<()> {
-        barrier::heavy();
-        let start = Instant::now();
-        let mut sleep = Duration::from_micros(50);
-        while Self::in_use(&gen) {
-            if start.elapsed() >= timeout {
-                let number = gen.number;
-                self.retired.lock().push(gen);
-                self.has_retired.store(true, Ordering::SeqCst);
-                // The last call may have left between the check and the push.
-                self.reap();
-                bail!(
-                    KEEL_ERR_DRAIN_TIMEOUT,
-                    "plugin '{}' generation {number}: calls still in flight after {} ms; its code stays mapped until they return",
-                    self.name,
-                    timeout.as_millis()
-                );
-            }
-            std::thread::sleep(sleep);
-            sleep = (sleep * 2).min(Duration::from_millis(5));
+    /// Wait until no call is inside `gen` (which `install` or `take` just unpublished) and
+    /// nobody else holds it, for at most `timeout`, then drop it here (plugin shutdown, code
+    /// unmapped). On timeout the generation goes to Keel's reclaimer thread, which frees it
+    /// once the last call inside it has returned: code is never freed under a running call,
+    /// and never on a caller's thread.
+    pub fn drain(&self, gen: Unpublished<Generation>, timeout: Duration) -> Result<()> {
+        let number = gen.number;
+        match gen.drain(timeout) {
+            Ok(()) => Ok(()),
+            Err(cell::NotDrained::InUse) => bail!(
+                KEEL_ERR_DRAIN_TIMEOUT,
+                "plugin '{}' generation {number}: calls still in flight after {} ms; its code stays mapped until they return",
+                self.name,
+                timeout.as_millis()
+            ),
+            Err(cell::NotDrained::BarrierFailed) => bail!(
+                KEEL_ERR_DRAIN_TIMEOUT,
+                "plugin '{}' generation {number}: the memory barrier (membarrier) failed for {} ms, so no call can be proven finished; its code stays mapped and is freed once a barrier succeeds",
+                self.name,
+                timeout.as_millis()
+            ),
         }
-        drop(gen);
-        Ok(())
     }
 
     #[cold]
@@ -338,4 +297,11 @@ impl Registry {
         self.map.store(Arc::new(m));
         r
     }
+}
+
+/// Serialises the unit tests that force barrier failures (a process-wide test hook).
+#[cfg(all(test, not(loom)))]
+pub(crate) fn test_serial() -> parking_lot::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock()
 }

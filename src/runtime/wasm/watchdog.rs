@@ -221,8 +221,18 @@ fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bo
         return any;
     }
     // One barrier for all of them, then interrupt only the calls that are still running.
-    barrier::heavy();
+    // If the barrier failed, a call that has already left the guest may not have seen
+    // `target`: no interrupt may be sent. Mark each call as fired without sending one, so a
+    // call that did see `target` discards its instance (harmless) and a later tick's real
+    // interrupt for the same call can never be missed by it; the deadline is retried next
+    // tick.
+    let fenced = barrier::heavy().is_ok();
     for (w, seq) in overdue.drain(..) {
+        if !fenced {
+            w.fired.store(seq, Ordering::Release);
+            w.done.store(seq, Ordering::Release);
+            continue;
+        }
         // Record the target thread first so Keel's SIGUSR1 handler passes the signal to
         // wasmer (see `signals`); if the routing set is full, try again next tick.
         if w.armed.load(Ordering::Acquire) == seq && signals::expect(w.thread.load(Ordering::Relaxed)) {
@@ -253,9 +263,10 @@ fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
         // Nothing armed for a while: announce that we park, then look once more, so an
         // arm that raced with the announcement is seen by one side or the other.
         flags.idle.store(true, Ordering::Relaxed);
-        barrier::heavy();
+        // Without a successful barrier an arm may not have seen `idle`: do not park long.
+        let fenced = barrier::heavy().is_ok();
         if !scan(entries, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
-            std::thread::park_timeout(Duration::from_secs(1));
+            std::thread::park_timeout(if fenced { Duration::from_secs(1) } else { tick });
         }
         flags.idle.store(false, Ordering::Relaxed);
         empty = 0;
