@@ -215,9 +215,9 @@ pub fn convert_with_notes(value: &Value) -> Result<Conversion> {
             })
         }
         None => {
-            notes.push(format!(
-                "warning: no \"expected_hash\": the binary is unpinned; a host refuses to load it (KEEL_ERR_UNPINNED_BINARY) unless its policy allows unpinned binaries (keel_host_set_allow_unpinned); pin it with \"expected_hash\": \"<sha256 of the binary>\" (e.g. from sha256sum)"
-            ));
+            notes.push(
+                "warning: no \"expected_hash\": the binary is unpinned; a host refuses to load it (KEEL_ERR_UNPINNED_BINARY) unless its policy allows unpinned binaries (keel_host_set_allow_unpinned); pin it with \"expected_hash\": \"<sha256 of the binary>\" (e.g. from sha256sum)".to_string(),
+            );
             None
         }
     };
