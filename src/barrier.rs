@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn forced_failures_are_reported_and_counted_then_recover() {
         init();
-        let _serial = crate::registry::test_serial();
+        let _serial = super::test_serial();
         subject_to_forced_failures();
         let before = failures();
         force_failures(true);
@@ -165,4 +165,13 @@ mod tests {
         assert_eq!(heavy(), Ok(()));
         assert!(failures() >= before + 2);
     }
+}
+
+/// Serialises the unit tests that force barrier failures (a process-wide test hook); the
+/// registry's tests take it too. It lives here, the lower module, so that test code adds no
+/// import from the barrier up to the registry.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn test_serial() -> parking_lot::MutexGuard<'static, ()> {
+    static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    SERIAL.lock()
 }

@@ -298,10 +298,3 @@ impl Registry {
         r
     }
 }
-
-/// Serialises the unit tests that force barrier failures (a process-wide test hook).
-#[cfg(all(test, not(loom)))]
-pub(crate) fn test_serial() -> parking_lot::MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock()
-}

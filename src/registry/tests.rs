@@ -163,7 +163,7 @@ fn an_undrained_unpublished_value_is_freed_by_the_reclaimer() {
 
 #[test]
 fn a_failing_barrier_keeps_the_generation_until_a_barrier_succeeds() {
-    let _serial = super::test_serial();
+    let _serial = crate::barrier::test_serial();
     barrier::subject_to_forced_failures();
     let drops = Arc::new(Drops::default());
     let cell = GenerationCell::new();
