@@ -24,7 +24,20 @@ use libfuzzer_sys::fuzz_target;
 
 /// Functions of the echo fixture that return promptly (not `sleep_ms`, `block_until`, and
 /// not `log`, which writes to stderr), plus names no version has.
-const FUNCTIONS: &[&str] = &["echo", "fail", "tag", "hostcaps", "kv_put", "kv_get", "sum", "nope", "add", "config", "big_output", "bad_output"];
+const FUNCTIONS: &[&str] = &[
+    "echo",
+    "fail",
+    "tag",
+    "hostcaps",
+    "kv_put",
+    "kv_get",
+    "sum",
+    "nope",
+    "add",
+    "config",
+    "big_output",
+    "bad_output",
+];
 const NAMES: &[&str] = &["echo", "wecho", "fuzzed", "missing"];
 
 struct Fixtures {
@@ -53,7 +66,10 @@ fn cc(dir: &Path, out: &str, defines: &[&str]) -> PathBuf {
     for d in defines {
         cmd.arg(format!("-D{d}"));
     }
-    assert!(cmd.status().expect("running the C compiler").success(), "building the echo fixture");
+    assert!(
+        cmd.status().expect("running the C compiler").success(),
+        "building the echo fixture"
+    );
     path
 }
 
@@ -89,17 +105,34 @@ fn fixtures() -> &'static Fixtures {
         let v1 = manifest("echo", "native", "linux", "libecho1.so", &h(&so1));
         let v2 = manifest("echo", "native", "linux", "libecho2.so", &h(&so2));
         std::fs::write(dir.join("echo.json"), &v1).unwrap();
-        std::fs::write(dir.join("wecho.json"), manifest("wecho", "wasm", "wasm32", "echo.wasm", &sha256_hex(&wasm)))
-            .unwrap();
+        std::fs::write(
+            dir.join("wecho.json"),
+            manifest("wecho", "wasm", "wasm32", "echo.wasm", &sha256_hex(&wasm)),
+        )
+        .unwrap();
         // The v1 manifest pinning v2's binary: a digest mismatch.
-        std::fs::write(dir.join("tampered.json"), manifest("echo", "native", "linux", "libecho2.so", &h(&so1)))
-            .unwrap();
-        std::fs::write(dir.join("abi2.json"), manifest("echo", "native", "linux", "libabi2.so", &h(&abi2))).unwrap();
+        std::fs::write(
+            dir.join("tampered.json"),
+            manifest("echo", "native", "linux", "libecho2.so", &h(&so1)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("abi2.json"),
+            manifest("echo", "native", "linux", "libabi2.so", &h(&abi2)),
+        )
+        .unwrap();
         std::fs::write(dir.join("fuzzed.json"), b"{}").unwrap();
-        let manifests = ["echo.json", "wecho.json", "tampered.json", "abi2.json", "fuzzed.json", "missing.json"]
-            .iter()
-            .map(|n| CString::new(dir.join(n).to_str().unwrap()).unwrap())
-            .collect();
+        let manifests = [
+            "echo.json",
+            "wecho.json",
+            "tampered.json",
+            "abi2.json",
+            "fuzzed.json",
+            "missing.json",
+        ]
+        .iter()
+        .map(|n| CString::new(dir.join(n).to_str().unwrap()).unwrap())
+        .collect();
         Fixtures { dir, manifests, v1, v2 }
     })
 }
@@ -181,7 +214,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert!(!p.is_null());
                     handles.push(Handle { p, functions: vec![] });
                     if i as usize % f.manifests.len() == 0 {
-                        tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 { "v2" } else { "v1" };
+                        tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 {
+                            "v2"
+                        } else {
+                            "v1"
+                        };
                     }
                 } else {
                     assert!(p.is_null(), "a failed load handed out a handle");
@@ -192,7 +229,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 let s = keel_host_load(host, m.as_ptr(), ptr::null_mut());
                 ok_status(s);
                 if s == KEEL_OK && i as usize % f.manifests.len() == 0 {
-                    tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 { "v2" } else { "v1" };
+                    tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 {
+                        "v2"
+                    } else {
+                        "v1"
+                    };
                 }
             }
             Op::LoadBytes(bytes) => {
@@ -211,7 +252,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Function(h, fi) => {
-                let Some(hd) = handles.get_mut(h as usize % handles.len().max(1)) else { continue };
+                let Some(hd) = handles.get_mut(h as usize % handles.len().max(1)) else {
+                    continue;
+                };
                 let fname = FUNCTIONS[fi as usize % FUNCTIONS.len()];
                 let c = CString::new(fname).unwrap();
                 let mut id = u32::MAX;
@@ -223,9 +266,17 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Call(h, fi, input) => {
                 let nb = buffers.len();
-                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else { continue };
-                let Some(&(id, fname)) = hd.functions.get(fi as usize % hd.functions.len().max(1)) else { continue };
-                let out = if nb == 0 { ptr::null_mut() } else { buffers[fi as usize % nb] };
+                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else {
+                    continue;
+                };
+                let Some(&(id, fname)) = hd.functions.get(fi as usize % hd.functions.len().max(1)) else {
+                    continue;
+                };
+                let out = if nb == 0 {
+                    ptr::null_mut()
+                } else {
+                    buffers[fi as usize % nb]
+                };
                 let s = keel_call(hd.p, id, input.as_ptr(), input.len(), out);
                 ok_status(s);
                 if out.is_null() {
@@ -236,7 +287,11 @@ fuzz_target!(|ops: Vec<Op>| {
                 let mut n = 0usize;
                 assert_eq!(keel_buffer_data(out, &mut d, &mut n), KEEL_OK);
                 // SAFETY: Keel's buffer holds `n` bytes at `d` until its next use.
-                let got = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(d, n) } };
+                let got = if n == 0 {
+                    &[][..]
+                } else {
+                    unsafe { std::slice::from_raw_parts(d, n) }
+                };
                 if s == KEEL_OK && fname == "echo" {
                     assert_eq!(got, &input[..], "echo returned something else");
                 } else if s != KEEL_OK {
@@ -244,10 +299,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::CallRaw(h, id) => {
-                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else { continue };
+                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else {
+                    continue;
+                };
                 let Some(&out) = buffers.first() else { continue };
-                // Only ids never resolved for this handle's plugin by a function that might
-                // block: an unresolved id must be refused.
+                // Ids are per plugin: any id resolved so far names a prompt function (only
+                // FUNCTIONS are ever resolved), and an unresolved one must be refused.
                 if hd.functions.iter().any(|(i, _)| *i == id) {
                     continue;
                 }
@@ -255,7 +312,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 ok_status(s);
             }
             Op::Generation(h) => {
-                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else { continue };
+                let Some(hd) = handles.get(h as usize % handles.len().max(1)) else {
+                    continue;
+                };
                 let mut g = 0;
                 let s = keel_plugin_generation(hd.p, &mut g);
                 ok_status(s);

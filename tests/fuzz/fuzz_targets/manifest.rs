@@ -23,16 +23,30 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.check_consistency();
         if let Ok(bin) = m.binary_for_platform(Path::new("/nonexistent/plugin-dir")) {
             // A binary path never leaves the manifest's directory.
-            assert!(!bin.relative.is_absolute(), "absolute binary path accepted: {:?}", bin.relative);
             assert!(
-                !bin.relative.components().any(|c| matches!(c, std::path::Component::ParentDir)),
+                !bin.relative.is_absolute(),
+                "absolute binary path accepted: {:?}",
+                bin.relative
+            );
+            assert!(
+                !bin.relative
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir)),
                 "binary path with '..' accepted: {:?}",
                 bin.relative
             );
-            assert_eq!(bin.sha256.len(), 64, "pinned digest is not 64 hex digits: {}", bin.sha256);
+            assert_eq!(
+                bin.sha256.len(),
+                64,
+                "pinned digest is not 64 hex digits: {}",
+                bin.sha256
+            );
         }
         let cfg = m.config_json();
-        assert!(serde_json::from_str::<serde_json::Value>(&cfg).is_ok(), "config_json is not JSON: {cfg}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&cfg).is_ok(),
+            "config_json is not JSON: {cfg}"
+        );
         // A Keel manifest's typed view serialises back to a document the parser accepts.
         if format == ManifestFormat::Keel {
             let v = serde_json::to_value(&m).expect("a manifest serialises");

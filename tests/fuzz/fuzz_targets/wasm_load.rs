@@ -17,7 +17,7 @@ use keel::artifact;
 use keel::capability::Capabilities;
 use keel::manifest::{self, Manifest};
 use keel::runtime::wasm::{WasmConfig, WasmLimits, WasmRuntime};
-use keel::runtime::{HostServices, Instance, LoadContext, MemoryKv};
+use keel::runtime::{HostServices, Instance, LoadContext, LogLevel, MemoryKv};
 use libfuzzer_sys::fuzz_target;
 
 const CAPS: &[&str] = &["log", "clock", "random", "kv:read", "kv:write"];
@@ -83,7 +83,7 @@ fn fixture() -> &'static Fixture {
             manifest,
             services: HostServices {
                 kv: Arc::new(MemoryKv::default()),
-                log: Arc::new(|_, _, _| {}),
+                log: Arc::new(|_: &str, _: LogLevel, _: &str| {}),
             },
             abi_exports: wat::parse_str(ABI_EXPORTS).unwrap(),
             host_imports: wat::parse_str(HOST_IMPORTS).unwrap(),
@@ -110,7 +110,9 @@ fn smith(f: &Fixture, u: &mut Unstructured<'_>, abi: bool) -> Option<Vec<u8>> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let f = fixture();
     let mut u = Unstructured::new(rest);
     let (bytes, input, fn_pick) = match mode % 3 {
@@ -133,7 +135,9 @@ fuzz_target!(|data: &[u8]| {
         services: f.services.clone(),
         restored_state: None,
     };
-    let Ok(instance) = f.runtime.instantiate(&art, &ctx) else { return };
+    let Ok(instance) = f.runtime.instantiate(&art, &ctx) else {
+        return;
+    };
     let n = instance.functions().len() as u32;
     let mut out = Vec::new();
     // One call of a listed function (or, with no functions, of index 0: must be refused).
@@ -143,7 +147,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.is_err(), "a call to a function the module does not list succeeded");
     }
     if r.is_ok() {
-        assert!(out.len() <= 1 << 20, "output of {} bytes passed the 1 MiB limit", out.len());
+        assert!(
+            out.len() <= 1 << 20,
+            "output of {} bytes passed the 1 MiB limit",
+            out.len()
+        );
     }
     let _ = instance.health();
     let _ = instance.save_state();
