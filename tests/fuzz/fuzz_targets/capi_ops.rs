@@ -252,7 +252,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Function(h, fi) => {
-                let Some(hd) = handles.get_mut(h as usize % handles.len().max(1)) else {
+                let at = h as usize % handles.len().max(1);
+                let Some(hd) = handles.get_mut(at) else {
                     continue;
                 };
                 let fname = FUNCTIONS[fi as usize % FUNCTIONS.len()];
