@@ -17,7 +17,7 @@ use keel::artifact;
 use keel::capability::Capabilities;
 use keel::manifest::{self, Manifest};
 use keel::runtime::wasm::{WasmConfig, WasmLimits, WasmRuntime};
-use keel::runtime::{HostServices, Instance, LoadContext, LogLevel, MemoryKv};
+use keel::runtime::{HostServices, LoadContext, LogLevel, MemoryKv};
 use libfuzzer_sys::fuzz_target;
 
 const CAPS: &[&str] = &["log", "clock", "random", "kv:read", "kv:write"];
