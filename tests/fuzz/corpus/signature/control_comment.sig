@@ -1,0 +1,1 @@
+{"keel_signature": 1, "algorithm": "ed25519", "key_id": "abababababababababababababababababababababababababababababababab", "signature": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", "comment": "a\nb"}

@@ -1,0 +1,1 @@
+{"keel_signature": 2, "algorithm": "rsa", "key_id": "zz", "signature": ""}
