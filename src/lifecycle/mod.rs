@@ -302,12 +302,32 @@ impl Lifecycle {
                     old.granted
                 );
             }
+            if old.instance.has_state() {
+                drop(old);
+                return self.reload_holding_calls(&slot, &a).map(Reloaded::Held);
+            }
             let state = old.instance.save_state()?;
             drop(old);
-            self.pipeline.build(&a, slot.next_generation_number(), state.as_deref())
+            self.pipeline
+                .build(&a, slot.next_generation_number(), state.as_deref())
+                .map(|g| Reloaded::Built(Box::new(g)))
         })();
         let gen = match result {
-            Ok(g) => g,
+            Ok(Reloaded::Built(g)) => *g,
+            Ok(Reloaded::Held((number, old))) => {
+                // Already swapped (calls were held from the save to the swap).
+                self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
+                slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                slot.metrics
+                    .last_load_nanos
+                    .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.listeners.queue(name, LifecycleEvent::AfterSwap, number);
+                if let Err(e) = slot.drain(old, self.options().drain_timeout) {
+                    slot.metrics.drain_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                return Ok(number);
+            }
             Err(e) => {
                 slot.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 self.listeners
@@ -332,6 +352,44 @@ impl Lifecycle {
             }
         }
         Ok(number)
+    }
+
+    /// Reload a plugin that keeps state without losing an update: calls are held (bounded by
+    /// the drain timeout) from before the state is saved until the new generation is
+    /// published. The old generation is unpublished, calls still inside it finish, its state
+    /// is saved, the new generation is built with it and published, and held calls go on in
+    /// the new one. On any failure the old generation is published again, untouched since
+    /// its state was saved, and held calls go on there. Returns the new generation's number
+    /// and the old generation, to drain.
+    fn reload_holding_calls(
+        &self,
+        slot: &Arc<Slot>,
+        a: &pipeline::Admitted,
+    ) -> Result<(u64, crate::registry::Unpublished<crate::registry::Generation>)> {
+        let timeout = self.options().drain_timeout;
+        let old = slot
+            .hold(timeout)
+            .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' is not loaded", slot.name()))?;
+        let built = (|| {
+            slot.wait_quiet(&old, timeout)?;
+            let state = old.instance.save_state()?;
+            self.pipeline.build(a, slot.next_generation_number(), state.as_deref())
+        })();
+        match built {
+            Ok(gen) => {
+                let number = gen.number;
+                let none = slot.install(gen);
+                debug_assert!(none.is_none(), "a generation was published during the hold");
+                drop(none);
+                slot.release();
+                Ok((number, old))
+            }
+            Err(e) => {
+                slot.republish(old);
+                slot.release();
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
@@ -462,4 +520,11 @@ impl Handle {
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
         self.0.unload(name)
     }
+}
+
+/// What the inner part of a reload produced: a generation still to swap in, or (for a plugin
+/// with state) a swap already done while calls were held.
+enum Reloaded {
+    Built(Box<crate::registry::Generation>),
+    Held((u64, crate::registry::Unpublished<crate::registry::Generation>)),
 }

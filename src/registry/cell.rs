@@ -139,6 +139,41 @@ impl<T: Send + Sync + 'static> Deref for Unpublished<T> {
 }
 
 impl<T: Send + Sync + 'static> Unpublished<T> {
+    /// Wait at most `timeout` until no read is inside the value, keeping it alive (for a
+    /// stateful reload: the state is saved once no call can change it any more). Strong
+    /// references do not count: they are not calls. After `Ok`, no read can enter the value
+    /// again while it stays unpublished.
+    pub(crate) fn wait_quiet(&self, timeout: Duration) -> Result<(), NotDrained> {
+        let gen = self.gen.as_ref().expect("present until drained or dropped");
+        let start = Instant::now();
+        let mut sleep = Duration::from_micros(20);
+        let mut fenced = false;
+        loop {
+            // After one successful heavy barrier no read can newly protect the value (it is
+            // unpublished); a scan without its hazard then proves every read has left.
+            if !fenced {
+                fenced = barrier::heavy().is_ok();
+            }
+            if fenced && !hazard::is_protected(Arc::as_ptr(gen)) {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(if fenced {
+                    NotDrained::InUse
+                } else {
+                    NotDrained::BarrierFailed
+                });
+            }
+            std::thread::sleep(sleep.min(timeout.saturating_sub(start.elapsed())));
+            sleep = (sleep * 2).min(Duration::from_millis(1));
+        }
+    }
+
+    /// Give the value back as a strong reference (to publish it again), without retiring it.
+    pub(crate) fn into_arc(mut self) -> Arc<T> {
+        self.gen.take().expect("present until drained or dropped")
+    }
+
     /// Wait at most `timeout` until no read is inside the value and nobody else holds a
     /// strong reference, then drop it on this thread. On timeout the value goes to the
     /// reclaimer thread, which frees it once the last read has returned.

@@ -10,6 +10,57 @@
 
 pub(crate) mod cell;
 mod hazard;
+
+/// The gate a stateful reload closes. `seq` is odd while a hold is in force: it is bumped
+/// before the generation is unpublished and again after the new one is published, so a call
+/// that finds no generation can tell "held" (wait for the swap) from "unloaded" (no hold
+/// began or ended around its read). Cold path only; the hot path never reads it.
+#[derive(Default)]
+struct Hold {
+    seq: AtomicU64,
+    timeout_ns: AtomicU64,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Hold {
+    fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    fn begin(&self, timeout: Duration) {
+        self.timeout_ns
+            .store(timeout.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        let _g = self.lock.lock();
+        // SeqCst, and before the generation is unpublished: a call that reads the null
+        // pointer (Acquire on the cell's SeqCst swap) then sees the odd value.
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        {
+            let _g = self.lock.lock();
+            self.seq.fetch_add(1, Ordering::SeqCst);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Wait until `seq` moves past `seen` (the hold ended); `Some(waited ms)` on timeout.
+    fn wait_past(&self, seen: u64) -> Option<u128> {
+        let timeout = Duration::from_nanos(self.timeout_ns.load(Ordering::Relaxed));
+        let start = Instant::now();
+        let mut g = self.lock.lock();
+        while self.seq.load(Ordering::SeqCst) == seen {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Some(start.elapsed().as_millis());
+            }
+            self.cv.wait_for(&mut g, left);
+        }
+        None
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod reclaim;
@@ -21,10 +72,10 @@ pub use cell::Unpublished;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::capability::Capabilities;
 use crate::error::Result;
@@ -92,6 +143,9 @@ pub struct Slot {
     /// The health monitor's last report on this plugin (never touched by calls).
     pub health: HealthCell,
     next_generation: AtomicU64,
+    /// Set while a stateful reload holds calls (from saving the state to the swap); a call
+    /// that finds no generation waits on it instead of failing as unloaded.
+    hold: Hold,
 }
 
 impl Slot {
@@ -104,6 +158,7 @@ impl Slot {
             metrics: PluginMetrics::default(),
             health: HealthCell::default(),
             next_generation: AtomicU64::new(1),
+            hold: Hold::default(),
         }
     }
 
@@ -181,13 +236,83 @@ impl Slot {
     }
 
     /// The call path: one atomic load under a hazard pointer, the call, the sharded
-    /// counters. Never frees a generation (that is a Keel thread's job).
+    /// counters. Never frees a generation (that is a Keel thread's job). Only when no
+    /// generation is published does a call look at the hold gate (cold path).
     #[inline]
     pub fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
         self.cell.with_current(|gen| match gen {
             Some(g) => self.call_in(g, function, input, output),
-            None => Err(self.unloaded()),
+            None => self.call_held(function, input, output),
         })
+    }
+
+    /// No generation published: either unloaded, or a stateful reload holds calls. Wait for
+    /// the hold to end (bounded by the timeout the reload gave), then call the generation
+    /// that is published then.
+    #[cold]
+    #[inline(never)]
+    fn call_held(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+        loop {
+            let seq = self.hold.seq();
+            if seq % 2 == 1 {
+                if let Some(ms) = self.hold.wait_past(seq) {
+                    return Err(err!(
+                        KEEL_ERR_BUSY,
+                        "plugin '{}' is being reloaded with its state: the call waited {ms} ms for the swap and was not run",
+                        self.name
+                    ));
+                }
+                continue;
+            }
+            let done = self
+                .cell
+                .with_current(|gen| gen.map(|g| self.call_in(g, function, input, output)));
+            if let Some(r) = done {
+                return r;
+            }
+            // Nothing published, and no hold began or ended around that read: unloaded.
+            if self.hold.seq() == seq {
+                return Err(self.unloaded());
+            }
+        }
+    }
+
+    /// Start holding calls for a stateful reload: calls arriving from now on wait (at most
+    /// `timeout`) instead of entering a generation; the current generation is unpublished and
+    /// returned. Caller holds the slot's lifecycle lock and must call [`Slot::release`].
+    pub fn hold(&self, timeout: Duration) -> Option<Unpublished<Generation>> {
+        self.hold.begin(timeout);
+        let old = self.take();
+        if old.is_none() {
+            self.hold.end();
+        }
+        old
+    }
+
+    /// Wait (at most `timeout`) until no call is inside the held generation; it stays alive.
+    pub fn wait_quiet(&self, gen: &Unpublished<Generation>, timeout: Duration) -> Result<()> {
+        gen.wait_quiet(timeout).map_err(|why| {
+            err!(
+                KEEL_ERR_DRAIN_TIMEOUT,
+                "plugin '{}' generation {}: calls still in flight after {} ms ({why:?}); the reload is rolled back",
+                self.name,
+                gen.number,
+                timeout.as_millis()
+            )
+        })
+    }
+
+    /// Publish a held generation again (a stateful reload rolled back).
+    pub fn republish(&self, gen: Unpublished<Generation>) {
+        let _fns = self.functions.lock();
+        let previous = self.cell.swap(Some(gen.into_arc()));
+        debug_assert!(previous.is_none(), "republish while another generation is published");
+        drop(previous);
+    }
+
+    /// End a hold: waiting calls go on with whatever generation is published now.
+    pub fn release(&self) {
+        self.hold.end();
     }
 
     #[inline]

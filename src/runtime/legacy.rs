@@ -455,6 +455,10 @@ impl Instance for LegacyInstance {
         }
     }
 
+    fn has_state(&self) -> bool {
+        self.loaded_info.stateful
+    }
+
     fn save_state(&self) -> Result<Option<Vec<u8>>> {
         if !self.loaded_info.stateful {
             return Ok(None);

@@ -37,6 +37,12 @@ pub trait Instance: Send + Sync {
     /// (which the caller has cleared). On error, `output`'s content is unspecified.
     fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()>;
 
+    /// Whether the plugin has a state hook: its reloads then hold calls from saving the
+    /// state until the new generation is published, so no update is lost in between.
+    fn has_state(&self) -> bool {
+        false
+    }
+
     /// The plugin's state, if it has a save hook (`Ok(None)` when it has none).
     fn save_state(&self) -> Result<Option<Vec<u8>>> {
         Ok(None)

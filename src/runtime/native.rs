@@ -534,6 +534,10 @@ impl Instance for NativeInstance {
         Ok(())
     }
 
+    fn has_state(&self) -> bool {
+        self.vt.save_state.is_some()
+    }
+
     fn save_state(&self) -> Result<Option<Vec<u8>>> {
         let Some(save) = self.vt.save_state else {
             return Ok(None);

@@ -828,6 +828,10 @@ impl Instance for WasmPlugin {
         self.with_guest(|g| g.call(function, fname, input, output))
     }
 
+    fn has_state(&self) -> bool {
+        self.shared.exports.save_state
+    }
+
     fn save_state(&self) -> Result<Option<Vec<u8>>> {
         if !self.shared.exports.save_state {
             return Ok(None);
