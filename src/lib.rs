@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;
+pub mod services;
 pub mod trust;
 pub mod watch;
 
