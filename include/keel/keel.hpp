@@ -94,6 +94,13 @@ inline keel_status error_status(const rust::Error &e) noexcept {
     return static_cast<keel_status>(code);
 }
 
+/** The host behind `host` as a borrowed C handle, for the C ABI functions of keel/keel.h
+ *  (the same host: plugins loaded through either are the same plugins). Valid while `host`
+ *  lives; never pass it to keel_host_free. Thread-safety as the C function used. */
+inline keel_host *c_host(const Host &host) noexcept {
+    return reinterpret_cast<keel_host *>(host.c_handle());
+}
+
 } // namespace keel
 
 #endif // KEEL_HPP

@@ -55,6 +55,8 @@ mod ffi {
         fn set_require_signature(self: &Host, require: bool) -> Result<()>;
         /// OpenMetrics text exposition of every loaded plugin's metrics.
         fn metrics_text(self: &Host) -> Result<String>;
+        /// The same host as a borrowed C handle (see `keel::c_host` in keel.hpp).
+        fn c_handle(self: &Host) -> usize;
 
         /// Resolve a function name to an id, once; the id stays valid across reloads.
         fn function(self: &Plugin, name: &str) -> Result<u32>;
@@ -166,6 +168,16 @@ impl Host {
 
     fn metrics_text(&self) -> Result<String, Failure> {
         guard(|| Ok(self.inner.metrics_text()))
+    }
+}
+
+impl Host {
+    /// The address of the host the C ABI's `keel_host*` handles point to (a `keel_host*`
+    /// is the address of the Rust `Host`), so C++ helpers can use C ABI functions that
+    /// the bridge does not wrap. Borrowed: valid while this `Host` lives, never freed by C++.
+    fn c_handle(&self) -> usize {
+        let host: &crate::host::Host = &self.inner;
+        host as *const crate::host::Host as usize
     }
 }
 

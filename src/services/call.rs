@@ -126,7 +126,10 @@ mod tests {
             ..CallOptions::default()
         };
         with_options(&outer, || {
-            assert_eq!(with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)), Some("t1".to_owned()));
+            assert_eq!(
+                with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)),
+                Some("t1".to_owned())
+            );
             assert!(!cancelled());
             token.cancel();
             assert!(cancelled());
@@ -135,10 +138,16 @@ mod tests {
                 ..CallOptions::default()
             };
             with_options(&inner, || {
-                assert_eq!(with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)), Some("t2".to_owned()));
+                assert_eq!(
+                    with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)),
+                    Some("t2".to_owned())
+                );
                 assert!(!cancelled());
             });
-            assert_eq!(with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)), Some("t1".to_owned()));
+            assert_eq!(
+                with_current(|c| c.and_then(|c| c.tenant).map(str::to_owned)),
+                Some("t1".to_owned())
+            );
         });
         assert!(with_current(|c| c.is_none()));
     }

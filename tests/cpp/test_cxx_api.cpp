@@ -77,6 +77,16 @@ static int run(const std::string &dir) {
     rust::Vec<std::uint8_t> out;
     echo->call(fn_echo, keel::bytes("hello from C++"), out);
     CHECK(keel::view(out) == "hello from C++");
+    {
+        // The same host through the C ABI: the plugin loaded through C++ is found there.
+        keel_host *c = keel::c_host(*host);
+        keel_plugin *p = nullptr;
+        CHECK(keel_plugin_get(c, "echo", &p) == KEEL_OK && p != nullptr);
+        keel_function f = 0;
+        CHECK(keel_plugin_function(p, "echo", &f) == KEEL_OK && f == fn_echo);
+        CHECK(keel_plugin_free(p) == KEEL_OK);
+        CHECK(keel_plugin_get(c, "no_such_plugin", &p) == KEEL_ERR_PLUGIN_NOT_FOUND);
+    }
     echo->call(fn_echo, keel::bytes(""), out); // the output is cleared, not appended to
     CHECK(out.empty());
     echo->call(fn_sum, keel::bytes("\x01\x02\x03"), out);
