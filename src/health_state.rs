@@ -81,9 +81,12 @@ impl HealthCell {
         self.0.lock().clone()
     }
 
-    /// Replace the record (the health monitor's).
-    pub(crate) fn publish(&self, r: &HealthReport) {
-        *self.0.lock() = r.clone();
+    /// Replace the record (the health monitor's); returns whether the status changed.
+    pub(crate) fn publish(&self, r: &HealthReport) -> bool {
+        let mut cur = self.0.lock();
+        let changed = cur.status != r.status;
+        *cur = r.clone();
+        changed
     }
 }
 

@@ -381,6 +381,14 @@ enum keel_event
    * A plugin was unloaded (`generation` is the one that was unloaded).
    */
   KEEL_EVENT_UNLOADED = 4,
+  /**
+   * The health monitor's verdict on the plugin changed (`Healthy`, `Degraded`,
+   * `Unhealthy`, `Failed`, or `Unknown` after a restart): read it with
+   * `keel_plugin_health`. `generation` is the generation the verdict is about. Delivered by
+   * the health monitor's thread (a listener that blocks delays the next health checks, and
+   * must not change the health configuration or free the host).
+   */
+  KEEL_EVENT_HEALTH_CHANGED = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

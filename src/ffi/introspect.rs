@@ -30,6 +30,12 @@ pub enum keel_event {
     KEEL_EVENT_ROLLED_BACK = 3,
     /// A plugin was unloaded (`generation` is the one that was unloaded).
     KEEL_EVENT_UNLOADED = 4,
+    /// The health monitor's verdict on the plugin changed (`Healthy`, `Degraded`,
+    /// `Unhealthy`, `Failed`, or `Unknown` after a restart): read it with
+    /// `keel_plugin_health`. `generation` is the generation the verdict is about. Delivered by
+    /// the health monitor's thread (a listener that blocks delays the next health checks, and
+    /// must not change the health configuration or free the host).
+    KEEL_EVENT_HEALTH_CHANGED = 5,
 }
 
 impl From<LifecycleEvent> for keel_event {
@@ -40,6 +46,7 @@ impl From<LifecycleEvent> for keel_event {
             LifecycleEvent::AfterSwap => keel_event::KEEL_EVENT_AFTER_SWAP,
             LifecycleEvent::ReloadRolledBack => keel_event::KEEL_EVENT_ROLLED_BACK,
             LifecycleEvent::Unloaded => keel_event::KEEL_EVENT_UNLOADED,
+            LifecycleEvent::HealthChanged => keel_event::KEEL_EVENT_HEALTH_CHANGED,
         }
     }
 }

@@ -576,7 +576,10 @@ impl MonitorLoop {
             r.restart_attempts = 0;
             t.next_restart_at = None;
         }
-        slot.health.publish(r);
+        if slot.health.publish(r) {
+            let generation = slot.current().map(|g| g.number).unwrap_or(0);
+            self.lifecycle.health_changed(name, generation);
+        }
         if restart {
             self.spawn_restart(name, &slot);
         }
@@ -630,7 +633,10 @@ impl MonitorLoop {
         }
         r.last_restart_error = error;
         if let Some(slot) = t.slot.upgrade() {
-            slot.health.publish(r);
+            if slot.health.publish(r) {
+                let generation = slot.current().map(|g| g.number).unwrap_or(0);
+                self.lifecycle.health_changed(name, generation);
+            }
         }
     }
 }

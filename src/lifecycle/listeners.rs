@@ -33,6 +33,9 @@ pub enum LifecycleEvent {
     ReloadRolledBack = 3,
     /// A plugin was unloaded.
     Unloaded = 4,
+    /// The health monitor's verdict on a plugin changed (its status; read the new one from
+    /// the plugin's health report). Delivered by the health monitor's thread.
+    HealthChanged = 5,
 }
 
 /// A lifecycle listener: (plugin name, event, generation number).

@@ -520,6 +520,13 @@ impl Handle {
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
         self.0.unload(name)
     }
+
+    /// Tell the listeners that the health verdict on a plugin changed (delivered on this
+    /// thread, outside the lifecycle lock, after earlier queued events).
+    pub(crate) fn health_changed(&self, name: &str, generation: u64) {
+        self.0.listeners.queue(name, LifecycleEvent::HealthChanged, generation);
+        self.0.listeners.deliver();
+    }
 }
 
 /// What the inner part of a reload produced: a generation still to swap in, or (for a plugin

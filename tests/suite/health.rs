@@ -130,6 +130,21 @@ fn unhealthy_plugin_is_restarted_with_its_state_and_becomes_healthy() {
         .lock()
         .iter()
         .any(|(n, e, g)| n == "echo" && *e == keel::host::LifecycleEvent::AfterSwap && *g == 2));
+    // Every change of the verdict reached the listeners: healthy (gen 1), unhealthy (gen 1),
+    // unknown after the restart and healthy again (gen 2). (The last one is delivered just
+    // after the report is published.)
+    let health_events = || -> Vec<u64> {
+        events
+            .lock()
+            .iter()
+            .filter(|(n, e, _)| n == "echo" && *e == keel::host::LifecycleEvent::HealthChanged)
+            .map(|(_, _, g)| *g)
+            .collect()
+    };
+    wait_for("the health-changed events", || (health_events().len() >= 4).then_some(()));
+    let changes = health_events();
+    assert_eq!(&changes[..2], &[1, 1], "healthy then unhealthy in generation 1: {changes:?}");
+    assert_eq!(&changes[changes.len() - 2..], &[2, 2], "unknown then healthy in generation 2: {changes:?}");
 
     // Metrics: the restart is a reload and a health restart; the score is published.
     let text = host.metrics_text();

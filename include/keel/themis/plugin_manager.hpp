@@ -1251,6 +1251,7 @@ private:
                 break;
             case KEEL_EVENT_ROLLED_BACK: break;
             case KEEL_EVENT_UNLOADED: self->forget_loaded(name); break;
+            case KEEL_EVENT_HEALTH_CHANGED: break; // ThemisDB's reload listeners have no such phase
             }
         } catch (...) {
         }
