@@ -13,6 +13,7 @@ fn main() {
         "cpp/themis_shim.cpp",
         "cpp/themis_shim.h",
         "include/keel/themis/plugin_interface.hpp",
+        "include/keel/themis/self_healing_plugin.hpp",
         "src/bridge/mod.rs",
     ] {
         println!("cargo:rerun-if-changed={f}");

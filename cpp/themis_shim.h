@@ -62,6 +62,8 @@ typedef struct keel_themis_info {
     /** 1 if getName() / getVersion() returned NULL (written to the sinks as ""). */
     uint8_t name_null;
     uint8_t version_null;
+    /** 1 if the object is also an ISelfHealingPlugin. */
+    uint8_t self_healing;
 } keel_themis_info;
 
 /** Call `create_fn` (the plugin's createPlugin) and store the object in *out. */
@@ -88,6 +90,25 @@ int32_t keel_themis_shim_save_state(void *plugin, const keel_themis_sink *out, c
 
 /** IStatefulPlugin::restoreState(std::string(data, len)). */
 int32_t keel_themis_shim_restore_state(void *plugin, const uint8_t *data, size_t len, const keel_themis_sink *err) KEEL_THEMIS_NOEXCEPT;
+
+/**
+ * ISelfHealingPlugin::performHealthCheck(): `*status` receives the PluginHealthStatus value
+ * (0 HEALTHY .. 4 RECOVERING) and `diag` (may be NULL) the diagnostics as a JSON object with
+ * ThemisDB's field names. KEEL_THEMIS_UNSUPPORTED if the plugin is not self-healing.
+ */
+int32_t keel_themis_shim_health_check(void *plugin, int32_t *status, const keel_themis_sink *diag,
+                                      const keel_themis_sink *err) KEEL_THEMIS_NOEXCEPT;
+
+/**
+ * ThemisDB's recovery sequence: the strategies the plugin declares (getRecoveryStrategies), in
+ * the order CLEANUP_RESOURCES, RECONNECT, RELOAD_CONFIG, ROLLBACK_STATE, RESTART_PLUGIN, each
+ * through executeRecoveryAction and, if it returns true, followed by performHealthCheck; then
+ * attemptSelfRepair(diagnostics) and a last check. `*recovered` = 1 as soon as a check reports
+ * HEALTHY or DEGRADED, else 0. `log` (may be NULL) receives one line per step ("...\n").
+ * An exception in any step ends the sequence (KEEL_THEMIS_EXCEPTION, not recovered).
+ */
+int32_t keel_themis_shim_self_repair(void *plugin, int32_t *recovered, const keel_themis_sink *log,
+                                     const keel_themis_sink *err) KEEL_THEMIS_NOEXCEPT;
 
 #ifdef __cplusplus
 }

@@ -52,6 +52,11 @@ pub struct HealthReport {
     /// What went wrong in the last restart attempt: why it failed (the reload was rolled
     /// back), or a drain timeout after a swap that did take effect. `None` after a clean one.
     pub last_restart_error: Option<String>,
+    /// Times the plugin repaired itself when a restart was due (ThemisDB's
+    /// `ISelfHealingPlugin`), so that no restart was needed.
+    pub self_repairs: u64,
+    /// The steps of the last self-repair attempt (successful or not).
+    pub last_self_repair: Option<String>,
 }
 
 impl Default for HealthReport {
@@ -67,6 +72,8 @@ impl Default for HealthReport {
             error_rate: 0.0,
             last_error: None,
             last_restart_error: None,
+            self_repairs: 0,
+            last_self_repair: None,
         }
     }
 }

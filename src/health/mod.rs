@@ -48,6 +48,7 @@ use crate::error::Result;
 pub use crate::health_state::{score, Health, HealthCell, HealthReport};
 use crate::lifecycle::Handle;
 use crate::registry::{Generation, Slot};
+use crate::runtime::SelfRepair;
 
 /// What the last check found: the crate's one health enum ([`Health`]), under the name the
 /// health API has always used (`keel_health_status` in the C ABI).
@@ -192,6 +193,8 @@ enum Event {
         name: String,
         took_effect: bool,
         error: Option<String>,
+        /// What the plugin's self-repair did before the restart was attempted.
+        repair: Option<SelfRepair>,
     },
 }
 
@@ -383,7 +386,8 @@ impl MonitorLoop {
                     name,
                     took_effect,
                     error,
-                }) => self.restarted(&name, took_effect, error),
+                    repair,
+                }) => self.restarted(&name, took_effect, error, repair),
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.expire(Instant::now());
@@ -595,6 +599,24 @@ impl MonitorLoop {
         let spawned = std::thread::Builder::new()
             .name("keel-health-restart".into())
             .spawn(move || {
+                // A plugin that can repair itself gets that chance first (ThemisDB's
+                // ISelfHealingPlugin); the restart happens only if it does not recover.
+                let repair = weak
+                    .upgrade()
+                    .and_then(|s| s.current())
+                    .and_then(|g| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.instance.self_repair())).ok()
+                    })
+                    .flatten();
+                if repair.as_ref().is_some_and(|r| r.recovered) {
+                    let _ = tx.send(Event::Restarted {
+                        name: plugin,
+                        took_effect: false,
+                        error: None,
+                        repair,
+                    });
+                    return;
+                }
                 let r = lifecycle.reload(&plugin);
                 // A drain timeout is reported after the swap: the restart did take effect.
                 let after = weak.upgrade().and_then(|s| s.current()).map(|g| g.number).unwrap_or(0);
@@ -602,17 +624,26 @@ impl MonitorLoop {
                     name: plugin,
                     took_effect: after > before,
                     error: r.err().map(|e| e.to_string()),
+                    repair,
                 });
             });
         if let Err(e) = spawned {
-            self.restarted(name, false, Some(format!("cannot start a restart thread: {e}")));
+            self.restarted(name, false, Some(format!("cannot start a restart thread: {e}")), None);
         }
     }
 
-    fn restarted(&mut self, name: &str, took_effect: bool, error: Option<String>) {
+    fn restarted(&mut self, name: &str, took_effect: bool, error: Option<String>, repair: Option<SelfRepair>) {
         let Some(t) = self.tracked.get_mut(name) else { return };
         t.restarting = false;
         let r = &mut t.report;
+        if let Some(rep) = repair {
+            if rep.recovered {
+                // Repaired in place: no restart; the next checks judge it afresh.
+                r.self_repairs += 1;
+                r.consecutive_failures = 0;
+            }
+            r.last_self_repair = Some(rep.steps);
+        }
         if took_effect {
             // A check still hung in the old generation no longer speaks for the plugin.
             if let Some(p) = t.pending.take() {

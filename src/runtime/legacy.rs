@@ -50,8 +50,21 @@
 //!   "type_id", "capabilities": {"streaming", "batching", "transactions", "thread_safe",
 //!   "gpu_accelerated", "provides_vram_policy", "provides_shard_policy"}, "stateful"}`.
 //! * `"state"` — only for `IStatefulPlugin` objects: input ignored; output `saveState()`.
+//! * `"diagnostics"` — only for `ISelfHealingPlugin` objects: input ignored; output
+//!   `performHealthCheck()` as a JSON object with ThemisDB's `PluginDiagnostics` field names
+//!   (`status` as its name, `last_error_time_ms` since the epoch, plus `error_rate` and
+//!   `needs_immediate_attention`).
 //!
-//! Health is `Unknown` (ThemisDB's `ISelfHealingPlugin` is not bridged).
+//! # Health and self-repair
+//!
+//! A plugin that is also an `ISelfHealingPlugin` (`include/keel/themis/self_healing_plugin.hpp`)
+//! answers Keel's health checks with `performHealthCheck()`: `HEALTHY` → healthy, `DEGRADED`
+//! and `RECOVERING` → degraded (a plugin repairing itself is not restarted under it),
+//! `UNHEALTHY` and `CRITICAL` → unhealthy, an exception → unhealthy. Before the health monitor
+//! restarts it, [`Instance::self_repair`] runs ThemisDB's recovery sequence (the declared
+//! strategies in ThemisDB's order through `executeRecoveryAction`, then `attemptSelfRepair`,
+//! each followed by a check); the restart happens only if that does not bring it back.
+//! Other legacy plugins report `Unknown` (no health hook in `IThemisPlugin`).
 //!
 //! # Unload
 //!
@@ -70,7 +83,7 @@ use crate::error::Result;
 use crate::manifest::themis::LEGACY_TYPES;
 use crate::runtime::output::{max_output, with_output, with_output_checked, RawOutput};
 use crate::runtime::shared_lib::SealedLibrary;
-use crate::runtime::{HostServices, Instance, LoadContext, LogLevel};
+use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel, SelfRepair};
 use crate::{bail, err};
 
 /// The factory symbol (`themis::CreatePluginFunc`).
@@ -81,6 +94,8 @@ pub const DESTROY_SYMBOL: &[u8] = b"destroyPlugin\0";
 pub const FN_INFO: &str = "info";
 /// The function `IStatefulPlugin` plugins also expose (their `saveState()`).
 pub const FN_STATE: &str = "state";
+/// The function `ISelfHealingPlugin` plugins also expose (their `performHealthCheck()`).
+pub const FN_DIAGNOSTICS: &str = "diagnostics";
 /// The config key carrying the previous generation's state on reload (ThemisDB's convention).
 pub const RESTORED_STATE_KEY: &str = "restored_state";
 /// `PluginCapabilities` flags in declaration order, as named in `"info"`.
@@ -126,9 +141,22 @@ mod sys {
         pub stateful: u8,
         pub name_null: u8,
         pub version_null: u8,
+        pub self_healing: u8,
     }
 
     extern "C" {
+        pub fn keel_themis_shim_health_check(
+            plugin: *mut c_void,
+            status: *mut i32,
+            diag: *const RawOutput,
+            err: *const RawOutput,
+        ) -> i32;
+        pub fn keel_themis_shim_self_repair(
+            plugin: *mut c_void,
+            recovered: *mut i32,
+            log: *const RawOutput,
+            err: *const RawOutput,
+        ) -> i32;
         pub fn keel_themis_shim_create(create_fn: *mut c_void, out: *mut *mut c_void, err: *const RawOutput) -> i32;
         pub fn keel_themis_shim_info(
             plugin: *mut c_void,
@@ -191,6 +219,8 @@ pub struct LegacyInfo {
     pub capabilities: [bool; 7],
     /// Whether the object is also an `IStatefulPlugin`.
     pub stateful: bool,
+    /// Whether the object is also an `ISelfHealingPlugin`.
+    pub self_healing: bool,
 }
 
 impl LegacyInfo {
@@ -222,6 +252,7 @@ impl LegacyInfo {
             "type_id": self.type_id,
             "capabilities": caps,
             "stateful": self.stateful,
+            "self_healing": self.self_healing,
         })
         .to_string()
     }
@@ -292,6 +323,9 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<LegacyInstance>
     inst.functions.push(FN_INFO.to_string());
     if info.stateful {
         inst.functions.push(FN_STATE.to_string());
+    }
+    if info.self_healing {
+        inst.functions.push(FN_DIAGNOSTICS.to_string());
     }
     inst.serial = (!info.thread_safe()).then(|| Mutex::new(()));
     inst.loaded_info = info;
@@ -366,6 +400,7 @@ impl LegacyInstance {
             type_id: raw.type_id,
             capabilities,
             stateful: raw.stateful != 0,
+            self_healing: raw.self_healing != 0,
         })
     }
 
@@ -448,6 +483,26 @@ impl Instance for LegacyInstance {
                 )),
                 (rc, msg) => Err(err!(KEEL_ERR_CALL_FAILED, "function 'state': {}", describe(rc, msg))),
             },
+            Some(FN_DIAGNOSTICS) => {
+                let mut status = 0;
+                let ((rc, msg), refused) = with_output_checked(output, self.max_output, |o| {
+                    // SAFETY: the object is live; every pointer is valid for the call.
+                    shim(|e| unsafe { keel_themis_shim_health_check(self.plugin, &mut status, o, e) })
+                });
+                match rc {
+                    _ if refused || rc == RC_SINK_FULL => Err(err!(
+                        KEEL_ERR_OUTPUT_TOO_LARGE,
+                        "function 'diagnostics' output exceeded {} bytes",
+                        self.max_output
+                    )),
+                    RC_OK => Ok(()),
+                    _ => Err(err!(
+                        KEEL_ERR_CALL_FAILED,
+                        "function 'diagnostics': {}",
+                        describe(rc, msg)
+                    )),
+                }
+            }
             _ => Err(err!(
                 KEEL_ERR_FUNCTION_NOT_FOUND,
                 "function index {function} is not a function of this legacy plugin"
@@ -499,6 +554,53 @@ impl Instance for LegacyInstance {
                 describe(rc, msg)
             )),
         }
+    }
+
+    fn health(&self) -> Health {
+        if !self.loaded_info.self_healing {
+            return Health::Unknown;
+        }
+        let _serial = self.lock();
+        let mut status = 0;
+        // SAFETY: the object is live; `status` and the error sink are valid for the call.
+        let (rc, msg) =
+            shim(|e| unsafe { keel_themis_shim_health_check(self.plugin, &mut status, std::ptr::null(), e) });
+        if rc != RC_OK {
+            self.log(
+                LogLevel::Warn,
+                &format!("performHealthCheck failed: {}", describe(rc, msg)),
+            );
+            return Health::Unhealthy;
+        }
+        match status {
+            0 => Health::Healthy,
+            1 | 4 => Health::Degraded,
+            _ => Health::Unhealthy,
+        }
+    }
+
+    fn self_repair(&self) -> Option<SelfRepair> {
+        if !self.loaded_info.self_healing {
+            return None;
+        }
+        let _serial = self.lock();
+        let mut recovered = 0;
+        let mut log = Vec::new();
+        let (rc, msg) = with_output(&mut log, MAX_MESSAGE, |l| {
+            // SAFETY: the object is live; every pointer is valid for the call.
+            shim(|e| unsafe { keel_themis_shim_self_repair(self.plugin, &mut recovered, l, e) })
+        });
+        let mut steps = String::from_utf8_lossy(&log).trim_end().replace('\n', "; ");
+        if rc != RC_OK && rc != RC_SINK_FULL {
+            if !steps.is_empty() {
+                steps.push_str("; ");
+            }
+            steps.push_str(&describe(rc, msg));
+        }
+        Some(SelfRepair {
+            recovered: rc != RC_EXCEPTION && recovered != 0,
+            steps,
+        })
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -60,6 +60,13 @@ pub trait Instance: Send + Sync {
         Health::Unknown
     }
 
+    /// Let the plugin repair itself before the health monitor restarts it (`None`: the
+    /// plugin has no such interface; ThemisDB's `ISelfHealingPlugin` has one). Called by the
+    /// monitor's restart thread, concurrently with calls.
+    fn self_repair(&self) -> Option<SelfRepair> {
+        None
+    }
+
     /// Bytes of memory the runtime can attribute to this instance (WASM: linear memory),
     /// if it knows; published as `plugin_memory_bytes`. `None` means unknown, not zero.
     fn memory_bytes(&self) -> Option<u64> {
@@ -71,6 +78,15 @@ pub trait Instance: Send + Sync {
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
+}
+
+/// What a plugin's self-repair did (see [`Instance::self_repair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfRepair {
+    /// A health check after a repair step found the plugin healthy or degraded.
+    pub recovered: bool,
+    /// The steps taken, for the health report and the log.
+    pub steps: String,
 }
 
 /// Everything a runtime needs to instantiate one plugin generation.

@@ -141,10 +141,20 @@ fn unhealthy_plugin_is_restarted_with_its_state_and_becomes_healthy() {
             .map(|(_, _, g)| *g)
             .collect()
     };
-    wait_for("the health-changed events", || (health_events().len() >= 4).then_some(()));
+    wait_for("the health-changed events", || {
+        (health_events().len() >= 4).then_some(())
+    });
     let changes = health_events();
-    assert_eq!(&changes[..2], &[1, 1], "healthy then unhealthy in generation 1: {changes:?}");
-    assert_eq!(&changes[changes.len() - 2..], &[2, 2], "unknown then healthy in generation 2: {changes:?}");
+    assert_eq!(
+        &changes[..2],
+        &[1, 1],
+        "healthy then unhealthy in generation 1: {changes:?}"
+    );
+    assert_eq!(
+        &changes[changes.len() - 2..],
+        &[2, 2],
+        "unknown then healthy in generation 2: {changes:?}"
+    );
 
     // Metrics: the restart is a reload and a health restart; the score is published.
     let text = host.metrics_text();

@@ -924,3 +924,216 @@ fn array_form_dependencies_a_library_and_a_plugin_of_the_scanned_set() {
         .unwrap_or_else(|s| panic!("{s:?}: {}", last_error()));
     assert_eq!(host.unload("base_store"), KEEL_ERR_HAS_DEPENDENTS);
 }
+
+/// ThemisDB's `ISelfHealingPlugin` mix-in, with the fixture built against a header laid out
+/// as ThemisDB's `plugins/self_healing_plugin.h`: Keel's health checks ask
+/// `performHealthCheck()`, and before a restart the plugin repairs itself the way ThemisDB's
+/// monitor lets it (declared strategies in ThemisDB's order, then `attemptSelfRepair`).
+mod self_healing {
+    use super::*;
+    use keel::health::{HealthConfig, HealthReport, HealthStatus};
+    use keel::registry::Slot;
+    use std::time::{Duration, Instant};
+
+    fn wait_report(host: &keel::Host, name: &str, what: &str, until: impl Fn(&HealthReport) -> bool) -> HealthReport {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = host.health(name).unwrap();
+            if until(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "gave up waiting for: {what} (last report {r:?})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn fast() -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_millis(10),
+            check_timeout: Duration::from_secs(5),
+            unhealthy_threshold: 2,
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            ..HealthConfig::default()
+        }
+    }
+
+    fn api(slot: &Slot) -> (Arc<keel::registry::Generation>, Api) {
+        let g = slot.current().unwrap();
+        let inst = g.instance.as_any().unwrap().downcast_ref::<LegacyInstance>().unwrap();
+        let p = inst.themis_instance().unwrap();
+        (g.clone(), Api(p as *const FixtureApi))
+    }
+
+    fn call(slot: &Slot, f: &str) -> keel::Result<Vec<u8>> {
+        let id = slot.resolve(f)?;
+        let mut out = Vec::new();
+        slot.call(id, b"", &mut out).map(|()| out)
+    }
+
+    fn load(tag: &str, defines: &[&str]) -> (keel::Host, Arc<Slot>, PathBuf) {
+        let dir = common::tempdir(tag);
+        let so = build(&dir, defines, "liblegacy.so");
+        let marker = dir.join("marker.txt");
+        let m = keel_manifest(
+            &dir,
+            "healer",
+            "1.0.0",
+            &so,
+            json!({"broken_at": 3, "marker": marker.to_str().unwrap()}),
+        );
+        let host = keel::Host::new();
+        host.trust().set_require_signature(false).unwrap();
+        let slot = host.load(&m).unwrap();
+        (host, slot, marker)
+    }
+
+    #[test]
+    fn health_checks_and_diagnostics_come_from_perform_health_check() {
+        let (host, slot, _) = load("legacy-heal-diag", &["LEGACY_SELF_HEALING"]);
+        let info: Value = serde_json::from_slice(&call(&slot, "info").unwrap()).unwrap();
+        assert_eq!(
+            info["self_healing"], true,
+            "dynamic_cast<ISelfHealingPlugin*> matched: {info}"
+        );
+        let d: Value = serde_json::from_slice(&call(&slot, "diagnostics").unwrap()).unwrap();
+        assert_eq!(d["status"], "HEALTHY", "{d}");
+        assert_eq!(
+            d["memory_usage_bytes"], 4096,
+            "a member past the strings and vectors: {d}"
+        );
+        assert_eq!(
+            d["available_recovery_strategies"],
+            json!(["ROLLBACK_STATE", "CLEANUP_RESOURCES"])
+        );
+
+        let (_g, a) = api(&slot);
+        for _ in 0..3 {
+            a.bump();
+        }
+        let d: Value = serde_json::from_slice(&call(&slot, "diagnostics").unwrap()).unwrap();
+        assert_eq!(d["status"], "UNHEALTHY", "{d}");
+        assert_eq!(d["error_code"], "FIXTURE_BROKEN");
+        assert_eq!(d["total_requests"], 3);
+        assert_eq!(
+            d["recent_errors"],
+            json!(["count 3 reached \"broken_at\""]),
+            "escaped: {d}"
+        );
+
+        // No restart wanted here: only the verdict.
+        host.start_health_monitor(HealthConfig {
+            max_restart_attempts: 0,
+            ..fast()
+        })
+        .unwrap();
+        // (With restarts off, the monitor's verdict on an unhealthy plugin is `Failed`.)
+        wait_report(&host, "healer", "unhealthy from performHealthCheck", |r| {
+            matches!(r.status, HealthStatus::Unhealthy | HealthStatus::Failed) && r.checks > 0
+        });
+        for _ in 0..3 {
+            a.bump(); // 6 = CRITICAL, still unhealthy
+        }
+        let d: Value = serde_json::from_slice(&call(&slot, "diagnostics").unwrap()).unwrap();
+        assert_eq!(d["status"], "CRITICAL");
+        assert!(host.stop_health_monitor());
+
+        // A plugin without the mix-in has no diagnostics function and reports Unknown.
+        let (_h2, plain, _) = load("legacy-heal-plain", &[]);
+        let info: Value = serde_json::from_slice(&call(&plain, "info").unwrap()).unwrap();
+        assert_eq!(info["self_healing"], false);
+        assert_eq!(
+            call(&plain, "diagnostics").unwrap_err().status(),
+            KEEL_ERR_FUNCTION_NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_plugin_repairs_itself_instead_of_being_restarted() {
+        let (host, slot, marker) = load("legacy-heal-repair", &["LEGACY_SELF_HEALING"]);
+        let (_g, a) = api(&slot);
+        host.start_health_monitor(fast()).unwrap();
+        wait_report(&host, "healer", "a healthy check", |r| {
+            r.status == HealthStatus::Healthy
+        });
+        for _ in 0..3 {
+            a.bump();
+        }
+        let r = wait_report(&host, "healer", "a self-repair", |r| r.self_repairs >= 1);
+        let steps = r.last_self_repair.clone().unwrap();
+        assert!(
+            steps.starts_with("CLEANUP_RESOURCES: done, health HEALTHY"),
+            "ThemisDB's order, not the declared one: {steps}"
+        );
+        wait_report(&host, "healer", "healthy again", |r| r.status == HealthStatus::Healthy);
+        assert_eq!(slot.current().unwrap().number, 1, "repaired in place, not restarted");
+        assert_eq!(a.count(), 0, "cleanupResources() reset the count");
+        assert!(host.stop_health_monitor());
+        let lines = marker_lines(&marker);
+        assert!(lines.contains(&"cleanup v1".to_string()), "{lines:?}");
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("rollback") || l.starts_with("self-repair")),
+            "{lines:?}"
+        );
+        assert_eq!(host.health("healer").unwrap().restarts, 0);
+    }
+
+    #[test]
+    fn a_failed_self_repair_leads_to_a_restart() {
+        let (host, slot, marker) = load("legacy-heal-fails", &["LEGACY_SELF_HEALING", "LEGACY_REPAIR_FAILS"]);
+        {
+            let (_g, a) = api(&slot);
+            for _ in 0..3 {
+                a.bump();
+            }
+        }
+        host.start_health_monitor(fast()).unwrap();
+        let r = wait_report(&host, "healer", "a restart", |r| r.restarts >= 1);
+        assert_eq!(r.self_repairs, 0);
+        let steps = r.last_self_repair.clone().unwrap();
+        assert!(
+            steps.contains("CLEANUP_RESOURCES: returned false")
+                && steps.contains("ROLLBACK_STATE: returned false")
+                && steps.contains("attemptSelfRepair: returned false"),
+            "{steps}"
+        );
+        assert!(host.stop_health_monitor());
+        let lines = marker_lines(&marker);
+        let pos = |p: &str| {
+            lines
+                .iter()
+                .position(|l| l == p)
+                .unwrap_or_else(|| panic!("{p} in {lines:?}"))
+        };
+        assert!(pos("cleanup v1") < pos("rollback v1") && pos("rollback v1") < pos("self-repair v1"));
+        assert!(
+            pos("self-repair v1") < lines.iter().rposition(|l| l == "init v1").unwrap(),
+            "then the restart: {lines:?}"
+        );
+        assert!(slot.current().unwrap().number >= 2);
+    }
+
+    #[test]
+    fn a_throwing_health_check_counts_as_unhealthy_and_the_host_keeps_serving() {
+        let (host, slot, _) = load("legacy-heal-throws", &["LEGACY_SELF_HEALING", "LEGACY_HEALTH_THROWS"]);
+        let e = call(&slot, "diagnostics").unwrap_err();
+        assert_eq!(e.status(), KEEL_ERR_CALL_FAILED);
+        assert!(e.message().contains("fixture health check failure"), "{e}");
+        host.start_health_monitor(HealthConfig {
+            max_restart_attempts: 0,
+            ..fast()
+        })
+        .unwrap();
+        let r = wait_report(&host, "healer", "unhealthy", |r| {
+            matches!(r.status, HealthStatus::Unhealthy | HealthStatus::Failed)
+        });
+        assert_eq!(r.restarts, 0);
+        assert!(host.stop_health_monitor());
+        assert!(call(&slot, "info").is_ok());
+    }
+}

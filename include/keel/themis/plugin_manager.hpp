@@ -917,6 +917,8 @@ public:
     std::string getDiagnosticsForPlugin(const std::string &name) const {
         auto m = getManifest(name);
         const std::string ts = timestamp();
+        // The plugin's own PluginDiagnostics (ISelfHealingPlugin), asked outside our lock.
+        const std::string own = m ? self_diagnostics(name) : std::string();
         if (!m) return "{\"plugin_name\":" + detail::quote(name) + ",\"timestamp\":" + detail::quote(ts) + ",\"status\":\"not_found\"}";
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = entries_.find(name);
@@ -937,6 +939,7 @@ public:
           << ",\"gpu_accelerated\":" << f.gpu_accelerated << "},\"is_restricted\":" << ((e && e->restricted) ? "true" : "false")
           << "}";
         std::string s = o.str();
+        if (!own.empty()) s.insert(s.size() - 1, ",\"plugin_diagnostics\":" + own);
         // bools streamed as 0/1 above: spell them as JSON
         for (const char *k : {"\"streaming\":", "\"batching\":", "\"transactions\":", "\"thread_safe\":", "\"gpu_accelerated\":"}) {
             size_t p = s.find(k);
@@ -1224,6 +1227,25 @@ private:
                 // ThemisDB logs and swallows listener exceptions; none may reach Keel.
             }
         }
+    }
+
+    /** The "diagnostics" function of a ThemisDB plugin that is an ISelfHealingPlugin (its
+     *  performHealthCheck() as JSON), or "" if it has none or it fails. */
+    std::string self_diagnostics(const std::string &name) const {
+        keel_plugin *p = nullptr;
+        if (keel_plugin_get(host_, name.c_str(), &p) != KEEL_OK) return std::string();
+        std::string out;
+        keel_function f = 0;
+        keel_buffer *buf = nullptr;
+        if (keel_plugin_function(p, "diagnostics", &f) == KEEL_OK && keel_buffer_new(&buf) == KEEL_OK) {
+            const uint8_t *data = nullptr;
+            size_t len = 0;
+            if (keel_call(p, f, nullptr, 0, buf) == KEEL_OK && keel_buffer_data(buf, &data, &len) == KEEL_OK)
+                out.assign(reinterpret_cast<const char *>(data), len);
+            keel_buffer_free(buf);
+        }
+        keel_plugin_free(p);
+        return out;
     }
 
     /** Keel's lifecycle listener (outside Keel's lock; never re-entered). */
