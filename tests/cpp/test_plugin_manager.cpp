@@ -96,6 +96,64 @@ static void error_mapping() {
     CHECK(themis::errors::toErrorCode(KEEL_ERR_MANIFEST_SCHEMA) == ErrorCode::ERR_PLUGIN_INCOMPATIBLE);
 }
 
+// A WASM plugin, a native plugin and a self-healing ThemisDB plugin under one manager.
+static void side_by_side(const fs::path &fixtures, const fs::path &root) {
+    const fs::path plugins = root / "plugins";
+    fs::create_directories(plugins / "functions" / "compute");
+    fs::copy_file(fixtures / "compute" / "compute.wasm", plugins / "functions" / "compute" / "compute.wasm");
+    write(plugins / "functions" / "compute" / "keel.json", read(fixtures / "compute" / "compute.json"));
+    fs::create_directories(plugins / "native" / "echo");
+    fs::copy_file(fixtures / "echo" / "libecho.so", plugins / "native" / "echo" / "libecho.so");
+    write(plugins / "native" / "echo" / "keel.json", read(fixtures / "echo" / "echo.json"));
+    fs::create_directories(plugins / "importers" / "healer");
+    fs::copy_file(fixtures / "healer" / "liblegacy.so", plugins / "importers" / "healer" / "liblegacy.so");
+    write(plugins / "importers" / "healer" / "plugin.json", read(fixtures / "healer" / "plugin.json"));
+
+    PluginManager pm;
+    CHECK(keel_host_set_require_signature(pm.host(), false) == KEEL_OK);
+    CHECK(pm.scanPluginDirectory(plugins.string()).value_or(0) == 3);
+    CHECK_OK(pm.loadPlugin("compute"));
+    CHECK_OK(pm.loadPlugin("echo"));
+    CHECK_OK(pm.loadPlugin("healer"));
+    CHECK(pm.listLoadedPlugins() == (std::vector<std::string>{"compute", "echo", "healer"}));
+
+    // The WASM plugin through its IThemisPlugin adapter, as ThemisDB code would get it.
+    auto compute = pm.getPlugin("compute");
+    CHECK_OK(compute);
+    if (compute) {
+        themis::plugins::IThemisPlugin *p = *compute;
+        CHECK(std::strcmp(p->getName(), "compute") == 0 && std::strcmp(p->getVersion(), "1.0.0") == 0);
+        auto *adapter = static_cast<keel::ThemisAdapter *>(p->getInstance());
+        CHECK(adapter != nullptr);
+        if (adapter != nullptr) {
+            const std::string sum = adapter->call("sum", std::string("\x01\x02\x03", 3));
+            CHECK(sum == std::string("\x06\0\0\0\0\0\0\0", 8)); // 8-byte little-endian 6
+        }
+    }
+    auto cm = pm.getManifest("compute");
+    CHECK(cm && cm->runtime == "wasm" && cm->generation == 1);
+    auto cfns = pm.listFunctions("compute");
+    CHECK(cfns && cfns->size() == 5 && (*cfns)[0] == "sum");
+    CHECK_OK(pm.reloadPlugin("compute"));
+    auto cm2 = pm.getManifest("compute");
+    CHECK(cm2 && cm2->generation == 2);
+
+    // The ThemisDB plugin's own mix-in, reached by ThemisDB code through getPlugin, and its
+    // PluginDiagnostics in the manager's diagnostics.
+    auto healer = pm.getPlugin("healer");
+    CHECK_OK(healer);
+    if (healer) {
+        auto *h = dynamic_cast<themis::plugins::ISelfHealingPlugin *>(static_cast<themis::plugins::IThemisPlugin *>(*healer));
+        CHECK(h != nullptr);
+        if (h != nullptr) CHECK(h->performHealthCheck().status == themis::plugins::PluginHealthStatus::HEALTHY);
+    }
+    const std::string diag = pm.getDiagnosticsForPlugin("healer");
+    CHECK(diag.find("\"plugin_diagnostics\":{\"status\":\"HEALTHY\"") != std::string::npos);
+    CHECK(pm.getDiagnosticsForPlugin("echo").find("plugin_diagnostics") == std::string::npos);
+    CHECK_OK(pm.unloadAllPlugins());
+    CHECK(pm.listLoadedPlugins().empty());
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: %s <fixture dir>\n", argv[0]);
@@ -320,6 +378,7 @@ int main(int argc, char **argv) {
         CHECK_OK(pm.loadPlugin("gated"));
         PluginManager::editionConfig() = themis::plugins::EditionConfig();
     }
+    side_by_side(fixtures, root / "side-by-side");
     fs::remove_all(root);
     if (failures != 0) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);

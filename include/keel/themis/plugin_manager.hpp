@@ -46,6 +46,7 @@
 
 #include <keel/keel.h>
 #include <keel/themis/plugin_interface.hpp>
+#include <keel/themis/self_healing_plugin.hpp>
 #if __has_include(<keel/themis_adapter.hpp>)
 #include <keel/themis_adapter.hpp>
 #else
