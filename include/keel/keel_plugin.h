@@ -96,6 +96,11 @@ typedef struct keel_host_api {
 
 /**
  * The plugin's function table. Fields marked optional may be NULL.
+ *
+ * Initialise it with designated initializers (`.name = "x", .call = my_call, ...`): fields
+ * added in later versions of this header (always at the end, announced through `struct_size`)
+ * are then NULL in your table without a source change, and `-Wmissing-field-initializers`
+ * stays quiet. Set `struct_size = sizeof(keel_plugin_vtable)`.
  */
 typedef struct keel_plugin_vtable {
     /** Must be KEEL_PLUGIN_ABI_VERSION. Checked before any other field is read. */
@@ -133,6 +138,14 @@ typedef struct keel_plugin_vtable {
      * monitor's check timeout counts as unhealthy.
      */
     int32_t (*health)(void *instance);
+    /**
+     * Optional (since this field was added; the host reads it only if `struct_size` covers
+     * it): like `restore_state`, with the version (the manifest `version`, NUL-terminated) of
+     * the plugin that saved the state, so a new version can migrate an old state. Preferred
+     * over `restore_state` when both are set.
+     */
+    int32_t (*restore_state_versioned)(void *instance, const uint8_t *state, size_t len,
+                                       const char *saved_by_version);
 } keel_plugin_vtable;
 
 /** Signature of the entry symbol. */

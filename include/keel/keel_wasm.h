@@ -27,6 +27,11 @@
  *     keel_init(config, config_len) -> keel_result
  *     keel_save_state() -> keel_result       the state bytes, for hot reload
  *     keel_restore_state(state, len) -> keel_result
+ *     keel_restore_state_versioned(state, len, version, version_len) -> keel_result
+ *                                            as keel_restore_state, with the version (the
+ *                                            manifest "version", UTF-8, not NUL-terminated)
+ *                                            of the plugin that saved the state, so a new
+ *                                            version can migrate it; preferred when exported
  *     keel_health() -> i32                   KEEL_HEALTH_* value
  *     _initialize()                          (WASI reactor convention) run once per instance,
  *                                            before keel_init
@@ -43,7 +48,7 @@
  *
  * Lifecycle of one instance: [_initialize], keel_abi_version, keel_init(config) if exported
  * (config = the manifest's "config" object as JSON text, "{}" when absent),
- * keel_restore_state(state) if the host has a state to hand over (hot reload), keel_functions
+ * keel_restore_state_versioned(state, version) or keel_restore_state(state) if the host has a state to hand over (hot reload), keel_functions
  * (first instance only), then any number of keel_call / keel_save_state / keel_health. Calls into one instance never overlap: each instance runs on one thread at a
  * time. With `"instances": "pooled"` the host keeps several instances of the module (each
  * with its own memory) and runs calls on them concurrently, so a pooled plugin must not rely
@@ -176,6 +181,8 @@ KEEL_WASM_EXPORT(keel_init) keel_result keel_init(const uint8_t *config_json, ui
 KEEL_WASM_EXPORT(keel_call) keel_result keel_call(uint32_t function, const uint8_t *input, uint32_t len);
 KEEL_WASM_EXPORT(keel_save_state) keel_result keel_save_state(void);
 KEEL_WASM_EXPORT(keel_restore_state) keel_result keel_restore_state(const uint8_t *state, uint32_t len);
+KEEL_WASM_EXPORT(keel_restore_state_versioned)
+keel_result keel_restore_state_versioned(const uint8_t *state, uint32_t len, const uint8_t *version, uint32_t version_len);
 KEEL_WASM_EXPORT(keel_health) int32_t keel_health(void);
 
 /**

@@ -307,9 +307,14 @@ impl Lifecycle {
                 return self.reload_holding_calls(&slot, &a).map(Reloaded::Held);
             }
             let state = old.instance.save_state()?;
+            let saved_by = old.manifest.version.to_string();
             drop(old);
             self.pipeline
-                .build(&a, slot.next_generation_number(), state.as_deref())
+                .build(
+                    &a,
+                    slot.next_generation_number(),
+                    state.as_deref().map(|s| (s, saved_by.as_str())),
+                )
                 .map(|g| Reloaded::Built(Box::new(g)))
         })();
         let gen = match result {
@@ -373,7 +378,12 @@ impl Lifecycle {
         let built = (|| {
             slot.wait_quiet(&old, timeout)?;
             let state = old.instance.save_state()?;
-            self.pipeline.build(a, slot.next_generation_number(), state.as_deref())
+            let saved_by = old.manifest.version.to_string();
+            self.pipeline.build(
+                a,
+                slot.next_generation_number(),
+                state.as_deref().map(|s| (s, saved_by.as_str())),
+            )
         })();
         match built {
             Ok(gen) => {

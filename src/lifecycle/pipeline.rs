@@ -89,7 +89,9 @@ impl Pipeline {
 
     /// artifact → runtime → generation: read and verify the binary, start it with the
     /// runtime the manifest names (with the previous generation's state on reload).
-    pub(crate) fn build(&self, a: &Admitted<'_>, number: u64, restored: Option<&[u8]>) -> Result<Generation> {
+    /// `restored`: the previous generation's saved state and the version of the plugin that
+    /// saved it.
+    pub(crate) fn build(&self, a: &Admitted<'_>, number: u64, restored: Option<(&[u8], &str)>) -> Result<Generation> {
         let m = &a.file.manifest;
         let (_bin, art) = verified_binary(a.file, self.trust.policy())?;
         let sha256 = art.sha256_hex();
@@ -107,7 +109,8 @@ impl Pipeline {
             manifest: m,
             granted: a.granted,
             services: self.services.clone(),
-            restored_state: restored,
+            restored_state: restored.map(|(s, _)| s),
+            restored_state_version: restored.map(|(_, v)| v),
         };
         let instance = self.runtimes.instantiate(art, &ctx)?;
         // The SHA-256 of the exact bytes that run (equal to the pin when there is one).

@@ -28,8 +28,9 @@
 //! object with `{"restored_state": "<saved string>"}` and then calls `restoreState(saved)`
 //! (compat §2.5). Keel keeps that convention: the config is the manifest's `config` object with
 //! the key `restored_state` set to the saved state (replacing a `restored_state` key the
-//! manifest itself may have), then `restoreState(saved)` is called if the new object is an
-//! `IStatefulPlugin`. An empty saved state means "no state" (as in ThemisDB): no key, no
+//! manifest itself may have) and `restored_state_version` set to the version of the plugin
+//! that saved it (Keel's addition, so a new version can migrate), then `restoreState(saved)`
+//! is called if the new object is an `IStatefulPlugin`. An empty saved state means "no state" (as in ThemisDB): no key, no
 //! `restoreState`. Differences from ThemisDB, in favour of not losing state silently:
 //!
 //! * `saveState()` throwing fails the reload (`KEEL_ERR_STATE_SAVE`, old generation keeps
@@ -98,6 +99,9 @@ pub const FN_STATE: &str = "state";
 pub const FN_DIAGNOSTICS: &str = "diagnostics";
 /// The config key carrying the previous generation's state on reload (ThemisDB's convention).
 pub const RESTORED_STATE_KEY: &str = "restored_state";
+/// The config key carrying the version of the plugin that saved that state (Keel's addition,
+/// so that a new version can migrate an old state).
+pub const RESTORED_STATE_VERSION_KEY: &str = "restored_state_version";
 /// `PluginCapabilities` flags in declaration order, as named in `"info"`.
 pub const CAPABILITY_FLAGS: [&str; 7] = [
     "streaming",
@@ -333,6 +337,9 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<LegacyInstance>
     let restored = ctx.restored_state.filter(|s| !s.is_empty());
     let mut config = ctx.manifest.config.clone().unwrap_or_default();
     if let Some(state) = restored {
+        if let Some(v) = ctx.restored_state_version {
+            config.insert(RESTORED_STATE_VERSION_KEY.to_string(), Value::from(v));
+        }
         match std::str::from_utf8(state) {
             Ok(text) => {
                 config.insert(RESTORED_STATE_KEY.to_string(), Value::from(text));

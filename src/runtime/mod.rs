@@ -98,6 +98,12 @@ pub struct LoadContext<'a> {
     /// State saved from the previous generation on reload, handed to init where the ABI
     /// supports it (ThemisDB plugins get it as `{"restored_state": ...}`).
     pub restored_state: Option<&'a [u8]>,
+    /// The version (manifest `version`) of the plugin generation that saved
+    /// `restored_state`, so that a new version can migrate it. Handed over where the ABI has
+    /// a channel: ThemisDB plugins get it in their config as `restored_state_version`, native
+    /// plugins through `restore_state_versioned`, WASM plugins through
+    /// `keel_restore_state_versioned`.
+    pub restored_state_version: Option<&'a str>,
 }
 
 /// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM

@@ -68,6 +68,7 @@ pub struct RawVtable {
     pub save_state: Option<unsafe extern "C" fn(*mut c_void, *const RawOutput) -> i32>,
     pub restore_state: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> i32>,
     pub health: Option<unsafe extern "C" fn(*mut c_void) -> i32>,
+    pub restore_state_versioned: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const c_char) -> i32>,
 }
 
 /// The fields every ABI-1 vtable has (up to and including `shutdown`).
@@ -508,9 +509,32 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<NativeInstance>
     }
     inst.instance = instance;
     if let Some(state) = ctx.restored_state {
-        inst.restore_state(state)?;
+        match (inst.vt.restore_state_versioned, ctx.restored_state_version) {
+            (Some(restore), Some(version)) => inst.restore_versioned(restore, state, version)?,
+            _ => inst.restore_state(state)?,
+        }
     }
     Ok(inst)
+}
+
+impl NativeInstance {
+    /// `restore_state_versioned(instance, state, len, saved_by_version)`.
+    fn restore_versioned(
+        &self,
+        restore: unsafe extern "C" fn(*mut c_void, *const u8, usize, *const c_char) -> i32,
+        state: &[u8],
+        version: &str,
+    ) -> Result<()> {
+        let version = std::ffi::CString::new(version)
+            .map_err(|_| err!(KEEL_ERR_INTERNAL, "a plugin version contains a NUL byte"))?;
+        let _serial = self.serial.as_ref().map(|m| m.lock());
+        // SAFETY: per the ABI; `state` and `version` are valid for the call.
+        let rc = unsafe { restore(self.instance, state.as_ptr(), state.len(), version.as_ptr()) };
+        if rc != 0 {
+            bail!(KEEL_ERR_STATE_RESTORE, "restore_state_versioned returned {rc}");
+        }
+        Ok(())
+    }
 }
 
 impl Instance for NativeInstance {

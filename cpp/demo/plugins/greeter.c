@@ -71,8 +71,19 @@ static int32_t greeter_health(void *instance) {
 }
 
 static const keel_plugin_vtable greeter_vtable = {
-    KEEL_PLUGIN_ABI_VERSION, sizeof(keel_plugin_vtable), KEEL_PLUGIN_FLAG_SERIAL, "greeter", "1.0.0",
-    greeter_functions, 2, greeter_init, greeter_call, greeter_shutdown, greeter_save, greeter_restore, greeter_health,
+    .abi_version = KEEL_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(keel_plugin_vtable),
+    .flags = KEEL_PLUGIN_FLAG_SERIAL,
+    .name = "greeter",
+    .version = "1.0.0",
+    .functions = greeter_functions,
+    .function_count = 2,
+    .init = greeter_init,
+    .call = greeter_call,
+    .shutdown = greeter_shutdown,
+    .save_state = greeter_save,
+    .restore_state = greeter_restore,
+    .health = greeter_health,
 };
 
 KEEL_DEFINE_PLUGIN(greeter_vtable)

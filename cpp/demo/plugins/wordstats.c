@@ -41,8 +41,16 @@ static int32_t wordstats_call(void *instance, uint32_t function, const uint8_t *
 static void wordstats_shutdown(void *instance) { (void)instance; }
 
 static const keel_plugin_vtable wordstats_vtable = {
-    KEEL_PLUGIN_ABI_VERSION, sizeof(keel_plugin_vtable), 0, "wordstats", "1.0.0", wordstats_functions, 1,
-    wordstats_init, wordstats_call, wordstats_shutdown, NULL, NULL, NULL,
+    .abi_version = KEEL_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(keel_plugin_vtable),
+    .flags = 0,
+    .name = "wordstats",
+    .version = "1.0.0",
+    .functions = wordstats_functions,
+    .function_count = 1,
+    .init = wordstats_init,
+    .call = wordstats_call,
+    .shutdown = wordstats_shutdown,
 };
 
 KEEL_DEFINE_PLUGIN(wordstats_vtable)

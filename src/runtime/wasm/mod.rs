@@ -202,6 +202,12 @@ const EXPORTS: &[(&str, bool, &[Type], &[Type])] = &[
     ("keel_init", false, &[Type::I32, Type::I32], &[Type::I64]),
     ("keel_save_state", false, &[], &[Type::I64]),
     ("keel_restore_state", false, &[Type::I32, Type::I32], &[Type::I64]),
+    (
+        "keel_restore_state_versioned",
+        false,
+        &[Type::I32, Type::I32, Type::I32, Type::I32],
+        &[Type::I64],
+    ),
     ("keel_health", false, &[], &[Type::I32]),
     ("_initialize", false, &[], &[]),
 ];
@@ -271,6 +277,7 @@ impl WasmRuntime {
             dog: self.dog.clone(),
             pooled,
             restored: Mutex::new(ctx.restored_state.map(Arc::from)),
+            restored_version: Mutex::new(ctx.restored_state_version.map(Arc::from)),
             epoch: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
         };
@@ -436,6 +443,7 @@ fn check_module(
             init: has("keel_init"),
             save_state: has("keel_save_state"),
             restore_state: has("keel_restore_state"),
+            restore_state_versioned: has("keel_restore_state_versioned"),
             health: has("keel_health"),
             initialize: has("_initialize"),
         },

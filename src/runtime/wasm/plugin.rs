@@ -42,6 +42,7 @@ pub struct OptionalExports {
     pub init: bool,
     pub save_state: bool,
     pub restore_state: bool,
+    pub restore_state_versioned: bool,
     pub health: bool,
     pub initialize: bool,
 }
@@ -63,6 +64,9 @@ pub struct PluginShared {
     /// State handed over on reload (or by restore_state in pooled mode), applied to new
     /// instances: to the first one only in serial mode, to every new one in pooled mode.
     pub restored: Mutex<Option<Arc<[u8]>>>,
+    /// The version of the plugin that saved `restored` (None when the server restored a
+    /// state itself through `restore_state`).
+    pub restored_version: Mutex<Option<Arc<str>>>,
     /// Bumped by restore_state in pooled mode; instances of older epochs are dropped.
     pub epoch: AtomicU64,
     /// Linear memory of every live instance, in bytes (`plugin_memory_bytes`): each instance
@@ -129,6 +133,7 @@ struct Fns {
     init: Option<TypedFunction<(i32, i32), i64>>,
     save_state: Option<TypedFunction<(), i64>>,
     restore_state: Option<TypedFunction<(i32, i32), i64>>,
+    restore_state_versioned: Option<TypedFunction<(i32, i32, i32, i32), i64>>,
     health: Option<TypedFunction<(), i32>>,
     initialize: Option<TypedFunction<(), ()>>,
 }
@@ -362,6 +367,7 @@ impl Guest {
             init: get!(opt o.init, "keel_init"),
             save_state: get!(opt o.save_state, "keel_save_state"),
             restore_state: get!(opt o.restore_state, "keel_restore_state"),
+            restore_state_versioned: get!(opt o.restore_state_versioned, "keel_restore_state_versioned"),
             health: get!(opt o.health, "keel_health"),
             initialize: get!(opt o.initialize, "_initialize"),
         };
@@ -448,7 +454,10 @@ impl Guest {
             }
         };
         if let Some(state) = state {
-            if self.fns.restore_state.is_some() {
+            let version = self.ctl.shared.restored_version.lock().clone();
+            if let (Some(v), true) = (version, self.fns.restore_state_versioned.is_some()) {
+                self.restore_state_versioned(&state, &v)?;
+            } else if self.fns.restore_state.is_some() {
                 self.restore_state(&state)?;
             } else {
                 let shared = &self.ctl.shared;
@@ -640,6 +649,32 @@ impl Guest {
             return Ok(());
         };
         let r = ctl.enter(store, &what, |s| restore.call(s, ptr as i32, state.len() as i32))?;
+        let (is_err, p, l) = decode_result(r);
+        if is_err {
+            let msg = ctl.guest_message(store, p, l);
+            bail!(KEEL_ERR_STATE_RESTORE, "{}: {msg}", what(&ctl.shared.name));
+        }
+        Ok(())
+    }
+
+    /// `keel_restore_state_versioned(state, len, version, version_len)`: the state and the
+    /// version of the plugin that saved it, staged together in the input buffer.
+    fn restore_state_versioned(&mut self, state: &[u8], version: &str) -> Result<()> {
+        let mut staged = Vec::with_capacity(state.len() + version.len());
+        staged.extend_from_slice(state);
+        staged.extend_from_slice(version.as_bytes());
+        let ptr = self.stage(&staged)?;
+        let what = |n: &str| format!("plugin '{n}' keel_restore_state_versioned");
+        let Guest { store, fns, ctl, .. } = self;
+        let Some(restore) = &fns.restore_state_versioned else {
+            return Ok(());
+        };
+        let (sl, vp, vl) = (
+            state.len() as i32,
+            ptr as i32 + state.len() as i32,
+            version.len() as i32,
+        );
+        let r = ctl.enter(store, &what, |s| restore.call(s, ptr as i32, sl, vp, vl))?;
         let (is_err, p, l) = decode_result(r);
         if is_err {
             let msg = ctl.guest_message(store, p, l);
@@ -853,6 +888,7 @@ impl Instance for WasmPlugin {
                 // Every instance created from now on starts from this state; idle instances
                 // of the old state are dropped now, busy ones when they are next claimed.
                 *self.shared.restored.lock() = Some(Arc::from(state));
+                *self.shared.restored_version.lock() = None;
                 let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
                 pool.retain(|g| g.ctl.epoch == epoch);
                 // Check the state is accepted (and keep the instance that took it).

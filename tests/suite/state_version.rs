@@ -1,0 +1,127 @@
+//! Saved state carries the version of the plugin that saved it, so a new version can migrate
+//! it: a reload from 1.0.0 to 1.1.0 hands "1.0.0" to the new generation of a native plugin
+//! (`restore_state_versioned`), a WASM plugin (`keel_restore_state_versioned`) and a ThemisDB
+//! plugin (`restored_state_version` in its initialize config); plugins without the versioned
+//! hook still get their state through the plain one.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keel::registry::Slot;
+use keel::runtime::legacy::LegacyInstance;
+use serde_json::json;
+
+fn host() -> keel::Host {
+    let h = keel::Host::new();
+    h.trust().set_require_signature(false).unwrap();
+    h
+}
+
+fn call(slot: &Slot, f: &str) -> Vec<u8> {
+    let id = slot.resolve(f).unwrap();
+    let mut out = Vec::new();
+    slot.call(id, b"", &mut out).unwrap_or_else(|e| panic!("{f}: {e}"));
+    out
+}
+
+/// Rewrite the manifest at `path` with another version (same binary, same pin).
+fn bump_version(path: &Path, version: &str) {
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    m["version"] = json!(version);
+    std::fs::write(path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn reload_to_1_1(host: &keel::Host, slot: &Arc<Slot>, manifest: &Path, name: &str) {
+    bump_version(manifest, "1.1.0");
+    host.reload(name).unwrap();
+    assert_eq!(slot.current().unwrap().manifest.version.to_string(), "1.1.0");
+}
+
+#[test]
+fn native_plugins_get_the_savers_version_through_restore_state_versioned() {
+    let dir = common::tempdir("state-version-native");
+    let so = common::build_native("echo", &["ECHO_HEALTH", "ECHO_VERSIONED"], &dir, "libecho.so");
+    let m = common::write_manifest(&dir, "echo", "1.0.0", &so, json!({}));
+    let host = host();
+    let slot = host.load(&m).unwrap();
+    assert_eq!(call(&slot, "restored_from"), b"");
+    call(&slot, "echo");
+    reload_to_1_1(&host, &slot, &m, "echo");
+    assert_eq!(call(&slot, "restored_from"), b"1.0.0");
+    // The state itself came along: the call count of every generation (3 before, this one).
+    assert_eq!(call(&slot, "calls"), b"4");
+    // And the next reload hands over the version that saved it then.
+    host.reload("echo").unwrap();
+    assert_eq!(call(&slot, "restored_from"), b"1.1.0");
+
+    // A plugin without the versioned hook keeps getting its state through restore_state.
+    let dir = common::tempdir("state-version-native-plain");
+    let so = common::build_native("echo", &["ECHO_HEALTH"], &dir, "libecho.so");
+    let m = common::write_manifest(&dir, "plain", "1.0.0", &so, json!({}));
+    let slot = host.load(&m).unwrap();
+    call(&slot, "echo");
+    reload_to_1_1(&host, &slot, &m, "plain");
+    assert_eq!(call(&slot, "calls"), b"2");
+}
+
+#[test]
+fn wasm_plugins_get_the_savers_version_through_keel_restore_state_versioned() {
+    let dir = common::tempdir("state-version-wasm");
+    let wasm = dir.join("counter.wasm");
+    let bytes = wat::parse_file(common::repo().join("tests/fixtures/wasm/counter_versioned.wat")).unwrap();
+    std::fs::write(&wasm, bytes).unwrap();
+    let m = common::write_manifest(
+        &dir,
+        "counter",
+        "1.0.0",
+        &wasm,
+        json!({"runtime": "wasm", "binary": {"wasm32": "counter.wasm"}}),
+    );
+    let host = host();
+    let slot = host.load(&m).unwrap();
+    assert_eq!(call(&slot, "from"), b"");
+    call(&slot, "incr");
+    call(&slot, "incr");
+    reload_to_1_1(&host, &slot, &m, "counter");
+    assert_eq!(call(&slot, "from"), b"1.0.0");
+    assert_eq!(call(&slot, "get"), 2u64.to_le_bytes());
+}
+
+#[test]
+fn themisdb_plugins_get_the_savers_version_in_their_initialize_config() {
+    let dir = common::tempdir("state-version-legacy");
+    let so = common::build_cxx("themis/legacy_plugin.cpp", &[], &dir, "liblegacy.so");
+    let m = common::write_manifest(
+        &dir,
+        "legacy",
+        "1.0.0",
+        &so,
+        json!({"runtime": "themis", "config": {"k": 1}}),
+    );
+    let host = host();
+    let slot = host.load(&m).unwrap();
+    reload_to_1_1(&host, &slot, &m, "legacy");
+    let g = slot.current().unwrap();
+    let inst = g.instance.as_any().unwrap().downcast_ref::<LegacyInstance>().unwrap();
+    // getInstance() of the fixture exposes the config its initialize received.
+    #[repr(C)]
+    struct Api {
+        magic: u32,
+        self_: *mut std::ffi::c_void,
+        bump: unsafe extern "C" fn(*mut std::ffi::c_void) -> i64,
+        count: unsafe extern "C" fn(*mut std::ffi::c_void) -> i64,
+        tag: unsafe extern "C" fn(*mut std::ffi::c_void) -> *const std::ffi::c_char,
+        config: unsafe extern "C" fn(*mut std::ffi::c_void) -> *const std::ffi::c_char,
+    }
+    let api = inst.themis_instance().unwrap() as *const Api;
+    // SAFETY: the fixture's API object, alive while `g` (the generation) is held.
+    let text = unsafe { std::ffi::CStr::from_ptr(((*api).config)((*api).self_)) }
+        .to_string_lossy()
+        .into_owned();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["restored_state_version"], "1.0.0", "{config}");
+    assert_eq!(config["k"], 1, "the manifest's config is kept: {config}");
+    assert!(config["restored_state"].is_string(), "{config}");
+}
