@@ -205,7 +205,7 @@ fn a_wasm_call_cancelled_while_it_runs_is_interrupted_and_sees_its_context() {
     let path = wasm_plugin(
         &d,
         "cancel_loop",
-        json!({"instances": "pooled", "limits": {"timeout_ms": 60_000, "fuel_per_call": 1_000_000_000_000u64}}),
+        json!({"limits": {"timeout_ms": 60_000, "fuel_per_call": 1_000_000_000_000u64}}),
     );
     let (host, started, seen) = logging_host();
     let slot = host.load(&path).unwrap();
