@@ -401,4 +401,40 @@ mod tests {
         }
         assert!(w.disarm(1));
     }
+
+    #[test]
+    fn a_cancelled_token_fires_long_before_the_deadline() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_secs(3600));
+        let token = crate::services::call::CancelToken::new();
+        w.set_call(Duration::from_secs(3600), Some(token.state()));
+        w.arm(1);
+        token.cancel();
+        // Without the cancel this would wait an hour.
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
+        w.clear_call();
+        // The next call, without a token, is not interrupted.
+        w.arm(2);
+        assert!(!w.disarm(2));
+        assert!(w.cancel.load().is_none());
+    }
+
+    #[test]
+    fn a_per_call_deadline_replaces_the_plugins_for_that_call_only() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_secs(3600));
+        w.set_call(Duration::from_millis(5), None);
+        w.arm(1);
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
+        w.clear_call();
+        assert_eq!(w.timeout_now(), Duration::from_secs(3600));
+    }
 }
