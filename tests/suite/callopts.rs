@@ -245,6 +245,49 @@ fn a_wasm_call_cancelled_while_it_runs_is_interrupted_and_sees_its_context() {
 }
 
 #[test]
+fn a_cancel_never_reaches_the_next_call_on_the_same_instance() {
+    let d = tempdir("callopts-wasm-next");
+    let path = wasm_plugin(
+        &d,
+        "cancel_loop",
+        json!({"limits": {"timeout_ms": 60_000, "fuel_per_call": 1_000_000_000_000u64}}),
+    );
+    let (host, started, _) = logging_host();
+    let slot = host.load(&path).unwrap();
+    let (spin, count) = (slot.resolve("spin").unwrap(), slot.resolve("count").unwrap());
+    for _ in 0..25 {
+        started.store(false, Ordering::SeqCst);
+        let token = CancelToken::new();
+        let (t2, s2) = (token.clone(), slot.clone());
+        let call = std::thread::spawn(move || {
+            let o = CallOptions {
+                cancel: Some(&t2),
+                ..CallOptions::default()
+            };
+            s2.call_with(spin, b"", &mut Vec::new(), &o)
+        });
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        token.cancel();
+        assert_eq!(call.join().unwrap().unwrap_err().status(), KEEL_ERR_CANCELLED);
+        // Right after: calls with a live token, with other options and plain ones all finish
+        // (the serial instance is the fresh one that replaced the cancelled one).
+        let live = CancelToken::new();
+        let o = CallOptions {
+            cancel: Some(&live),
+            deadline: Some(Duration::from_secs(30)),
+            ..CallOptions::default()
+        };
+        let mut out = Vec::new();
+        slot.call_with(count, &[20], &mut out, &o).unwrap();
+        assert_eq!(out, b"done");
+        slot.call(count, &[20], &mut out).unwrap();
+        assert_eq!(out, b"done");
+    }
+}
+
+#[test]
 fn a_token_cancelled_before_the_call_means_the_call_is_not_run() {
     let d = tempdir("callopts-precancel");
     let host = TestHost::new();
