@@ -155,6 +155,10 @@ pub enum keel_status {
     KEEL_ERR_DEADLINE = 802,
     /// The output exceeded the maximum output size.
     KEEL_ERR_OUTPUT_TOO_LARGE = 803,
+    /// The call's cancel token was cancelled: before the call started (it was not run), or
+    /// while it ran (a WASM call was interrupted and its instance discarded; a native plugin
+    /// saw `cancelled()` and returned failure).
+    KEEL_ERR_CANCELLED = 804,
 
     // 9xx: state and lifecycle.
     /// In-flight calls did not finish within the drain timeout; the old code stays mapped

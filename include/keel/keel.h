@@ -279,6 +279,12 @@ enum keel_status
    */
   KEEL_ERR_OUTPUT_TOO_LARGE = 803,
   /**
+   * The call's cancel token was cancelled: before the call started (it was not run), or
+   * while it ran (a WASM call was interrupted and its instance discarded; a native plugin
+   * saw `cancelled()` and returned failure).
+   */
+  KEEL_ERR_CANCELLED = 804,
+  /**
    * In-flight calls did not finish within the drain timeout; the old code stays mapped
    * until they do.
    */
@@ -446,6 +452,16 @@ typedef uint32_t keel_lifecycle_state;
  * one buffer per thread.
  */
 typedef struct keel_buffer keel_buffer;
+
+/**
+ * A cancel token: created by the server (`keel_cancel_token_new`), handed to any number of
+ * calls through `keel_call_options.cancel`, cancelled from any thread at any time
+ * (`keel_cancel_token_cancel`), released with `keel_cancel_token_free`. Reference-counted:
+ * every handle (from `_new` or `_clone`) is released once, and a call that was given the
+ * token holds its own reference until it returns, so freeing the server's handle while a
+ * call runs is safe. Thread-safe: every function may be called from any thread at once.
+ */
+typedef struct keel_cancel_token keel_cancel_token;
 
 /**
  * A Keel host: the registry of loaded plugins plus policy and runtimes.
@@ -668,6 +684,59 @@ typedef void (*keel_listener_fn)(const char *plugin,
  * delivery uses it any more.
  */
 typedef void (*keel_user_data_free_fn)(void *user_data);
+
+/**
+ * Options of one call (`keel_call_with`). Zero-initialise it, set `struct_size` to
+ * `sizeof(keel_call_options)`, then set the fields you need; every zero or NULL field means
+ * "as `keel_call`". The struct grows at its end in later versions: the host accepts any
+ * `struct_size` from the size of this first version up to 4096 bytes, as long as the bytes
+ * it does not know are zero. Borrowed for the call (the strings too); never kept.
+ */
+typedef struct {
+  /**
+   * `sizeof(keel_call_options)` as the caller was compiled (at least this version's).
+   */
+  uint32_t struct_size;
+  /**
+   * Reserved: must be 0.
+   */
+  uint32_t flags;
+  /**
+   * Wall-clock budget of this call in microseconds; 0: the plugin's own. Capped at the
+   * plugin's deadline (its manifest's `limits.timeout_ms`, itself capped by the node's
+   * ceiling): a larger value is not an error, the call simply gets the plugin's deadline.
+   * WASM: the call is interrupted when it passes (`KEEL_ERR_DEADLINE`, instance
+   * discarded). Native: the plugin sees it through its `cancelled()` host-API entry; a
+   * failure it returns after the deadline is `KEEL_ERR_DEADLINE` (native code cannot be
+   * interrupted, and has no deadline of its own to cap this one).
+   */
+  uint64_t deadline_us;
+  /**
+   * Fuel (WASM instruction budget) of this call; 0: the plugin's own. Capped at the
+   * plugin's `limits.fuel_per_call` (after the node's ceiling); running out is
+   * `KEEL_ERR_CPU_BUDGET`. Ignored by native plugins and by WASM runtimes configured
+   * without metering (nothing counts instructions there).
+   */
+  uint64_t fuel;
+  /**
+   * A cancel token, or NULL. Borrowed: the call takes its own reference for its duration.
+   */
+  const keel_cancel_token *cancel;
+  /**
+   * The server's opaque pointer (session, transaction), handed as is to host functions the
+   * call reaches. Keel never dereferences it.
+   */
+  void *user_context;
+  /**
+   * Tenant id (NUL-terminated UTF-8, at most 256 bytes, no control characters), or NULL.
+   */
+  const char *tenant;
+  /**
+   * W3C Trace Context `traceparent` value (NUL-terminated,
+   * `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower-case), or NULL.
+   */
+  const char *traceparent;
+} keel_call_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1372,6 +1441,83 @@ keel_status keel_discover_manifests(const char *dir, keel_buffer *out);
  * `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`, `KEEL_ERR_FILE_TOO_LARGE`, `KEEL_ERR_MANIFEST_*`.
  */
 keel_status keel_manifest_read(const char *path, keel_buffer *out);
+
+/**
+ * Call a plugin function with options: as `keel_call`, and for the call's duration the
+ * options are the call's context (host functions read `user_context`, tenant and
+ * traceparent; the log sink gets the trace id).
+ *
+ * `opts == NULL`, or options with every field zero/NULL, behave exactly as `keel_call`.
+ * `opts` and everything it points to are borrowed for the call.
+ *
+ * Cancellation: a token already cancelled when the call starts: the call is not run,
+ * `KEEL_ERR_CANCELLED`. Cancelled while a WASM call runs: the guest is interrupted
+ * promptly, the call returns `KEEL_ERR_CANCELLED`, and the instance it ran on is discarded
+ * exactly as after a deadline or a trap: the next call gets a fresh instance, created as at
+ * load (`keel_init` runs again), and whatever the discarded instance held in its memory is
+ * lost; other instances of a pooled plugin are untouched. Cancelled while a native call runs: the plugin sees it
+ * through its `cancelled()` entry; if it then returns failure the call returns
+ * `KEEL_ERR_CANCELLED`, if it returns success the result is delivered (the work was done).
+ * A call that finishes before the cancel reaches it returns its result. ThemisDB plugins
+ * cannot observe a cancel mid-call (their ABI has no such entry): only the check before the
+ * call applies.
+ *
+ * Thread-safe as `keel_call` (one output buffer per thread). No lock is taken; with a
+ * token, the call takes and drops one reference on it.
+ *
+ * Errors: every error of `keel_call`, and `KEEL_ERR_CANCELLED`;
+ * `KEEL_ERR_INVALID_ARGUMENT` (`struct_size` smaller than this version's or larger than
+ * 4096, non-zero unknown bytes or `flags`, a malformed `traceparent`, a tenant too long or
+ * with control characters), `KEEL_ERR_INVALID_UTF8` (`tenant`, `traceparent`).
+ */
+keel_status keel_call_with(const keel_plugin *plugin,
+                           keel_function function,
+                           const uint8_t *input,
+                           size_t input_len,
+                           const keel_call_options *opts,
+                           keel_buffer *out);
+
+/**
+ * Create a cancel token (not cancelled). `*out` receives a handle owned by the caller
+ * (release with `keel_cancel_token_free`). Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`out`).
+ */
+keel_status keel_cancel_token_new(keel_cancel_token **out);
+
+/**
+ * Another handle to the same token (for another owner, e.g. another thread); `*out`
+ * receives it, owned by the caller (release with `keel_cancel_token_free`). Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`token`, `out`).
+ */
+keel_status keel_cancel_token_clone(const keel_cancel_token *token, keel_cancel_token **out);
+
+/**
+ * Cancel the token: every call it was or will be given stops (see `keel_call_with`).
+ * Sticky and idempotent; callable from any thread at any time, also while calls using the
+ * token run. Never blocks on a call (it wakes the WASM watchdogs and returns).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`token`).
+ */
+keel_status keel_cancel_token_cancel(const keel_cancel_token *token);
+
+/**
+ * Whether the token has been cancelled: `*out` receives it. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`token`, `out`).
+ */
+keel_status keel_cancel_token_is_cancelled(const keel_cancel_token *token, bool *out);
+
+/**
+ * Release a token handle. NULL is accepted and ignored. Calls running with the token keep
+ * their own reference, so this is safe while they run (they can still be cancelled through
+ * other handles, not through this one). Thread-safe with respect to other handles; this
+ * handle must not be used after or during the call.
+ *
+ * Errors: none (always `KEEL_OK`).
+ */
+keel_status keel_cancel_token_free(keel_cancel_token *token);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -59,8 +59,13 @@
 #include "rust/cxx.h"
 #include "keel/src/bridge/mod.rs.h"
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <string_view>
+#include <utility>
 
 namespace keel {
 
@@ -99,6 +104,211 @@ inline keel_status error_status(const rust::Error &e) noexcept {
  *  lives; never pass it to keel_host_free. Thread-safety as the C function used. */
 inline keel_host *c_host(const Host &host) noexcept {
     return reinterpret_cast<keel_host *>(host.c_handle());
+}
+
+// ---- callopts ----
+//
+// Calls with options (keel_call_with) and cancel tokens, header-only over the C ABI (no
+// bridge involved): keel::CancelToken (RAII, shareable), keel::CallOptions (std types),
+// keel::PluginRef (a C plugin handle, RAII), keel::Buffer (a reusable output buffer) and
+// keel::call_with(). Errors are thrown as keel::CallError (a std::runtime_error whose what()
+// has the same "<status name> (<code>): <message>" form as rust::Error; status() gives the
+// code). See docs/services-callopts.md.
+//
+//     keel::PluginRef plugin(host, "search");              // resolve once
+//     const keel_function query = plugin.function("query");
+//     keel::CancelToken token;                              // cancel it from any thread
+//     keel::CallOptions opts;
+//     opts.deadline = std::chrono::milliseconds(250);       // capped at the plugin's own
+//     opts.cancel = token;                                  // a reference to the same token
+//     opts.tenant = "tenant-7";
+//     opts.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+//     keel::Buffer out;                                     // reuse per thread
+//     keel::call_with(plugin, query, keel::bytes("..."), opts, out);
+//     std::string_view result = out.view();
+
+/** A keel_status failure from the C ABI wrappers below. */
+class CallError : public std::runtime_error {
+public:
+    CallError(keel_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
+    keel_status status() const noexcept { return status_; }
+
+    /** Throw the calling thread's last error for `s` (when `s` is not KEEL_OK). */
+    static void check(keel_status s) {
+        if (s == KEEL_OK) {
+            return;
+        }
+        const char *name = "KEEL_ERR_UNKNOWN";
+        keel_status_name(static_cast<std::uint32_t>(s), &name);
+        const char *msg = "";
+        keel_last_error_message(&msg);
+        throw CallError(s, std::string(name) + " (" + std::to_string(static_cast<std::uint32_t>(s)) + "): " + msg);
+    }
+
+private:
+    keel_status status_;
+};
+
+/** A cancel token (keel_cancel_token). Copying gives another reference to the same token
+ *  (keel_cancel_token_clone), so a copy may be handed to another thread and cancelled there;
+ *  moving transfers the reference (the moved-from token is empty: c_handle() is NULL and
+ *  cancel()/cancelled() do nothing/return false). Destroying a token releases its reference;
+ *  a call running with it holds its own, so that is safe at any time. cancel() and
+ *  cancelled() are thread-safe and noexcept. The constructor and copies throw CallError only
+ *  if the C ABI fails (out of memory aborts, as everywhere in Keel). */
+class CancelToken {
+public:
+    CancelToken() { CallError::check(keel_cancel_token_new(&t_)); }
+    CancelToken(const CancelToken &o) {
+        if (o.t_ != nullptr) {
+            CallError::check(keel_cancel_token_clone(o.t_, &t_));
+        }
+    }
+    CancelToken(CancelToken &&o) noexcept : t_(o.t_) { o.t_ = nullptr; }
+    CancelToken &operator=(const CancelToken &o) {
+        if (this != &o) {
+            CancelToken copy(o);
+            std::swap(t_, copy.t_);
+        }
+        return *this;
+    }
+    CancelToken &operator=(CancelToken &&o) noexcept {
+        std::swap(t_, o.t_);
+        return *this;
+    }
+    ~CancelToken() { keel_cancel_token_free(t_); }
+
+    /** Cancel every call this token was or will be given. Idempotent, any thread, any time. */
+    void cancel() const noexcept {
+        if (t_ != nullptr) {
+            keel_cancel_token_cancel(t_);
+        }
+    }
+    bool cancelled() const noexcept {
+        bool c = false;
+        if (t_ != nullptr) {
+            keel_cancel_token_is_cancelled(t_, &c);
+        }
+        return c;
+    }
+    /** The C handle (borrowed; valid while this token holds it). */
+    keel_cancel_token *c_handle() const noexcept { return t_; }
+
+private:
+    keel_cancel_token *t_ = nullptr;
+};
+
+/** Options of one call; every field unset means "as a plain call". Reuse one per thread:
+ *  a call reads it and allocates nothing. */
+struct CallOptions {
+    /** Wall-clock budget (capped at the plugin's deadline; a longer one is not an error).
+     *  Coarser durations convert implicitly (std::chrono::milliseconds(5)). Zero or negative:
+     *  an already-expired deadline (1 µs). */
+    std::optional<std::chrono::microseconds> deadline;
+    /** WASM fuel (capped at the plugin's budget); ignored by native plugins. 0: as unset. */
+    std::optional<std::uint64_t> fuel;
+    /** The call's cancel token (a reference to the caller's: copy a CancelToken in). */
+    std::optional<CancelToken> cancel;
+    /** The server's opaque context (session, transaction) for host functions. Not owned. */
+    void *user_context = nullptr;
+    /** Tenant id (UTF-8, at most 256 bytes); empty: none. */
+    std::string tenant;
+    /** W3C traceparent; empty: none. Checked by Keel (KEEL_ERR_INVALID_ARGUMENT if malformed). */
+    std::string traceparent;
+};
+
+/** An owning C plugin handle (keel_plugin *), for C ABI functions such as keel_call_with.
+ *  Move-only; thread-safe to use from many threads at once (as the C handle). */
+class PluginRef {
+public:
+    /** The loaded plugin `name` of `host` (throws CallError: KEEL_ERR_PLUGIN_NOT_FOUND, ...). */
+    PluginRef(const Host &host, const std::string &name) {
+        CallError::check(keel_plugin_get(c_host(host), name.c_str(), &p_));
+    }
+    /** Adopt a handle from keel_host_load / keel_plugin_get (released by the destructor). */
+    explicit PluginRef(keel_plugin *adopt) noexcept : p_(adopt) {}
+    PluginRef(const PluginRef &) = delete;
+    PluginRef &operator=(const PluginRef &) = delete;
+    PluginRef(PluginRef &&o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+    PluginRef &operator=(PluginRef &&o) noexcept {
+        std::swap(p_, o.p_);
+        return *this;
+    }
+    ~PluginRef() { keel_plugin_free(p_); }
+
+    /** Resolve a function (throws CallError). */
+    keel_function function(const std::string &name) const {
+        keel_function f = 0;
+        CallError::check(keel_plugin_function(p_, name.c_str(), &f));
+        return f;
+    }
+    keel_plugin *c_handle() const noexcept { return p_; }
+
+private:
+    keel_plugin *p_ = nullptr;
+};
+
+/** A keel_buffer (RAII, move-only): a call's output, its memory reused across calls. Not
+ *  thread-safe: one per thread. */
+class Buffer {
+public:
+    Buffer() { CallError::check(keel_buffer_new(&b_)); }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    Buffer(Buffer &&o) noexcept : b_(o.b_) { o.b_ = nullptr; }
+    Buffer &operator=(Buffer &&o) noexcept {
+        std::swap(b_, o.b_);
+        return *this;
+    }
+    ~Buffer() { keel_buffer_free(b_); }
+
+    /** The content (valid until the next call writes the buffer). */
+    std::string_view view() const noexcept {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        if (b_ == nullptr || keel_buffer_data(b_, &d, &n) != KEEL_OK || n == 0) {
+            return std::string_view();
+        }
+        return std::string_view(reinterpret_cast<const char *>(d), n);
+    }
+    keel_buffer *c_handle() const noexcept { return b_; }
+
+private:
+    keel_buffer *b_ = nullptr;
+};
+
+/** keel_call_with: call `function` of `plugin` on `input` with `opts`; the result goes into
+ *  `out` (empty on failure). Throws CallError with the call's status (KEEL_ERR_CANCELLED,
+ *  KEEL_ERR_DEADLINE, KEEL_ERR_INVALID_ARGUMENT for a bad traceparent or a string with an
+ *  embedded NUL, ...). Thread-safe as keel_call_with (one Buffer per thread); allocates
+ *  nothing itself. */
+inline void call_with(const PluginRef &plugin, keel_function function, rust::Slice<const std::uint8_t> input,
+                      const CallOptions &opts, Buffer &out) {
+    keel_call_options o{};
+    o.struct_size = sizeof(keel_call_options);
+    if (opts.deadline) {
+        const auto us = opts.deadline->count();
+        o.deadline_us = us <= 0 ? 1 : static_cast<std::uint64_t>(us);
+    }
+    o.fuel = opts.fuel.value_or(0);
+    o.cancel = opts.cancel ? opts.cancel->c_handle() : nullptr;
+    o.user_context = opts.user_context;
+    for (const std::string *s : {&opts.tenant, &opts.traceparent}) {
+        if (s->find('\0') != std::string::npos) {
+            throw CallError(KEEL_ERR_INVALID_ARGUMENT,
+                            std::string("KEEL_ERR_INVALID_ARGUMENT (") +
+                                std::to_string(static_cast<std::uint32_t>(KEEL_ERR_INVALID_ARGUMENT)) +
+                                "): call options: tenant and traceparent must not contain NUL bytes");
+        }
+    }
+    o.tenant = opts.tenant.empty() ? nullptr : opts.tenant.c_str();
+    o.traceparent = opts.traceparent.empty() ? nullptr : opts.traceparent.c_str();
+    CallError::check(keel_call_with(plugin.c_handle(), function, input.data(), input.size(), &o, out.c_handle()));
+}
+
+/** keel_call: a plain call through a PluginRef (throws CallError). */
+inline void call(const PluginRef &plugin, keel_function function, rust::Slice<const std::uint8_t> input, Buffer &out) {
+    CallError::check(keel_call(plugin.c_handle(), function, input.data(), input.size(), out.c_handle()));
 }
 
 } // namespace keel

@@ -73,6 +73,10 @@ typedef struct keel_output {
  * What the host offers the plugin. Entries are present only for capabilities the
  * manifest declares and the node allows; the others are NULL, always check before
  * calling. All entries are thread-safe. `ctx` is passed back as the first argument.
+ *
+ * The table grows at its end. A field past `kv_delete` exists only if `struct_size` covers
+ * it: check `api->struct_size >= offsetof(keel_host_api, field) + sizeof(api->field)`
+ * (and the pointer for NULL) before reading it, so the plugin also runs on older hosts.
  */
 typedef struct keel_host_api {
     /** KEEL_PLUGIN_ABI_VERSION of the host. */
@@ -92,6 +96,17 @@ typedef struct keel_host_api {
     int32_t (*kv_put)(void *ctx, const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len);
     /** capability "kv:write": delete `key`. 0 = deleted, 1 = was absent. */
     int32_t (*kv_delete)(void *ctx, const uint8_t *key, size_t key_len);
+    /**
+     * No capability (always present on hosts that have it; check `struct_size`): 1 if the
+     * call this thread is running should stop — the server cancelled its cancel token, or
+     * the call's per-call deadline (`keel_call_with`) has passed — else 0. 0 outside a call
+     * made with options. Call it on the thread that runs `call` (the call context is
+     * per thread). Poll it in long loops; once it returns 1, stop and return non-zero: the
+     * host then reports KEEL_ERR_CANCELLED (or KEEL_ERR_DEADLINE) to the server. Returning 0
+     * (success) reports the output as a success: only do so if the work was done. Cheap
+     * (an atomic load; a clock read only when a deadline is set); never blocks.
+     */
+    int32_t (*cancelled)(void *ctx);
 } keel_host_api;
 
 /**

@@ -78,11 +78,12 @@ use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
 use crate::capability::Capabilities;
-use crate::error::Result;
+use crate::error::{keel_status, Result};
 use crate::health_state::HealthCell;
 use crate::manifest::Manifest;
 use crate::metrics::PluginMetrics;
 use crate::runtime::Instance;
+use crate::services::call::{self, CallOptions};
 use crate::{bail, err};
 
 /// Functions a host may resolve per plugin (distinct names).
@@ -242,8 +243,72 @@ impl Slot {
     pub fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
         self.cell.with_current(|gen| match gen {
             Some(g) => self.call_in(g, function, input, output),
-            None => self.call_held(function, input, output),
+            None => self.call_held(|g| self.call_in(g, function, input, output)),
         })
+    }
+
+    /// A call with options ([`CallOptions`]): as [`Slot::call`], with `opts` this thread's
+    /// current call context for the call's duration. A token already cancelled: the call is
+    /// not run (`KEEL_ERR_CANCELLED`). A deadline is capped at the plugin's own
+    /// ([`Instance::deadline_cap`]) and turned into the instant it expires. A plugin failure
+    /// (`KEEL_ERR_CALL_FAILED`) after the token was cancelled is reported as
+    /// `KEEL_ERR_CANCELLED`, after the deadline passed as `KEEL_ERR_DEADLINE`; a success is
+    /// reported as such (the work was done).
+    pub fn call_with(&self, function: u32, input: &[u8], output: &mut Vec<u8>, opts: &CallOptions<'_>) -> Result<()> {
+        if opts.token_cancelled() {
+            return Err(err!(
+                KEEL_ERR_CANCELLED,
+                "plugin '{}': the call's cancel token was cancelled before the call started; it was not run",
+                self.name
+            ));
+        }
+        self.cell.with_current(|gen| match gen {
+            Some(g) => self.call_in_with(g, function, input, output, opts),
+            None => self.call_held(|g| self.call_in_with(g, function, input, output, opts)),
+        })
+    }
+
+    fn call_in_with(
+        &self,
+        gen: &Generation,
+        function: u32,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        opts: &CallOptions<'_>,
+    ) -> Result<()> {
+        let idx = match gen.fn_map.get(function as usize) {
+            Some(a) => a.load(Ordering::Acquire),
+            None => UNRESOLVED,
+        };
+        if idx == UNRESOLVED {
+            return Err(self.no_function(function));
+        }
+        output.clear();
+        let mut local = *opts;
+        if let Some(d) = opts.deadline {
+            let d = gen.instance.deadline_cap().map_or(d, |cap| d.min(cap));
+            local.deadline = Some(d);
+            local.expires = Instant::now().checked_add(d);
+        }
+        let r = self
+            .metrics
+            .observe(|| call::with_options(&local, || gen.instance.call_with(idx, input, output, &local)));
+        match r {
+            Err(e) if e.status() == keel_status::KEEL_ERR_CALL_FAILED && local.token_cancelled() => Err(err!(
+                KEEL_ERR_CANCELLED,
+                "plugin '{}' failed after its call was cancelled: {}",
+                self.name,
+                e.message()
+            )),
+            Err(e) if e.status() == keel_status::KEEL_ERR_CALL_FAILED && local.is_expired() => Err(err!(
+                KEEL_ERR_DEADLINE,
+                "plugin '{}' failed after its call's deadline of {} ms had passed: {}",
+                self.name,
+                local.deadline.unwrap_or_default().as_millis(),
+                e.message()
+            )),
+            r => r,
+        }
     }
 
     /// No generation published: either unloaded, or a stateful reload holds calls. Wait for
@@ -251,7 +316,7 @@ impl Slot {
     /// that is published then.
     #[cold]
     #[inline(never)]
-    fn call_held(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+    fn call_held(&self, mut call_in: impl FnMut(&Generation) -> Result<()>) -> Result<()> {
         loop {
             let seq = self.hold.seq();
             if seq % 2 == 1 {
@@ -264,9 +329,7 @@ impl Slot {
                 }
                 continue;
             }
-            let done = self
-                .cell
-                .with_current(|gen| gen.map(|g| self.call_in(g, function, input, output)));
+            let done = self.cell.with_current(|gen| gen.map(&mut call_in));
             if let Some(r) = done {
                 return r;
             }

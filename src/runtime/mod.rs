@@ -38,6 +38,28 @@ pub trait Instance: Send + Sync {
     /// (which the caller has cleared). On error, `output`'s content is unspecified.
     fn call(&self, function: u32, input: &[u8], output: &mut Vec<u8>) -> Result<()>;
 
+    /// [`Instance::call`] for a call made with options. The caller has already made `opts`
+    /// this thread's current call context ([`crate::services::call::with_options`]), so
+    /// everything the call reaches can read it; a runtime overrides this to enforce what it
+    /// can (WASM: per-call fuel and deadline, interrupt on cancel). The default runs the
+    /// plain call: native code sees the context through its `cancelled()` entry.
+    fn call_with(
+        &self,
+        function: u32,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        _opts: &crate::services::call::CallOptions<'_>,
+    ) -> Result<()> {
+        self.call(function, input, output)
+    }
+
+    /// The most wall-clock time a call may be given (WASM: the plugin's deadline after the
+    /// node's ceiling); a per-call deadline is capped at it. `None`: no cap (native code has
+    /// no deadline of its own).
+    fn deadline_cap(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether the plugin has a state hook: its reloads then hold calls from saving the
     /// state until the new generation is published, so no update is lost in between.
     fn has_state(&self) -> bool {

@@ -48,6 +48,7 @@ pub struct RawHostApi {
     pub kv_get: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const RawOutput) -> i32>,
     pub kv_put: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const u8, usize) -> i32>,
     pub kv_delete: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> i32>,
+    pub cancelled: Option<unsafe extern "C" fn(*mut c_void) -> i32>,
 }
 
 /// Mirror of `keel_plugin_vtable`.
@@ -214,6 +215,12 @@ unsafe extern "C" fn api_kv_delete(ctx: *mut c_void, key: *const u8, key_len: us
     )
 }
 
+/// `cancelled`: whether the call this thread runs should stop (its token was cancelled or its
+/// deadline passed; see `services::call::cancelled`). No capability needed.
+unsafe extern "C" fn api_cancelled(_ctx: *mut c_void) -> i32 {
+    guarded(0, || crate::services::call::cancelled() as i32)
+}
+
 /// The host API table for a plugin: entries only for granted capabilities.
 fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
     RawHostApi {
@@ -226,6 +233,7 @@ fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
         kv_get: granted.has("kv:read").then_some(api_kv_get as _),
         kv_put: granted.has("kv:write").then_some(api_kv_put as _),
         kv_delete: granted.has("kv:write").then_some(api_kv_delete as _),
+        cancelled: Some(api_cancelled as _),
     }
 }
 

@@ -125,6 +125,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_CPU_BUDGET:
     case KEEL_ERR_DEADLINE:
     case KEEL_ERR_OUTPUT_TOO_LARGE:
+    case KEEL_ERR_CANCELLED:
     case KEEL_ERR_DRAIN_TIMEOUT:
     case KEEL_ERR_STATE_SAVE:
     case KEEL_ERR_STATE_RESTORE:

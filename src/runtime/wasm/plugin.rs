@@ -17,6 +17,7 @@ use super::tunables;
 use super::watchdog::{Watch, Watchdog};
 use crate::error::{Error, Result};
 use crate::runtime::{Health, HostServices, Instance};
+use crate::services::call::{CallOptions, CancelState, CancelToken};
 use crate::{bail, err};
 
 /// The WASM ABI version this runtime speaks (`KEEL_WASM_ABI_VERSION`).
@@ -168,6 +169,31 @@ fn instantiate_error(name: &str, e: impl std::fmt::Display) -> Error {
     err!(KEEL_ERR_WASM_INSTANTIATE, "plugin '{name}': instantiation failed: {e}")
 }
 
+/// The limits of one call made with options: the plugin's own, lowered by the options (a
+/// larger request is capped at the plugin's limit, never an error).
+#[derive(Clone, Copy)]
+pub struct PerCall<'a> {
+    pub fuel: u64,
+    pub timeout: Duration,
+    pub cancel: Option<&'a Arc<CancelState>>,
+}
+
+impl<'a> PerCall<'a> {
+    /// The limits of a call with `opts` under `limits`, or `None` when the options change
+    /// nothing the runtime enforces (the call then takes the plain path).
+    #[inline]
+    pub fn of(opts: &'a CallOptions<'a>, limits: &EffectiveLimits) -> Option<PerCall<'a>> {
+        if opts.fuel.is_none() && opts.deadline.is_none() && opts.cancel.is_none() {
+            return None;
+        }
+        Some(PerCall {
+            fuel: opts.fuel.map_or(limits.fuel_per_call, |f| f.min(limits.fuel_per_call)),
+            timeout: opts.deadline.map_or(limits.timeout, |d| d.min(limits.timeout)),
+            cancel: opts.cancel.map(CancelToken::state),
+        })
+    }
+}
+
 impl Ctl {
     /// Enter the guest: refill the fuel, arm the deadline, run `f`, disarm, and turn a
     /// failure into the error that names its cause.
@@ -178,11 +204,27 @@ impl Ctl {
         what: &dyn Fn(&str) -> String,
         f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
     ) -> Result<R> {
+        self.enter_with(store, what, None, f)
+    }
+
+    /// [`Ctl::enter`] with the limits of a call made with options (`None`: the plugin's own;
+    /// that path compiles to exactly what `enter` did before options existed).
+    #[inline(always)]
+    fn enter_with<R>(
+        &mut self,
+        store: &mut Store,
+        what: &dyn Fn(&str) -> String,
+        per_call: Option<&PerCall<'_>>,
+        f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
+    ) -> Result<R> {
         // Refill the fuel. The "exhausted" flag needs no reset: it is only ever set by running
         // out, and an instance that ran out is discarded.
         if let Some((left, _)) = &self.meter {
-            let fuel = Value::I64(self.shared.limits.fuel_per_call as i64);
-            if left.set(store, fuel).is_err() {
+            let budget = match per_call {
+                Some(pc) => pc.fuel,
+                None => self.shared.limits.fuel_per_call,
+            };
+            if left.set(store, Value::I64(budget as i64)).is_err() {
                 self.broken = true;
                 bail!(
                     KEEL_ERR_INTERNAL,
@@ -193,9 +235,15 @@ impl Ctl {
         }
         self.refusals_before = tunables::grow_refusals();
         self.seq += 1;
+        if let Some(pc) = per_call {
+            self.watch.set_call(pc.timeout, pc.cancel);
+        }
         self.watch.arm(self.seq);
         let r = f(store);
         let fired = self.watch.disarm(self.seq);
+        if per_call.is_some() {
+            self.watch.clear_call();
+        }
         self.account(store);
         if fired {
             // A late interrupt signal could hit this store's next call: never reuse it.
@@ -205,7 +253,7 @@ impl Ctl {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.broken = true;
-                Err(self.classify(store, e, what))
+                Err(self.classify(store, e, what, per_call))
             }
         }
     }
@@ -236,13 +284,30 @@ impl Ctl {
     }
 
     #[cold]
-    fn classify(&self, store: &mut Store, e: RuntimeError, what: &dyn Fn(&str) -> String) -> Error {
+    fn classify(
+        &self,
+        store: &mut Store,
+        e: RuntimeError,
+        what: &dyn Fn(&str) -> String,
+        per_call: Option<&PerCall<'_>>,
+    ) -> Error {
         if let Some(h) = e.downcast_ref::<HostTrap>() {
             return Error::new(h.status, format!("{}: {}", what(&self.shared.name), h.message));
         }
-        let limits = self.shared.limits;
+        let mut limits = self.shared.limits;
+        if let Some(pc) = per_call {
+            limits.fuel_per_call = pc.fuel;
+            limits.timeout = pc.timeout;
+        }
         let code = e.clone().to_trap();
         if code == Some(TrapCode::HostInterrupt) {
+            if per_call.and_then(|pc| pc.cancel).is_some_and(|c| c.is_cancelled()) {
+                return err!(
+                    KEEL_ERR_CANCELLED,
+                    "{}: cancelled through its cancel token and interrupted (the instance is discarded)",
+                    what(&self.shared.name)
+                );
+            }
             return err!(
                 KEEL_ERR_DEADLINE,
                 "{}: ran past its deadline of {} ms and was interrupted",
@@ -588,10 +653,23 @@ impl Guest {
     /// Run function `function` on `input`, appending its output to `output`.
     #[inline]
     pub fn call(&mut self, function: u32, fname: &str, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+        self.call_with(function, fname, input, output, None)
+    }
+
+    /// [`Guest::call`] under the limits of a call made with options (`None`: the plugin's).
+    #[inline(always)]
+    pub fn call_with(
+        &mut self,
+        function: u32,
+        fname: &str,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        per_call: Option<&PerCall<'_>>,
+    ) -> Result<()> {
         let (ptr, (base, mapped_len)) = self.stage_mapped(input)?;
         let what = |n: &str| format!("plugin '{n}' function '{fname}'");
         let Guest { store, fns, ctl, .. } = self;
-        let r = ctl.enter(store, &what, |s| {
+        let r = ctl.enter_with(store, &what, per_call, |s| {
             fns.call.call(s, function as i32, ptr as i32, input.len() as i32)
         })?;
         let (is_err, p, l) = decode_result(r);
@@ -861,6 +939,20 @@ impl Instance for WasmPlugin {
             ));
         };
         self.with_guest(|g| g.call(function, fname, input, output))
+    }
+
+    fn call_with(&self, function: u32, input: &[u8], output: &mut Vec<u8>, opts: &CallOptions<'_>) -> Result<()> {
+        let Some(pc) = PerCall::of(opts, &self.shared.limits) else {
+            return self.call(function, input, output);
+        };
+        let Some(fname) = self.functions.get(function as usize) else {
+            return self.call(function, input, output);
+        };
+        self.with_guest(|g| g.call_with(function, fname, input, output, Some(&pc)))
+    }
+
+    fn deadline_cap(&self) -> Option<Duration> {
+        Some(self.shared.limits.timeout)
     }
 
     fn has_state(&self) -> bool {

@@ -10,6 +10,17 @@
 //! An interrupt that lands while the thread is in host code has no effect, so the watchdog
 //! repeats it every tick until the call leaves the guest.
 //!
+//! ## Per-call deadlines and cancellation
+//!
+//! A call made with options may carry a shorter deadline and a cancel token. The call path
+//! writes them into the watch *before* arming (`call_timeout`, `cancel`) and clears them
+//! after disarming; a plain call never touches them. The watchdog reads them after seeing
+//! the call armed, so it sees the values of that call (or of a later one, which the
+//! handshake below then keeps it from interrupting). A cancelled token is treated like a
+//! call past its deadline, without waiting for a tick: cancelling wakes every watchdog
+//! ([`crate::services::call::CancelWaker`]), whose next scan interrupts the call through
+//! the same handshake.
+//!
 //! ## The handshake
 //!
 //! The watchdog must never interrupt a call other than the overdue one (the instance may
@@ -33,11 +44,13 @@ use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use wasmer::Interrupter;
 
 use super::signals;
 use crate::barrier;
+use crate::services::call::{CancelState, CancelWaker};
 
 /// Flags the call path reads.
 struct Flags {
@@ -55,6 +68,12 @@ impl Flags {
     }
 }
 
+impl CancelWaker for Flags {
+    fn wake(&self) {
+        Flags::wake(self);
+    }
+}
+
 /// The deadline state of one instance.
 pub struct Watch {
     /// Written by the call path: the call number while in the guest, else 0.
@@ -68,6 +87,11 @@ pub struct Watch {
     /// Written by the watchdog: the call it sent an interrupt for.
     fired: AtomicU64,
     timeout: Duration,
+    /// Written by the call path before `armed` (calls with options only): this call's
+    /// deadline in nanoseconds, 0 for `timeout`.
+    call_timeout: AtomicU64,
+    /// Written by the call path before `armed` (calls with a cancel token only): the token.
+    cancel: ArcSwapOption<CancelState>,
     interrupter: Interrupter,
     flags: Arc<Flags>,
 }
@@ -94,6 +118,36 @@ impl Watch {
             return false;
         }
         self.wait_for_watchdog(seq)
+    }
+
+    /// Before arming a call made with options: its deadline (already capped by the plugin's
+    /// own) and its cancel token. Undo with [`Watch::clear_call`] after disarming.
+    pub fn set_call(&self, timeout: Duration, cancel: Option<&Arc<CancelState>>) {
+        let ns = timeout.as_nanos().clamp(1, u64::MAX as u128) as u64;
+        self.call_timeout.store(ns, Ordering::Relaxed);
+        if let Some(c) = cancel {
+            self.cancel.store(Some(c.clone()));
+        }
+    }
+
+    /// After disarming a call made with options: back to the plugin's own deadline, no token.
+    pub fn clear_call(&self) {
+        self.call_timeout.store(0, Ordering::Relaxed);
+        if self.cancel.load().is_some() {
+            self.cancel.store(None);
+        }
+    }
+
+    /// This call's deadline.
+    fn timeout_now(&self) -> Duration {
+        match self.call_timeout.load(Ordering::Relaxed) {
+            0 => self.timeout,
+            ns => Duration::from_nanos(ns),
+        }
+    }
+
+    fn cancel_requested(&self) -> bool {
+        self.cancel.load().as_ref().is_some_and(|c| c.is_cancelled())
     }
 
     #[cold]
@@ -131,6 +185,8 @@ impl Watchdog {
             thread: std::sync::OnceLock::new(),
         });
         let entries = Arc::new(Mutex::new(Vec::new()));
+        let waker: Arc<dyn CancelWaker> = flags.clone();
+        crate::services::call::register_cancel_waker(Arc::downgrade(&waker));
         let (f, e) = (flags.clone(), entries.clone());
         let tick = tick.max(Duration::from_micros(100));
         let thread = std::thread::Builder::new()
@@ -159,6 +215,8 @@ impl Watchdog {
             done: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             timeout,
+            call_timeout: AtomicU64::new(0),
+            cancel: ArcSwapOption::empty(),
             interrupter,
             flags: self.flags.clone(),
         });
@@ -194,7 +252,7 @@ impl Drop for Watchdog {
     }
 }
 
-/// One scan: interrupt overdue calls. Returns whether any watch is armed.
+/// One scan: interrupt overdue and cancelled calls. Returns whether any watch is armed.
 fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bool {
     let now = Instant::now();
     let mut any = false;
@@ -206,12 +264,16 @@ fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bo
                 continue;
             }
             any = true;
+            // Read after `armed` (Acquire): the token of this call or of a later one.
+            let cancelled = e.watch.cancel_requested();
             if seq != e.seen_seq {
                 e.seen_seq = seq;
                 e.seen_at = now;
-                continue;
+                if !cancelled {
+                    continue;
+                }
             }
-            if now.duration_since(e.seen_at) >= e.watch.timeout {
+            if cancelled || now.duration_since(e.seen_at) >= e.watch.timeout_now() {
                 e.watch.target.store(seq, Ordering::Release);
                 overdue.push((e.watch.clone(), seq));
             }
@@ -338,5 +400,41 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(w.disarm(1));
+    }
+
+    #[test]
+    fn a_cancelled_token_fires_long_before_the_deadline() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_secs(3600));
+        let token = crate::services::call::CancelToken::new();
+        w.set_call(Duration::from_secs(3600), Some(token.state()));
+        w.arm(1);
+        token.cancel();
+        // Without the cancel this would wait an hour.
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
+        w.clear_call();
+        // The next call, without a token, is not interrupted.
+        w.arm(2);
+        assert!(!w.disarm(2));
+        assert!(w.cancel.load().is_none());
+    }
+
+    #[test]
+    fn a_per_call_deadline_replaces_the_plugins_for_that_call_only() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_secs(3600));
+        w.set_call(Duration::from_millis(5), None);
+        w.arm(1);
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
+        w.clear_call();
+        assert_eq!(w.timeout_now(), Duration::from_secs(3600));
     }
 }
