@@ -288,8 +288,8 @@ fn reload_from_plugin_json_carries_state_the_themisdb_way() {
     assert_eq!(new.count(), 3, "state carried over");
     assert_eq!(
         new.config(),
-        json!({"restored_state": "{\"count\":3,\"tag\":\"v1\"}"}),
-        "ThemisDB's reload config: {{\"restored_state\": <saved>}}"
+        json!({"restored_state": "{\"count\":3,\"tag\":\"v1\"}", "restored_state_version": "1.0.0"}),
+        "ThemisDB's reload config: {{\"restored_state\": <saved>}} plus the saver's version"
     );
     assert_eq!(new.bump(), 13, "new code runs");
     assert_eq!(p.info()["version"], "1.1.0");
@@ -331,6 +331,7 @@ fn manifest_config_reaches_initialize_and_lifecycle_runs_in_order() {
     let new = p.instance().unwrap();
     let mut want = config.clone();
     want["restored_state"] = json!("{\"count\":2,\"tag\":\"v1\"}");
+    want["restored_state_version"] = json!("1.0.0");
     assert_eq!(new.config(), want, "manifest config plus restored_state");
     assert_eq!(new.bump(), 7);
     drop(new);
@@ -873,6 +874,7 @@ fn plugin_json_config_is_checked_and_reaches_initialize_merged_with_restored_sta
     assert_eq!(host.reload("legacy"), Ok(2), "{}", last_error());
     let mut want = config.clone();
     want["restored_state"] = json!("{\"count\":1,\"tag\":\"v1\"}");
+    want["restored_state_version"] = json!("1.0.0");
     assert_eq!(p.instance().unwrap().config(), want, "config plus restored_state");
 
     // A reload whose manifest now has a bad config rolls back; the old generation serves.
