@@ -17,6 +17,7 @@ mod legacy;
 mod metrics;
 mod module_graph;
 mod native;
+mod sinks;
 mod themis_manifest;
 mod trust;
 mod wasm;
