@@ -142,15 +142,31 @@ impl KvStore for MemoryKv {
             .is_some())
     }
     fn scan(&self, at: KvTarget<'_>, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> SinkResult<()> {
+        use std::ops::Bound;
         no_tables(at)?;
-        let map = self.map.read();
-        let from = (at.plugin.to_string(), prefix.to_vec());
-        for ((ns, k), v) in map.range(from..) {
-            if ns != at.plugin || !k.starts_with(prefix) || !visit(k, v) {
-                break;
+        // Entries are copied out in small batches and visited without the lock held, so a
+        // visitor may use the store (a native plugin's output callback calling kv_put).
+        const BATCH: usize = 64;
+        let mut from = Bound::Included((at.plugin.to_string(), prefix.to_vec()));
+        loop {
+            let batch: Vec<(Vec<u8>, Vec<u8>)> = {
+                let map = self.map.read();
+                map.range((from.clone(), Bound::Unbounded))
+                    .take_while(|((ns, k), _)| ns == at.plugin && k.starts_with(prefix))
+                    .take(BATCH)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            for (k, v) in &batch {
+                if !visit(k, v) {
+                    return Ok(());
+                }
+            }
+            match batch.last() {
+                Some((k, _)) if batch.len() == BATCH => from = Bound::Excluded((at.plugin.to_string(), k.clone())),
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 }
 

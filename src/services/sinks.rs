@@ -311,6 +311,32 @@ mod tests {
         assert_eq!((end, n), (ScanEnd::Truncated, 5));
     }
 
+    #[test]
+    fn memory_kv_scans_past_its_batches_and_lets_the_visitor_use_the_store() {
+        let kv = MemoryKv::default();
+        let at = KvTarget::kv("p");
+        for i in 0..200u32 {
+            kv.put(at, format!("k{i:03}").as_bytes(), b"v").unwrap();
+        }
+        kv.put(KvTarget::kv("q"), b"k999", b"other namespace").unwrap();
+        let mut n = 0;
+        kv.scan(at, b"k", &mut |k, _| {
+            // Writing during a scan must not deadlock (no lock is held while visiting).
+            kv.put(KvTarget::kv("side"), k, b"copied").unwrap();
+            n += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 200);
+        let mut side = 0;
+        kv.scan(KvTarget::kv("side"), b"", &mut |_, _| {
+            side += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(side, 200);
+    }
+
     struct Panics;
     impl KvStore for Panics {
         fn get(&self, _: KvTarget<'_>, _: &[u8]) -> SinkResult<Option<Vec<u8>>> {
