@@ -113,6 +113,7 @@ unsafe extern "C" fn s_get(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn s_put(
     ud: *mut c_void,
     req: *const keel_storage_request,
