@@ -500,6 +500,52 @@ fn bad_storage_sink_arguments_are_refused_and_the_host_keeps_its_sink() {
     assert_eq!(text(run(&p, "get", b"orders|o2")), "pears");
 }
 
+#[test]
+fn storage_sinks_swapped_while_plugins_read_are_each_released_exactly_once() {
+    let (host, first) = host_with_server(ALL);
+    let p = host.load_plugin(&native_plugin("sink-swap", "nstore", ALL)).unwrap();
+    let f = p.function("get").unwrap();
+    let pp = p.0 as usize;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let out = Buf::new();
+                while !stop.load(Ordering::Relaxed) {
+                    // Every server holds the row: each call succeeds whichever sink it meets.
+                    assert_eq!(call(pp as *const _, f, b"orders|o1", &out), KEEL_OK, "{}", last_error());
+                    assert_eq!(out.text(), "apples");
+                }
+            })
+        })
+        .collect();
+    let mut servers = vec![first];
+    for _ in 0..30 {
+        while servers.last().unwrap().seen.lock().unwrap().len() < 3 {
+            std::thread::yield_now();
+        }
+        let server = Arc::new(Server::default());
+        server.insert("table:orders", "o1", "apples");
+        let ud = Arc::into_raw(server.clone()) as *mut c_void;
+        assert_eq!(
+            keel_host_set_storage_sink(host.0, &sink(), ud, Some(free_server)),
+            KEEL_OK
+        );
+        servers.push(server);
+    }
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(
+        keel_host_set_storage_sink(host.0, std::ptr::null(), std::ptr::null_mut(), None),
+        KEEL_OK
+    );
+    for s in &servers {
+        assert_eq!(s.freed.load(Ordering::SeqCst), 1);
+        assert_eq!(Arc::strong_count(s), 1, "Keel keeps no reference to a replaced sink");
+    }
+}
+
 // ---- log ----------------------------------------------------------------------------------
 
 #[derive(Default)]
