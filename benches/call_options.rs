@@ -177,14 +177,11 @@ fn cancel_latency() {
     .unwrap();
     let started = Arc::new(AtomicBool::new(false));
     let s = started.clone();
-    let host = keel::Host::with_services(HostServices {
-        log: Arc::new(move |_, _, msg| {
-            if msg == "started" {
-                s.store(true, Ordering::SeqCst);
-            }
-        }),
-        ..HostServices::default()
-    });
+    let host = keel::Host::with_services(HostServices::default().with_log(Arc::new(move |_, _, msg| {
+        if msg == "started" {
+            s.store(true, Ordering::SeqCst);
+        }
+    })));
     host.trust().set_require_signature(false).unwrap();
     let slot = host.load(&manifest).unwrap();
     let spin = slot.resolve("spin").unwrap();

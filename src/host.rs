@@ -49,6 +49,8 @@ pub struct Host {
     monitor: Mutex<Option<Monitor>>,
     /// The plugin-directory watcher (see [`crate::watch`]) and its outcome ring.
     watch: WatchControl,
+    /// The sinks lent to plugins (shared with the load pipeline and every loaded plugin).
+    services: HostServices,
 }
 
 impl Default for Host {
@@ -65,7 +67,7 @@ impl Host {
     pub fn with_services(services: HostServices) -> Host {
         let trust = Arc::new(TrustState::new());
         let runtimes = Arc::new(Runtimes::default());
-        let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services));
+        let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services.clone()));
         let mut prometheus = prometheus_client::registry::Registry::default();
         prometheus.register_collector(Box::new(PluginCollector::new(lifecycle.registry().clone())));
         Host {
@@ -75,7 +77,28 @@ impl Host {
             prometheus,
             monitor: Mutex::new(None),
             watch: WatchControl::new(),
+            services,
         }
+    }
+
+    // --- sinks --------------------------------------------------------------------------
+
+    /// The services lent to plugins (log sink, storage sink).
+    pub fn services(&self) -> &HostServices {
+        &self.services
+    }
+
+    /// Replace the log sink at any time (`None`: back to stderr). Plugins already loaded use
+    /// the new sink from their next log line; a replaced sink is released once no plugin is
+    /// inside it (see [`crate::services::sinks`]).
+    pub fn set_log_sink(&self, sink: Option<crate::services::LogSink>) {
+        self.services.set_log_sink(sink);
+    }
+
+    /// Replace the storage sink behind `kv:*` and `storage:*` at any time (`None`: back to the
+    /// default in-memory map, which knows no tables). Same rules as [`Host::set_log_sink`].
+    pub fn set_kv_store(&self, store: Option<Arc<dyn crate::services::KvStore>>) {
+        self.services.set_kv_store(store);
     }
 
     // --- health monitor -----------------------------------------------------------------

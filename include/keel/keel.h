@@ -738,6 +738,155 @@ typedef struct {
   const char *traceparent;
 } keel_call_options;
 
+/**
+ * One plugin log line, as a `keel_log_sink_fn` receives it. Every pointer is borrowed for
+ * the duration of the callback only; strings are NUL-terminated UTF-8.
+ */
+typedef struct {
+  /**
+   * The logging plugin's name.
+   */
+  const char *plugin;
+  /**
+   * `KEEL_LOG_ERROR` (0), `KEEL_LOG_WARN` (1), `KEEL_LOG_INFO` (2) or `KEEL_LOG_DEBUG` (3).
+   */
+  int32_t level;
+  /**
+   * The message (`message_len` bytes, also NUL-terminated; invalid UTF-8 from the plugin
+   * was replaced by U+FFFD; a NUL byte inside it is possible, so prefer `message_len`).
+   */
+  const char *message;
+  size_t message_len;
+  /**
+   * The trace id (32 lowercase hex digits) of the `traceparent` of the call being served,
+   * or NULL when the line was not logged inside a call made with a valid `traceparent`.
+   */
+  const char *trace_id;
+  /**
+   * That call's whole `traceparent` as the server passed it (even if malformed), or NULL.
+   */
+  const char *traceparent;
+  /**
+   * That call's tenant id, or NULL.
+   */
+  const char *tenant;
+} keel_log_record;
+
+/**
+ * A log sink: receives every plugin log line (and Keel's own lines about a plugin, such as
+ * load warnings) instead of stderr. Called on the thread that logs — the thread running the
+ * plugin's call, concurrently from many threads — so it must be thread-safe and should be
+ * quick. It must not unwind (no C++ exception may leave it; keel.hpp's wrapper catches
+ * them). `user_data` is the pointer given to `keel_host_set_log_sink`.
+ */
+typedef void (*keel_log_sink_fn)(void *user_data, const keel_log_record *record);
+
+/**
+ * Who asks and where: what every storage callback receives. Borrowed for the callback.
+ */
+typedef struct {
+  /**
+   * The calling plugin's name (NUL-terminated).
+   */
+  const char *plugin;
+  /**
+   * NULL: the plugin's own key-value namespace (`kv:read`/`kv:write`; the namespace is the
+   * plugin's name — keep namespaces apart). Otherwise the server table the plugin named
+   * (`storage:read`/`storage:write`; NUL-terminated, 1..=255 bytes, no control
+   * characters): the server decides whether this plugin may use it.
+   */
+  const char *table;
+  /**
+   * The current call's tenant id, or NULL (plain `keel_call`, or none set).
+   */
+  const char *tenant;
+  /**
+   * The current call's `traceparent`, or NULL.
+   */
+  const char *traceparent;
+  /**
+   * The current call's `user_context` (the server's session or transaction), or NULL.
+   */
+  void *user_context;
+} keel_storage_request;
+
+/**
+ * Where a storage callback writes bytes (a value, an error message): `write` appends `len`
+ * bytes (copied) and returns 0, or non-zero if Keel refuses them (too large: stop and fail).
+ * Valid only during the callback it is passed to.
+ */
+typedef struct {
+  void *ctx;
+  int32_t (*write)(void *ctx, const uint8_t *data, size_t len);
+} keel_sink_writer;
+
+/**
+ * Receives the entries of a scan: `entry` copies one key/value pair and returns 0 to go on,
+ * or 1 when Keel's scan limit is reached (the sink should stop and return 0; further
+ * entries are ignored). Valid only during the scan callback.
+ */
+typedef struct {
+  void *ctx;
+  int32_t (*entry)(void *ctx,
+                   const uint8_t *key,
+                   size_t key_len,
+                   const uint8_t *value,
+                   size_t value_len);
+} keel_scan_visitor;
+
+/**
+ * A storage sink: the server's storage behind `kv:*` and `storage:*`. Every callback
+ * receives the `user_data` given to `keel_host_set_storage_sink` and the request, is called
+ * on the plugin's calling thread (concurrently from many threads: it must be thread-safe)
+ * and returns 0 on success, 1 for "absent" (`get`, `remove`), and any other value for a
+ * failure or a refusal, optionally explained by bytes written to `error` (the plugin sees
+ * an error status and that message). A callback may be NULL: that operation then fails. No
+ * C++ exception may leave a callback (keel.hpp's wrapper catches them).
+ */
+typedef struct {
+  /**
+   * `sizeof(keel_storage_sink)` as the caller compiled it (callbacks past it are absent).
+   */
+  uint32_t struct_size;
+  /**
+   * Write the value of `key` to `value`; 0 found, 1 absent.
+   */
+  int32_t (*get)(void *user_data,
+                 const keel_storage_request *request,
+                 const uint8_t *key,
+                 size_t key_len,
+                 const keel_sink_writer *value,
+                 const keel_sink_writer *error);
+  /**
+   * Set `key` to `value`; 0 done.
+   */
+  int32_t (*put)(void *user_data,
+                 const keel_storage_request *request,
+                 const uint8_t *key,
+                 size_t key_len,
+                 const uint8_t *value,
+                 size_t value_len,
+                 const keel_sink_writer *error);
+  /**
+   * Delete `key`; 0 deleted, 1 absent.
+   */
+  int32_t (*remove)(void *user_data,
+                    const keel_storage_request *request,
+                    const uint8_t *key,
+                    size_t key_len,
+                    const keel_sink_writer *error);
+  /**
+   * Hand every entry whose key starts with `prefix` to `visitor` (any order) until it
+   * returns 1; 0 done.
+   */
+  int32_t (*scan)(void *user_data,
+                  const keel_storage_request *request,
+                  const uint8_t *prefix,
+                  size_t prefix_len,
+                  const keel_scan_visitor *visitor,
+                  const keel_sink_writer *error);
+} keel_storage_sink;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1518,6 +1667,42 @@ keel_status keel_cancel_token_is_cancelled(const keel_cancel_token *token, bool 
  * Errors: none (always `KEEL_OK`).
  */
 keel_status keel_cancel_token_free(keel_cancel_token *token);
+
+/**
+ * Set the host's log sink: every plugin log line goes to `sink` instead of stderr (see
+ * `keel_log_sink_fn`, `keel_log_record`). `sink` NULL restores stderr (`user_data` and
+ * `free_user_data` are then ignored). Settable at any time, from any thread; the swap is
+ * atomic: lines logged after it returns go to the new sink, a line being logged on another
+ * thread may still reach the old one. `free_user_data` (may be NULL) is called with
+ * `user_data` exactly once, when this sink has been replaced (or the host and every plugin
+ * freed) and no line is being delivered to it any more — possibly on a plugin's thread.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`; then `free_user_data` is not called).
+ */
+keel_status keel_host_set_log_sink(const keel_host *host,
+                                   keel_log_sink_fn sink,
+                                   void *user_data,
+                                   keel_user_data_free_fn free_user_data);
+
+/**
+ * Set the host's storage sink: the `kv:*` and `storage:*` host entries of every plugin go
+ * to its callbacks instead of the in-memory map (see `keel_storage_sink`,
+ * `keel_storage_request`). `*sink` is copied (up to its `struct_size`); `sink` NULL restores
+ * the default in-memory map (with what plugins stored in it before; `user_data` and
+ * `free_user_data` are then ignored). Without a sink, `storage:*` operations fail: the
+ * default map knows no tables. Settable at any time, from any thread; the swap is atomic:
+ * operations starting after it returns use the new sink, one in progress on another thread
+ * finishes with the old one. `free_user_data` (may be NULL) is called with `user_data`
+ * exactly once, when this sink has been replaced (or the host and every plugin freed) and
+ * no operation is inside it any more — possibly on a plugin's thread.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`), `KEEL_ERR_INVALID_ARGUMENT` (`struct_size`
+ * smaller than the `get` field, or no callback set); `free_user_data` is not called then.
+ */
+keel_status keel_host_set_storage_sink(const keel_host *host,
+                                       const keel_storage_sink *sink,
+                                       void *user_data,
+                                       keel_user_data_free_fn free_user_data);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -311,6 +311,208 @@ inline void call(const PluginRef &plugin, keel_function function, rust::Slice<co
     CallError::check(keel_call(plugin.c_handle(), function, input.data(), input.size(), out.c_handle()));
 }
 
+// ---- sinks ----
+// The log sink and the storage sink from C++ (over keel_host_set_log_sink and
+// keel_host_set_storage_sink of keel/keel.h; rules in docs/services-sinks.md).
+} // namespace keel
+
+#include <keel/keel_common.h> /* KEEL_LOG_* */
+
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+namespace keel {
+
+/** One plugin log line. Every view is borrowed for the duration of the sink's call. */
+struct LogRecord {
+    std::string_view plugin;
+    /** KEEL_LOG_ERROR (0), KEEL_LOG_WARN (1), KEEL_LOG_INFO (2) or KEEL_LOG_DEBUG (3). */
+    int level = 0;
+    std::string_view message;
+    /** The trace id (32 lowercase hex digits) of the call's traceparent; empty if none. */
+    std::string_view trace_id;
+    /** The call's whole traceparent; empty if none. */
+    std::string_view traceparent;
+    /** The call's tenant id; empty if none. */
+    std::string_view tenant;
+};
+
+/** A log sink: called on the logging plugin's thread, concurrently from many threads (so it
+ *  must be thread-safe). An exception it throws is caught and the line dropped. */
+using LogSink = std::function<void(const LogRecord &)>;
+
+/** Who asks and where, as a StorageSink receives it (views borrowed for the call). */
+struct StorageRequest {
+    /** The calling plugin's name. */
+    std::string_view plugin;
+    /** The server table the plugin named (storage:*), or nullopt for the plugin's own
+     *  key-value namespace (kv:*; the namespace is the plugin's name: keep them apart). */
+    std::optional<std::string_view> table;
+    /** The current call's tenant and traceparent (empty if none) and user_context (or null). */
+    std::string_view tenant;
+    std::string_view traceparent;
+    void *user_context = nullptr;
+};
+
+/** The server's storage behind kv:* and storage:*. Every method is called on the plugin's
+ *  thread, concurrently from many threads (implementations must be thread-safe). To refuse
+ *  or fail, throw: any exception becomes an error status for the plugin, with what() as the
+ *  message for a std::exception. Nothing thrown crosses into Keel or the plugin. */
+class StorageSink {
+  public:
+    virtual ~StorageSink() = default;
+    /** The value of `key`, or nullopt if absent (at most 64 MiB). */
+    virtual std::optional<std::string> get(const StorageRequest &req, std::string_view key) = 0;
+    virtual void put(const StorageRequest &req, std::string_view key, std::string_view value) = 0;
+    /** Whether `key` was present. */
+    virtual bool remove(const StorageRequest &req, std::string_view key) = 0;
+    /** Call `visit(key, value)` for each entry whose key starts with `prefix` (any order)
+     *  until it returns false (Keel's scan limit reached: stop and return). */
+    virtual void scan(const StorageRequest &req, std::string_view prefix,
+                      const std::function<bool(std::string_view key, std::string_view value)> &visit) = 0;
+};
+
+namespace sinks_detail {
+
+inline std::string_view sv(const char *s) noexcept { return s ? std::string_view(s) : std::string_view(); }
+
+inline void log_trampoline(void *user_data, const keel_log_record *r) noexcept {
+    try {
+        LogRecord rec;
+        rec.plugin = sv(r->plugin);
+        rec.level = r->level;
+        rec.message = std::string_view(r->message, r->message_len);
+        rec.trace_id = sv(r->trace_id);
+        rec.traceparent = sv(r->traceparent);
+        rec.tenant = sv(r->tenant);
+        (*static_cast<LogSink *>(user_data))(rec);
+    } catch (...) {
+        // A failing log sink drops the line; nothing crosses into Keel.
+    }
+}
+
+inline void free_log(void *user_data) noexcept { delete static_cast<LogSink *>(user_data); }
+
+inline StorageRequest request(const keel_storage_request *r) noexcept {
+    StorageRequest req;
+    req.plugin = sv(r->plugin);
+    if (r->table) req.table = std::string_view(r->table);
+    req.tenant = sv(r->tenant);
+    req.traceparent = sv(r->traceparent);
+    req.user_context = r->user_context;
+    return req;
+}
+
+inline void write(const keel_sink_writer *w, std::string_view s) noexcept {
+    w->write(w->ctx, reinterpret_cast<const std::uint8_t *>(s.data()), s.size());
+}
+
+inline std::string_view bytes_view(const std::uint8_t *p, std::size_t n) noexcept {
+    return n ? std::string_view(reinterpret_cast<const char *>(p), n) : std::string_view();
+}
+
+/** Run a storage callback: an exception becomes status 2 with its message in `error`. */
+template <typename F> inline std::int32_t guarded(const keel_sink_writer *error, F &&f) noexcept {
+    try {
+        return f();
+    } catch (const std::exception &e) {
+        write(error, e.what());
+    } catch (...) {
+        write(error, "unknown C++ exception in the storage sink");
+    }
+    return 2;
+}
+
+inline StorageSink &sink(void *user_data) noexcept { return **static_cast<std::shared_ptr<StorageSink> *>(user_data); }
+
+inline std::int32_t get(void *ud, const keel_storage_request *r, const std::uint8_t *key, std::size_t key_len,
+                        const keel_sink_writer *value, const keel_sink_writer *error) noexcept {
+    return guarded(error, [&]() -> std::int32_t {
+        std::optional<std::string> v = sink(ud).get(request(r), bytes_view(key, key_len));
+        if (!v) return 1;
+        if (value->write(value->ctx, reinterpret_cast<const std::uint8_t *>(v->data()), v->size()) != 0) {
+            throw std::length_error("value too large for Keel");
+        }
+        return 0;
+    });
+}
+
+inline std::int32_t put(void *ud, const keel_storage_request *r, const std::uint8_t *key, std::size_t key_len,
+                        const std::uint8_t *val, std::size_t val_len, const keel_sink_writer *error) noexcept {
+    return guarded(error, [&]() -> std::int32_t {
+        sink(ud).put(request(r), bytes_view(key, key_len), bytes_view(val, val_len));
+        return 0;
+    });
+}
+
+inline std::int32_t remove(void *ud, const keel_storage_request *r, const std::uint8_t *key, std::size_t key_len,
+                           const keel_sink_writer *error) noexcept {
+    return guarded(error, [&]() -> std::int32_t { return sink(ud).remove(request(r), bytes_view(key, key_len)) ? 0 : 1; });
+}
+
+inline std::int32_t scan(void *ud, const keel_storage_request *r, const std::uint8_t *prefix, std::size_t prefix_len,
+                         const keel_scan_visitor *visitor, const keel_sink_writer *error) noexcept {
+    return guarded(error, [&]() -> std::int32_t {
+        sink(ud).scan(request(r), bytes_view(prefix, prefix_len), [visitor](std::string_view k, std::string_view v) {
+            return visitor->entry(visitor->ctx, reinterpret_cast<const std::uint8_t *>(k.data()), k.size(),
+                                  reinterpret_cast<const std::uint8_t *>(v.data()), v.size()) == 0;
+        });
+        return 0;
+    });
+}
+
+inline void free_storage(void *user_data) noexcept { delete static_cast<std::shared_ptr<StorageSink> *>(user_data); }
+
+inline void check(keel_status s) {
+    if (s != KEEL_OK) {
+        const char *msg = nullptr;
+        keel_last_error_message(&msg);
+        throw std::runtime_error(msg ? msg : "keel error");
+    }
+}
+
+} // namespace sinks_detail
+
+/** Send every plugin log line of `host` to `sink` (an empty function: back to stderr).
+ *  Settable at any time from any thread; the previous sink is destroyed once no line is
+ *  being delivered to it (possibly on a plugin's thread). Throws std::runtime_error if Keel
+ *  refuses (it does not for a live host). */
+inline void set_log_sink(const Host &host, LogSink sink) {
+    if (!sink) {
+        sinks_detail::check(keel_host_set_log_sink(c_host(host), nullptr, nullptr, nullptr));
+        return;
+    }
+    auto *owned = new LogSink(std::move(sink));
+    const keel_status s = keel_host_set_log_sink(c_host(host), sinks_detail::log_trampoline, owned, sinks_detail::free_log);
+    if (s != KEEL_OK) delete owned; // not taken: Keel calls no destructor on failure
+    sinks_detail::check(s);
+}
+
+/** Make `sink` the storage behind kv:* and storage:* of every plugin of `host` (nullptr:
+ *  back to the in-memory map, which knows no tables). Settable at any time from any thread;
+ *  Keel keeps a reference to `sink` and releases it once no operation is inside it. Throws
+ *  std::runtime_error if Keel refuses. */
+inline void set_storage_sink(const Host &host, std::shared_ptr<StorageSink> sink) {
+    if (!sink) {
+        sinks_detail::check(keel_host_set_storage_sink(c_host(host), nullptr, nullptr, nullptr));
+        return;
+    }
+    keel_storage_sink table{};
+    table.struct_size = sizeof(keel_storage_sink);
+    table.get = sinks_detail::get;
+    table.put = sinks_detail::put;
+    table.remove = sinks_detail::remove;
+    table.scan = sinks_detail::scan;
+    auto *owned = new std::shared_ptr<StorageSink>(std::move(sink));
+    const keel_status s = keel_host_set_storage_sink(c_host(host), &table, owned, sinks_detail::free_storage);
+    if (s != KEEL_OK) delete owned;
+    sinks_detail::check(s);
+}
+
 } // namespace keel
 
 #endif // KEEL_HPP

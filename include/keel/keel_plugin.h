@@ -96,6 +96,13 @@ typedef struct keel_host_api {
     int32_t (*kv_put)(void *ctx, const uint8_t *key, size_t key_len, const uint8_t *value, size_t value_len);
     /** capability "kv:write": delete `key`. 0 = deleted, 1 = was absent. */
     int32_t (*kv_delete)(void *ctx, const uint8_t *key, size_t key_len);
+    /*
+     * Fields below were added after the first release: a plugin must check that
+     * `struct_size` covers a field before reading it, e.g.
+     *     host->struct_size >= offsetof(keel_host_api, cancelled) + sizeof host->cancelled
+     * (an older host's table is shorter; reading past it is undefined behaviour).
+     */
+
     /**
      * No capability (always present on hosts that have it; check `struct_size`): 1 if the
      * call this thread is running should stop — the server cancelled its cancel token, or
@@ -107,6 +114,37 @@ typedef struct keel_host_api {
      * (an atomic load; a clock read only when a deadline is set); never blocks.
      */
     int32_t (*cancelled)(void *ctx);
+
+    /* ---- sinks ----
+     * The key-value and storage entries go to the server's storage sink (see
+     * keel_host_set_storage_sink in keel.h; by default an in-memory map that knows no
+     * tables). The kv_* entries work on the plugin's own namespace (its name); storage_*
+     * entries on a table of the server, named by the plugin (NUL-terminated, 1..=255 bytes,
+     * no control characters) — the server decides, per plugin and table, and may refuse.
+     * Return values shared by all of them: 0 success (found/deleted/complete), 1 absent,
+     * 2 scan truncated, -1 bad argument (NULL, bad table name), -2 `out` refused a write,
+     * -3 the server's sink failed or refused (its message: `sink_error`).
+     * A scan writes each entry to `out` with one write, encoded as
+     *     u32 key_len (little-endian), key bytes, u32 value_len (little-endian), value bytes
+     * and stops — returning 2 — after 10 000 entries or 16 MiB of entries, or when `out`
+     * refuses an entry. Entries come in the order the sink delivers them (the default map:
+     * ascending key order). */
+    /** capability "kv:read": the entries of the plugin's namespace whose key starts with `prefix`. */
+    int32_t (*kv_scan)(void *ctx, const uint8_t *prefix, size_t prefix_len, const keel_output *out);
+    /** capability "storage:read": append the value of `key` in `table` to `out`. 0 found, 1 absent. */
+    int32_t (*storage_get)(void *ctx, const char *table, const uint8_t *key, size_t key_len,
+                           const keel_output *out);
+    /** capability "storage:write": set `key` in `table` to `value`. */
+    int32_t (*storage_put)(void *ctx, const char *table, const uint8_t *key, size_t key_len,
+                           const uint8_t *value, size_t value_len);
+    /** capability "storage:write": delete `key` from `table`. 0 deleted, 1 absent. */
+    int32_t (*storage_delete)(void *ctx, const char *table, const uint8_t *key, size_t key_len);
+    /** capability "storage:read": the entries of `table` whose key starts with `prefix`. */
+    int32_t (*storage_scan)(void *ctx, const char *table, const uint8_t *prefix, size_t prefix_len,
+                            const keel_output *out);
+    /** any of "kv:read", "kv:write", "storage:read", "storage:write": write the message of the
+     *  last kv_* or storage_* entry that failed on this thread to `out`. 0 written, 1 none. */
+    int32_t (*sink_error)(void *ctx, const keel_output *out);
 } keel_host_api;
 
 /**

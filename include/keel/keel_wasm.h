@@ -156,20 +156,65 @@ KEEL_WASM_IMPORT(random_bytes) int32_t keel_random_bytes(uint8_t *buf, uint32_t 
 
 /**
  * capability "kv:read": look `key` up in the plugin's namespace (the plugin's name: plugins
- * never see each other's keys). Returns -1 if absent, -2 if the key exceeds 64 KiB, otherwise
- * the value's full length; min(length, out_cap) bytes are copied to `out` (call again with a
- * larger buffer when the length exceeds out_cap).
+ * never see each other's keys). Returns -1 if absent, -2 if the key exceeds 64 KiB, -3 if
+ * the server's storage sink failed (message: keel_sink_error), otherwise the value's full
+ * length; min(length, out_cap) bytes are copied to `out` (call again with a larger buffer
+ * when the length exceeds out_cap). The kv_* and storage_* imports go to the server's
+ * storage sink when it set one (keel_host_set_storage_sink), else to an in-memory map.
  */
 KEEL_WASM_IMPORT(kv_get) int64_t keel_kv_get(const uint8_t *key, uint32_t key_len, uint8_t *out, uint32_t out_cap);
 
 /** capability "kv:write": set `key` to `value`; returns 0, or -1 (nothing stored) if the key
- *  exceeds 64 KiB or the value 16 MiB. */
+ *  exceeds 64 KiB or the value 16 MiB, -3 if the storage sink failed. */
 KEEL_WASM_IMPORT(kv_put) int32_t keel_kv_put(const uint8_t *key, uint32_t key_len, const uint8_t *value,
                                              uint32_t value_len);
 
 /** capability "kv:write": delete `key`; returns 0 if it was deleted, 1 if it was absent, -1 if
- *  the key exceeds 64 KiB. */
+ *  the key exceeds 64 KiB, -3 if the storage sink failed. */
 KEEL_WASM_IMPORT(kv_delete) int32_t keel_kv_delete(const uint8_t *key, uint32_t key_len);
+
+/* ---- sinks: scans, the server's tables, sink errors ------------------------------------
+ * Scans write whole entries to `out`, each encoded as
+ *     u32 key_len (little-endian), key, u32 value_len (little-endian), value
+ * and return r >= 0: the low 32 bits (r & 0xffffffff) are the bytes written, bit 32
+ * (r >> 32 & 1) is set when the scan was cut — `out` had no room for the next entry, or
+ * 10 000 entries / 16 MiB were reached — so more entries may match. Entries come in the
+ * order the sink delivers them (the in-memory map: ascending keys). r < 0: -2 bad argument
+ * (prefix over 64 KiB, bad table name), -3 the storage sink failed.
+ * storage_* name a table of the server (`table`, `table_len`: 1..=255 bytes of UTF-8
+ * without control characters); the server's sink receives the plugin's name and the table
+ * and decides: it may refuse (-3, its message through keel_sink_error). Without a storage
+ * sink set by the server, every storage_* call fails with -3 (no tables). */
+
+/** capability "kv:read": the entries of the plugin's namespace whose key starts with `prefix`. */
+KEEL_WASM_IMPORT(kv_scan) int64_t keel_kv_scan(const uint8_t *prefix, uint32_t prefix_len, uint8_t *out,
+                                               uint32_t out_cap);
+
+/** capability "storage:read": as keel_kv_get, in the server's `table` (-2 also for a bad
+ *  table name). */
+KEEL_WASM_IMPORT(storage_get) int64_t keel_storage_get(const char *table, uint32_t table_len, const uint8_t *key,
+                                                       uint32_t key_len, uint8_t *out, uint32_t out_cap);
+
+/** capability "storage:write": as keel_kv_put, in the server's `table` (-1 also for a bad
+ *  table name). */
+KEEL_WASM_IMPORT(storage_put) int32_t keel_storage_put(const char *table, uint32_t table_len, const uint8_t *key,
+                                                       uint32_t key_len, const uint8_t *value, uint32_t value_len);
+
+/** capability "storage:write": as keel_kv_delete, in the server's `table` (-1 also for a bad
+ *  table name). */
+KEEL_WASM_IMPORT(storage_delete) int32_t keel_storage_delete(const char *table, uint32_t table_len,
+                                                             const uint8_t *key, uint32_t key_len);
+
+/** capability "storage:read": as keel_kv_scan, in the server's `table`. */
+KEEL_WASM_IMPORT(storage_scan) int64_t keel_storage_scan(const char *table, uint32_t table_len,
+                                                         const uint8_t *prefix, uint32_t prefix_len, uint8_t *out,
+                                                         uint32_t out_cap);
+
+/** any of "kv:read", "kv:write", "storage:read", "storage:write": copy the message of the
+ *  most recent kv_* or storage_* failure (-3, or a refused table name) on the thread running
+ *  this call to `out` (min(length, cap) bytes); returns the message's full length (0: none).
+ *  Read it right after the failing call: it is not cleared by successes. */
+KEEL_WASM_IMPORT(sink_error) int32_t keel_sink_error(char *out, uint32_t cap);
 
 /* ---- the plugin's exports (define the ones you need) --------------------------------- */
 

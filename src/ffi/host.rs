@@ -60,7 +60,8 @@ pub type keel_function = u32;
 
 /// The plugin's current generation; `KEEL_ERR_PLUGIN_UNLOADED` once it has been unloaded.
 pub(crate) fn current(slot: &Slot) -> Result<Arc<Generation>> {
-    slot.current()
+    // A stateful reload's hold is not an unload: metadata readers wait for the swap.
+    slot.current_settled()
         .ok_or_else(|| crate::err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{}' has been unloaded", slot.name()))
 }
 

@@ -97,7 +97,7 @@ impl Pipeline {
         let sha256 = art.sha256_hex();
         if m.is_unpinned() {
             // Allowed by policy (read_verified refused it otherwise): say so, with what ran.
-            (self.services.log)(
+            self.services.log(
                 &m.name,
                 LogLevel::Warn,
                 &format!(
@@ -128,7 +128,7 @@ impl Pipeline {
                 .manifest
                 .resolve_weak_dependencies(|d| names.contains(d) || loaded.contains_key(d));
             if !libs.is_empty() {
-                (self.services.log)(
+                self.services.log(
                     &f.manifest.name,
                     LogLevel::Info,
                     &format!(

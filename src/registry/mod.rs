@@ -178,7 +178,36 @@ impl Slot {
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.cell.is_some()
+        self.cell.is_some() || self.is_held()
+    }
+
+    /// Whether a stateful reload holds calls right now (no generation is published, but the
+    /// plugin is loaded: the new generation is published when the hold ends).
+    pub fn is_held(&self) -> bool {
+        self.hold.seq() % 2 == 1
+    }
+
+    /// The current generation for readers of metadata (not the call path): during a
+    /// stateful reload's hold it waits, bounded by the reload's timeout, for the generation
+    /// being swapped in instead of taking the plugin for unloaded. `None` once unloaded (or
+    /// if the hold outlasts its timeout).
+    pub fn current_settled(&self) -> Option<Arc<Generation>> {
+        loop {
+            let seq = self.hold.seq();
+            if let Some(g) = self.current() {
+                return Some(g);
+            }
+            if seq % 2 == 1 {
+                if self.hold.wait_past(seq).is_some() {
+                    return None;
+                }
+                continue;
+            }
+            // Nothing published and no hold began or ended around that read: unloaded.
+            if self.hold.seq() == seq {
+                return None;
+            }
+        }
     }
 
     /// Resolve a function name to a stable id, valid across reloads of this slot.

@@ -22,7 +22,7 @@ use crate::error::Result;
 pub use crate::health_state::Health;
 use crate::manifest::{Manifest, RuntimeKind};
 /// What the server lends plugins (moved to [`crate::services`]; re-exported for the runtimes).
-pub use crate::services::{HostServices, KvStore, LogLevel, LogSink, MemoryKv};
+pub use crate::services::{HostServices, KvStore, KvTarget, LogLevel, LogSink, MemoryKv, SinkError, SinkResult};
 use wasm::{WasmConfig, WasmRuntime};
 
 /// One loaded, initialised plugin generation's code and state.

@@ -20,6 +20,8 @@ pub use crate::runtime::output::{
 };
 pub use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
+use crate::services::sinks::{check_table, encode_entry, last_sink_error, ScanEnd, SINK_CAPABILITIES};
+use crate::services::{KvTarget, SinkError};
 use crate::{bail, err};
 
 /// The ABI version this host speaks (`KEEL_PLUGIN_ABI_VERSION`).
@@ -32,8 +34,8 @@ pub const FLAG_SERIAL: u32 = 1;
 pub const MAX_FUNCTIONS: u32 = 4096;
 /// A function name may be at most this many bytes (without the NUL); longer is refused.
 pub const MAX_FUNCTION_NAME: usize = 255;
-/// What a host-API entry returns when the embedder's service panicked (the panic is caught;
-/// the plugin sees an error status).
+/// What a host-API entry returns when the embedder's service failed, refused or panicked
+/// (a panic is caught; the plugin sees this status, and the message through `sink_error`).
 pub const API_PANICKED: i32 = -3;
 
 /// Mirror of `keel_host_api`.
@@ -49,6 +51,16 @@ pub struct RawHostApi {
     pub kv_put: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const u8, usize) -> i32>,
     pub kv_delete: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> i32>,
     pub cancelled: Option<unsafe extern "C" fn(*mut c_void) -> i32>,
+    // ---- sinks ----
+    pub kv_scan: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const RawOutput) -> i32>,
+    pub storage_get:
+        Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const u8, usize, *const RawOutput) -> i32>,
+    pub storage_put:
+        Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const u8, usize, *const u8, usize) -> i32>,
+    pub storage_delete: Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const u8, usize) -> i32>,
+    pub storage_scan:
+        Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const u8, usize, *const RawOutput) -> i32>,
+    pub sink_error: Option<unsafe extern "C" fn(*mut c_void, *const RawOutput) -> i32>,
 }
 
 /// Mirror of `keel_plugin_vtable`.
@@ -104,7 +116,7 @@ unsafe extern "C" fn api_log(ctx: *mut c_void, level: i32, msg: *const c_char, l
     };
     guarded((), || {
         let text = String::from_utf8_lossy(bytes);
-        (c.services.log)(&c.plugin, LogLevel::from_i32(level), &text)
+        c.services.log(&c.plugin, LogLevel::from_i32(level), &text)
     })
 }
 
@@ -160,15 +172,203 @@ unsafe extern "C" fn api_kv_get(ctx: *mut c_void, key: *const u8, key_len: usize
     let Some(key) = (unsafe { bytes(key, key_len) }) else {
         return -1;
     };
-    let v = match guarded(None, || Some(c.services.kv.get(&c.plugin, key))) {
-        None => return API_PANICKED,
-        Some(None) => return 1,
-        Some(Some(v)) => v,
+    // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
+    unsafe { get_into(c, KvTarget::kv(&c.plugin), key, &*out) }
+}
+
+/// A get's result for the plugin: 0 found (value written to `out`), 1 absent, -2 `out`
+/// refused the value, [`API_PANICKED`] the sink failed (message for `sink_error`).
+///
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe fn get_into(c: &HostApiCtx, at: KvTarget<'_>, key: &[u8], out: &RawOutput) -> i32 {
+    let v = match guarded(Err(SinkError::new("panic")), || c.services.kv_get(at, key)) {
+        Err(_) => return API_PANICKED,
+        Ok(None) => return 1,
+        Ok(Some(v)) => v,
     };
+    // SAFETY: calling the output's own write with its own ctx and a valid slice.
+    if unsafe { (out.write)(out.ctx, v.as_ptr(), v.len()) } != 0 {
+        return -2;
+    }
+    0
+}
+
+/// A scan for the plugin: entries (see `services::sinks::encode_entry`) written to `out`,
+/// one write per entry. 0 complete, 2 truncated (a limit or `out` refused an entry),
+/// [`API_PANICKED`] the sink failed.
+///
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe fn scan_into(c: &HostApiCtx, at: KvTarget<'_>, prefix: &[u8], out: &RawOutput) -> i32 {
+    let mut buf = Vec::new();
+    let r = guarded(Err(SinkError::new("panic")), || {
+        c.services.kv_scan(at, prefix, usize::MAX, |k, v| {
+            encode_entry(&mut buf, k, v);
+            // SAFETY: calling the output's own write with its own ctx and a valid slice.
+            unsafe { (out.write)(out.ctx, buf.as_ptr(), buf.len()) == 0 }
+        })
+    });
+    match r {
+        Ok(ScanEnd::Complete) => 0,
+        Ok(ScanEnd::Truncated) => 2,
+        Err(_) => API_PANICKED,
+    }
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `prefix` points to `prefix_len` readable bytes; `out`
+/// is a live `keel_output`.
+unsafe extern "C" fn api_kv_scan(ctx: *mut c_void, prefix: *const u8, prefix_len: usize, out: *const RawOutput) -> i32 {
+    if ctx.is_null() || out.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let Some(prefix) = (unsafe { bytes(prefix, prefix_len) }) else {
+        return -1;
+    };
+    // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
+    unsafe { scan_into(c, KvTarget::kv(&c.plugin), prefix, &*out) }
+}
+
+/// A table name argument: NUL-terminated, checked by `services::sinks::check_table`.
+///
+/// # Safety
+/// `table` is NULL or a NUL-terminated string.
+unsafe fn table_arg<'a>(table: *const c_char) -> Option<&'a str> {
+    if table.is_null() {
+        return None;
+    }
+    // SAFETY: per the ABI a NUL-terminated string (native plugins run in-process: their
+    // pointers are trusted as for every other host-API argument).
+    let raw = unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes();
+    match check_table(raw) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            record_bad_table(e);
+            None
+        }
+    }
+}
+
+#[cold]
+fn record_bad_table(e: String) {
+    crate::services::sinks::record_error(&SinkError(e));
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `table` a NUL-terminated name; `key` `key_len`
+/// readable bytes; `out` a live `keel_output`.
+unsafe extern "C" fn api_storage_get(
+    ctx: *mut c_void,
+    table: *const c_char,
+    key: *const u8,
+    key_len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    if ctx.is_null() || out.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let (Some(table), Some(key)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }) else {
+        return -1;
+    };
+    // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
+    unsafe { get_into(c, KvTarget::table(&c.plugin, table), key, &*out) }
+}
+
+/// # Safety
+/// As `api_storage_get`; `val` points to `val_len` readable bytes.
+unsafe extern "C" fn api_storage_put(
+    ctx: *mut c_void,
+    table: *const c_char,
+    key: *const u8,
+    key_len: usize,
+    val: *const u8,
+    val_len: usize,
+) -> i32 {
+    if ctx.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let (Some(table), Some(key), Some(val)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }, unsafe {
+        bytes(val, val_len)
+    }) else {
+        return -1;
+    };
+    guarded(API_PANICKED, || {
+        match c.services.kv_put(KvTarget::table(&c.plugin, table), key, val) {
+            Ok(()) => 0,
+            Err(_) => API_PANICKED,
+        }
+    })
+}
+
+/// # Safety
+/// As `api_storage_get`.
+unsafe extern "C" fn api_storage_delete(ctx: *mut c_void, table: *const c_char, key: *const u8, key_len: usize) -> i32 {
+    if ctx.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let (Some(table), Some(key)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }) else {
+        return -1;
+    };
+    guarded(API_PANICKED, || {
+        match c.services.kv_delete(KvTarget::table(&c.plugin, table), key) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(_) => API_PANICKED,
+        }
+    })
+}
+
+/// # Safety
+/// As `api_storage_get`, with `prefix`/`prefix_len` for the key.
+unsafe extern "C" fn api_storage_scan(
+    ctx: *mut c_void,
+    table: *const c_char,
+    prefix: *const u8,
+    prefix_len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    if ctx.is_null() || out.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let (Some(table), Some(prefix)) = (unsafe { table_arg(table) }, unsafe { bytes(prefix, prefix_len) }) else {
+        return -1;
+    };
+    // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
+    unsafe { scan_into(c, KvTarget::table(&c.plugin, table), prefix, &*out) }
+}
+
+/// Write this thread's last storage failure message to `out`: 0 written, 1 none.
+///
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe extern "C" fn api_sink_error(_ctx: *mut c_void, out: *const RawOutput) -> i32 {
+    if out.is_null() {
+        return -1;
+    }
+    let msg = last_sink_error();
+    if msg.is_empty() {
+        return 1;
+    }
     // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
     let out = unsafe { &*out };
     // SAFETY: calling the output's own write with its own ctx and a valid slice.
-    if unsafe { (out.write)(out.ctx, v.as_ptr(), v.len()) } != 0 {
+    if unsafe { (out.write)(out.ctx, msg.as_ptr(), msg.len()) } != 0 {
         return -2;
     }
     0
@@ -192,8 +392,10 @@ unsafe extern "C" fn api_kv_put(
         return -1;
     };
     guarded(API_PANICKED, || {
-        c.services.kv.put(&c.plugin, key, val);
-        0
+        match c.services.kv_put(KvTarget::kv(&c.plugin), key, val) {
+            Ok(()) => 0,
+            Err(_) => API_PANICKED,
+        }
     })
 }
 
@@ -209,10 +411,13 @@ unsafe extern "C" fn api_kv_delete(ctx: *mut c_void, key: *const u8, key_len: us
     let Some(key) = (unsafe { bytes(key, key_len) }) else {
         return -1;
     };
-    guarded(
-        API_PANICKED,
-        || if c.services.kv.delete(&c.plugin, key) { 0 } else { 1 },
-    )
+    guarded(API_PANICKED, || {
+        match c.services.kv_delete(KvTarget::kv(&c.plugin), key) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(_) => API_PANICKED,
+        }
+    })
 }
 
 /// `cancelled`: whether the call this thread runs should stop (its token was cancelled or its
@@ -234,6 +439,15 @@ fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
         kv_put: granted.has("kv:write").then_some(api_kv_put as _),
         kv_delete: granted.has("kv:write").then_some(api_kv_delete as _),
         cancelled: Some(api_cancelled as _),
+        kv_scan: granted.has("kv:read").then_some(api_kv_scan as _),
+        storage_get: granted.has("storage:read").then_some(api_storage_get as _),
+        storage_put: granted.has("storage:write").then_some(api_storage_put as _),
+        storage_delete: granted.has("storage:write").then_some(api_storage_delete as _),
+        storage_scan: granted.has("storage:read").then_some(api_storage_scan as _),
+        sink_error: SINK_CAPABILITIES
+            .iter()
+            .any(|c| granted.has(c))
+            .then_some(api_sink_error as _),
     }
 }
 

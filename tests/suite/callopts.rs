@@ -179,21 +179,18 @@ fn logging_host() -> (
     let started = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (s, v) = (started.clone(), seen.clone());
-    let services = HostServices {
-        log: Arc::new(move |_plugin, _level, msg| {
-            if msg == "started" {
-                ctx::with_current(|c| {
-                    v.lock().push((
-                        c.and_then(|c| c.tenant).map(str::to_owned),
-                        c.and_then(|c| c.traceparent).map(str::to_owned),
-                        c.map_or(0, |c| c.user_context as usize),
-                    ))
-                });
-                s.store(true, Ordering::SeqCst);
-            }
-        }),
-        ..HostServices::default()
-    };
+    let services = HostServices::default().with_log(Arc::new(move |_plugin, _level, msg| {
+        if msg == "started" {
+            ctx::with_current(|c| {
+                v.lock().push((
+                    c.and_then(|c| c.tenant).map(str::to_owned),
+                    c.and_then(|c| c.traceparent).map(str::to_owned),
+                    c.map_or(0, |c| c.user_context as usize),
+                ))
+            });
+            s.store(true, Ordering::SeqCst);
+        }
+    }));
     let host = keel::Host::with_services(services);
     host.trust().set_require_signature(false).unwrap();
     (host, started, seen)

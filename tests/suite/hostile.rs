@@ -350,14 +350,22 @@ fn keel_alloc_returning_zero_is_out_of_memory() {
 struct PanickingKv;
 
 impl keel::runtime::KvStore for PanickingKv {
-    fn get(&self, _: &str, _: &[u8]) -> Option<Vec<u8>> {
+    fn get(&self, _: keel::runtime::KvTarget<'_>, _: &[u8]) -> keel::runtime::SinkResult<Option<Vec<u8>>> {
         panic!("embedder kv get failed")
     }
-    fn put(&self, _: &str, _: &[u8], _: &[u8]) {
+    fn put(&self, _: keel::runtime::KvTarget<'_>, _: &[u8], _: &[u8]) -> keel::runtime::SinkResult<()> {
         panic!("embedder kv put failed")
     }
-    fn delete(&self, _: &str, _: &[u8]) -> bool {
+    fn delete(&self, _: keel::runtime::KvTarget<'_>, _: &[u8]) -> keel::runtime::SinkResult<bool> {
         panic!("embedder kv delete failed")
+    }
+    fn scan(
+        &self,
+        _: keel::runtime::KvTarget<'_>,
+        _: &[u8],
+        _: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> keel::runtime::SinkResult<()> {
+        panic!("embedder kv scan failed")
     }
 }
 
@@ -368,10 +376,7 @@ fn a_panicking_embedder_service_is_an_error_status_for_the_plugin() {
         &[],
         serde_json::json!({"capabilities": ["kv:read", "kv:write"]}),
     );
-    let services = keel::runtime::HostServices {
-        kv: std::sync::Arc::new(PanickingKv),
-        ..Default::default()
-    };
+    let services = keel::runtime::HostServices::default().with_kv(std::sync::Arc::new(PanickingKv));
     let host = keel::Host::with_services(services);
     host.trust().set_require_signature(false).unwrap();
     let slot = host.load(&manifest).unwrap();

@@ -677,10 +677,9 @@ fn rust_host_api_and_a_throwing_shutdown() {
     );
     let logs: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = logs.clone();
-    let services = keel::runtime::HostServices {
-        log: Arc::new(move |plugin, level, msg| sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}"))),
-        ..Default::default()
-    };
+    let services = keel::runtime::HostServices::default().with_log(Arc::new(move |plugin, level, msg| {
+        sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}"))
+    }));
     let host = keel::Host::with_services(services);
     host.trust().set_require_signature(false).unwrap();
     let slot = host.load(&m).unwrap();
@@ -814,10 +813,9 @@ fn an_unpinned_generation_records_the_sha256_of_the_bytes_loaded() {
     let manifest = unpinned_plugin_json(&dir, "legacy", &so, json!({}));
     let logged = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = logged.clone();
-    let host = keel::Host::with_services(keel::runtime::HostServices {
-        log: Arc::new(move |plugin, level, msg| sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}"))),
-        ..Default::default()
-    });
+    let host = keel::Host::with_services(keel::runtime::HostServices::default().with_log(Arc::new(
+        move |plugin, level, msg| sink.lock().unwrap().push(format!("{plugin} {level:?} {msg}")),
+    )));
     host.trust().set_require_signature(false).unwrap();
     host.trust().set_allow_unpinned(true).unwrap();
     let slot = host.load(&manifest).unwrap();

@@ -18,6 +18,7 @@ mod legacy;
 mod metrics;
 mod module_graph;
 mod native;
+mod sinks;
 mod state_version;
 mod themis_manifest;
 mod trust;

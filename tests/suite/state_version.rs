@@ -125,3 +125,62 @@ fn themisdb_plugins_get_the_savers_version_in_their_initialize_config() {
     assert_eq!(config["k"], 1, "the manifest's config is kept: {config}");
     assert!(config["restored_state"].is_string(), "{config}");
 }
+
+/// A stateful reload holds calls, but the plugin is not unloaded meanwhile: metadata read
+/// through the C ABI during the hold (generation, health) waits for the swap instead of
+/// answering `KEEL_ERR_PLUGIN_UNLOADED` (a health poller saw that under load).
+#[test]
+fn metadata_read_during_a_stateful_reloads_hold_is_not_unloaded() {
+    use keel::ffi::health::*;
+    use keel::ffi::host::*;
+    use keel::keel_status::KEEL_OK;
+
+    let dir = common::tempdir("hold-metadata");
+    let so = common::build_native("echo", &["ECHO_HEALTH"], &dir, "libecho.so");
+    let m = common::write_manifest(&dir, "echo", "1.0.0", &so, json!({}));
+    let host = Arc::new(host());
+    let slot = host.load(&m).unwrap();
+    let gate = dir.join("gate");
+    // A call that blocks until `gate` exists keeps the reload's hold open.
+    let blocked = {
+        let slot = slot.clone();
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            let id = slot.resolve("block_until").unwrap();
+            let mut out = Vec::new();
+            slot.call(id, gate.to_str().unwrap().as_bytes(), &mut out)
+        })
+    };
+    let entered = dir.join("gate.entered");
+    while !entered.exists() {
+        std::thread::yield_now();
+    }
+    let reloader = {
+        let host = host.clone();
+        std::thread::spawn(move || host.reload("echo"))
+    };
+    while !slot.is_held() {
+        std::thread::yield_now();
+    }
+    // Read through the C ABI while the hold lasts; the gate opens concurrently.
+    // (A `keel_host*` is the address of the Rust host, as for keel::c_host in keel.hpp.)
+    let c_host = Arc::as_ptr(&host) as *const keel_host;
+    let mut handle: *mut keel_plugin = std::ptr::null_mut();
+    assert_eq!(keel_plugin_get(c_host, c"echo".as_ptr(), &mut handle), KEEL_OK);
+    let handle = handle as usize;
+    let reader = std::thread::spawn(move || {
+        let p = handle as *const keel_plugin;
+        let mut g = 0u64;
+        let s1 = keel_plugin_generation(p, &mut g);
+        let mut r = std::mem::MaybeUninit::<keel_health_report>::uninit();
+        let s2 = keel_plugin_health(p, r.as_mut_ptr());
+        (s1, g, s2)
+    });
+    std::fs::write(&gate, b"").unwrap();
+    blocked.join().unwrap().unwrap();
+    assert_eq!(reloader.join().unwrap().unwrap(), 2);
+    let (s1, g, s2) = reader.join().unwrap();
+    assert_eq!((s1, s2), (KEEL_OK, KEEL_OK), "a hold is not an unload");
+    assert!(g == 1 || g == 2, "{g}");
+    assert_eq!(keel_plugin_free(handle as *mut keel_plugin), KEEL_OK);
+}

@@ -75,10 +75,11 @@ type LogLines = Arc<Mutex<Vec<(String, LogLevel, String)>>>;
 fn recording_services() -> (HostServices, LogLines) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l = lines.clone();
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::default()),
-        log: Arc::new(move |p: &str, lvl: LogLevel, m: &str| l.lock().push((p.to_string(), lvl, m.to_string()))),
-    };
+    let services = HostServices::default()
+        .with_kv(Arc::new(MemoryKv::default()))
+        .with_log(Arc::new(move |p: &str, lvl: LogLevel, m: &str| {
+            l.lock().push((p.to_string(), lvl, m.to_string()))
+        }));
     (services, lines)
 }
 
@@ -439,7 +440,14 @@ fn host_functions_work_when_granted_and_kv_is_namespaced_by_plugin() {
     put.extend(b"value");
     assert_eq!(call(&p, "put", &put).unwrap(), b"");
     assert_eq!(call(&p, "get", b"key").unwrap(), b"value");
-    assert_eq!(services.kv.get("kv", b"key").as_deref(), Some(&b"value"[..]));
+    assert_eq!(
+        services
+            .kv()
+            .get(keel::runtime::KvTarget::kv("kv"), b"key")
+            .unwrap()
+            .as_deref(),
+        Some(&b"value"[..])
+    );
     // Another plugin's namespace does not see it.
     assert_eq!(status(call(&other, "get", b"key")), KEEL_ERR_CALL_FAILED);
     assert_eq!(call(&p, "del", b"key").unwrap(), [0]);

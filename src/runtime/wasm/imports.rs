@@ -10,6 +10,8 @@ use wasmer::{
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
 use crate::runtime::{HostServices, LogLevel};
+use crate::services::sinks::{check_table, encode_entry, ScanEnd};
+use crate::services::KvTarget;
 use crate::{bail, err};
 
 /// The only import module a plugin may use.
@@ -73,6 +75,43 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
         params: &[I32, I32],
         results: &[I32],
     },
+    // ---- sinks ----
+    HostFn {
+        name: "kv_scan",
+        capability: "kv:read",
+        params: &[I32, I32, I32, I32],
+        results: &[I64],
+    },
+    HostFn {
+        name: "storage_get",
+        capability: "storage:read",
+        params: &[I32, I32, I32, I32, I32, I32],
+        results: &[I64],
+    },
+    HostFn {
+        name: "storage_put",
+        capability: "storage:write",
+        params: &[I32, I32, I32, I32, I32, I32],
+        results: &[I32],
+    },
+    HostFn {
+        name: "storage_delete",
+        capability: "storage:write",
+        params: &[I32, I32, I32, I32],
+        results: &[I32],
+    },
+    HostFn {
+        name: "storage_scan",
+        capability: "storage:read",
+        params: &[I32, I32, I32, I32, I32, I32],
+        results: &[I64],
+    },
+    HostFn {
+        name: "sink_error",
+        capability: "kv:read|kv:write|storage:read|storage:write",
+        params: &[I32, I32],
+        results: &[I32],
+    },
 ];
 
 fn sig(params: &[Type], results: &[Type]) -> String {
@@ -109,7 +148,8 @@ pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
             );
         };
         let f = &HOST_FUNCTIONS[i];
-        if !granted.has(f.capability) {
+        // `a|b`: any of the alternatives grants it.
+        if !f.capability.split('|').any(|c| granted.has(c)) {
             bail!(
                 KEEL_ERR_IMPORT_NOT_GRANTED,
                 "module imports '{full}', which needs capability '{}' that this plugin was not granted",
@@ -198,7 +238,7 @@ fn h_log(mut env: FunctionEnvMut<HostEnv>, level: i32, ptr: i32, len: i32) -> Re
     let v = view(data, &store)?;
     check_range(&v, ptr, len as u32, "log message")?;
     let bytes = read(&v, ptr, (len as u32).min(MAX_LOG_BYTES) as i32, "log message")?;
-    (data.services.log)(
+    data.services.log(
         &data.plugin,
         LogLevel::from_i32(level),
         &String::from_utf8_lossy(&bytes),
@@ -237,6 +277,71 @@ fn h_random_bytes(mut env: FunctionEnvMut<HostEnv>, ptr: i32, len: i32) -> Resul
     Ok(0)
 }
 
+/// What `kv_get`/`storage_get` return for a sink failure (message through `sink_error`).
+const SINK_FAILED: i32 = -3;
+
+fn get_into(
+    data: &HostEnv,
+    v: &MemoryView<'_>,
+    at: KvTarget<'_>,
+    key: &[u8],
+    op: i32,
+    cap: i32,
+) -> Result<i64, HostTrap> {
+    match data.services.kv_get(at, key) {
+        Err(_) => Ok(SINK_FAILED as i64),
+        Ok(None) => Ok(-1),
+        Ok(Some(value)) => {
+            let n = value.len().min(cap as u32 as usize);
+            write(v, op, &value[..n], "get output buffer")?;
+            Ok(value.len() as i64)
+        }
+    }
+}
+
+/// A scan into guest memory: whole entries (`encode_entry`) at `op`, at most `cap` bytes.
+/// Returns bytes written, plus bit 32 set if truncated; -3 if the sink failed.
+fn scan_into(data: &HostEnv, v: &MemoryView<'_>, at: KvTarget<'_>, prefix: &[u8], op: i32, cap: i32) -> i64 {
+    let start = op as u32 as u64;
+    let mut off = 0u64;
+    let mut buf = Vec::new();
+    let r = data.services.kv_scan(at, prefix, cap as u32 as usize, |k, val| {
+        encode_entry(&mut buf, k, val);
+        if v.write(start + off, &buf).is_err() {
+            return false;
+        }
+        off += buf.len() as u64;
+        true
+    });
+    match r {
+        Err(_) => SINK_FAILED as i64,
+        Ok(ScanEnd::Complete) => off as i64,
+        Ok(ScanEnd::Truncated) => off as i64 | (1 << 32),
+    }
+}
+
+/// A table name from guest memory, checked; `None` (the call returns -2) if it is not a
+/// valid name (the reason goes to `sink_error`).
+fn table_arg(v: &MemoryView<'_>, tp: i32, tl: i32) -> Result<Option<String>, HostTrap> {
+    check_range(v, tp, tl as u32, "table name")?;
+    if tl as u32 as usize > crate::services::sinks::MAX_TABLE_NAME {
+        crate::services::sinks::record_error(&crate::services::SinkError::new(format!(
+            "table name of {} bytes (at most {})",
+            tl as u32,
+            crate::services::sinks::MAX_TABLE_NAME
+        )));
+        return Ok(None);
+    }
+    let raw = read(v, tp, tl, "table name")?;
+    match check_table(&raw) {
+        Ok(t) => Ok(Some(t.to_string())),
+        Err(e) => {
+            crate::services::sinks::record_error(&crate::services::SinkError(e));
+            Ok(None)
+        }
+    }
+}
+
 fn h_kv_get(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
     let (data, store) = env.data_and_store_mut();
     let v = view(data, &store)?;
@@ -246,14 +351,7 @@ fn h_kv_get(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, op: i32, cap: i3
         return Ok(-2);
     }
     let key = read(&v, kp, kl, "kv_get key")?;
-    match data.services.kv.get(&data.plugin, &key) {
-        None => Ok(-1),
-        Some(value) => {
-            let n = value.len().min(cap as u32 as usize);
-            write(&v, op, &value[..n], "kv_get output buffer")?;
-            Ok(value.len() as i64)
-        }
-    }
+    get_into(data, &v, KvTarget::kv(&data.plugin), &key, op, cap)
 }
 
 fn h_kv_put(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, vp: i32, vl: i32) -> Result<i32, HostTrap> {
@@ -266,8 +364,10 @@ fn h_kv_put(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, vp: i32, vl: i32
     }
     let key = read(&v, kp, kl, "kv_put key")?;
     let value = read(&v, vp, vl, "kv_put value")?;
-    data.services.kv.put(&data.plugin, &key, &value);
-    Ok(0)
+    Ok(match data.services.kv_put(KvTarget::kv(&data.plugin), &key, &value) {
+        Ok(()) => 0,
+        Err(_) => SINK_FAILED,
+    })
 }
 
 fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32, HostTrap> {
@@ -278,11 +378,141 @@ fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32
         return Ok(-1);
     }
     let key = read(&v, kp, kl, "kv_delete key")?;
-    Ok(if data.services.kv.delete(&data.plugin, &key) {
-        0
-    } else {
-        1
+    Ok(match data.services.kv_delete(KvTarget::kv(&data.plugin), &key) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(_) => SINK_FAILED,
     })
+}
+
+fn h_kv_scan(mut env: FunctionEnvMut<HostEnv>, pp: i32, pl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, pp, pl as u32, "kv_scan prefix")?;
+    check_range(&v, op, cap as u32, "kv_scan output buffer")?;
+    if pl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-2);
+    }
+    let prefix = read(&v, pp, pl, "kv_scan prefix")?;
+    Ok(scan_into(data, &v, KvTarget::kv(&data.plugin), &prefix, op, cap))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn h_storage_get(
+    mut env: FunctionEnvMut<HostEnv>,
+    tp: i32,
+    tl: i32,
+    kp: i32,
+    kl: i32,
+    op: i32,
+    cap: i32,
+) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "storage_get key")?;
+    check_range(&v, op, cap as u32, "storage_get output buffer")?;
+    let Some(table) = table_arg(&v, tp, tl)? else {
+        return Ok(-2);
+    };
+    if kl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-2);
+    }
+    let key = read(&v, kp, kl, "storage_get key")?;
+    get_into(data, &v, KvTarget::table(&data.plugin, &table), &key, op, cap)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn h_storage_put(
+    mut env: FunctionEnvMut<HostEnv>,
+    tp: i32,
+    tl: i32,
+    kp: i32,
+    kl: i32,
+    vp: i32,
+    vl: i32,
+) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "storage_put key")?;
+    check_range(&v, vp, vl as u32, "storage_put value")?;
+    let Some(table) = table_arg(&v, tp, tl)? else {
+        return Ok(-1);
+    };
+    if kl as u32 > MAX_KV_KEY_BYTES || vl as u32 > MAX_KV_VALUE_BYTES {
+        return Ok(-1);
+    }
+    let key = read(&v, kp, kl, "storage_put key")?;
+    let value = read(&v, vp, vl, "storage_put value")?;
+    Ok(
+        match data
+            .services
+            .kv_put(KvTarget::table(&data.plugin, &table), &key, &value)
+        {
+            Ok(()) => 0,
+            Err(_) => SINK_FAILED,
+        },
+    )
+}
+
+fn h_storage_delete(mut env: FunctionEnvMut<HostEnv>, tp: i32, tl: i32, kp: i32, kl: i32) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, kp, kl as u32, "storage_delete key")?;
+    let Some(table) = table_arg(&v, tp, tl)? else {
+        return Ok(-1);
+    };
+    if kl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-1);
+    }
+    let key = read(&v, kp, kl, "storage_delete key")?;
+    Ok(
+        match data.services.kv_delete(KvTarget::table(&data.plugin, &table), &key) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(_) => SINK_FAILED,
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn h_storage_scan(
+    mut env: FunctionEnvMut<HostEnv>,
+    tp: i32,
+    tl: i32,
+    pp: i32,
+    pl: i32,
+    op: i32,
+    cap: i32,
+) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, pp, pl as u32, "storage_scan prefix")?;
+    check_range(&v, op, cap as u32, "storage_scan output buffer")?;
+    let Some(table) = table_arg(&v, tp, tl)? else {
+        return Ok(-2);
+    };
+    if pl as u32 > MAX_KV_KEY_BYTES {
+        return Ok(-2);
+    }
+    let prefix = read(&v, pp, pl, "storage_scan prefix")?;
+    Ok(scan_into(
+        data,
+        &v,
+        KvTarget::table(&data.plugin, &table),
+        &prefix,
+        op,
+        cap,
+    ))
+}
+
+fn h_sink_error(mut env: FunctionEnvMut<HostEnv>, ptr: i32, cap: i32) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    check_range(&v, ptr, cap as u32, "sink_error buffer")?;
+    let msg = crate::services::sinks::last_sink_error();
+    let msg = &msg.as_bytes()[..msg.len().min(i32::MAX as usize)];
+    write(&v, ptr, &msg[..msg.len().min(cap as u32 as usize)], "sink_error buffer")?;
+    Ok(msg.len() as i32)
 }
 
 /// The import object for one instance: exactly the host functions in `used`.
@@ -299,6 +529,12 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Resu
             "kv_get" => Function::new_typed_with_env(store, env, h_kv_get),
             "kv_put" => Function::new_typed_with_env(store, env, h_kv_put),
             "kv_delete" => Function::new_typed_with_env(store, env, h_kv_delete),
+            "kv_scan" => Function::new_typed_with_env(store, env, h_kv_scan),
+            "storage_get" => Function::new_typed_with_env(store, env, h_storage_get),
+            "storage_put" => Function::new_typed_with_env(store, env, h_storage_put),
+            "storage_delete" => Function::new_typed_with_env(store, env, h_storage_delete),
+            "storage_scan" => Function::new_typed_with_env(store, env, h_storage_scan),
+            "sink_error" => Function::new_typed_with_env(store, env, h_sink_error),
             other => return Err(err!(KEEL_ERR_INTERNAL, "host function '{other}' has no implementation")),
         };
         imports.define(IMPORT_MODULE, f.name, func);

@@ -310,7 +310,7 @@ impl WasmRuntime {
                         Err(e) => {
                             cache.discard(sha256, &key);
                             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                            (ctx.services.log)(
+                            ctx.services.log(
                                 name,
                                 LogLevel::Warn,
                                 &format!("compiled-module cache entry refused by wasmer ({e}); recompiling"),
@@ -320,7 +320,7 @@ impl WasmRuntime {
                 }
                 Lookup::Rejected(why) => {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    (ctx.services.log)(
+                    ctx.services.log(
                         name,
                         LogLevel::Warn,
                         &format!("compiled-module cache entry rejected and removed ({why}); recompiling"),
@@ -346,7 +346,7 @@ impl WasmRuntime {
                     cache.store(sha256, &key, &b)
                 });
             if let Err(e) = stored {
-                (ctx.services.log)(
+                ctx.services.log(
                     name,
                     LogLevel::Warn,
                     &format!("could not write the compiled-module cache: {e}"),

@@ -528,7 +528,7 @@ impl Guest {
                 let shared = &self.ctl.shared;
                 // Say so once, not for every pooled instance.
                 *shared.restored.lock() = None;
-                (shared.services.log)(
+                shared.services.log(
                     &shared.name,
                     crate::runtime::LogLevel::Warn,
                     &format!(

@@ -81,10 +81,9 @@ fn fixture() -> &'static Fixture {
         Fixture {
             runtime: WasmRuntime::new(config).expect("WASM runtime starts"),
             manifest,
-            services: HostServices {
-                kv: Arc::new(MemoryKv::default()),
-                log: Arc::new(|_: &str, _: LogLevel, _: &str| {}),
-            },
+            services: HostServices::default()
+                .with_kv(Arc::new(MemoryKv::default()))
+                .with_log(Arc::new(|_: &str, _: LogLevel, _: &str| {})),
             abi_exports: wat::parse_str(ABI_EXPORTS).unwrap(),
             host_imports: wat::parse_str(HOST_IMPORTS).unwrap(),
         }
