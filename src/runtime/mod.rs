@@ -82,6 +82,9 @@ pub struct LoadContext<'a> {
     /// State saved from the previous generation on reload, handed to init where the ABI
     /// supports it (ThemisDB plugins get it as `{"restored_state": ...}`).
     pub restored_state: Option<&'a [u8]>,
+    /// The number this generation gets (1 on load, +1 per reload): what the plugin's RPC
+    /// registrations are tagged with (see [`crate::services::rpc`]).
+    pub generation: u64,
 }
 
 /// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM

@@ -5,6 +5,8 @@
 //! A lower module: runtimes import it, it imports neither the runtimes nor the host.
 
 pub mod call;
+pub mod plugin_metrics;
+pub mod rpc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +76,11 @@ pub type LogSink = Arc<dyn Fn(&str, LogLevel, &str) + Send + Sync>;
 pub struct HostServices {
     pub kv: Arc<dyn KvStore>,
     pub log: LogSink,
+    /// Plugin-defined metrics (`metrics:write`), one registry per host, read by the
+    /// exposition.
+    pub metrics: Arc<plugin_metrics::MetricRegistry>,
+    /// RPC endpoints plugins register (`rpc:register`), one table per host.
+    pub rpc: Arc<rpc::RpcTable>,
 }
 
 impl Default for HostServices {
@@ -81,6 +88,8 @@ impl Default for HostServices {
         HostServices {
             kv: Arc::new(MemoryKv::default()),
             log: Arc::new(|plugin, level, msg| eprintln!("[keel:{plugin}] {level:?}: {msg}")),
+            metrics: Arc::default(),
+            rpc: Arc::default(),
         }
     }
 }

@@ -515,6 +515,7 @@ fn replaced_file_after_verification_never_runs() {
         granted: keel::capability::Capabilities::NONE,
         services: Default::default(),
         restored_state: None,
+        generation: 1,
     };
     let inst = keel::runtime::native::load(art, &ctx).unwrap();
     use keel::runtime::Instance;

@@ -56,6 +56,7 @@ pub fn context<'a>(m: &'a Manifest, services: HostServices) -> LoadContext<'a> {
         granted,
         services,
         restored_state: None,
+        generation: 1,
     }
 }
 

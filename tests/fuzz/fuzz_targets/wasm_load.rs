@@ -134,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
         granted: Capabilities::parse(CAPS).unwrap(),
         services: f.services.clone(),
         restored_state: None,
+        generation: 1,
     };
     let Ok(instance) = f.runtime.instantiate(&art, &ctx) else {
         return;
