@@ -7,6 +7,7 @@ mod common;
 #[path = "../wasm_support/mod.rs"]
 mod wasm_support;
 
+mod capmetrics;
 mod dashboard;
 mod deps;
 mod header;

@@ -227,8 +227,14 @@ fn malformed_manifests_get_precise_codes() {
         ),
         (
             "denied-cap",
-            with_json(&good_json, "capabilities", serde_json::json!(["network:egress"])),
+            with_json(&good_json, "capabilities", serde_json::json!(["rpc:register"])),
             KEEL_ERR_CAPABILITY_DENIED,
+        ),
+        (
+            // Removed from the registry (it granted nothing): unknown, no longer denied.
+            "removed-cap",
+            with_json(&good_json, "capabilities", serde_json::json!(["network:egress"])),
+            KEEL_ERR_CAPABILITY_UNKNOWN,
         ),
         (
             "missing-dep",

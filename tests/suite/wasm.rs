@@ -78,6 +78,7 @@ fn recording_services() -> (HostServices, LogLines) {
     let services = HostServices {
         kv: Arc::new(MemoryKv::default()),
         log: Arc::new(move |p: &str, lvl: LogLevel, m: &str| l.lock().push((p.to_string(), lvl, m.to_string()))),
+        ..Default::default()
     };
     (services, lines)
 }

@@ -84,6 +84,7 @@ fn fixture() -> &'static Fixture {
             services: HostServices {
                 kv: Arc::new(MemoryKv::default()),
                 log: Arc::new(|_: &str, _: LogLevel, _: &str| {}),
+                ..Default::default()
             },
             abi_exports: wat::parse_str(ABI_EXPORTS).unwrap(),
             host_imports: wat::parse_str(HOST_IMPORTS).unwrap(),
