@@ -591,6 +591,32 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_updates_lose_nothing() {
+        let r = MetricRegistry::default();
+        let s = r.set_for("p");
+        let c = r.define(&s, MetricKind::Counter, "c", b"", &[]).unwrap();
+        let g = r.define(&s, MetricKind::Gauge, "g", b"", &[]).unwrap();
+        let h = r.define(&s, MetricKind::Histogram, "h", b"", &[0.5]).unwrap();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..10_000 {
+                        s.add(c, 0.5).unwrap();
+                        s.add(g, -1.0).unwrap();
+                        s.observe(h, 1.0).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.value(c), Some(40_000.0));
+        assert_eq!(s.value(g), Some(-80_000.0));
+        let snap = r.snapshot();
+        let hist = &snap.iter().find(|f| &*f.name == "keel_custom_h").unwrap().series[0];
+        assert_eq!(hist.buckets, vec![(0.5, 0), (f64::MAX, 80_000)]);
+        assert_eq!(hist.value, 80_000.0);
+    }
+
+    #[test]
     fn series_cap() {
         let r = MetricRegistry::default();
         let s = r.set_for("p");
