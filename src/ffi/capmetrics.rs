@@ -69,7 +69,8 @@ pub extern "C" fn keel_host_rpc_resolve(
 /// Invoke an RPC endpoint: resolve it (as `keel_host_rpc_resolve`) and call the plugin's
 /// function with `input` (`input_len` bytes; may be NULL when 0, borrowed for the call)
 /// through the normal call path; the result goes into `out` like `keel_call`'s. Thread-safe
-/// (each thread with its own buffer); the endpoint lookup takes a shared read lock only.
+/// (each thread with its own buffer) and lock-free: the endpoint table and the plugin
+/// registry are read with atomic loads; the function id is resolved once per binding.
 ///
 /// Errors: those of `keel_host_rpc_resolve` and of `keel_call`.
 #[no_mangle]

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::bail;
 use crate::error::Result;
@@ -65,13 +66,26 @@ pub struct EndpointInfo {
     pub function: String,
 }
 
-/// The host's endpoints. Lookups take a shared (read) lock only.
+type EndpointMap = BTreeMap<String, Arc<Endpoint>>;
+
+/// The host's endpoints. Lookups are lock-free (one atomic load of a published map);
+/// changes copy the map under a writers' lock and publish the copy.
 #[derive(Default)]
 pub struct RpcTable {
-    map: RwLock<BTreeMap<String, Arc<Endpoint>>>,
+    map: ArcSwap<EndpointMap>,
+    writers: Mutex<()>,
 }
 
 impl RpcTable {
+    /// Change the map: copy, `f`, publish; writers serialised.
+    fn update<R>(&self, f: impl FnOnce(&mut EndpointMap) -> Result<R>) -> Result<R> {
+        let _w = self.writers.lock();
+        let mut next = EndpointMap::clone(&self.map.load());
+        let r = f(&mut next)?;
+        self.map.store(Arc::new(next));
+        Ok(r)
+    }
+
     /// Bind `endpoint` to `function` of `plugin` for its generation `generation`.
     /// `functions`: the plugin's exported functions when known at this point (native), to
     /// refuse an unknown one at once (otherwise it is found, or not, when invoked).
@@ -104,7 +118,16 @@ impl RpcTable {
                 );
             }
         }
-        let mut map = self.map.write();
+        self.update(|map| Self::register_in(map, plugin, generation, endpoint, function))
+    }
+
+    fn register_in(
+        map: &mut EndpointMap,
+        plugin: &Arc<str>,
+        generation: u64,
+        endpoint: &str,
+        function: &str,
+    ) -> Result<()> {
         let previous = match map.get(endpoint) {
             None => None,
             Some(e) if e.plugin != *plugin => bail!(
@@ -142,15 +165,15 @@ impl RpcTable {
         Ok(())
     }
 
-    /// The endpoint's binding (a shared lock for the lookup).
+    /// The endpoint's binding (lock-free).
     pub fn get(&self, endpoint: &str) -> Option<Arc<Endpoint>> {
-        self.map.read().get(endpoint).cloned()
+        self.map.load().get(endpoint).cloned()
     }
 
     /// Every endpoint, sorted by name.
     pub fn list(&self) -> Vec<EndpointInfo> {
         self.map
-            .read()
+            .load()
             .iter()
             .map(|(k, e)| EndpointInfo {
                 endpoint: k.clone(),
@@ -163,18 +186,26 @@ impl RpcTable {
     /// Generation `generation` of `plugin` is published: its bindings become final, and
     /// endpoints only older generations registered are removed.
     pub fn commit(&self, plugin: &str, generation: u64) {
-        let mut map = self.map.write();
-        map.retain(|_, e| &*e.plugin != plugin || e.generation >= generation);
-        for e in map.values_mut() {
-            if &*e.plugin == plugin && e.previous.is_some() {
-                *e = Arc::new(Endpoint::new(e.plugin.clone(), &e.function, e.generation, None));
+        let _ = self.update(|map| {
+            map.retain(|_, e| &*e.plugin != plugin || e.generation >= generation);
+            for e in map.values_mut() {
+                if &*e.plugin == plugin && e.previous.is_some() {
+                    *e = Arc::new(Endpoint::new(e.plugin.clone(), &e.function, e.generation, None));
+                }
             }
-        }
+            Ok(())
+        });
     }
 
     /// Generation `generation` of `plugin` was not published: undo its registrations.
     pub fn roll_back(&self, plugin: &str, generation: u64) {
-        let mut map = self.map.write();
+        let _ = self.update(|map| {
+            Self::roll_back_in(map, plugin, generation);
+            Ok(())
+        });
+    }
+
+    fn roll_back_in(map: &mut EndpointMap, plugin: &str, generation: u64) {
         let undone: Vec<(String, Option<Arc<Endpoint>>)> = map
             .iter()
             .filter(|(_, e)| &*e.plugin == plugin && e.generation == generation)
@@ -190,7 +221,10 @@ impl RpcTable {
 
     /// Remove every endpoint of `plugin` (unload).
     pub fn forget(&self, plugin: &str) {
-        self.map.write().retain(|_, e| &*e.plugin != plugin);
+        let _ = self.update(|map| {
+            map.retain(|_, e| &*e.plugin != plugin);
+            Ok(())
+        });
     }
 }
 
