@@ -26,10 +26,25 @@ pub const REGISTRY: &[(&str, u32, &str)] = &[
     ),
     ("storage:read", 5, "read through the host's storage engine API"),
     ("storage:write", 6, "write through the host's storage engine API"),
-    ("network:egress", 7, "open outbound network connections"),
-    ("rpc:register", 8, "register RPC endpoints with the host server"),
-    ("metrics:write", 9, "publish custom metrics under the plugin's name"),
+    // Bit 7 was `network:egress`, removed (it granted nothing); the bit stays retired.
+    (
+        "rpc:register",
+        8,
+        "register RPC endpoints (bound to the plugin's functions) that the server lists and invokes",
+    ),
+    (
+        "metrics:write",
+        9,
+        "define and update counters, gauges and histograms exported as keel_custom_* with the plugin's label",
+    ),
 ];
+
+/// Capability names Keel no longer knows; a manifest naming one fails as unknown, with a
+/// note saying why.
+pub const REMOVED: &[(&str, &str)] = &[(
+    "network:egress",
+    "removed: Keel never gave plugins network access, so the name granted nothing",
+)];
 
 /// A set of capabilities (one bit each, see [`REGISTRY`]).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -62,7 +77,12 @@ impl Capabilities {
             Some((_, bit, _)) => Ok(Capabilities(1u64 << bit)),
             None => bail!(
                 KEEL_ERR_CAPABILITY_UNKNOWN,
-                "unknown capability '{name}' (known: {})",
+                "unknown capability '{name}'{} (known: {})",
+                REMOVED
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, why)| format!(" ({why})"))
+                    .unwrap_or_default(),
                 REGISTRY.iter().map(|(n, _, _)| *n).collect::<Vec<_>>().join(", ")
             ),
         }
@@ -136,10 +156,18 @@ mod tests {
             Capabilities::parse(&["fly"]).unwrap_err().status(),
             keel_status::KEEL_ERR_CAPABILITY_UNKNOWN
         );
-        let req = Capabilities::parse(&["log", "network:egress"]).unwrap();
+        let req = Capabilities::parse(&["log", "rpc:register"]).unwrap();
         let allow = Capabilities::parse(&["log"]).unwrap();
         let e = Capabilities::check_allowed(req, allow, "p").unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_CAPABILITY_DENIED);
-        assert!(e.message().contains("network:egress"));
+        assert!(e.message().contains("rpc:register"));
+        // network:egress was removed: unknown, with the reason.
+        let e = Capabilities::parse(&["network:egress"]).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_CAPABILITY_UNKNOWN);
+        assert!(e.message().contains("removed"), "{e}");
+        assert_eq!(
+            Capabilities::from_bits(1 << 7).unwrap_err().status(),
+            keel_status::KEEL_ERR_CAPABILITY_UNKNOWN
+        );
     }
 }

@@ -119,6 +119,17 @@ pub enum keel_status {
     KEEL_ERR_CAPABILITY_DENIED = 601,
     /// A WASM module imports a host function its capabilities do not grant.
     KEEL_ERR_IMPORT_NOT_GRANTED = 602,
+    /// A plugin-defined metric was refused: a name outside the Prometheus/OpenMetrics rules,
+    /// labels or buckets refused, an unknown metric id, or a value the metric's kind refuses.
+    KEEL_ERR_METRIC_INVALID = 606,
+    /// A plugin-defined metric clashes with one already defined under that name (another
+    /// kind, or other histogram buckets).
+    KEEL_ERR_METRIC_CONFLICT = 607,
+    /// An RPC endpoint name is already registered (by another plugin, or bound to another
+    /// function).
+    KEEL_ERR_RPC_ENDPOINT_TAKEN = 608,
+    /// No plugin has registered an RPC endpoint with that name.
+    KEEL_ERR_RPC_ENDPOINT_NOT_FOUND = 609,
 
     // 7xx: runtimes.
     /// The shared library could not be loaded (dlopen failed).
@@ -159,6 +170,8 @@ pub enum keel_status {
     /// while it ran (a WASM call was interrupted and its instance discarded; a native plugin
     /// saw `cancelled()` and returned failure).
     KEEL_ERR_CANCELLED = 804,
+    /// A plugin already has the most metric series allowed (10 000); the next one is refused.
+    KEEL_ERR_METRIC_SERIES_LIMIT = 806,
 
     // 9xx: state and lifecycle.
     /// In-flight calls did not finish within the drain timeout; the old code stays mapped

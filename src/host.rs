@@ -30,6 +30,7 @@ use crate::metrics::MetricsSnapshot;
 use crate::registry::Slot;
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{HostServices, Runtimes};
+use crate::services::rpc::EndpointInfo;
 use crate::trust::TrustState;
 use crate::watch::{WatchConfig, WatchControl, WatchEvent};
 
@@ -67,9 +68,13 @@ impl Host {
     pub fn with_services(services: HostServices) -> Host {
         let trust = Arc::new(TrustState::new());
         let runtimes = Arc::new(Runtimes::default());
+        let custom = services.metrics.clone();
         let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services.clone()));
         let mut prometheus = prometheus_client::registry::Registry::default();
-        prometheus.register_collector(Box::new(PluginCollector::new(lifecycle.registry().clone())));
+        prometheus.register_collector(Box::new(PluginCollector::with_custom(
+            lifecycle.registry().clone(),
+            custom,
+        )));
         Host {
             lifecycle,
             trust,
@@ -344,7 +349,10 @@ impl Host {
     /// A collector of this host's plugin metrics, for an embedder's own
     /// `prometheus_client::registry::Registry` (`register_collector`).
     pub fn metrics_collector(&self) -> PluginCollector {
-        PluginCollector::new(self.lifecycle.registry().clone())
+        PluginCollector::with_custom(
+            self.lifecycle.registry().clone(),
+            self.lifecycle.services().metrics.clone(),
+        )
     }
 
     /// Time one call in `every` per thread and plugin (rounded up to a power of two; 0 turns
@@ -352,6 +360,54 @@ impl Host {
     /// later loads. Default [`crate::metrics::DEFAULT_SAMPLE_EVERY`].
     pub fn set_latency_sampling(&self, every: u32) {
         self.lifecycle.set_latency_sampling(every);
+    }
+}
+
+// --- RPC endpoints (capability `rpc:register`) ---------------------------------------------
+
+impl Host {
+    /// Every RPC endpoint the loaded plugins have registered, sorted by endpoint name.
+    pub fn rpc_endpoints(&self) -> Vec<EndpointInfo> {
+        self.lifecycle.services().rpc.list()
+    }
+
+    /// The plugin and function id an endpoint is bound to, for calls through
+    /// [`Slot::call`] (the normal call path). The function is resolved once per binding and
+    /// cached. `KEEL_ERR_RPC_ENDPOINT_NOT_FOUND` when no loaded plugin registered `endpoint`;
+    /// `KEEL_ERR_PLUGIN_UNLOADED` / `KEEL_ERR_FUNCTION_NOT_FOUND` as for
+    /// [`Slot::resolve`].
+    pub fn rpc_resolve(&self, endpoint: &str) -> Result<(Arc<Slot>, u32)> {
+        let e = self.lifecycle.services().rpc.get(endpoint).ok_or_else(|| {
+            crate::err!(
+                KEEL_ERR_RPC_ENDPOINT_NOT_FOUND,
+                "no plugin has registered the RPC endpoint '{endpoint}'"
+            )
+        })?;
+        let slot = self.lifecycle.registry().get(&e.plugin).ok_or_else(|| {
+            crate::err!(
+                KEEL_ERR_PLUGIN_UNLOADED,
+                "RPC endpoint '{endpoint}': plugin '{}' is not loaded",
+                e.plugin
+            )
+        })?;
+        let cached = e.function_id.load(std::sync::atomic::Ordering::Relaxed);
+        if cached != crate::services::rpc::UNRESOLVED {
+            return Ok((slot, cached));
+        }
+        let id = slot
+            .resolve(&e.function)
+            .map_err(|err| err.context(format!("RPC endpoint '{endpoint}'")))?;
+        e.function_id.store(id, std::sync::atomic::Ordering::Relaxed);
+        Ok((slot, id))
+    }
+
+    /// Invoke an endpoint: [`Host::rpc_resolve`], then the plugin's function through the
+    /// normal call path with `input`; the result is appended to `output` (cleared first).
+    /// Errors: those of [`Host::rpc_resolve`] and of a call.
+    pub fn rpc_call(&self, endpoint: &str, input: &[u8], output: &mut Vec<u8>) -> Result<()> {
+        let (slot, id) = self.rpc_resolve(endpoint)?;
+        output.clear();
+        slot.call(id, input, output)
     }
 }
 

@@ -217,6 +217,25 @@ enum keel_status
    */
   KEEL_ERR_IMPORT_NOT_GRANTED = 602,
   /**
+   * A plugin-defined metric was refused: a name outside the Prometheus/OpenMetrics rules,
+   * labels or buckets refused, an unknown metric id, or a value the metric's kind refuses.
+   */
+  KEEL_ERR_METRIC_INVALID = 606,
+  /**
+   * A plugin-defined metric clashes with one already defined under that name (another
+   * kind, or other histogram buckets).
+   */
+  KEEL_ERR_METRIC_CONFLICT = 607,
+  /**
+   * An RPC endpoint name is already registered (by another plugin, or bound to another
+   * function).
+   */
+  KEEL_ERR_RPC_ENDPOINT_TAKEN = 608,
+  /**
+   * No plugin has registered an RPC endpoint with that name.
+   */
+  KEEL_ERR_RPC_ENDPOINT_NOT_FOUND = 609,
+  /**
    * The shared library could not be loaded (dlopen failed).
    */
   KEEL_ERR_LIBRARY_LOAD = 700,
@@ -284,6 +303,10 @@ enum keel_status
    * saw `cancelled()` and returned failure).
    */
   KEEL_ERR_CANCELLED = 804,
+  /**
+   * A plugin already has the most metric series allowed (10 000); the next one is refused.
+   */
+  KEEL_ERR_METRIC_SERIES_LIMIT = 806,
   /**
    * In-flight calls did not finish within the drain timeout; the old code stays mapped
    * until they do.
@@ -1221,7 +1244,7 @@ keel_status keel_verify(const keel_host *host,
 /**
  * Set the node's capability allowlist: the capabilities plugins loaded from now on may be
  * granted. `names` points to `count` NUL-terminated capability names (`"log"`, `"kv:read"`,
- * `"storage:write"`, `"network:egress"`, ...; may be NULL when `count` is 0, which allows
+ * `"storage:write"`, `"rpc:register"`, ...; may be NULL when `count` is 0, which allows
  * none). The whole list is checked first: an unknown name gives `KEEL_ERR_CAPABILITY_UNKNOWN`
  * and leaves the allowlist unchanged.
  *
@@ -1667,6 +1690,50 @@ keel_status keel_cancel_token_is_cancelled(const keel_cancel_token *token, bool 
  * Errors: none (always `KEEL_OK`).
  */
 keel_status keel_cancel_token_free(keel_cancel_token *token);
+
+/**
+ * List the RPC endpoints the loaded plugins have registered, as JSON into `out` (an output
+ * buffer): an array sorted by endpoint name,
+ * `[{"endpoint": "...", "plugin": "...", "function": "..."}, ...]` (`[]` when there are
+ * none). Endpoints are registered by plugins (host-API `rpc_register`, WASM import
+ * `keel.rpc_register`) during init or a call, and removed when their plugin unloads.
+ * Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_host_rpc_list(const keel_host *host, keel_buffer *out);
+
+/**
+ * Resolve an RPC endpoint to the plugin and function it is bound to, for repeated calls
+ * through `keel_call` (the normal lock-free call path). `endpoint` is borrowed for the call.
+ * On success `*plugin_out` receives a new plugin handle owned by the caller (release with
+ * `keel_plugin_free`) and `*function_out` the function's id. The binding is read now: if the
+ * plugin later re-registers the endpoint for another function, resolve again; after an
+ * unload calls through the handle fail with `KEEL_ERR_PLUGIN_UNLOADED`. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_RPC_ENDPOINT_NOT_FOUND`,
+ * `KEEL_ERR_PLUGIN_UNLOADED`, `KEEL_ERR_FUNCTION_NOT_FOUND` (a WASM plugin registered a
+ * function it does not export), `KEEL_ERR_INVALID_ARGUMENT`.
+ */
+keel_status keel_host_rpc_resolve(const keel_host *host,
+                                  const char *endpoint,
+                                  keel_plugin **plugin_out,
+                                  keel_function *function_out);
+
+/**
+ * Invoke an RPC endpoint: resolve it (as `keel_host_rpc_resolve`) and call the plugin's
+ * function with `input` (`input_len` bytes; may be NULL when 0, borrowed for the call)
+ * through the normal call path; the result goes into `out` like `keel_call`'s. Thread-safe
+ * (each thread with its own buffer) and lock-free: the endpoint table and the plugin
+ * registry are read with atomic loads; the function id is resolved once per binding.
+ *
+ * Errors: those of `keel_host_rpc_resolve` and of `keel_call`.
+ */
+keel_status keel_host_rpc_call(const keel_host *host,
+                               const char *endpoint,
+                               const uint8_t *input,
+                               size_t input_len,
+                               keel_buffer *out);
 
 /**
  * Set the host's log sink: every plugin log line goes to `sink` instead of stderr (see

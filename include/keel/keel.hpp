@@ -65,6 +65,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 #include <utility>
 
 namespace keel {
@@ -511,6 +512,170 @@ inline void set_storage_sink(const Host &host, std::shared_ptr<StorageSink> sink
     const keel_status s = keel_host_set_storage_sink(c_host(host), &table, owned, sinks_detail::free_storage);
     if (s != KEEL_OK) delete owned;
     sinks_detail::check(s);
+}
+
+// ---- capmetrics ----
+// RPC endpoints plugins register (capability "rpc:register"), over the C ABI functions
+// keel_host_rpc_list / keel_host_rpc_resolve / keel_host_rpc_call. Plugin-defined metrics
+// (capability "metrics:write") need nothing here: they are in Host::metrics_text() as
+// keel_custom_* families with the label plugin="<name>". See docs/services-capmetrics.md.
+
+/** A failed C ABI call of this block: its keel_status and Keel's message (what()). */
+class RpcError : public std::runtime_error {
+public:
+    RpcError(keel_status status, const std::string &message) : std::runtime_error(message), status_(status) {}
+    keel_status status() const noexcept { return status_; }
+
+private:
+    keel_status status_;
+};
+
+/** One registered endpoint: its name, the plugin that registered it, the function it calls. */
+struct RpcEndpoint {
+    std::string endpoint;
+    std::string plugin;
+    std::string function;
+};
+
+namespace capmetrics_detail {
+
+/** Throw RpcError for a failed status, with the thread's last error message. */
+inline void check(keel_status s) {
+    if (s == KEEL_OK) {
+        return;
+    }
+    const char *msg = nullptr;
+    keel_last_error_message(&msg);
+    const char *name = nullptr;
+    keel_status_name(static_cast<std::uint32_t>(s), &name);
+    throw RpcError(s, std::string(name ? name : "KEEL_ERR") + " (" + std::to_string(static_cast<unsigned>(s)) +
+                          "): " + (msg ? msg : ""));
+}
+
+/** A keel_buffer owned for one scope. */
+class Buffer {
+public:
+    Buffer() { check(keel_buffer_new(&b_)); }
+    ~Buffer() { keel_buffer_free(b_); }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    keel_buffer *get() const noexcept { return b_; }
+    std::string str() const {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        check(keel_buffer_data(b_, &d, &n));
+        return n ? std::string(reinterpret_cast<const char *>(d), n) : std::string();
+    }
+
+private:
+    keel_buffer *b_ = nullptr;
+};
+
+/** Parse the JSON string starting at s[i] == '"'; i ends past the closing quote. Handles the
+ *  escapes Keel's encoder writes (\" \\ \/ \b \f \n \r \t \uXXXX, the latter as UTF-8). */
+inline std::string json_string(const std::string &s, std::size_t &i) {
+    std::string out;
+    if (i >= s.size() || s[i] != '"') {
+        throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: string expected");
+    }
+    for (i++; i < s.size(); i++) {
+        char c = s[i];
+        if (c == '"') {
+            i++;
+            return out;
+        }
+        if (c != '\\') {
+            out += c;
+            continue;
+        }
+        if (++i >= s.size()) {
+            break;
+        }
+        switch (s[i]) {
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+            if (i + 4 >= s.size()) {
+                throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: bad \\u escape");
+            }
+            const unsigned cp = static_cast<unsigned>(std::stoul(s.substr(i + 1, 4), nullptr, 16));
+            i += 4;
+            if (cp < 0x80) {
+                out += static_cast<char>(cp);
+            } else if (cp < 0x800) {
+                out += static_cast<char>(0xC0 | (cp >> 6));
+                out += static_cast<char>(0x80 | (cp & 0x3F));
+            } else {
+                out += static_cast<char>(0xE0 | (cp >> 12));
+                out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+                out += static_cast<char>(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default: out += s[i]; break;
+        }
+    }
+    throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: unterminated string");
+}
+
+} // namespace capmetrics_detail
+
+/** The registered endpoints as keel_host_rpc_list's JSON text
+ *  ([{"endpoint":..,"plugin":..,"function":..}], sorted by endpoint). Thread-safe.
+ *  Throws RpcError. */
+inline std::string rpc_list_json(const Host &host) {
+    capmetrics_detail::Buffer b;
+    capmetrics_detail::check(keel_host_rpc_list(c_host(host), b.get()));
+    return b.str();
+}
+
+/** The registered endpoints, sorted by endpoint name. Thread-safe. Throws RpcError. */
+inline std::vector<RpcEndpoint> rpc_list(const Host &host) {
+    const std::string j = rpc_list_json(host);
+    std::vector<RpcEndpoint> out;
+    // The fixed shape Keel writes: an array of objects with three string members.
+    for (std::size_t i = 0; i < j.size(); i++) {
+        if (j[i] != '{') {
+            continue;
+        }
+        RpcEndpoint e;
+        i++;
+        while (i < j.size() && j[i] != '}') {
+            if (j[i] != '"') {
+                i++;
+                continue;
+            }
+            const std::string key = capmetrics_detail::json_string(j, i);
+            while (i < j.size() && j[i] != '"') {
+                i++;
+            }
+            std::string value = capmetrics_detail::json_string(j, i);
+            if (key == "endpoint") {
+                e.endpoint = std::move(value);
+            } else if (key == "plugin") {
+                e.plugin = std::move(value);
+            } else if (key == "function") {
+                e.function = std::move(value);
+            }
+        }
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+/** Invoke `endpoint` with `input`; the function's output. Calls the plugin through the normal
+ *  call path (errors as keel_call's, plus KEEL_ERR_RPC_ENDPOINT_NOT_FOUND). Thread-safe.
+ *  Throws RpcError. */
+inline std::string rpc_call(const Host &host, std::string_view endpoint, std::string_view input) {
+    capmetrics_detail::Buffer b;
+    const std::string ep(endpoint);
+    capmetrics_detail::check(keel_host_rpc_call(c_host(host), ep.c_str(),
+                                                reinterpret_cast<const std::uint8_t *>(input.data()), input.size(),
+                                                b.get()));
+    return b.str();
 }
 
 } // namespace keel

@@ -19,4 +19,10 @@
 #define KEEL_HEALTH_DEGRADED 1
 #define KEEL_HEALTH_UNHEALTHY 2
 
+/** Metric kinds (capability "metrics:write": metric_define in keel_plugin.h,
+ *  keel_metric_define in keel_wasm.h). */
+#define KEEL_METRIC_COUNTER 0
+#define KEEL_METRIC_GAUGE 1
+#define KEEL_METRIC_HISTOGRAM 2
+
 #endif /* KEEL_COMMON_H */

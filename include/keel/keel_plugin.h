@@ -74,9 +74,10 @@ typedef struct keel_output {
  * manifest declares and the node allows; the others are NULL, always check before
  * calling. All entries are thread-safe. `ctx` is passed back as the first argument.
  *
- * The table grows at its end. A field past `kv_delete` exists only if `struct_size` covers
- * it: check `api->struct_size >= offsetof(keel_host_api, field) + sizeof(api->field)`
- * (and the pointer for NULL) before reading it, so the plugin also runs on older hosts.
+ * The table grows at its end only. A plugin built against this header that may run on an
+ * older host must check `struct_size` before reading a field past `kv_delete`:
+ * `host->struct_size >= offsetof(keel_host_api, field) + sizeof(host->field)` (see
+ * KEEL_HOST_API_HAS below); a field past `struct_size` is absent, as if NULL.
  */
 typedef struct keel_host_api {
     /** KEEL_PLUGIN_ABI_VERSION of the host. */
@@ -145,7 +146,61 @@ typedef struct keel_host_api {
     /** any of "kv:read", "kv:write", "storage:read", "storage:write": write the message of the
      *  last kv_* or storage_* entry that failed on this thread to `out`. 0 written, 1 none. */
     int32_t (*sink_error)(void *ctx, const keel_output *out);
+
+    /* ---- capmetrics: metrics:write, rpc:register (check struct_size first) ----
+     * These return 0 on success or a keel_status code (> 0, e.g. KEEL_ERR_METRIC_INVALID =
+     * 606); -3 if the host caught a panic. A refused definition or registration is also
+     * logged (WARN, through the host's log sink) with the reason. All are thread-safe. */
+
+    /**
+     * capability "metrics:write": define (or find) a series; `*id` receives its id.
+     * `kind`: KEEL_METRIC_COUNTER, _GAUGE or _HISTOGRAM. `name` (`name_len` bytes, UTF-8):
+     * [a-zA-Z_][a-zA-Z0-9_]*, at most 128 bytes, not "__...", no reserved OpenMetrics suffix
+     * (_created, _bucket, _count, _sum, _info, _gcount, _gsum; a counter may end in _total,
+     * which is dropped); exported as keel_custom_<name> (counters: ..._total) with the label
+     * plugin="<plugin name>". `labels` (`labels_len` bytes; 0 = none): a JSON object of string
+     * values, e.g. {"shard":"3"} (at most 16; names as above but not plugin/le/quantile;
+     * values at most 256 bytes without '"', '\\' or control characters). `buckets`
+     * (`bucket_count` doubles; histograms only; NULL/0 = .005 .. 10): strictly increasing
+     * finite upper bounds, at most 64; +Inf is added. All pointers are borrowed for the call.
+     * Same name and labels again: the same id (series and values survive a reload; they
+     * are removed when the plugin unloads). Errors: KEEL_ERR_METRIC_INVALID (606),
+     * KEEL_ERR_METRIC_CONFLICT (607: the name has another kind, here or in another plugin),
+     * KEEL_ERR_METRIC_SERIES_LIMIT (806: the plugin has 10 000 series), KEEL_ERR_NULL_POINTER,
+     * KEEL_ERR_INVALID_UTF8. Takes a host lock and allocates: define once, update often.
+     */
+    int32_t (*metric_define)(void *ctx, int32_t kind, const char *name, size_t name_len, const char *labels,
+                             size_t labels_len, const double *buckets, size_t bucket_count, uint32_t *id);
+    /** capability "metrics:write": add `value` to a counter (>= 0, finite) or gauge (not
+     *  NaN). Errors: 606 (unknown id, value refused), 607 (a histogram). Lock-free, no
+     *  allocation. */
+    int32_t (*metric_add)(void *ctx, uint32_t id, double value);
+    /** capability "metrics:write": set a gauge. Errors: 606 (unknown id, NaN), 607 (not a
+     *  gauge). Lock-free, no allocation. */
+    int32_t (*metric_set)(void *ctx, uint32_t id, double value);
+    /** capability "metrics:write": record `value` in a histogram. Errors: 606, 607 (not a
+     *  histogram). Lock-free, no allocation. */
+    int32_t (*metric_observe)(void *ctx, uint32_t id, double value);
+    /**
+     * capability "rpc:register": bind the RPC endpoint `endpoint` (`endpoint_len` bytes,
+     * UTF-8, 1..255, no control characters) to the plugin's function `function` (one of its
+     * vtable `functions`). The server lists endpoints (keel_host_rpc_list) and invokes them
+     * (keel_host_rpc_call / keel_host_rpc_resolve + keel_call) through the normal call path,
+     * so `call` runs as for any call. Call it from `init` or during a call. The same binding
+     * again is 0. Errors: KEEL_ERR_RPC_ENDPOINT_TAKEN (608: another plugin holds the name,
+     * or this generation bound it to another function), KEEL_ERR_FUNCTION_NOT_FOUND (201),
+     * KEEL_ERR_INVALID_ARGUMENT (bad name, more than 1024 endpoints). Endpoints are removed
+     * when the plugin unloads; on reload the new generation registers its own during `init`,
+     * and the old generation's endpoints it does not register again are removed when it is
+     * published (restored if the reload rolls back).
+     */
+    int32_t (*rpc_register)(void *ctx, const char *endpoint, size_t endpoint_len, const char *function,
+                            size_t function_len);
 } keel_host_api;
+
+/** Whether `host` (a `const keel_host_api *`) has the field `field` (it may still be NULL). */
+#define KEEL_HOST_API_HAS(host, field)                                                             \
+    ((host)->struct_size >= offsetof(keel_host_api, field) + sizeof((host)->field))
 
 /**
  * The plugin's function table. Fields marked optional may be NULL.

@@ -216,6 +216,61 @@ KEEL_WASM_IMPORT(storage_scan) int64_t keel_storage_scan(const char *table, uint
  *  Read it right after the failing call: it is not cleared by successes. */
 KEEL_WASM_IMPORT(sink_error) int32_t keel_sink_error(char *out, uint32_t cap);
 
+/* ---- capmetrics: metrics:write, rpc:register ----
+ * Failures return a negative keel_status (e.g. -606 = -KEEL_ERR_METRIC_INVALID); the host
+ * also logs why (level WARN, through its log sink). Nothing here traps except pointer/length
+ * pairs outside the guest's memory. Thread-safety: a WASM instance runs on one thread at a
+ * time; the series a plugin defines are shared by all its instances (pooled mode) and
+ * generations. */
+
+/**
+ * capability "metrics:write": define (or find) a series and return its id (>= 0), or a
+ * negative status. `kind` is KEEL_METRIC_COUNTER, _GAUGE or _HISTOGRAM. `name` (UTF-8,
+ * `name_len` bytes) follows the Prometheus rules [a-zA-Z_][a-zA-Z0-9_]*, at most 128 bytes, not
+ * starting with "__", not ending in _created/_bucket/_count/_sum/_info/_gcount/_gsum (a
+ * counter may end in _total, which is dropped); it is exported as keel_custom_<name>
+ * (counters keel_custom_<name>_total) with the label plugin="<plugin name>". `labels` is a
+ * JSON object of string values ({"shard":"3"}; len 0 = no labels; at most 16; names as metric
+ * names but not "plugin", "le", "quantile"; values at most 256 bytes without '"', '\' or
+ * control characters). `buckets` (histograms only, `bucket_count` little-endian doubles,
+ * strictly increasing, finite, at most 64; 0 = the Prometheus defaults .005 .. 10) are the
+ * upper bounds; +Inf is added. Defining the same name and labels again returns the same id
+ * (also in a reloaded generation: series and their values survive a reload, and are removed
+ * when the plugin unloads). At most 10 000 series per plugin: the next is refused with
+ * -KEEL_ERR_METRIC_SERIES_LIMIT (-806). Another kind under a name already defined (by this
+ * or another plugin) is -KEEL_ERR_METRIC_CONFLICT (-607); a bad name, labels or buckets
+ * -KEEL_ERR_METRIC_INVALID (-606).
+ */
+KEEL_WASM_IMPORT(metric_define) int64_t keel_metric_define(int32_t kind, const char *name, uint32_t name_len,
+                                                           const char *labels, uint32_t labels_len,
+                                                           const double *buckets, uint32_t bucket_count);
+
+/** capability "metrics:write": add `value` to a counter (>= 0, finite) or gauge (not NaN).
+ *  0, or -606 (unknown id, value refused) / -607 (a histogram). Lock-free, allocates nothing. */
+KEEL_WASM_IMPORT(metric_add) int32_t keel_metric_add(int32_t id, double value);
+
+/** capability "metrics:write": set a gauge. 0, or -606 (unknown id, NaN) / -607 (not a gauge). */
+KEEL_WASM_IMPORT(metric_set) int32_t keel_metric_set(int32_t id, double value);
+
+/** capability "metrics:write": record `value` in a histogram. 0, or -606 / -607 (not a
+ *  histogram). */
+KEEL_WASM_IMPORT(metric_observe) int32_t keel_metric_observe(int32_t id, double value);
+
+/**
+ * capability "rpc:register": bind the RPC endpoint `endpoint` (UTF-8, 1..255 bytes, no
+ * control characters) to the plugin's function `function` (a name from keel_functions; an
+ * unknown one makes invocations fail with KEEL_ERR_FUNCTION_NOT_FOUND). The server lists
+ * endpoints (keel_host_rpc_list) and invokes them (keel_host_rpc_call), which calls the
+ * function as keel_call would. Call it from keel_init (or during a call). Returns 0; the same
+ * binding again is 0 (every pooled instance runs keel_init); a name another plugin holds, or
+ * that this generation bound to another function, is -KEEL_ERR_RPC_ENDPOINT_TAKEN (-608);
+ * a bad name or more than 1024 endpoints -KEEL_ERR_INVALID_ARGUMENT (-102). Endpoints are
+ * removed when the plugin unloads; on reload the new generation registers its own, and
+ * those it does not register again are removed when it is published.
+ */
+KEEL_WASM_IMPORT(rpc_register) int32_t keel_rpc_register(const char *endpoint, uint32_t endpoint_len,
+                                                         const char *function, uint32_t function_len);
+
 /* ---- the plugin's exports (define the ones you need) --------------------------------- */
 
 KEEL_WASM_EXPORT(keel_abi_version) int32_t keel_abi_version(void);

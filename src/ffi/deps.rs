@@ -11,7 +11,7 @@ use crate::error::keel_status;
 
 /// Set the node's capability allowlist: the capabilities plugins loaded from now on may be
 /// granted. `names` points to `count` NUL-terminated capability names (`"log"`, `"kv:read"`,
-/// `"storage:write"`, `"network:egress"`, ...; may be NULL when `count` is 0, which allows
+/// `"storage:write"`, `"rpc:register"`, ...; may be NULL when `count` is 0, which allows
 /// none). The whole list is checked first: an unknown name gives `KEEL_ERR_CAPABILITY_UNKNOWN`
 /// and leaves the allowlist unchanged.
 ///

@@ -35,6 +35,7 @@ pub mod themis;
 pub mod introspect;
 
 pub mod call;
+pub mod capmetrics;
 pub mod sinks;
 
 pub use errors::{keel_last_error_message, keel_status_name};

@@ -102,6 +102,11 @@ impl Lifecycle {
         }
     }
 
+    /// What the host lends plugins.
+    pub(crate) fn services(&self) -> &HostServices {
+        self.pipeline.services()
+    }
+
     /// The registry (lock-free reads; changed only here).
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.registry
@@ -235,6 +240,8 @@ impl Lifecycle {
                     loaded.push(slot);
                 }
                 Err(e) => {
+                    // Its init may have registered metrics or endpoints before failing.
+                    self.pipeline.forget_plugin(&a.file.manifest.name);
                     self.roll_back(&loaded);
                     return Err(e.context(format!(
                         "loading '{}' failed; nothing from this set was loaded",
@@ -264,6 +271,7 @@ impl Lifecycle {
             if let Some(g) = s.take() {
                 let _ = s.drain(g, self.options().drain_timeout);
             }
+            self.pipeline.forget_plugin(s.name());
         }
     }
 
@@ -321,6 +329,7 @@ impl Lifecycle {
             Ok(Reloaded::Built(g)) => *g,
             Ok(Reloaded::Held((number, old))) => {
                 // Already swapped (calls were held from the save to the swap).
+                self.pipeline.services().rpc.commit(name, number);
                 self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
                 slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
                 slot.metrics
@@ -334,6 +343,11 @@ impl Lifecycle {
                 return Ok(number);
             }
             Err(e) => {
+                // Endpoints the failed generation registered are undone (the old ones are back).
+                self.pipeline
+                    .services()
+                    .rpc
+                    .roll_back(name, slot.next_generation_number());
                 slot.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 self.listeners
                     .queue(name, LifecycleEvent::ReloadRolledBack, slot.next_generation_number());
@@ -345,6 +359,8 @@ impl Lifecycle {
         let number = gen.number;
         self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
         let old = slot.install(gen);
+        // Published: endpoints only older generations registered are removed.
+        self.pipeline.services().rpc.commit(name, number);
         slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         slot.metrics
             .last_load_nanos
@@ -440,6 +456,9 @@ impl Lifecycle {
         self.registry.remove(name);
         self.sources.lock().remove(name);
         let old = slot.take();
+        // Its endpoints and metric series go with it (calls still draining may update series
+        // nobody reads any more).
+        self.pipeline.forget_plugin(name);
         self.listeners.queue(
             name,
             LifecycleEvent::Unloaded,

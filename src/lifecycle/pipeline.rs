@@ -58,6 +58,18 @@ impl Pipeline {
         }
     }
 
+    /// What the host lends plugins (log, key-value store, metric registry, RPC table).
+    pub(crate) fn services(&self) -> &HostServices {
+        &self.services
+    }
+
+    /// Drop what `plugin` registered with the host's services: its metric series and its RPC
+    /// endpoints (on unload, and when its first load fails).
+    pub(crate) fn forget_plugin(&self, plugin: &str) {
+        self.services.metrics.forget(plugin);
+        self.services.rpc.forget(plugin);
+    }
+
     pub(crate) fn trust(&self) -> &TrustState {
         &self.trust
     }
@@ -111,6 +123,7 @@ impl Pipeline {
             services: self.services.clone(),
             restored_state: restored.map(|(s, _)| s),
             restored_state_version: restored.map(|(_, v)| v),
+            generation: number,
         };
         let instance = self.runtimes.instantiate(art, &ctx)?;
         // The SHA-256 of the exact bytes that run (equal to the pin when there is one).

@@ -25,6 +25,10 @@
 //! (only for plugins whose runtime reports it — no series rather than a made-up 0) and
 //! `plugin_health_score` (only once the health monitor has checked the plugin).
 //!
+//! Plugin-defined metrics (capability `metrics:write`, see
+//! [`crate::services::plugin_metrics`]) follow: one family per name, `keel_custom_<name>`
+//! (counters with `_total`), labels `plugin` plus the plugin's own.
+//!
 //! The histogram counts sampled calls only (one in N, see [`super::PluginMetrics::observe`]);
 //! its quantiles and rates of `_sum / _count` are unbiased, its `_count` is about
 //! `calls / N`.
@@ -39,6 +43,7 @@ use prometheus_client::registry::Unit;
 
 use super::{LatencySnapshot, MetricsSnapshot};
 use crate::health_state::HealthReport;
+use crate::services::plugin_metrics::{FamilySnapshot, MetricKind, MetricRegistry};
 
 /// The HTTP `Content-Type` of [`crate::host::Host::metrics_text`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -55,6 +60,8 @@ pub trait PluginSource: Send + Sync {
 /// collector to their own registry with [`crate::host::Host::metrics_collector`]).
 pub struct PluginCollector {
     plugins: Arc<dyn PluginSource>,
+    /// Plugin-defined metrics, read at every scrape too.
+    custom: Option<Arc<MetricRegistry>>,
 }
 
 impl fmt::Debug for PluginCollector {
@@ -65,7 +72,15 @@ impl fmt::Debug for PluginCollector {
 
 impl PluginCollector {
     pub fn new(plugins: Arc<dyn PluginSource>) -> PluginCollector {
-        PluginCollector { plugins }
+        PluginCollector { plugins, custom: None }
+    }
+
+    /// A collector that also exports the plugin-defined metrics of `custom`.
+    pub fn with_custom(plugins: Arc<dyn PluginSource>, custom: Arc<MetricRegistry>) -> PluginCollector {
+        PluginCollector {
+            plugins,
+            custom: Some(custom),
+        }
     }
 }
 
@@ -312,6 +327,36 @@ impl Collector for PluginCollector {
             &rows,
             |r| (r.health.checks > 0).then_some(Value::Float(r.health.score)),
         )?;
+        if let Some(custom) = &self.custom {
+            for f in custom.snapshot() {
+                custom_family(e, &f)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// One plugin-defined family, every plugin's series.
+fn custom_family(enc: &mut DescriptorEncoder, f: &FamilySnapshot) -> fmt::Result {
+    let (ty, help) = match f.kind {
+        MetricKind::Counter => (MetricType::Counter, "Plugin-defined counter."),
+        MetricKind::Gauge => (MetricType::Gauge, "Plugin-defined gauge."),
+        MetricKind::Histogram => (MetricType::Histogram, "Plugin-defined histogram."),
+    };
+    let mut m = enc.encode_descriptor(&f.name, help, None, ty)?;
+    for s in &f.series {
+        let labels: Vec<(&str, &str)> = std::iter::once(("plugin", &*s.plugin))
+            .chain(s.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        let mut sample = m.encode_family(&labels)?;
+        match f.kind {
+            MetricKind::Counter => sample.encode_counter::<NoLabelSet, f64, u64>(&s.value, None)?,
+            MetricKind::Gauge => sample.encode_gauge(&s.value)?,
+            MetricKind::Histogram => {
+                let count = s.buckets.iter().map(|b| b.1).sum();
+                sample.encode_histogram::<NoLabelSet>(s.value, count, &s.buckets, None)?
+            }
+        }
+    }
+    Ok(())
 }

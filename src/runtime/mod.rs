@@ -126,6 +126,9 @@ pub struct LoadContext<'a> {
     /// plugins through `restore_state_versioned`, WASM plugins through
     /// `keel_restore_state_versioned`.
     pub restored_state_version: Option<&'a str>,
+    /// The number this generation gets (1 on load, +1 per reload): what the plugin's RPC
+    /// registrations are tagged with (see [`crate::services::rpc`]).
+    pub generation: u64,
 }
 
 /// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM

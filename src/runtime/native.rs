@@ -7,12 +7,13 @@
 
 use std::ffi::{c_char, c_void};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::artifact::Verified;
 use crate::capability::Capabilities;
-use crate::error::Result;
+use crate::error::{keel_status, Result};
 pub(crate) use crate::runtime::output::max_output;
 use crate::runtime::output::WRITE_REFUSED;
 pub use crate::runtime::output::{
@@ -20,6 +21,7 @@ pub use crate::runtime::output::{
 };
 pub use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
+use crate::services::plugin_metrics::{MetricKind, PluginMetricSet};
 use crate::services::sinks::{check_table, encode_entry, last_sink_error, ScanEnd, SINK_CAPABILITIES};
 use crate::services::{KvTarget, SinkError};
 use crate::{bail, err};
@@ -61,7 +63,30 @@ pub struct RawHostApi {
     pub storage_scan:
         Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const u8, usize, *const RawOutput) -> i32>,
     pub sink_error: Option<unsafe extern "C" fn(*mut c_void, *const RawOutput) -> i32>,
+    // ---- capmetrics (appended; a plugin checks `struct_size` before reading them) ----
+    pub metric_define: Option<MetricDefineFn>,
+    pub metric_add: Option<MetricUpdateFn>,
+    pub metric_set: Option<MetricUpdateFn>,
+    pub metric_observe: Option<MetricUpdateFn>,
+    pub rpc_register: Option<RpcRegisterFn>,
 }
+
+/// `keel_host_api.metric_define`.
+pub type MetricDefineFn = unsafe extern "C" fn(
+    *mut c_void,
+    i32,
+    *const c_char,
+    usize,
+    *const c_char,
+    usize,
+    *const f64,
+    usize,
+    *mut u32,
+) -> i32;
+/// `keel_host_api.metric_add` / `metric_set` / `metric_observe`.
+pub type MetricUpdateFn = unsafe extern "C" fn(*mut c_void, u32, f64) -> i32;
+/// `keel_host_api.rpc_register`.
+pub type RpcRegisterFn = unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const c_char, usize) -> i32;
 
 /// Mirror of `keel_plugin_vtable`.
 #[repr(C)]
@@ -91,6 +116,12 @@ const MIN_VTABLE_SIZE: usize = std::mem::offset_of!(RawVtable, save_state);
 struct HostApiCtx {
     plugin: String,
     services: HostServices,
+    /// The plugin's metric set (`metrics:write` granted), shared by its generations.
+    metrics: Option<Arc<PluginMetricSet>>,
+    /// For `rpc:register`: the plugin's name, the generation being loaded and its functions.
+    rpc_plugin: Arc<str>,
+    generation: u64,
+    functions: Vec<String>,
 }
 
 /// Run a host-API entry's body behind a panic boundary: a panic in the embedder's service
@@ -426,6 +457,153 @@ unsafe extern "C" fn api_cancelled(_ctx: *mut c_void) -> i32 {
     guarded(0, || crate::services::call::cancelled() as i32)
 }
 
+/// A `(ptr, len)` string argument of a host-API entry: `Err(status)` for NULL with a length
+/// or bytes that are not UTF-8.
+///
+/// # Safety
+/// `p` points to `len` readable bytes that stay valid for `'a`, or is NULL.
+unsafe fn str_arg<'a>(p: *const c_char, len: usize) -> std::result::Result<&'a str, i32> {
+    // SAFETY: caller contract.
+    let b = unsafe { bytes(p as *const u8, len) }.ok_or(keel_status::KEEL_ERR_NULL_POINTER as i32)?;
+    std::str::from_utf8(b).map_err(|_| keel_status::KEEL_ERR_INVALID_UTF8 as i32)
+}
+
+/// A refused definition or registration: logged (Warn) through the host's log sink with
+/// the reason, and its status returned to the plugin.
+#[cold]
+fn refused(c: &HostApiCtx, e: crate::error::Error) -> i32 {
+    c.services.log(&c.plugin, LogLevel::Warn, &e.to_string());
+    e.status() as i32
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `name`/`labels` point to `name_len`/`labels_len`
+/// readable bytes; `buckets` to `bucket_count` doubles (or NULL with 0); `id` is writable.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn api_metric_define(
+    ctx: *mut c_void,
+    kind: i32,
+    name: *const c_char,
+    name_len: usize,
+    labels: *const c_char,
+    labels_len: usize,
+    buckets: *const f64,
+    bucket_count: usize,
+    id: *mut u32,
+) -> i32 {
+    if ctx.is_null() || id.is_null() || (buckets.is_null() && bucket_count != 0) {
+        return keel_status::KEEL_ERR_NULL_POINTER as i32;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    let Some(set) = &c.metrics else {
+        return keel_status::KEEL_ERR_CAPABILITY_DENIED as i32;
+    };
+    // SAFETY: per the ABI.
+    let (name, labels) = match unsafe { (str_arg(name, name_len), str_arg(labels, labels_len)) } {
+        (Ok(n), Ok(l)) => (n, l),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let buckets = if bucket_count == 0 {
+        &[][..]
+    } else {
+        // SAFETY: per the ABI `buckets` holds `bucket_count` doubles (non-NULL checked above).
+        unsafe { std::slice::from_raw_parts(buckets, bucket_count) }
+    };
+    guarded(API_PANICKED, || {
+        let Some(kind) = MetricKind::from_i32(kind) else {
+            return refused(
+                c,
+                err!(KEEL_ERR_METRIC_INVALID, "metric kind {kind} is not KEEL_METRIC_*"),
+            );
+        };
+        match c.services.metrics.define(set, kind, name, labels.as_bytes(), buckets) {
+            Ok(v) => {
+                // SAFETY: `id` is the plugin's writable out-parameter (non-NULL checked above).
+                unsafe { id.write(v) };
+                0
+            }
+            Err(e) => refused(c, e),
+        }
+    })
+}
+
+/// Shared body of the three metric updates: no lock, no allocation.
+///
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx` or NULL.
+#[inline]
+unsafe fn metric_update(
+    ctx: *mut c_void,
+    f: impl FnOnce(&PluginMetricSet) -> std::result::Result<(), keel_status>,
+) -> i32 {
+    if ctx.is_null() {
+        return keel_status::KEEL_ERR_NULL_POINTER as i32;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    match &c.metrics {
+        None => keel_status::KEEL_ERR_CAPABILITY_DENIED as i32,
+        Some(set) => match f(set) {
+            Ok(()) => 0,
+            Err(s) => s as i32,
+        },
+    }
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`.
+unsafe extern "C" fn api_metric_add(ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { metric_update(ctx, |s| s.add(id, v)) }
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`.
+unsafe extern "C" fn api_metric_set(ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { metric_update(ctx, |s| s.set(id, v)) }
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`.
+unsafe extern "C" fn api_metric_observe(ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe { metric_update(ctx, |s| s.observe(id, v)) }
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `endpoint`/`function` point to `endpoint_len` /
+/// `function_len` readable bytes.
+unsafe extern "C" fn api_rpc_register(
+    ctx: *mut c_void,
+    endpoint: *const c_char,
+    endpoint_len: usize,
+    function: *const c_char,
+    function_len: usize,
+) -> i32 {
+    if ctx.is_null() {
+        return keel_status::KEEL_ERR_NULL_POINTER as i32;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI.
+    let (endpoint, function) = match unsafe { (str_arg(endpoint, endpoint_len), str_arg(function, function_len)) } {
+        (Ok(e), Ok(f)) => (e, f),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    guarded(API_PANICKED, || {
+        match c
+            .services
+            .rpc
+            .register(&c.rpc_plugin, c.generation, Some(&c.functions), endpoint, function)
+        {
+            Ok(()) => 0,
+            Err(e) => refused(c, e),
+        }
+    })
+}
+
 /// The host API table for a plugin: entries only for granted capabilities.
 fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
     RawHostApi {
@@ -448,6 +626,11 @@ fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
             .iter()
             .any(|c| granted.has(c))
             .then_some(api_sink_error as _),
+        metric_define: granted.has("metrics:write").then_some(api_metric_define as _),
+        metric_add: granted.has("metrics:write").then_some(api_metric_add as _),
+        metric_set: granted.has("metrics:write").then_some(api_metric_set as _),
+        metric_observe: granted.has("metrics:write").then_some(api_metric_observe as _),
+        rpc_register: granted.has("rpc:register").then_some(api_rpc_register as _),
     }
 }
 
@@ -695,6 +878,13 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<NativeInstance>
     let api_ctx = Box::new(HostApiCtx {
         plugin: name.clone(),
         services: ctx.services.clone(),
+        metrics: ctx
+            .granted
+            .has("metrics:write")
+            .then(|| ctx.services.metrics.set_for(name)),
+        rpc_plugin: Arc::from(name.as_str()),
+        generation: ctx.generation,
+        functions: functions.clone(),
     });
     let api = Box::new(host_api(&api_ctx, ctx.granted));
     let mut inst = NativeInstance {

@@ -5,6 +5,8 @@
 //! A lower module: runtimes import it, it imports neither the runtimes nor the host.
 
 pub mod call;
+pub mod plugin_metrics;
+pub mod rpc;
 pub mod sinks;
 
 use std::collections::BTreeMap;
@@ -182,4 +184,9 @@ pub type LogSink = Arc<dyn Fn(&str, LogLevel, &str) + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct HostServices {
     sinks: Arc<sinks::Sinks>,
+    /// Plugin-defined metrics (`metrics:write`), one registry per host, read by the
+    /// exposition.
+    pub metrics: Arc<plugin_metrics::MetricRegistry>,
+    /// RPC endpoints plugins register (`rpc:register`), one table per host.
+    pub rpc: Arc<rpc::RpcTable>,
 }

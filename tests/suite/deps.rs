@@ -412,14 +412,14 @@ fn capability_outside_the_allowlist_is_refused() {
         "egress",
         "1.0.0",
         json!({}),
-        json!({"capabilities": ["log", "network:egress"]}),
+        json!({"capabilities": ["log", "storage:write"]}),
     );
     let h = TestHost::new();
     assert_eq!(h.set_allowlist(&["log", "kv:read"]), KEEL_OK);
     assert_eq!(h.allowlist(), bit("log") | bit("kv:read"));
     assert_eq!(h.load_dir(&d.root), KEEL_ERR_CAPABILITY_DENIED);
     let msg = last_error();
-    assert!(msg.contains("network:egress") && msg.contains("egress"), "{msg}");
+    assert!(msg.contains("storage:write") && msg.contains("egress"), "{msg}");
     assert!(!h.is_loaded("reader"), "the set is all-or-nothing");
     assert!(d.shutdowns().is_empty(), "no plugin code may run: {:?}", d.shutdowns());
 }
@@ -483,7 +483,6 @@ fn capability_bits_are_distinct_and_stable() {
         "kv:write",
         "storage:read",
         "storage:write",
-        "network:egress",
         "rpc:register",
         "metrics:write",
     ];

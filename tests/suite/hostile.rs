@@ -503,6 +503,16 @@ fn rust_mirrors_match_keel_plugin_h() {
         kv_put,
         kv_delete
     );
+    // capmetrics' appended entries.
+    off!(
+        "keel_host_api",
+        RawHostApi,
+        metric_define,
+        metric_add,
+        metric_set,
+        metric_observe,
+        rpc_register
+    );
     off!(
         "keel_plugin_vtable",
         RawVtable,

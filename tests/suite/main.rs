@@ -8,6 +8,7 @@ mod common;
 mod wasm_support;
 
 mod callopts;
+mod capmetrics;
 mod dashboard;
 mod deps;
 mod header;

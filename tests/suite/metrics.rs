@@ -18,22 +18,22 @@ fn host() -> Host {
 
 /// One sample line: name, labels, value.
 #[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 /// A parsed exposition: families (name → type) in order, and samples.
 #[derive(Debug, Default)]
-struct Exposition {
+pub(crate) struct Exposition {
     types: Vec<(String, String)>,
     units: HashMap<String, String>,
     samples: Vec<Sample>,
 }
 
 impl Exposition {
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
             .find(|s| {
@@ -44,7 +44,11 @@ impl Exposition {
             })
             .map(|s| s.value)
     }
-    fn names(&self) -> std::collections::BTreeSet<String> {
+    /// The samples named `name`.
+    pub(crate) fn samples_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| s.name == name)
+    }
+    pub(crate) fn names(&self) -> std::collections::BTreeSet<String> {
         self.samples.iter().map(|s| s.name.clone()).collect()
     }
 }
@@ -96,7 +100,7 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// Check the OpenMetrics text grammar (the subset prometheus-client writes) and parse.
-fn parse(text: &str) -> Result<Exposition, String> {
+pub(crate) fn parse(text: &str) -> Result<Exposition, String> {
     let mut e = Exposition::default();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     if lines.last() != Some(&"# EOF\n") {
@@ -196,7 +200,7 @@ fn parse(text: &str) -> Result<Exposition, String> {
 
 /// Histogram invariants per label set: buckets in increasing `le`, cumulative counts
 /// non-decreasing, the last bucket `+Inf` equal to `_count`.
-fn check_histograms(e: &Exposition, family: &str) -> usize {
+pub(crate) fn check_histograms(e: &Exposition, family: &str) -> usize {
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for s in e.samples.iter().filter(|s| s.name == format!("{family}_bucket")) {
         let mut l = s.labels.clone();

@@ -227,8 +227,14 @@ fn malformed_manifests_get_precise_codes() {
         ),
         (
             "denied-cap",
-            with_json(&good_json, "capabilities", serde_json::json!(["network:egress"])),
+            with_json(&good_json, "capabilities", serde_json::json!(["rpc:register"])),
             KEEL_ERR_CAPABILITY_DENIED,
+        ),
+        (
+            // Removed from the registry (it granted nothing): unknown, no longer denied.
+            "removed-cap",
+            with_json(&good_json, "capabilities", serde_json::json!(["network:egress"])),
+            KEEL_ERR_CAPABILITY_UNKNOWN,
         ),
         (
             "missing-dep",
@@ -516,6 +522,7 @@ fn replaced_file_after_verification_never_runs() {
         services: Default::default(),
         restored_state: None,
         restored_state_version: None,
+        generation: 1,
     };
     let inst = keel::runtime::native::load(art, &ctx).unwrap();
     use keel::runtime::Instance;

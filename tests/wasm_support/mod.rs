@@ -57,6 +57,7 @@ pub fn context<'a>(m: &'a Manifest, services: HostServices) -> LoadContext<'a> {
         services,
         restored_state: None,
         restored_state_version: None,
+        generation: 1,
     }
 }
 

@@ -104,6 +104,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_FILE_NOT_FOUND:
     case KEEL_ERR_PLUGIN_UNLOADED:
     case KEEL_ERR_NO_MANIFEST:
+    case KEEL_ERR_RPC_ENDPOINT_NOT_FOUND:
         return ErrorCode::ERR_PLUGIN_NOT_FOUND;
     case KEEL_OK:
     case KEEL_ERR_NULL_POINTER:
@@ -132,6 +133,10 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_BUSY:
     case KEEL_ERR_PANIC:
     case KEEL_ERR_INTERNAL:
+    case KEEL_ERR_METRIC_INVALID:
+    case KEEL_ERR_METRIC_CONFLICT:
+    case KEEL_ERR_METRIC_SERIES_LIMIT:
+    case KEEL_ERR_RPC_ENDPOINT_TAKEN:
         return ErrorCode::ERR_PLUGIN_LOAD_FAILED;
     case KEEL_ERR_MANIFEST_PARSE:
     case KEEL_ERR_MANIFEST_SCHEMA:

@@ -10,6 +10,7 @@ use wasmer::{
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
 use crate::runtime::{HostServices, LogLevel};
+use crate::services::plugin_metrics::{MetricKind, PluginMetricSet};
 use crate::services::sinks::{check_table, encode_entry, ScanEnd};
 use crate::services::KvTarget;
 use crate::{bail, err};
@@ -35,7 +36,7 @@ pub struct HostFn {
     pub results: &'static [Type],
 }
 
-use Type::{I32, I64};
+use Type::{F64, I32, I64};
 
 /// Every host function Keel offers WASM plugins (see `keel_wasm.h`).
 pub const HOST_FUNCTIONS: &[HostFn] = &[
@@ -110,6 +111,37 @@ pub const HOST_FUNCTIONS: &[HostFn] = &[
         name: "sink_error",
         capability: "kv:read|kv:write|storage:read|storage:write",
         params: &[I32, I32],
+        results: &[I32],
+    },
+    // ---- capmetrics ----
+    HostFn {
+        name: "metric_define",
+        capability: "metrics:write",
+        params: &[I32, I32, I32, I32, I32, I32, I32],
+        results: &[I64],
+    },
+    HostFn {
+        name: "metric_add",
+        capability: "metrics:write",
+        params: &[I32, F64],
+        results: &[I32],
+    },
+    HostFn {
+        name: "metric_set",
+        capability: "metrics:write",
+        params: &[I32, F64],
+        results: &[I32],
+    },
+    HostFn {
+        name: "metric_observe",
+        capability: "metrics:write",
+        params: &[I32, F64],
+        results: &[I32],
+    },
+    HostFn {
+        name: "rpc_register",
+        capability: "rpc:register",
+        params: &[I32, I32, I32, I32],
         results: &[I32],
     },
 ];
@@ -198,6 +230,10 @@ pub struct HostEnv {
     /// The plugin's name: its log label and its key-value namespace.
     pub plugin: Arc<str>,
     pub services: HostServices,
+    /// The plugin's metric set when `metrics:write` is granted (shared by its generations).
+    pub metrics: Option<Arc<PluginMetricSet>>,
+    /// The generation this instance belongs to (tags its RPC registrations).
+    pub generation: u64,
 }
 
 fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
@@ -515,6 +551,139 @@ fn h_sink_error(mut env: FunctionEnvMut<HostEnv>, ptr: i32, cap: i32) -> Result<
     Ok(msg.len() as i32)
 }
 
+/// Most histogram bucket bounds `metric_define` reads from the guest.
+const MAX_GUEST_BUCKETS: u32 = crate::services::plugin_metrics::MAX_BUCKETS as u32 + 1;
+/// Longest metric name or labels JSON `metric_define` reads; longer is refused.
+const MAX_METRIC_TEXT: u32 = 64 << 10;
+
+/// A refused definition or registration: logged (Warn) with the reason; its status for the
+/// guest, negated.
+#[cold]
+fn refused(env: &HostEnv, e: crate::error::Error) -> i64 {
+    env.services.log(&env.plugin, LogLevel::Warn, &e.to_string());
+    -(e.status() as i64)
+}
+
+fn text(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<std::result::Result<String, i64>, HostTrap> {
+    check_range(view, ptr, len as u32, what)?;
+    if len as u32 > MAX_METRIC_TEXT {
+        return Ok(Err(-(keel_status::KEEL_ERR_INVALID_ARGUMENT as i64)));
+    }
+    let b = read(view, ptr, len, what)?;
+    Ok(String::from_utf8(b).map_err(|_| -(keel_status::KEEL_ERR_INVALID_UTF8 as i64)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn h_metric_define(
+    mut env: FunctionEnvMut<HostEnv>,
+    kind: i32,
+    np: i32,
+    nl: i32,
+    lp: i32,
+    ll: i32,
+    bp: i32,
+    bc: i32,
+) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    let Some(set) = data.metrics.clone() else {
+        return Ok(-(keel_status::KEEL_ERR_CAPABILITY_DENIED as i64));
+    };
+    let name = match text(&v, np, nl, "metric_define name")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let labels = match text(&v, lp, ll, "metric_define labels")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let bc = bc as u32;
+    check_range(&v, bp, bc.saturating_mul(8), "metric_define buckets")?;
+    if bc > MAX_GUEST_BUCKETS {
+        return Ok(refused(
+            data,
+            err!(
+                KEEL_ERR_METRIC_INVALID,
+                "{bc} histogram buckets; at most {}",
+                MAX_GUEST_BUCKETS - 1
+            ),
+        ));
+    }
+    let raw = read(&v, bp, (bc * 8) as i32, "metric_define buckets")?;
+    let buckets: Vec<f64> = raw
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    let Some(kind) = MetricKind::from_i32(kind) else {
+        return Ok(refused(
+            data,
+            err!(KEEL_ERR_METRIC_INVALID, "metric kind {kind} is not KEEL_METRIC_*"),
+        ));
+    };
+    Ok(
+        match data
+            .services
+            .metrics
+            .define(&set, kind, &name, labels.as_bytes(), &buckets)
+        {
+            Ok(id) => id as i64,
+            Err(e) => refused(data, e),
+        },
+    )
+}
+
+/// Shared body of the three metric updates: no lock, no allocation; the status negated.
+#[inline]
+fn metric_update(
+    env: &FunctionEnvMut<HostEnv>,
+    f: impl FnOnce(&PluginMetricSet) -> std::result::Result<(), keel_status>,
+) -> i32 {
+    match &env.data().metrics {
+        None => -(keel_status::KEEL_ERR_CAPABILITY_DENIED as i32),
+        Some(set) => match f(set) {
+            Ok(()) => 0,
+            Err(s) => -(s as i32),
+        },
+    }
+}
+
+fn h_metric_add(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
+    metric_update(&env, |s| s.add(id as u32, v))
+}
+
+fn h_metric_set(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
+    metric_update(&env, |s| s.set(id as u32, v))
+}
+
+fn h_metric_observe(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
+    metric_update(&env, |s| s.observe(id as u32, v))
+}
+
+fn h_rpc_register(mut env: FunctionEnvMut<HostEnv>, ep: i32, el: i32, fp: i32, fl: i32) -> Result<i32, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    let endpoint = match text(&v, ep, el, "rpc_register endpoint")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code as i32),
+    };
+    let function = match text(&v, fp, fl, "rpc_register function")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code as i32),
+    };
+    // The guest's function list is read after init; an unknown function is found when the
+    // endpoint is invoked (KEEL_ERR_FUNCTION_NOT_FOUND).
+    Ok(
+        match data
+            .services
+            .rpc
+            .register(&data.plugin, data.generation, None, &endpoint, &function)
+        {
+            Ok(()) => 0,
+            Err(e) => refused(data, e) as i32,
+        },
+    )
+}
+
 /// The import object for one instance: exactly the host functions in `used`.
 pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Result<Imports> {
     let mut imports = Imports::new();
@@ -535,6 +704,11 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Resu
             "storage_delete" => Function::new_typed_with_env(store, env, h_storage_delete),
             "storage_scan" => Function::new_typed_with_env(store, env, h_storage_scan),
             "sink_error" => Function::new_typed_with_env(store, env, h_sink_error),
+            "metric_define" => Function::new_typed_with_env(store, env, h_metric_define),
+            "metric_add" => Function::new_typed_with_env(store, env, h_metric_add),
+            "metric_set" => Function::new_typed_with_env(store, env, h_metric_set),
+            "metric_observe" => Function::new_typed_with_env(store, env, h_metric_observe),
+            "rpc_register" => Function::new_typed_with_env(store, env, h_rpc_register),
             other => return Err(err!(KEEL_ERR_INTERNAL, "host function '{other}' has no implementation")),
         };
         imports.define(IMPORT_MODULE, f.name, func);

@@ -270,6 +270,11 @@ impl WasmRuntime {
             module,
             used_imports,
             services: ctx.services.clone(),
+            metrics: ctx
+                .granted
+                .has("metrics:write")
+                .then(|| ctx.services.metrics.set_for(name)),
+            generation: ctx.generation,
             config_json: m.config_json().into_bytes(),
             limits,
             metering: self.config.metering,

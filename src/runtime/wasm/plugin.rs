@@ -55,6 +55,10 @@ pub struct PluginShared {
     pub module: Module,
     pub used_imports: u32,
     pub services: HostServices,
+    /// The plugin's metric set when `metrics:write` is granted.
+    pub metrics: Option<Arc<crate::services::plugin_metrics::PluginMetricSet>>,
+    /// This generation's number (tags RPC registrations).
+    pub generation: u64,
     pub config_json: Vec<u8>,
     pub limits: EffectiveLimits,
     pub metering: bool,
@@ -403,6 +407,8 @@ impl Guest {
                 memory: None,
                 plugin: shared.name.clone(),
                 services: shared.services.clone(),
+                metrics: shared.metrics.clone(),
+                generation: shared.generation,
             },
         );
         let imports = imports::imports(&mut store, &env, shared.used_imports)?;

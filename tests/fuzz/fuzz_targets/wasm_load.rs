@@ -134,6 +134,7 @@ fuzz_target!(|data: &[u8]| {
         services: f.services.clone(),
         restored_state: None,
         restored_state_version: None,
+        generation: 1,
     };
     let Ok(instance) = f.runtime.instantiate(&art, &ctx) else {
         return;
