@@ -995,9 +995,15 @@ fn verify_accepts_exactly_what_a_host_with_the_same_settings_loads() {
         let o = keel(&args);
         assert_eq!(o.code, *code, "{what}: keel verify\n{}{}", o.stdout, o.stderr);
         let host = opts.host();
+        // Host::check (what verify runs) agrees with the load it stands for.
+        let checked = host
+            .check(std::slice::from_ref(manifest))
+            .map(|_| ())
+            .map_err(|e| e.status());
         match host.load(manifest) {
             Ok(slot) => {
                 assert_eq!(o.code, 0, "{what}: the host loads what verify refused:\n{}", o.stderr);
+                assert_eq!(checked, Ok(()), "{what}");
                 // Loaded means running: the plugin answers.
                 let mut out = Vec::new();
                 slot.call(slot.resolve("echo").unwrap(), b"ping", &mut out).unwrap();
@@ -1006,6 +1012,7 @@ fn verify_accepts_exactly_what_a_host_with_the_same_settings_loads() {
             }
             Err(e) => {
                 assert_ne!(o.code, 0, "{what}: verify accepted what the host refuses: {e}");
+                assert_eq!(checked, Err(e.status()), "{what}");
                 assert!(
                     o.stderr.contains(e.status().name()),
                     "{what}: verify and the load disagree on the cause: host {e}, verify {}",
@@ -1151,4 +1158,62 @@ fn every_command_speaks_json() {
     assert_eq!(d["error"]["status"], "KEEL_ERR_KEY_REVOKED");
     let d = expect_json(&["validate", p(&dir.join("missing.json"))], 3);
     assert_eq!(d["error"]["status"], "KEEL_ERR_FILE_NOT_FOUND");
+}
+
+/// Collects what a plugin writes to a `keel_output`.
+unsafe extern "C" fn collect(ctx: *mut std::ffi::c_void, data: *const u8, len: usize) -> i32 {
+    // SAFETY: ctx is the Vec<u8> the test passes; data points to len readable bytes (ABI).
+    unsafe {
+        (*(ctx as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data, len));
+    }
+    0
+}
+
+#[test]
+fn the_cpp_scaffold_exports_a_c_entry_and_turns_exceptions_into_errors() {
+    use keel::runtime::native::RawVtable;
+    use keel::runtime::output::RawOutput;
+    let dir = common::tempdir("cli-new-cpp-barrier");
+    // A name a manifest refuses is refused before anything is written (11).
+    expect(["new", "Bad Name", "--lang", "cpp", "--dir", p(&dir)], 11);
+    assert!(!dir.join("Bad Name").exists());
+
+    expect(["new", "barrier", "--lang", "cpp", "--dir", p(&dir)], 0);
+    let so = build_scaffold(&dir.join("barrier"), "barrier", "cpp");
+    // SAFETY: the library is the scaffold just built; loading it runs only its static
+    // initialisers (the vtable).
+    let lib = unsafe { libloading::Library::new(&so) }.unwrap();
+    // The unmangled name resolves: the entry has C linkage.
+    // SAFETY: keel_plugin_entry has this signature (keel_plugin.h).
+    let entry = unsafe { lib.get::<unsafe extern "C" fn() -> *const RawVtable>(b"keel_plugin_entry\0") }.unwrap();
+    // SAFETY: the entry returns a pointer to the plugin's static vtable.
+    let vt = unsafe { &*entry() };
+    assert_eq!(vt.abi_version, 1);
+    let mut instance: *mut std::ffi::c_void = std::ptr::null_mut();
+    let mut err: Vec<u8> = Vec::new();
+    let err_out = RawOutput {
+        ctx: &mut err as *mut Vec<u8> as *mut _,
+        write: collect,
+    };
+    // SAFETY: the hooks are called as the ABI prescribes: init with a config and an output,
+    // then call on the instance init made, then shutdown once.
+    unsafe {
+        assert_eq!(
+            (vt.init.unwrap())(c"{}".as_ptr(), 2, std::ptr::null(), &mut instance, &err_out),
+            0
+        );
+        let mut out: Vec<u8> = Vec::new();
+        let output = RawOutput {
+            ctx: &mut out as *mut Vec<u8> as *mut _,
+            write: collect,
+        };
+        assert_eq!((vt.call.unwrap())(instance, 0, b"abc".as_ptr(), 3, &output), 0);
+        assert_eq!(out, b"abc");
+        // A function index the plugin does not have makes Plugin::call throw: the barrier
+        // returns an error with the exception's message instead of terminating the process.
+        out.clear();
+        assert_eq!((vt.call.unwrap())(instance, 99, std::ptr::null(), 0, &output), 1);
+        assert_eq!(String::from_utf8_lossy(&out), "barrier: no such function");
+        (vt.shutdown.unwrap())(instance);
+    }
 }
