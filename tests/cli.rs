@@ -373,8 +373,25 @@ fn inspect_shows_digests_key_id_and_verification() {
 
 #[test]
 fn help_documents_the_exit_codes() {
-    for sub in ["verify", "sign", "keygen", "validate", "inspect"] {
-        let o = expect([sub, "--help"], 0);
+    for sub in [
+        "verify",
+        "sign",
+        "keygen",
+        "validate",
+        "inspect",
+        "new",
+        "hash",
+        "call",
+        "list",
+        "trust",
+        "trust init",
+        "trust add",
+        "trust revoke",
+        "trust list",
+    ] {
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let o = expect(&args, 0);
         for needle in [
             "Exit codes",
             "KEEL_ERR_KEY_REVOKED",
@@ -386,8 +403,12 @@ fn help_documents_the_exit_codes() {
         }
     }
     let o = expect(["--help"], 0);
+    for cmd in ["keygen", "inspect", "new", "trust", "hash", "call", "list", "--json"] {
+        assert!(o.stdout.contains(cmd), "--help lacks {cmd}:\n{}", o.stdout);
+    }
+    let o = expect(["verify", "--help"], 0);
     assert!(
-        o.stdout.contains("keygen") && o.stdout.contains("inspect"),
+        o.stdout.contains("KEEL_ERR_CAPABILITY_UNKNOWN") && o.stdout.contains("17"),
         "{}",
         o.stdout
     );

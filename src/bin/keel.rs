@@ -377,6 +377,7 @@ enum Command {
 enum TrustCommand {
     /// Create a trust store (version 1). With --key, also generate a key pair
     /// (<prefix>.key, <prefix>.pub) and trust it.
+    #[command(after_help = exit_code_help())]
     Init {
         store: PathBuf,
         /// Generate a key pair at this prefix and put its entry in the store.
@@ -390,6 +391,7 @@ enum TrustCommand {
         allow_plugin: Vec<String>,
     },
     /// Add a key entry (a <prefix>.pub written by keygen) to a store.
+    #[command(after_help = exit_code_help())]
     Add {
         store: PathBuf,
         /// The key entry file.
@@ -408,6 +410,7 @@ enum TrustCommand {
         not_after: Option<String>,
     },
     /// Mark a key revoked (now). A revoked key is refused for every signature.
+    #[command(after_help = exit_code_help())]
     Revoke {
         store: PathBuf,
         /// The key id (64 lower-case hex digits, as keygen prints it).
@@ -416,6 +419,7 @@ enum TrustCommand {
         reason: String,
     },
     /// List a store's keys with their state now (valid, revoked, expired, not-yet-valid).
+    #[command(after_help = exit_code_help())]
     List { store: PathBuf },
 }
 
