@@ -78,6 +78,20 @@ pub struct DirPlan {
     pub skipped: Vec<(PathBuf, &'static str)>,
 }
 
+/// The manifests of a plugin directory, as `load_dir` reads them: the directory scan
+/// ([`deps::discover`]; a non-empty directory without a manifest is `KEEL_ERR_NO_MANIFEST`),
+/// each manifest read and validated; with the entries the scan skipped.
+fn read_dir_manifests(dir: &Path) -> Result<(Vec<ManifestFile>, Vec<(PathBuf, &'static str)>)> {
+    let found = deps::discover::discover(dir)?;
+    found.require_manifests(dir)?;
+    let files = found
+        .manifests
+        .iter()
+        .map(|p| manifest::read_file(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((files, found.skipped))
+}
+
 /// Owns the registry and every change to it.
 pub(crate) struct Lifecycle {
     registry: Arc<Registry>,
@@ -209,9 +223,8 @@ impl Lifecycle {
     }
 
     pub(crate) fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
-        let found = deps::discover::discover(dir)?;
-        found.require_manifests(dir)?;
-        self.load_set(&found.manifests)
+        let (files, _skipped) = read_dir_manifests(dir)?;
+        self.load_manifests(files)
     }
 
     /// Load a set all or nothing: admit every manifest (trust, capabilities), plan the order
@@ -325,22 +338,13 @@ impl Lifecycle {
     /// What [`Lifecycle::load_dir`] would load, in load order: the directory scan and the
     /// dependency plan of the manifests found (no signature, capability or binary check).
     pub(crate) fn plan_dir(&self, dir: &Path) -> Result<DirPlan> {
-        let found = deps::discover::discover(dir)?;
-        found.require_manifests(dir)?;
-        let mut files = found
-            .manifests
-            .iter()
-            .map(|p| manifest::read_file(p))
-            .collect::<Result<Vec<_>>>()?;
+        let (mut files, skipped) = read_dir_manifests(dir)?;
         let graph = self.loaded_graph();
         self.pipeline.resolve_weak_dependencies(&mut files, &graph);
         let order = pipeline::plan(&files, &graph)?;
         let mut slots: Vec<Option<ManifestFile>> = files.into_iter().map(Some).collect();
         let manifests = order.into_iter().filter_map(|i| slots[i].take()).collect();
-        Ok(DirPlan {
-            manifests,
-            skipped: found.skipped,
-        })
+        Ok(DirPlan { manifests, skipped })
     }
 
     /// Undo the installs of a failed load set, last first (no events: nothing was loaded).
