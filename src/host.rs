@@ -278,8 +278,7 @@ impl Host {
 
     /// [`Host::check`] for the plugins [`Host::load_dir`] would load from `dir`.
     pub fn check_dir(&self, dir: &Path) -> Result<Vec<PluginCheck>> {
-        let plan = self.plan_dir(dir)?;
-        self.lifecycle.check_manifests(plan.manifests)
+        self.lifecycle.check_dir(dir)
     }
 
     /// What [`Host::load_dir`] would load from `dir`, in load order (the directory scan and

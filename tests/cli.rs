@@ -772,6 +772,17 @@ fn list_orders_by_dependencies_and_reports_skipped_entries() {
     std::fs::write(root.join("zeta/keel.json"), serde_json::to_vec(&v).unwrap()).unwrap();
     let d = expect_json(&["list", p(&root)], 40);
     assert_eq!(d["error"]["status"], "KEEL_ERR_DEPENDENCY_CYCLE");
+    // verify DIR refuses the directory with the cause load_dir gives, in the load's order of
+    // checks: unsigned first (21), the cycle once unsigned plugins are allowed (40).
+    let host = keel::Host::new();
+    let e = host.load_dir(&root).err().expect("load_dir refuses the directory");
+    assert_eq!(e.status(), keel::keel_status::KEEL_ERR_NO_SIGNATURE);
+    expect(["verify", p(&root)], 21);
+    let host = keel::Host::new();
+    host.trust().set_require_signature(false).unwrap();
+    let e = host.load_dir(&root).err().expect("load_dir refuses the directory");
+    assert_eq!(e.status(), keel::keel_status::KEEL_ERR_DEPENDENCY_CYCLE);
+    expect(["verify", p(&root), "--allow-unsigned"], 40);
     let empty = common::tempdir("cli-list-empty");
     std::fs::write(empty.join("x.json"), b"{}").unwrap();
     expect(["list", p(&empty)], 9);

@@ -335,6 +335,14 @@ impl Lifecycle {
         Ok(out)
     }
 
+    /// [`Lifecycle::check_manifests`] for the manifests [`Lifecycle::load_dir`] reads from
+    /// `dir` (same scan, same order of checks: a refused directory fails with the cause the
+    /// load would give).
+    pub(crate) fn check_dir(&self, dir: &Path) -> Result<Vec<PluginCheck>> {
+        let (files, _skipped) = read_dir_manifests(dir)?;
+        self.check_manifests(files)
+    }
+
     /// What [`Lifecycle::load_dir`] would load, in load order: the directory scan and the
     /// dependency plan of the manifests found (no signature, capability or binary check).
     pub(crate) fn plan_dir(&self, dir: &Path) -> Result<DirPlan> {
