@@ -34,7 +34,8 @@ use crate::services::rpc::EndpointInfo;
 use crate::trust::TrustState;
 use crate::watch::{WatchConfig, WatchControl, WatchEvent};
 
-pub use crate::lifecycle::{default_allowlist, HostOptions, LifecycleEvent, Listener};
+pub use crate::lifecycle::pipeline::check_capabilities;
+pub use crate::lifecycle::{default_allowlist, DirPlan, HostOptions, LifecycleEvent, Listener, PluginCheck};
 
 /// A Keel host: owns every loaded plugin, the health monitor and the directory watcher.
 /// Dropping it stops the watcher and the monitor, then unloads every plugin.
@@ -286,6 +287,33 @@ impl Host {
     /// `KEEL_ERR_NO_MANIFEST`.
     pub fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
         self.lifecycle.load_dir(dir)
+    }
+
+    /// Every check [`Host::load_set`] runs before any plugin code runs, without loading:
+    /// manifests read and validated, none already loaded, signatures against this host's
+    /// trust store and policy, the pin policy, capability names and this host's allowlist,
+    /// dependencies (against the set and the loaded plugins), and each binary read and
+    /// checked against its pinned SHA-256. Returns the plugins in load order. What remains for
+    /// a load is the plugin's own code: the entry symbol and ABI version, WASM compilation and
+    /// imports, and `init`. Does not freeze the signature policy (a load does).
+    pub fn check(&self, manifest_paths: &[PathBuf]) -> Result<Vec<PluginCheck>> {
+        let files = manifest_paths
+            .iter()
+            .map(|p| crate::manifest::read_file(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.lifecycle.check_manifests(files)
+    }
+
+    /// [`Host::check`] for the plugins [`Host::load_dir`] would load from `dir`.
+    pub fn check_dir(&self, dir: &Path) -> Result<Vec<PluginCheck>> {
+        self.lifecycle.check_dir(dir)
+    }
+
+    /// What [`Host::load_dir`] would load from `dir`, in load order (the directory scan and
+    /// the dependency plan against the loaded plugins; no trust or binary check: see
+    /// [`Host::check_dir`]), and what the scan skipped.
+    pub fn plan_dir(&self, dir: &Path) -> Result<DirPlan> {
+        self.lifecycle.plan_dir(dir)
     }
 
     /// Hot reload: re-read and verify the manifest and binary, start the new generation with

@@ -54,6 +54,44 @@ impl Default for HostOptions {
     }
 }
 
+/// A plugin that passed every check of a load that runs none of its code (see
+/// `Host::check`): what a load of the same manifest, by a host with the same trust store,
+/// policy and allowlist, verifies before it starts the plugin.
+#[derive(Debug, Clone)]
+pub struct PluginCheck {
+    pub manifest: ManifestFile,
+    /// How the manifest's authenticity was established.
+    pub trust: crate::trust::TrustReport,
+    /// The capabilities the plugin would be granted.
+    pub granted: Capabilities,
+    /// The binary for this platform.
+    pub binary: crate::manifest::BinaryRef,
+    /// Lower-case hex SHA-256 of the binary's bytes as read (equal to the pin, if any).
+    pub binary_sha256: String,
+}
+
+/// What `Host::plan_dir` found: the manifests `load_dir` would load, in load order, and the
+/// entries of the directory it skipped, with the reason.
+#[derive(Debug, Clone)]
+pub struct DirPlan {
+    pub manifests: Vec<ManifestFile>,
+    pub skipped: Vec<(PathBuf, &'static str)>,
+}
+
+/// The manifests of a plugin directory, as `load_dir` reads them: the directory scan
+/// ([`deps::discover`]; a non-empty directory without a manifest is `KEEL_ERR_NO_MANIFEST`),
+/// each manifest read and validated; with the entries the scan skipped.
+fn read_dir_manifests(dir: &Path) -> Result<(Vec<ManifestFile>, Vec<(PathBuf, &'static str)>)> {
+    let found = deps::discover::discover(dir)?;
+    found.require_manifests(dir)?;
+    let files = found
+        .manifests
+        .iter()
+        .map(|p| manifest::read_file(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((files, found.skipped))
+}
+
 /// Owns the registry and every change to it.
 pub(crate) struct Lifecycle {
     registry: Arc<Registry>,
@@ -190,9 +228,8 @@ impl Lifecycle {
     }
 
     pub(crate) fn load_dir(&self, dir: &Path) -> Result<Vec<Arc<Slot>>> {
-        let found = deps::discover::discover(dir)?;
-        found.require_manifests(dir)?;
-        self.load_set(&found.manifests)
+        let (files, _skipped) = read_dir_manifests(dir)?;
+        self.load_manifests(files)
     }
 
     /// Load a set all or nothing: admit every manifest (trust, capabilities), plan the order
@@ -202,24 +239,8 @@ impl Lifecycle {
         let _op = self.op();
         // The host has started: from now on the signature policy can only be strengthened.
         self.pipeline.trust().mark_started();
-        for f in &files {
-            if self.registry.get(&f.manifest.name).is_some() {
-                bail!(
-                    KEEL_ERR_ALREADY_LOADED,
-                    "a plugin named '{}' is already loaded",
-                    f.manifest.name
-                );
-            }
-        }
-        // ThemisDB array-form dependencies: plugin or library, decided by this set and the
-        // loaded plugins; the generations record the resolved dependencies.
-        let graph = self.loaded_graph();
-        self.pipeline.resolve_weak_dependencies(&mut files, &graph);
-        let mut admitted = Vec::with_capacity(files.len());
-        for f in &files {
-            admitted.push(self.pipeline.admit(f)?);
-        }
-        let order = pipeline::plan(&files, &graph)?;
+        let graph = self.prepare_set(&mut files)?;
+        let (admitted, order) = self.admit_set(&files, &graph)?;
         let mut loaded: Vec<Arc<Slot>> = Vec::with_capacity(files.len());
         for i in order {
             let a = &admitted[i];
@@ -261,6 +282,84 @@ impl Lifecycle {
             }
         }
         Ok(out)
+    }
+
+    /// The checks of a load set that run no plugin code, in the order a load runs them: no
+    /// plugin of the set already loaded and ThemisDB array-form dependencies resolved here
+    /// (returns the loaded graph used); then `admit_set`: every manifest admitted (signature,
+    /// pin policy, capabilities against the allowlist) and the load order planned.
+    fn prepare_set(&self, files: &mut [ManifestFile]) -> Result<deps::LoadedGraph> {
+        for f in files.iter() {
+            if self.registry.get(&f.manifest.name).is_some() {
+                bail!(
+                    KEEL_ERR_ALREADY_LOADED,
+                    "a plugin named '{}' is already loaded",
+                    f.manifest.name
+                );
+            }
+        }
+        // ThemisDB array-form dependencies: plugin or library, decided by this set and the
+        // loaded plugins; the generations record the resolved dependencies.
+        let graph = self.loaded_graph();
+        self.pipeline.resolve_weak_dependencies(files, &graph);
+        Ok(graph)
+    }
+
+    /// The second half of the checks of a set (after `prepare_set`): admit every manifest,
+    /// then plan the order.
+    fn admit_set<'a>(
+        &self,
+        files: &'a [ManifestFile],
+        graph: &deps::LoadedGraph,
+    ) -> Result<(Vec<pipeline::Admitted<'a>>, Vec<usize>)> {
+        let mut admitted = Vec::with_capacity(files.len());
+        for f in files {
+            admitted.push(self.pipeline.admit(f)?);
+        }
+        let order = pipeline::plan(files, graph)?;
+        Ok((admitted, order))
+    }
+
+    /// Every check [`Lifecycle::load_manifests`] runs before a plugin's code runs (see
+    /// `admit_set`), then each binary read and checked against its pin, in load order; nothing
+    /// is loaded and the policy is not frozen.
+    pub(crate) fn check_manifests(&self, mut files: Vec<ManifestFile>) -> Result<Vec<PluginCheck>> {
+        let _op = self.op();
+        let graph = self.prepare_set(&mut files)?;
+        let (admitted, order) = self.admit_set(&files, &graph)?;
+        let mut out = Vec::with_capacity(order.len());
+        for i in order {
+            let a = &admitted[i];
+            let (binary, art) = self.pipeline.verified_binary(a.file)?;
+            out.push(PluginCheck {
+                manifest: a.file.clone(),
+                trust: a.trust.clone(),
+                granted: a.granted,
+                binary,
+                binary_sha256: art.sha256_hex(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Lifecycle::check_manifests`] for the manifests [`Lifecycle::load_dir`] reads from
+    /// `dir` (same scan, same order of checks: a refused directory fails with the cause the
+    /// load would give).
+    pub(crate) fn check_dir(&self, dir: &Path) -> Result<Vec<PluginCheck>> {
+        let (files, _skipped) = read_dir_manifests(dir)?;
+        self.check_manifests(files)
+    }
+
+    /// What [`Lifecycle::load_dir`] would load, in load order: the directory scan and the
+    /// dependency plan of the manifests found (no signature, capability or binary check).
+    pub(crate) fn plan_dir(&self, dir: &Path) -> Result<DirPlan> {
+        let (mut files, skipped) = read_dir_manifests(dir)?;
+        let graph = self.loaded_graph();
+        self.pipeline.resolve_weak_dependencies(&mut files, &graph);
+        let order = pipeline::plan(&files, &graph)?;
+        let mut slots: Vec<Option<ManifestFile>> = files.into_iter().map(Some).collect();
+        let manifests = order.into_iter().filter_map(|i| slots[i].take()).collect();
+        Ok(DirPlan { manifests, skipped })
     }
 
     /// Undo the installs of a failed load set, last first (no events: nothing was loaded).

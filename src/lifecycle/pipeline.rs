@@ -20,16 +20,25 @@ use crate::artifact::{self, Verified};
 use crate::capability::Capabilities;
 use crate::deps;
 use crate::error::Result;
-use crate::manifest::{BinaryRef, ManifestFile};
+use crate::manifest::{BinaryRef, Manifest, ManifestFile};
 use crate::registry::Generation;
 use crate::runtime::{HostServices, LoadContext, LogLevel, Runtimes};
-use crate::trust::{Policy, TrustState};
+use crate::trust::{Policy, TrustReport, TrustState};
 
 /// Capabilities a node allows unless configured otherwise: the ones that reach nothing
 /// outside the plugin's own namespace.
 pub fn default_allowlist() -> Capabilities {
     Capabilities::parse(&["log", "clock", "random", "kv:read", "kv:write", "metrics:write"])
         .unwrap_or(Capabilities::NONE)
+}
+
+/// The capability check of a load: the manifest's capability names must all be known
+/// (`KEEL_ERR_CAPABILITY_UNKNOWN`) and inside `allowlist` (`KEEL_ERR_CAPABILITY_DENIED`).
+/// Returns the set the plugin is granted. The load pipeline and `keel validate` both run it.
+pub fn check_capabilities(m: &Manifest, allowlist: Capabilities) -> Result<Capabilities> {
+    let requested = Capabilities::parse(&m.capabilities).map_err(|e| e.context(format!("plugin '{}'", m.name)))?;
+    Capabilities::check_allowed(requested, allowlist, &m.name)?;
+    Ok(requested)
 }
 
 /// What the stages need from the host: trust store and policy, the node's capability
@@ -46,6 +55,8 @@ pub(crate) struct Pipeline {
 pub(crate) struct Admitted<'a> {
     pub(crate) file: &'a ManifestFile,
     pub(crate) granted: Capabilities,
+    /// How the manifest's authenticity was established.
+    pub(crate) trust: TrustReport,
 }
 
 impl Pipeline {
@@ -85,17 +96,16 @@ impl Pipeline {
     /// trust → capabilities: the manifest's signature under the host's policy, then its
     /// requested capabilities against the allowlist. The one capability check of a load.
     pub(crate) fn admit<'a>(&self, f: &'a ManifestFile) -> Result<Admitted<'a>> {
-        self.trust.verify_manifest(&f.path, &f.bytes, &f.manifest.name)?;
+        let trust = self.trust.verify_manifest(&f.path, &f.bytes, &f.manifest.name)?;
         if f.manifest.is_unpinned() && !self.trust.policy().allow_unpinned {
             // Refused before anything of the set is built (read_verified checks it again).
             artifact::read_verified(f, artifact::Unpinned::Refuse)?;
         }
-        let requested = Capabilities::parse(&f.manifest.capabilities)
-            .map_err(|e| e.context(format!("plugin '{}'", f.manifest.name)))?;
-        Capabilities::check_allowed(requested, self.allowlist(), &f.manifest.name)?;
+        let granted = check_capabilities(&f.manifest, self.allowlist())?;
         Ok(Admitted {
             file: f,
-            granted: requested,
+            granted,
+            trust,
         })
     }
 
@@ -105,7 +115,7 @@ impl Pipeline {
     /// saved it.
     pub(crate) fn build(&self, a: &Admitted<'_>, number: u64, restored: Option<(&[u8], &str)>) -> Result<Generation> {
         let m = &a.file.manifest;
-        let (_bin, art) = verified_binary(a.file, self.trust.policy())?;
+        let (_bin, art) = self.verified_binary(a.file)?;
         let sha256 = art.sha256_hex();
         if m.is_unpinned() {
             // Allowed by policy (read_verified refused it otherwise): say so, with what ran.
@@ -128,6 +138,12 @@ impl Pipeline {
         let instance = self.runtimes.instantiate(art, &ctx)?;
         // The SHA-256 of the exact bytes that run (equal to the pin when there is one).
         Ok(Generation::new(number, m.clone(), sha256, a.granted, instance))
+    }
+
+    /// The binary of an admitted manifest, read and checked against its pin under the
+    /// host's policy (see [`verified_binary`]).
+    pub(crate) fn verified_binary(&self, f: &ManifestFile) -> Result<(BinaryRef, Verified)> {
+        verified_binary(f, self.trust.policy())
     }
 
     /// Resolve the ThemisDB array-form dependencies of `files` (see

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::{bail, err};
 
 /// The embedded JSON Schema of Keel manifests (draft 2020-12).
@@ -389,6 +389,69 @@ pub fn read_file(path: &Path) -> Result<ManifestFile> {
     })
 }
 
+/// The bytes of `mf` with the pinned SHA-256 of this platform's binary set to `sha256_hex`
+/// (64 hex digits): Keel `sha256` (the one digest, or this platform's entry of the
+/// per-platform map), ThemisDB `expected_hash`. The text is edited in place when the old pin
+/// occurs exactly once (formatting and key order kept); otherwise the document is rewritten.
+/// The result is parsed again, as a host reads it, and must pin `sha256_hex` for this platform.
+pub fn with_pin(mf: &ManifestFile, sha256_hex: &str) -> Result<Vec<u8>> {
+    if sha256_hex.len() != 64 || !sha256_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            KEEL_ERR_INVALID_ARGUMENT,
+            "'{sha256_hex}' is not a SHA-256 (64 hex digits)"
+        );
+    }
+    let new = sha256_hex.to_ascii_lowercase();
+    let bin = mf.manifest.binary_for_platform(&mf.dir())?;
+    let mut doc: Value = serde_json::from_slice(&mf.bytes).map_err(|e| err!(KEEL_ERR_MANIFEST_PARSE, "{e}"))?;
+    let obj = doc
+        .as_object_mut()
+        .ok_or_else(|| err!(KEEL_ERR_MANIFEST_INVALID, "manifest is not a JSON object"))?;
+    let old: Option<String> = match mf.format {
+        ManifestFormat::ThemisDb => {
+            let old = obj.get("expected_hash").and_then(Value::as_str).map(str::to_string);
+            obj.insert("expected_hash".into(), Value::from(new.clone()));
+            old
+        }
+        ManifestFormat::Keel => match obj.get_mut("sha256") {
+            Some(Value::Object(map)) => {
+                let old = map.get(&bin.platform).and_then(Value::as_str).map(str::to_string);
+                map.insert(bin.platform.clone(), Value::from(new.clone()));
+                old
+            }
+            Some(v) if mf.manifest.binary.len() <= 1 => {
+                let old = v.as_str().map(str::to_string);
+                *v = Value::from(new.clone());
+                old
+            }
+            _ => bail!(
+                KEEL_ERR_MANIFEST_INVALID,
+                "the manifest pins one sha256 for several binaries; pin each platform in a sha256 map"
+            ),
+        },
+    };
+    let text = String::from_utf8_lossy(&mf.bytes);
+    let bytes = match old.map(|o| format!("\"{o}\"")) {
+        Some(quoted) if text.matches(quoted.as_str()).count() == 1 => {
+            text.replacen(quoted.as_str(), &format!("\"{new}\""), 1).into_bytes()
+        }
+        _ => {
+            let mut b = serde_json::to_vec_pretty(&doc).map_err(|e| Error::internal(e.to_string()))?;
+            b.push(b'\n');
+            b
+        }
+    };
+    let (_, m) = parse(&bytes)?;
+    let pinned = m.binary_for_platform(&mf.dir())?.sha256;
+    if pinned.as_deref() != Some(new.as_str()) {
+        bail!(
+            KEEL_ERR_INTERNAL,
+            "updating the pin did not pin {new} (found {pinned:?})"
+        );
+    }
+    Ok(bytes)
+}
+
 /// Read a whole small regular file, refusing anything larger than `cap` bytes (see
 /// [`crate::fsio::read_capped`]: never blocks on a FIFO, `KEEL_ERR_NOT_REGULAR_FILE`).
 pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
@@ -597,6 +660,50 @@ mod tests {
         let b = m.binary_for_platform(Path::new("/p")).unwrap();
         assert_eq!(b.sha256, Some("ab".repeat(32)));
         assert!(b.path.ends_with("libecho.so"));
+    }
+
+    fn file(bytes: Vec<u8>) -> ManifestFile {
+        let (format, manifest) = parse(&bytes).unwrap();
+        ManifestFile {
+            path: PathBuf::from("/p/keel.json"),
+            bytes,
+            format,
+            manifest,
+        }
+    }
+
+    #[test]
+    fn with_pin_sets_this_platforms_digest() {
+        let new = "cd".repeat(32);
+        // One digest: edited in place, the rest of the text untouched.
+        let text = format!(
+            "{{\n  \"manifest_version\": 1, \"name\": \"p\", \"version\": \"1.0.0\", \"runtime\": \"native\",\n  \"binary\": {{\"linux\": \"libp.so\"}}, \"sha256\": \"{}\"\n}}\n",
+            "0".repeat(64)
+        );
+        let out = with_pin(&file(text.clone().into_bytes()), &new.to_uppercase()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), text.replace(&"0".repeat(64), &new));
+        // Per-platform map: this platform's entry (the first key tried that is listed).
+        let mut v = good();
+        v["binary"] = serde_json::json!({"linux": "libecho.so", "wasm32": "x.wasm"});
+        v["sha256"] = serde_json::json!({"linux": "ab".repeat(32), "wasm32": "ab".repeat(32)});
+        let out = with_pin(&file(serde_json::to_vec(&v).unwrap()), &new).unwrap();
+        let (_, m) = parse(&out).unwrap();
+        assert_eq!(
+            m.binary_for_platform(Path::new("/p")).unwrap().sha256,
+            Some(new.clone())
+        );
+        assert_eq!(m.digest_for("wasm32"), Some("ab".repeat(32)));
+        // ThemisDB expected_hash, added when absent; a bad digest is refused.
+        let themis =
+            br#"{"name":"t","version":"1.0.0","type":"importer","description":"d","binary":{"linux":"libt.so"}}"#;
+        let out = with_pin(&file(themis.to_vec()), &new).unwrap();
+        let (format, m) = parse(&out).unwrap();
+        assert_eq!(format, ManifestFormat::ThemisDb);
+        assert_eq!(m.binary_for_platform(Path::new("/p")).unwrap().sha256, Some(new));
+        assert_eq!(
+            with_pin(&file(themis.to_vec()), "xyz").unwrap_err().status(),
+            keel_status::KEEL_ERR_INVALID_ARGUMENT
+        );
     }
 
     #[test]

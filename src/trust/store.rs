@@ -135,10 +135,30 @@ impl TrustedKey {
         }
     }
 
+    /// The key's state at `now`, by the first rule of [`TrustedKey::check_usable`] that
+    /// refuses it (the plugin-name rule aside): `"revoked"`, `"not-yet-valid"`, `"expired"`,
+    /// or `"valid"`.
+    pub fn state_at(&self, now: SystemTime) -> &'static str {
+        match self.check_usable_at(now) {
+            Ok(()) => "valid",
+            Err(e) => match e.status() {
+                crate::error::keel_status::KEEL_ERR_KEY_REVOKED => "revoked",
+                crate::error::keel_status::KEEL_ERR_KEY_NOT_YET_VALID => "not-yet-valid",
+                _ => "expired",
+            },
+        }
+    }
+
     /// May this key sign a plugin called `plugin_name` at time `now`? Checks, in this order:
     /// revoked (`KEEL_ERR_KEY_REVOKED`), not yet valid (`KEEL_ERR_KEY_NOT_YET_VALID`), expired
     /// (`KEEL_ERR_KEY_EXPIRED`), plugin name not allowed (`KEEL_ERR_KEY_NOT_ALLOWED`).
     pub fn check_usable(&self, plugin_name: &str, now: SystemTime) -> Result<()> {
+        self.check_usable_at(now)?;
+        self.check_name(plugin_name)
+    }
+
+    /// The time rules of [`TrustedKey::check_usable`]: revoked, not yet valid, expired.
+    fn check_usable_at(&self, now: SystemTime) -> Result<()> {
         if let Some(r) = &self.revoked {
             let reason = if r.reason.is_empty() {
                 String::new()
@@ -174,6 +194,11 @@ impl TrustedKey {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The plugin-name rule of [`TrustedKey::check_usable`].
+    fn check_name(&self, plugin_name: &str) -> Result<()> {
         if let Some(patterns) = &self.allowed_plugins {
             if !patterns.iter().any(|p| p.matches_with(plugin_name, NAME_MATCH)) {
                 let list: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
@@ -368,6 +393,83 @@ pub fn key_entry(key: &VerifyingKey, label: &str, allowed_plugins: &[String]) ->
     Ok(serde_json::Value::Object(e))
 }
 
+/// A new trust store document at `version` holding `keys` (entries as [`key_entry`] makes
+/// them), pretty-printed and checked exactly as a host reads it
+/// (`KEEL_ERR_TRUST_STORE_MALFORMED` otherwise).
+pub fn new_document(version: u64, keys: Vec<serde_json::Value>) -> Result<Vec<u8>> {
+    finish(serde_json::json!({
+        "keel_trust_store": TRUST_STORE_FORMAT_VERSION,
+        "version": version,
+        "keys": keys,
+    }))
+}
+
+/// `store` (a trust store document) with `entry` appended to its keys and its version
+/// increased by one, checked as a host reads it. A key id already in the store is refused
+/// (`KEEL_ERR_INVALID_ARGUMENT`); a malformed store or entry is
+/// `KEEL_ERR_TRUST_STORE_MALFORMED`.
+pub fn add_key(store: &[u8], entry: serde_json::Value) -> Result<Vec<u8>> {
+    let current = TrustStore::from_bytes(store)?;
+    let mut doc: serde_json::Value = serde_json::from_slice(store).map_err(|e| malformed(e.to_string()))?;
+    let id = entry.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+    if current.keys().any(|k| k.id_hex() == id) {
+        bail!(KEEL_ERR_INVALID_ARGUMENT, "key {id} is already in the trust store");
+    }
+    match doc.get_mut("keys").and_then(|k| k.as_array_mut()) {
+        Some(keys) => keys.push(entry),
+        None => return Err(malformed("\"keys\" is not an array".into())),
+    }
+    bump(&mut doc, current.version())?;
+    finish(doc)
+}
+
+/// `store` with the key `id_hex` marked revoked at `at` (with `reason`) and its version
+/// increased by one. `KEEL_ERR_UNKNOWN_KEY` if the store does not hold the key,
+/// `KEEL_ERR_INVALID_ARGUMENT` if it is already revoked.
+pub fn revoke_key(store: &[u8], id_hex: &str, reason: &str, at: SystemTime) -> Result<Vec<u8>> {
+    let current = TrustStore::from_bytes(store)?;
+    let mut doc: serde_json::Value = serde_json::from_slice(store).map_err(|e| malformed(e.to_string()))?;
+    let Some(key) = current.keys().find(|k| k.id_hex() == id_hex) else {
+        bail!(
+            KEEL_ERR_UNKNOWN_KEY,
+            "the trust store (version {}) holds no key {id_hex}",
+            current.version()
+        );
+    };
+    if key.revoked.is_some() {
+        bail!(KEEL_ERR_INVALID_ARGUMENT, "{} is already revoked", key.describe());
+    }
+    let entry = doc
+        .get_mut("keys")
+        .and_then(|k| k.as_array_mut())
+        .and_then(|keys| {
+            keys.iter_mut()
+                .find(|k| k.get("id").and_then(|v| v.as_str()) == Some(id_hex))
+        })
+        .ok_or_else(|| malformed(format!("key {id_hex} not found in the document")))?;
+    entry["revoked"] = serde_json::json!({
+        "at": humantime::format_rfc3339_seconds(at).to_string(),
+        "reason": reason,
+    });
+    bump(&mut doc, current.version())?;
+    finish(doc)
+}
+
+fn bump(doc: &mut serde_json::Value, version: u64) -> Result<()> {
+    let next = version
+        .checked_add(1)
+        .ok_or_else(|| malformed("version cannot be increased past u64::MAX".into()))?;
+    doc["version"] = next.into();
+    Ok(())
+}
+
+fn finish(doc: serde_json::Value) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| malformed(e.to_string()))?;
+    bytes.push(b'\n');
+    TrustStore::from_bytes(&bytes)?;
+    Ok(bytes)
+}
+
 fn compile_pattern(j: usize, p: &str) -> Result<glob::Pattern> {
     if p.is_empty() {
         return Err(malformed(format!("allowed_plugins/{j}: empty pattern")));
@@ -437,6 +539,43 @@ mod tests {
         ] {
             assert_eq!(code(&bytes), M, "{what}");
         }
+    }
+
+    #[test]
+    fn documents_are_edited_with_version_bumps_and_checked() {
+        let doc = new_document(1, vec![entry(1)]).unwrap();
+        assert_eq!(TrustStore::from_bytes(&doc).unwrap().len(), 1);
+        let doc = add_key(&doc, entry(2)).unwrap();
+        let s = TrustStore::from_bytes(&doc).unwrap();
+        assert_eq!((s.version(), s.len()), (2, 2));
+        // The same key twice; a malformed entry; an unknown key to revoke.
+        assert_eq!(
+            add_key(&doc, entry(2)).unwrap_err().status(),
+            keel_status::KEEL_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            add_key(&doc, serde_json::json!({"id": "00"})).unwrap_err().status(),
+            keel_status::KEEL_ERR_TRUST_STORE_MALFORMED
+        );
+        let id2 = entry(2)["id"].as_str().unwrap().to_string();
+        let id3 = entry(3)["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            revoke_key(&doc, &id3, "", SystemTime::now()).unwrap_err().status(),
+            keel_status::KEEL_ERR_UNKNOWN_KEY
+        );
+        let now = SystemTime::now();
+        let doc = revoke_key(&doc, &id2, "lost", now).unwrap();
+        let s = TrustStore::from_bytes(&doc).unwrap();
+        assert_eq!(s.version(), 3);
+        let k = s.keys().find(|k| k.id_hex() == id2).unwrap();
+        assert_eq!(k.revoked.as_ref().unwrap().reason, "lost");
+        assert_eq!(k.state_at(now), "revoked");
+        let other = s.keys().find(|k| k.id_hex() != id2).unwrap();
+        assert_eq!(other.state_at(now), "valid");
+        assert_eq!(
+            revoke_key(&doc, &id2, "", now).unwrap_err().status(),
+            keel_status::KEEL_ERR_INVALID_ARGUMENT
+        );
     }
 
     #[test]
