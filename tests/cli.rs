@@ -964,7 +964,7 @@ fn verify_accepts_exactly_what_a_host_with_the_same_settings_loads() {
         json!({"capabilities": ["log", "telepathy"]}),
         Some(&secret),
     );
-    let network = make("network", json!({"capabilities": ["network:egress"]}), Some(&secret));
+    let network = make("network", json!({"capabilities": ["rpc:register"]}), Some(&secret));
     let needs_dep = make("dep", json!({"dependencies": {"base": "^1"}}), Some(&secret));
     let unsigned = make("unsigned", json!({}), None);
     let by_stranger = make("stranger", json!({}), Some(&stranger));
@@ -989,7 +989,7 @@ fn verify_accepts_exactly_what_a_host_with_the_same_settings_loads() {
             "capability in the given allowlist",
             &network,
             Opts {
-                allowlist: Some("log,network:egress"),
+                allowlist: Some("log,rpc:register"),
                 ..trusted.clone()
             },
             0,

@@ -1218,10 +1218,12 @@ keel_status keel_host_set_require_signature(const keel_host *host, bool require)
 keel_status keel_host_set_allow_unpinned(const keel_host *host, bool allow);
 
 /**
- * Verify a plugin without loading it: read and validate the manifest at `manifest_path`,
- * verify `<manifest_path>.sig` against the host's trust store and policy, and check the
- * binary for this platform against the digest the manifest pins. No plugin code runs and
- * nothing is registered.
+ * Verify a plugin without loading it: run every check a load runs before any plugin code
+ * (the same code path as `keel_host_load`): read and validate the manifest at
+ * `manifest_path`, verify `<manifest_path>.sig` against the host's trust store and policy,
+ * check its capability names against the registry and the host's allowlist, its
+ * dependencies against the loaded plugins, and the binary for this platform against the
+ * digest the manifest pins. No plugin code runs and nothing is registered.
  *
  * Returns `KEEL_OK` if the plugin would pass these checks on load, otherwise the code of the
  * first failing check (one code per cause: e.g. `KEEL_ERR_NO_SIGNATURE`,
@@ -1236,7 +1238,8 @@ keel_status keel_host_set_allow_unpinned(const keel_host *host, bool allow);
  * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, the file codes
  * (`KEEL_ERR_FILE_NOT_FOUND`, `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`,
  * `KEEL_ERR_FILE_TOO_LARGE`), `KEEL_ERR_MANIFEST_*`, and the signature and digest codes
- * listed above, `KEEL_ERR_UNPINNED_BINARY`.
+ * listed above, `KEEL_ERR_UNPINNED_BINARY`, `KEEL_ERR_CAPABILITY_UNKNOWN`,
+ * `KEEL_ERR_CAPABILITY_DENIED`, `KEEL_ERR_DEPENDENCY_*`, `KEEL_ERR_ALREADY_LOADED`.
  */
 keel_status keel_verify(const keel_host *host,
                         const char *manifest_path);

@@ -98,10 +98,12 @@ pub extern "C" fn keel_host_set_allow_unpinned(host: *const keel_host, allow: bo
     })
 }
 
-/// Verify a plugin without loading it: read and validate the manifest at `manifest_path`,
-/// verify `<manifest_path>.sig` against the host's trust store and policy, and check the
-/// binary for this platform against the digest the manifest pins. No plugin code runs and
-/// nothing is registered.
+/// Verify a plugin without loading it: run every check a load runs before any plugin code
+/// (the same code path as `keel_host_load`): read and validate the manifest at
+/// `manifest_path`, verify `<manifest_path>.sig` against the host's trust store and policy,
+/// check its capability names against the registry and the host's allowlist, its
+/// dependencies against the loaded plugins, and the binary for this platform against the
+/// digest the manifest pins. No plugin code runs and nothing is registered.
 ///
 /// Returns `KEEL_OK` if the plugin would pass these checks on load, otherwise the code of the
 /// first failing check (one code per cause: e.g. `KEEL_ERR_NO_SIGNATURE`,
@@ -116,7 +118,8 @@ pub extern "C" fn keel_host_set_allow_unpinned(host: *const keel_host, allow: bo
 /// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, the file codes
 /// (`KEEL_ERR_FILE_NOT_FOUND`, `KEEL_ERR_IO`, `KEEL_ERR_SYMLINK_REFUSED`,
 /// `KEEL_ERR_FILE_TOO_LARGE`), `KEEL_ERR_MANIFEST_*`, and the signature and digest codes
-/// listed above, `KEEL_ERR_UNPINNED_BINARY`.
+/// listed above, `KEEL_ERR_UNPINNED_BINARY`, `KEEL_ERR_CAPABILITY_UNKNOWN`,
+/// `KEEL_ERR_CAPABILITY_DENIED`, `KEEL_ERR_DEPENDENCY_*`, `KEEL_ERR_ALREADY_LOADED`.
 #[no_mangle]
 pub extern "C" fn keel_verify(host: *const keel_host, manifest_path: *const c_char) -> keel_status {
     boundary(|| {
@@ -124,7 +127,8 @@ pub extern "C" fn keel_verify(host: *const keel_host, manifest_path: *const c_ch
         let h = unsafe { borrow(host, "host") }?;
         // SAFETY: caller contract.
         let path = unsafe { arg_str(manifest_path, "manifest_path") }?;
-        h.trust().verify_plugin(Path::new(path))?;
+        // Exactly the checks a load runs before any plugin code (the same code path).
+        h.check(&[std::path::PathBuf::from(path)])?;
         Ok(())
     })
 }

@@ -577,3 +577,25 @@ fn oversized_files_are_refused_before_parsing() {
     );
     still_serving(&host, "echo");
 }
+
+/// `keel_verify` runs the checks a load runs (one code path): a manifest that would be refused
+/// for its capabilities is refused by `keel_verify` with the same code, before any code runs.
+#[test]
+fn keel_verify_refuses_what_a_load_refuses_for_capabilities() {
+    let host = TestHost::new();
+    for (caps, want) in [
+        (serde_json::json!(["log", "no:such"]), KEEL_ERR_CAPABILITY_UNKNOWN),
+        (serde_json::json!(["rpc:register"]), KEEL_ERR_CAPABILITY_DENIED),
+        (serde_json::json!(["log"]), KEEL_OK),
+    ] {
+        let (_dir, manifest) = common::echo_plugin("verify-caps", &[], serde_json::json!({ "capabilities": caps }));
+        assert_eq!(verify_status(&host, &manifest), want, "{caps}: {}", last_error());
+        let loaded = host.load(&manifest).map(|p| {
+            keel::ffi::host::keel_plugin_free(p);
+        });
+        assert_eq!(loaded.err().unwrap_or(KEEL_OK), want, "{caps}: the load agrees");
+        if want == KEEL_OK {
+            assert_eq!(host.unload("echo"), KEEL_OK);
+        }
+    }
+}
