@@ -217,6 +217,12 @@ public:
     }
 
     void *getInstance() noexcept override {
+        if (not_legacy_.load(std::memory_order_relaxed)) {
+            // A Keel plugin (native or WASM): the adapter itself while the plugin is loaded,
+            // with no lock and no lease to look for (learned on the first call below).
+            uint64_t g = 0;
+            return keel_plugin_generation(plugin_, &g) == KEEL_OK ? this : nullptr;
+        }
         std::lock_guard<std::mutex> lock(mutex_);
         uint64_t current = 0;
         if (keel_plugin_generation(plugin_, &current) != KEEL_OK) {
@@ -229,7 +235,10 @@ public:
         }
         keel_themis_lease *fresh = nullptr;
         keel_status s = keel_plugin_themis_lease(plugin_, &fresh);
-        if (s == KEEL_ERR_UNSUPPORTED) return this;
+        if (s == KEEL_ERR_UNSUPPORTED) {
+            not_legacy_.store(true, std::memory_order_relaxed);
+            return this;
+        }
         if (s != KEEL_OK) return nullptr;
         release_lease_locked();
         lease_ = fresh;
@@ -250,8 +259,9 @@ public:
     std::string call(const std::string &function, const void *data, size_t len) {
         keel_function fn = resolve(function);
         thread_local detail::Buffer out;
-        detail::check(keel_call(plugin_, fn, static_cast<const uint8_t *>(data), len, out.get()),
-                      ("keel_call '" + function + "'").c_str());
+        const keel_status s = keel_call(plugin_, fn, static_cast<const uint8_t *>(data), len, out.get());
+        // The context string is built only on failure (not on every call).
+        if (s != KEEL_OK) detail::check(s, ("keel_call '" + function + "'").c_str());
         return out.text();
     }
 
@@ -305,6 +315,8 @@ private:
     std::atomic<keel_status> last_shutdown_{KEEL_OK};
     std::string name_;
     mutable std::mutex mutex_;
+    /** Set once the plugin is known not to be a ThemisDB plugin (getInstance's fast path). */
+    std::atomic<bool> not_legacy_{false};
     mutable std::set<std::string> versions_;
     mutable const std::string *last_version_ = nullptr;
     std::unordered_map<std::string, keel_function> functions_;
