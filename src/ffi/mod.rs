@@ -34,6 +34,10 @@ pub mod themis;
 
 pub mod introspect;
 
+pub mod exposition;
+
+pub mod version;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;
