@@ -17,6 +17,7 @@ mod legacy;
 mod metrics;
 mod module_graph;
 mod native;
+mod packaging;
 mod state_version;
 mod themis_manifest;
 mod trust;
