@@ -2,9 +2,9 @@
  * keel_version.h — the version of the Keel headers a program is compiled against.
  *
  * keel.h includes it; keel_version() (keel.h) gives the version of the library actually
- * loaded. Keel follows semantic versioning: the C ABI and the plugin ABIs are compatible
- * within one major version (while the major version is 0, within one minor version — the
- * SONAME is libkeel.so.MAJOR.MINOR then... see README "Install").
+ * loaded. The C ABI and the plugin ABIs are compatible within one major version and, while
+ * the major version is 0, within one minor version: that is the SONAME's version
+ * (libkeel.so.0.MINOR now, libkeel.so.MAJOR from 1.0 on).
  *
  * Kept equal to Cargo.toml's and CMakeLists.txt's version (tests/suite/packaging.rs).
  * Plain C99 (preprocessor definitions only).
