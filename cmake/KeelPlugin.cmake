@@ -21,7 +21,9 @@
 # libkeel), built with the project's C/C++ compiler, hidden visibility (only
 # keel_plugin_entry is exported). A WASM plugin is compiled and linked in one step by clang
 # for wasm32 (-nostdlib, wasm-ld; KEEL_WASM_CLANG, found on PATH) with keel/keel_wasm.h;
-# KEEL_WASM_FLAGS adds flags (e.g. a --sysroot). The target's property KEEL_PLUGIN_DIR holds
+# KEEL_WASM_FLAGS adds flags (e.g. a --sysroot) — or, in a project configured with the
+# installed toolchain file KeelWasm32Toolchain.cmake, as an ordinary executable target of the
+# project's (wasm32) compiler. The target's property KEEL_PLUGIN_DIR holds
 # the folder, KEEL_PLUGIN_MANIFEST the manifest.
 #
 # Signing uses the `keel` CLI: KEEL_CLI (set by the package), and KEEL_CLI_TARGET when the CLI
@@ -149,7 +151,30 @@ function(keel_add_plugin)
   set(manifest_cmd COMMAND "${CMAKE_COMMAND}" "-DNAME=${name}" "-DVERSION=${P_VERSION}" "-DRUNTIME=${P_RUNTIME}"
     "-DDESCRIPTION=${P_DESCRIPTION}" "-DCAPABILITIES=${caps}" "-DEXTRA=${extra}" "-DOUT=${manifest}")
 
-  if(P_RUNTIME STREQUAL "native")
+  if(CMAKE_SYSTEM_PROCESSOR STREQUAL "wasm32" AND NOT P_RUNTIME STREQUAL "wasm")
+    message(FATAL_ERROR "keel_add_plugin(${name}): RUNTIME native with a wasm32 toolchain (KeelWasm32Toolchain.cmake)")
+  endif()
+  if(P_RUNTIME STREQUAL "wasm" AND CMAKE_SYSTEM_PROCESSOR STREQUAL "wasm32")
+    # The project's compiler targets wasm32 (KeelWasm32Toolchain.cmake): an ordinary target.
+    add_executable(${P_TARGET} ${P_SOURCES})
+    target_link_libraries(${P_TARGET} PRIVATE Keel::plugin_sdk)
+    target_include_directories(${P_TARGET} PRIVATE ${P_INCLUDE_DIRECTORIES})
+    target_compile_definitions(${P_TARGET} PRIVATE ${P_COMPILE_DEFINITIONS})
+    target_compile_options(${P_TARGET} PRIVATE ${P_COMPILE_OPTIONS})
+    set_target_properties(${P_TARGET} PROPERTIES
+      OUTPUT_NAME "${P_OUTPUT_NAME}" SUFFIX ".wasm" RUNTIME_OUTPUT_DIRECTORY "${dir}")
+    foreach(cfg IN LISTS CMAKE_CONFIGURATION_TYPES)
+      string(TOUPPER "${cfg}" cfg)
+      set_target_properties(${P_TARGET} PROPERTIES RUNTIME_OUTPUT_DIRECTORY_${cfg} "${dir}")
+    endforeach()
+    if(sign_deps)
+      add_dependencies(${P_TARGET} ${sign_deps})
+    endif()
+    add_custom_command(TARGET ${P_TARGET} POST_BUILD
+      ${manifest_cmd} "-DBINARY=$<TARGET_FILE:${P_TARGET}>" -P "${_KEEL_PLUGIN_CMAKE_DIR}/keel_manifest.cmake"
+      ${sign_cmd}
+      VERBATIM)
+  elseif(P_RUNTIME STREQUAL "native")
     add_library(${P_TARGET} MODULE ${P_SOURCES})
     target_link_libraries(${P_TARGET} PRIVATE Keel::plugin_sdk)
     target_include_directories(${P_TARGET} PRIVATE ${P_INCLUDE_DIRECTORIES})

@@ -18,7 +18,7 @@ foreach(f include/keel/keel.h include/keel/keel_version.h include/keel/keel_plug
           include/keel/cxxbridge/keel/src/bridge/mod.rs.h lib/libkeel_cxx.a lib/libkeel.so lib/libkeel.so.${SOVERSION}
           lib/libkeel.so.${VERSION} lib/libkeel.a bin/keel lib/pkgconfig/keel.pc
           lib/cmake/Keel/KeelConfig.cmake lib/cmake/Keel/KeelConfigVersion.cmake lib/cmake/Keel/KeelPlugin.cmake
-          lib/cmake/Keel/keel_manifest.cmake)
+          lib/cmake/Keel/keel_manifest.cmake lib/cmake/Keel/KeelWasm32Toolchain.cmake)
   if(NOT EXISTS "${prefix}/${f}")
     message(FATAL_ERROR "installed package lacks ${f}")
   endif()
@@ -83,3 +83,11 @@ run("${WORK_DIR}/subdir/subdir_consumer" "${FIXTURE_DIR}/echo/echo.json")
 run("${prefix}/bin/keel" verify --trust-store "${WORK_DIR}/trust-store.json"
     "${WORK_DIR}/subdir/keel-plugins/cxxplugin/keel.json")
 message(STATUS "add_subdirectory consumer built and ran")
+
+# 4. A WASM-plugin-only project with the installed toolchain file.
+run("${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}/wasm_toolchain" -B "${WORK_DIR}/wasm"
+    "--toolchain" "${prefix}/lib/cmake/Keel/KeelWasm32Toolchain.cmake"
+    "-DCMAKE_PREFIX_PATH=${prefix}" "-DKEEL_TESTS_DIR=${KEEL_TESTS_DIR}" "-DKEEL_SIGN_KEY=${WORK_DIR}/signer.key")
+run("${CMAKE_COMMAND}" --build "${WORK_DIR}/wasm")
+run("${prefix}/bin/keel" verify --trust-store "${WORK_DIR}/trust-store.json" "${WORK_DIR}/wasm/plugins/compute/keel.json")
+message(STATUS "WASM plugin built with the installed toolchain file, pinned and signed")
