@@ -661,6 +661,7 @@ mod tests {
             type_id: 2,
             capabilities: [true, false, false, true, false, false, true],
             stateful: true,
+            self_healing: false,
         };
         let v: Value = serde_json::from_str(&info.to_json()).unwrap();
         assert_eq!(v["type"], "importer");
