@@ -1,6 +1,7 @@
 # Script mode helper: write a Keel manifest for a built plugin binary, pinning its SHA-256.
 #   cmake -DNAME=echo -DVERSION=1.0.0 -DBINARY=/path/libecho.so -DOUT=/path/echo.json
 #         [-DRUNTIME=native] [-DPLATFORM=linux] [-DCAPABILITIES=log,kv:read] [-DEXTRA=<json members>]
+#         [-DDESCRIPTION=<text>]
 #         -P keel_manifest.cmake
 # The binary is referenced by file name: the manifest must sit in the same directory.
 foreach(v NAME VERSION BINARY OUT)
@@ -20,6 +21,11 @@ if(NOT DEFINED PLATFORM)
 endif()
 file(SHA256 "${BINARY}" digest)
 get_filename_component(bin_name "${BINARY}" NAME)
+if(NOT DEFINED DESCRIPTION OR DESCRIPTION STREQUAL "")
+  set(DESCRIPTION "${NAME} sample plugin")
+endif()
+string(REPLACE "\\" "\\\\" DESCRIPTION "${DESCRIPTION}")
+string(REPLACE "\"" "\\\"" DESCRIPTION "${DESCRIPTION}")
 set(caps "")
 if(DEFINED CAPABILITIES AND NOT CAPABILITIES STREQUAL "")
   string(REPLACE "," "\", \"" caps_list "${CAPABILITIES}")
@@ -33,7 +39,7 @@ file(WRITE "${OUT}.tmp" "{
   \"manifest_version\": 1,
   \"name\": \"${NAME}\",
   \"version\": \"${VERSION}\",
-  \"description\": \"${NAME} sample plugin\",
+  \"description\": \"${DESCRIPTION}\",
   \"runtime\": \"${RUNTIME}\",
   \"binary\": { \"${PLATFORM}\": \"${bin_name}\" },
   \"sha256\": \"${digest}\"${caps}${extra}

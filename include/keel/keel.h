@@ -29,6 +29,17 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include "keel_version.h"
+
+/** `format` of keel_host_metrics_text_format(): OpenMetrics 1.0 text (ends with `# EOF`). */
+#define KEEL_METRICS_FORMAT_OPENMETRICS 0u
+/** `format` of keel_host_metrics_text_format(): classic Prometheus text 0.0.4 (no `# EOF`). */
+#define KEEL_METRICS_FORMAT_PROMETHEUS 1u
+/** HTTP Content-Type of KEEL_METRICS_FORMAT_OPENMETRICS output (and of keel_host_metrics_text). */
+#define KEEL_METRICS_CONTENT_TYPE_OPENMETRICS "application/openmetrics-text; version=1.0.0; charset=utf-8"
+/** HTTP Content-Type of KEEL_METRICS_FORMAT_PROMETHEUS output. */
+#define KEEL_METRICS_CONTENT_TYPE_PROMETHEUS "text/plain; version=0.0.4; charset=utf-8"
+
 
 /**
  * Stable status codes of the C ABI. `Ok` is 0; every other value names one cause.
@@ -1773,6 +1784,33 @@ keel_status keel_host_set_storage_sink(const keel_host *host,
                                        const keel_storage_sink *sink,
                                        void *user_data,
                                        keel_user_data_free_fn free_user_data);
+
+/**
+ * Write the metrics of every loaded plugin (the families of `keel_host_metrics_text`) into
+ * `out` (an output buffer) in the exposition format `format`:
+ * - `KEEL_METRICS_FORMAT_OPENMETRICS` (0): OpenMetrics 1.0 text ending with `# EOF`, exactly
+ *   `keel_host_metrics_text`; serve it as `KEEL_METRICS_CONTENT_TYPE_OPENMETRICS`.
+ * - `KEEL_METRICS_FORMAT_PROMETHEUS` (1): the classic Prometheus text format 0.0.4 — no
+ *   `# EOF`, no `# UNIT`, counter families named `*_total` — that can be appended to the
+ *   output of a server's own `/metrics` endpoint when it serves
+ *   `KEEL_METRICS_CONTENT_TYPE_PROMETHEUS` (keep family names unique across both).
+ *
+ * Thread-safe (for distinct buffers).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (unknown `format`).
+ */
+keel_status keel_host_metrics_text_format(const keel_host *host, uint32_t format, keel_buffer *out);
+
+/**
+ * The version of the Keel library actually loaded (compare with the `KEEL_VERSION_*` macros
+ * of `keel_version.h`, the version the caller was compiled against: the ABI is compatible
+ * within one major version, and while the major version is 0, within one minor version).
+ *
+ * Sets `*major`, `*minor`, `*patch`. Thread-safe; no allocation.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (any of the three; none is then written).
+ */
+keel_status keel_version(uint32_t *major, uint32_t *minor, uint32_t *patch);
 
 #ifdef __cplusplus
 }  // extern "C"

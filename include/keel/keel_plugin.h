@@ -28,7 +28,8 @@
  * the call whatever `call` returns), but a plugin that segfaults, aborts or corrupts memory
  * takes the whole process down. Untrusted code belongs in a WASM plugin.
  *
- * Plain C99; usable from C++ (extern "C").
+ * Plain C99; usable from C++ (extern "C"; KEEL_DEFINE_PLUGIN gives the entry C linkage, and
+ * keel_plugin_guard at the end of this file keeps C++ exceptions inside the plugin).
  */
 #ifndef KEEL_PLUGIN_H
 #define KEEL_PLUGIN_H
@@ -259,9 +260,22 @@ typedef struct keel_plugin_vtable {
 /** Signature of the entry symbol. */
 typedef const keel_plugin_vtable *(*keel_plugin_entry_fn)(void);
 
-/** Define the entry symbol returning `vtable` (a `static const keel_plugin_vtable`). */
+/** C linkage for the entry symbol also when the plugin is C++ (the host looks it up by name). */
+#ifdef __cplusplus
+#define KEEL_PLUGIN_EXTERN_C extern "C"
+#else
+#define KEEL_PLUGIN_EXTERN_C
+#endif
+
+/**
+ * Define the entry symbol returning `vtable` (a `static const keel_plugin_vtable`). Use it at
+ * namespace scope, from C or C++: the symbol gets C linkage and default visibility either way
+ * (a C++ function left without `extern "C"` is exported under a mangled name, which the host
+ * reports as KEEL_ERR_SYMBOL_MISSING).
+ */
 #define KEEL_DEFINE_PLUGIN(vtable)                                                     \
-    KEEL_PLUGIN_EXPORT const keel_plugin_vtable *keel_plugin_entry(void) { return &(vtable); }
+    KEEL_PLUGIN_EXTERN_C KEEL_PLUGIN_EXPORT const keel_plugin_vtable *keel_plugin_entry(void); \
+    KEEL_PLUGIN_EXTERN_C KEEL_PLUGIN_EXPORT const keel_plugin_vtable *keel_plugin_entry(void) { return &(vtable); }
 
 /** Convenience: write a NUL-terminated string to an output. */
 static inline int32_t keel_output_str(const keel_output *out, const char *s) {
@@ -272,6 +286,50 @@ static inline int32_t keel_output_str(const keel_output *out, const char *s) {
 
 #ifdef __cplusplus
 }
-#endif
+
+#include <exception>
+
+/*
+ * The exception barrier for C++ plugins. No C++ exception may leave a hook (the host is not
+ * C++, and an exception crossing it terminates the process). Wrap each hook's body:
+ *
+ *     static int32_t my_call(void *inst, uint32_t fn, const uint8_t *in, size_t len,
+ *                            const keel_output *out) {
+ *         return keel_plugin_guard(out, [&]() -> int32_t {
+ *             ...                         // may throw
+ *             return 0;
+ *         });
+ *     }
+ *
+ * `body` returns the hook's status. If it throws, the exception's what() (or "unknown C++
+ * exception") is written to `err` (the hook's error output: `err` of init, `output` of call
+ * and save_state; may be NULL for hooks without one) and the hook returns
+ * KEEL_PLUGIN_GUARD_FAILED, so the host reports KEEL_ERR_CALL_FAILED / KEEL_ERR_INIT_FAILED
+ * with that message. (For `call`, bytes written before the throw stay in front of the message.)
+ * keel_plugin_guard_void does the same for hooks returning nothing (shutdown): the exception
+ * is swallowed.
+ */
+#define KEEL_PLUGIN_GUARD_FAILED (-1)
+
+template <class Body>
+inline int32_t keel_plugin_guard(const keel_output *err, Body &&body) noexcept {
+    try {
+        return static_cast<int32_t>(body());
+    } catch (const std::exception &e) {
+        if (err != nullptr) keel_output_str(err, e.what());
+    } catch (...) {
+        if (err != nullptr) keel_output_str(err, "unknown C++ exception");
+    }
+    return KEEL_PLUGIN_GUARD_FAILED;
+}
+
+template <class Body>
+inline void keel_plugin_guard_void(Body &&body) noexcept {
+    try {
+        body();
+    } catch (...) {
+    }
+}
+#endif /* __cplusplus */
 
 #endif /* KEEL_PLUGIN_H */

@@ -38,6 +38,10 @@ pub mod call;
 pub mod capmetrics;
 pub mod sinks;
 
+pub mod exposition;
+
+pub mod version;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;

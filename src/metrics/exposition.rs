@@ -48,6 +48,114 @@ use crate::services::plugin_metrics::{FamilySnapshot, MetricKind, MetricRegistry
 /// The HTTP `Content-Type` of [`crate::host::Host::metrics_text`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The HTTP `Content-Type` of the classic Prometheus text format (version 0.0.4), the output of
+/// [`to_prometheus_text`]: what a server's existing `/metrics` endpoint serves when its other
+/// collectors write that format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The index just past the `}` closing the label set that opens at `open` (a `{`), skipping
+/// quoted label values with their escapes; the line's length if it is not closed.
+fn labels_end(line: &str, open: usize) -> usize {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return open + i + 1,
+            _ => {}
+        }
+    }
+    line.len()
+}
+
+/// Rewrite an OpenMetrics text exposition (as `prometheus-client` writes it) into the classic
+/// Prometheus text format 0.0.4, so that it can be appended to a server's own endpoint:
+/// - no `# EOF` line, no `# UNIT` lines (the unit is already part of the family name);
+/// - a counter family is named after its samples (`# TYPE keel_plugin_calls_total counter`,
+///   where OpenMetrics says `keel_plugin_calls`);
+/// - `unknown` becomes `untyped`; OpenMetrics-only types (`info`, `stateset`,
+///   `gaugehistogram`) become `untyped`;
+/// - `_created` samples and exemplars (` # {...}` after a value) are dropped.
+///
+/// Samples, labels and values are kept byte for byte.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    // Pass 1: the type of every family (HELP precedes TYPE, so it is needed before).
+    let mut types: Vec<(&str, &str)> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, typ)) = rest.split_once(' ') {
+                types.push((name, typ));
+            }
+        }
+    }
+    let type_of = |name: &str| types.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
+    let family_of_sample = |sample: &str| {
+        types
+            .iter()
+            .filter(|(n, _)| sample.starts_with(n))
+            .max_by_key(|(n, _)| n.len())
+            .map(|(n, t)| (*n, *t))
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        if let Some((kind, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let typ = type_of(name).unwrap_or("unknown");
+            out.push_str("# ");
+            out.push_str(kind);
+            out.push(' ');
+            out.push_str(name);
+            if typ == "counter" {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            if kind == "TYPE" {
+                out.push_str(match typ {
+                    "counter" | "gauge" | "histogram" | "summary" => typ,
+                    _ => "untyped",
+                });
+            } else {
+                out.push_str(tail);
+            }
+            out.push('\n');
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if name.ends_with("_created")
+            && matches!(family_of_sample(name), Some((_, "counter" | "histogram" | "summary")))
+        {
+            continue;
+        }
+        // An exemplar follows the value as ` # {labels} value [timestamp]`: look for it only
+        // after the sample's own label set (whose quoted values may contain anything).
+        let body_start = if line[name_end..].starts_with('{') {
+            labels_end(line, name_end)
+        } else {
+            name_end
+        };
+        let end = line[body_start..]
+            .find(" # ")
+            .map(|i| body_start + i)
+            .unwrap_or(line.len());
+        out.push_str(&line[..end]);
+        out.push('\n');
+    }
+    out
+}
+
 /// Where a [`PluginCollector`] reads the loaded plugins at every scrape (the host's registry).
 pub trait PluginSource: Send + Sync {
     /// One row per loaded plugin, sorted by name; plugins without a current generation
@@ -359,4 +467,50 @@ fn custom_family(enc: &mut DescriptorEncoder, f: &FamilySnapshot) -> fmt::Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPENMETRICS: &str = "\
+# HELP keel_plugin_calls Calls into the plugin.
+# TYPE keel_plugin_calls counter
+keel_plugin_calls_total{plugin=\"a}b # c\",version=\"1.0.0\"} 6 # {trace_id=\"x\"} 1
+keel_plugin_calls_created{plugin=\"a\"} 1700000000
+# HELP keel_plugin_load_duration_seconds Duration of the last (re)load.
+# TYPE keel_plugin_load_duration_seconds gauge
+# UNIT keel_plugin_load_duration_seconds seconds
+keel_plugin_load_duration_seconds{plugin=\"a\",version=\"1.0.0\"} 0.5
+# HELP odd Something else.
+# TYPE odd info
+odd_info{plugin=\"a\"} 1
+# EOF
+";
+
+    #[test]
+    fn openmetrics_becomes_classic_prometheus_text() {
+        let p = to_prometheus_text(OPENMETRICS);
+        assert_eq!(
+            p,
+            "\
+# HELP keel_plugin_calls_total Calls into the plugin.
+# TYPE keel_plugin_calls_total counter
+keel_plugin_calls_total{plugin=\"a}b # c\",version=\"1.0.0\"} 6
+# HELP keel_plugin_load_duration_seconds Duration of the last (re)load.
+# TYPE keel_plugin_load_duration_seconds gauge
+keel_plugin_load_duration_seconds{plugin=\"a\",version=\"1.0.0\"} 0.5
+# HELP odd Something else.
+# TYPE odd untyped
+odd_info{plugin=\"a\"} 1
+"
+        );
+    }
+
+    #[test]
+    fn labels_end_skips_quoted_braces_and_escapes() {
+        let l = r#"x{a="}\"}",b="c"} 1"#;
+        assert_eq!(&l[labels_end(l, 1)..], " 1");
+        assert_eq!(labels_end("x{a=\"", 1), 5);
+    }
 }

@@ -171,12 +171,29 @@ fn every_queried_metric_is_exported_by_a_real_host() {
             queried.extend(names);
         }
     }
-    // The template variable: label_values(<metric>, <label>).
+    // The template variables: label_values(<metric>{<the variables before>}, <label>), in the
+    // order job → instance → plugin (job and instance are the labels Prometheus adds when it
+    // scrapes a server, so a dashboard over many servers can select them).
     let vars = d["templating"]["list"].as_array().unwrap();
-    let plugin = vars.iter().find(|v| v["name"] == "plugin").expect("a plugin variable");
-    let q = plugin["query"]["query"].as_str().unwrap();
-    assert_eq!(q, "label_values(keel_plugin_calls_total, plugin)");
-    assert_eq!(plugin["definition"], q);
+    let names: Vec<&str> = vars.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["datasource", "job", "instance", "plugin"]);
+    for (name, want) in [
+        ("job", "label_values(keel_plugin_calls_total, job)"),
+        (
+            "instance",
+            "label_values(keel_plugin_calls_total{job=~\"$job\"}, instance)",
+        ),
+        (
+            "plugin",
+            "label_values(keel_plugin_calls_total{job=~\"$job\", instance=~\"$instance\"}, plugin)",
+        ),
+    ] {
+        let v = vars.iter().find(|v| v["name"] == name).unwrap();
+        assert_eq!(v["query"]["query"].as_str().unwrap(), want, "variable {name}");
+        assert_eq!(v["definition"], want, "variable {name}");
+        assert_eq!(v["includeAll"], true, "variable {name}");
+        assert!(v["allValue"].is_string(), "variable {name}");
+    }
     queried.insert("keel_plugin_calls_total".to_string());
     assert!(
         text.contains("keel_plugin_calls_total{plugin=\"echo\""),
@@ -245,13 +262,13 @@ fn dashboard_shape() {
                 "{} has no query",
                 p["title"]
             );
-            // Every query follows the plugin variable.
+            // Every query follows the job, instance and plugin variables.
             for t in p["targets"].as_array().unwrap() {
-                assert!(
-                    t["expr"].as_str().unwrap().contains("plugin=~\"$plugin\""),
-                    "{}",
-                    p["title"]
-                );
+                let expr = t["expr"].as_str().unwrap();
+                for var in ["job", "instance", "plugin"] {
+                    let matcher = format!("{var}=~\"${var}\"");
+                    assert!(expr.contains(&matcher), "{}: {expr} lacks {matcher}", p["title"]);
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ mod legacy;
 mod metrics;
 mod module_graph;
 mod native;
+mod packaging;
 mod sinks;
 mod state_version;
 mod themis_manifest;
