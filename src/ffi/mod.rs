@@ -34,6 +34,8 @@ pub mod themis;
 
 pub mod introspect;
 
+pub mod hostfn;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;

@@ -7,6 +7,7 @@
 
 use std::ffi::{c_char, c_void};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -20,6 +21,7 @@ pub use crate::runtime::output::{
 };
 pub use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
+pub use crate::services::hostfn::{HostFn, HostOutput};
 use crate::{bail, err};
 
 /// The ABI version this host speaks (`KEEL_PLUGIN_ABI_VERSION`).
@@ -48,6 +50,10 @@ pub struct RawHostApi {
     pub kv_get: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const RawOutput) -> i32>,
     pub kv_put: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize, *const u8, usize) -> i32>,
     pub kv_delete: Option<unsafe extern "C" fn(*mut c_void, *const u8, usize) -> i32>,
+    // ---- hostfn: host functions defined by the embedder ----
+    pub host_fn_lookup: Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> *const HostFn>,
+    pub host_fn_call:
+        Option<unsafe extern "C" fn(*mut c_void, *const HostFn, *const u8, usize, *const RawOutput) -> i32>,
 }
 
 /// Mirror of `keel_plugin_vtable`.
@@ -77,6 +83,8 @@ const MIN_VTABLE_SIZE: usize = std::mem::offset_of!(RawVtable, save_state);
 struct HostApiCtx {
     plugin: String,
     services: HostServices,
+    /// The host functions this plugin may use, bound at load (see `services::hostfn`).
+    host_fns: Vec<Arc<HostFn>>,
 }
 
 /// Run a host-API entry's body behind a panic boundary: a panic in the embedder's service
@@ -213,6 +221,59 @@ unsafe extern "C" fn api_kv_delete(ctx: *mut c_void, key: *const u8, key_len: us
     )
 }
 
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `namespace` and `name` are NUL-terminated strings (or
+/// NULL).
+unsafe extern "C" fn api_host_fn_lookup(
+    ctx: *mut c_void,
+    namespace: *const c_char,
+    name: *const c_char,
+) -> *const HostFn {
+    if ctx.is_null() || namespace.is_null() || name.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI both are NUL-terminated strings valid for the call.
+    let (ns, n) = unsafe { (std::ffi::CStr::from_ptr(namespace), std::ffi::CStr::from_ptr(name)) };
+    let (Ok(ns), Ok(n)) = (ns.to_str(), n.to_str()) else {
+        return std::ptr::null();
+    };
+    c.host_fns
+        .iter()
+        .find(|f| f.namespace() == ns && f.name() == n)
+        .map_or(std::ptr::null(), Arc::as_ptr)
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `f` was returned by `host_fn_lookup` of the same table;
+/// `input` points to `len` readable bytes; `out` is a live `keel_output`.
+unsafe extern "C" fn api_host_fn_call(
+    ctx: *mut c_void,
+    f: *const HostFn,
+    input: *const u8,
+    len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    if ctx.is_null() || f.is_null() || out.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI `f` came from host_fn_lookup of this table: an `Arc<HostFn>` held by
+    // `c.host_fns`, alive as long as `c`.
+    let f = unsafe { &*f };
+    // SAFETY: per the ABI.
+    let Some(input) = (unsafe { bytes(input, len) }) else {
+        return -1;
+    };
+    // SAFETY: RawOutput and HostOutput are both #[repr(C)] { *mut c_void, write fn } with the
+    // same write signature (checked by a test); `out` is live for the call.
+    let out = unsafe { &*(out as *const HostOutput) };
+    // Nothing unwinds out of invoke (Rust bodies run behind catch_unwind; C bodies cannot).
+    f.invoke(&c.plugin, input, out)
+}
+
 /// The host API table for a plugin: entries only for granted capabilities.
 fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
     RawHostApi {
@@ -225,6 +286,9 @@ fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
         kv_get: granted.has("kv:read").then_some(api_kv_get as _),
         kv_put: granted.has("kv:write").then_some(api_kv_put as _),
         kv_delete: granted.has("kv:write").then_some(api_kv_delete as _),
+        // Always present: the lookup answers NULL for what the plugin may not use.
+        host_fn_lookup: Some(api_host_fn_lookup as _),
+        host_fn_call: Some(api_host_fn_call as _),
     }
 }
 
@@ -472,6 +536,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<NativeInstance>
     let api_ctx = Box::new(HostApiCtx {
         plugin: name.clone(),
         services: ctx.services.clone(),
+        host_fns: ctx.services.host_fns.snapshot(ctx.granted),
     });
     let api = Box::new(host_api(&api_ctx, ctx.granted));
     let mut inst = NativeInstance {

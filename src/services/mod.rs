@@ -5,6 +5,7 @@
 //! A lower module: runtimes import it, it imports neither the runtimes nor the host.
 
 pub mod call;
+pub mod hostfn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +75,9 @@ pub type LogSink = Arc<dyn Fn(&str, LogLevel, &str) + Send + Sync>;
 pub struct HostServices {
     pub kv: Arc<dyn KvStore>,
     pub log: LogSink,
+    /// Host functions the embedder defines (shared: every clone sees the same definitions;
+    /// plugins bind to them at load).
+    pub host_fns: Arc<hostfn::HostFunctions>,
 }
 
 impl Default for HostServices {
@@ -81,6 +85,7 @@ impl Default for HostServices {
         HostServices {
             kv: Arc::new(MemoryKv::default()),
             log: Arc::new(|plugin, level, msg| eprintln!("[keel:{plugin}] {level:?}: {msg}")),
+            host_fns: Arc::default(),
         }
     }
 }

@@ -78,6 +78,7 @@ fn recording_services() -> (HostServices, LogLines) {
     let services = HostServices {
         kv: Arc::new(MemoryKv::default()),
         log: Arc::new(move |p: &str, lvl: LogLevel, m: &str| l.lock().push((p.to_string(), lvl, m.to_string()))),
+        ..HostServices::default()
     };
     (services, lines)
 }
@@ -422,7 +423,7 @@ fn imports_from_other_modules_are_refused_by_name() {
         HostServices::default(),
     )
     .unwrap_err();
-    assert_eq!(e.status(), KEEL_ERR_IMPORT_NOT_GRANTED);
+    assert_eq!(e.status(), KEEL_ERR_IMPORT_UNDEFINED);
     assert!(e.message().contains("env.abort"), "{e}");
 }
 

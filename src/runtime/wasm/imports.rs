@@ -1,5 +1,6 @@
-//! Host functions (module `"keel"`), each gated by one capability, and the import check
-//! that refuses a module before any of its code runs.
+//! Host functions (module `"keel"`, and the embedder's host functions: module = namespace),
+//! each gated by one capability, and the import check that refuses a module before any of its
+//! code runs.
 
 use std::sync::Arc;
 
@@ -9,7 +10,9 @@ use wasmer::{
 
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
+use crate::runtime::output::with_output_checked;
 use crate::runtime::{HostServices, LogLevel};
+use crate::services::hostfn::{HostFn as DefinedFn, HostFunctions, HostOutput};
 use crate::{bail, err};
 
 /// The only import module a plugin may use.
@@ -23,6 +26,15 @@ pub const MAX_KV_KEY_BYTES: u32 = 64 << 10;
 pub const MAX_KV_VALUE_BYTES: u32 = 16 << 20;
 /// Most bytes one `random_bytes` call fills; larger requests return -1.
 pub const MAX_RANDOM_BYTES: u32 = 1 << 20;
+/// Most bytes an embedder's host function may write for one call from a WASM plugin; past it
+/// the function's writes are refused (and the call reports an error).
+pub const MAX_HOST_FN_OUTPUT: usize = 16 << 20;
+/// The signature of every embedder host function as a WASM import:
+/// `(input_ptr, input_len, out_ptr, out_cap) -> i64` (see keel_wasm.h).
+pub const HOST_FN_PARAMS: &[Type] = &[Type::I32, Type::I32, Type::I32, Type::I32];
+pub const HOST_FN_RESULTS: &[Type] = &[Type::I64];
+/// Bit 63 of a host function import's result: the call failed, the bytes are its message.
+pub const HOST_FN_ERROR_BIT: i64 = i64::MIN;
 
 /// One host function: its import name, the capability that grants it, its signature.
 #[derive(Debug)]
@@ -81,30 +93,64 @@ fn sig(params: &[Type], results: &[Type]) -> String {
     format!("({}) -> ({})", p.join(", "), r.join(", "))
 }
 
-/// Check every import of `module` against the granted capabilities. Returns the set of host
-/// functions it uses (bit i = `HOST_FUNCTIONS[i]`).
+/// What a module imports, once checked: Keel's own host functions (bit i =
+/// `HOST_FUNCTIONS[i]`) and the embedder's host functions it is bound to (in import order).
+#[derive(Debug, Default, Clone)]
+pub struct UsedImports {
+    pub keel: u32,
+    pub defined: Vec<Arc<DefinedFn>>,
+}
+
+/// Check every import of `module` against Keel's host functions, the embedder's host
+/// functions (`defined`, read once here: the plugin binds to what is defined now) and the
+/// granted capabilities.
 ///
-/// Anything that is not a function of module "keel" that Keel provides, or whose capability
-/// was not granted, fails with `KEEL_ERR_IMPORT_NOT_GRANTED` naming the import; a granted
-/// function imported with the wrong signature fails with `KEEL_ERR_WASM_INSTANTIATE`.
-pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
-    let mut used = 0u32;
+/// An import nobody defines fails with `KEEL_ERR_IMPORT_UNDEFINED`; one whose capability was
+/// not granted, or that is not a function, with `KEEL_ERR_IMPORT_NOT_GRANTED`; a function
+/// imported with the wrong signature with `KEEL_ERR_WASM_INSTANTIATE`. Every message names the
+/// import as `module.name`.
+pub fn check_imports(module: &Module, granted: Capabilities, defined: &HostFunctions) -> Result<UsedImports> {
+    let mut used = UsedImports::default();
     for imp in module.imports() {
         let full = format!("{}.{}", imp.module(), imp.name());
         let ExternType::Function(fty) = imp.ty() else {
             bail!(
                 KEEL_ERR_IMPORT_NOT_GRANTED,
-                "module imports '{full}' ({:?}); WASM plugins may import only functions of module \"{IMPORT_MODULE}\"",
+                "module imports '{full}' ({:?}); WASM plugins may import only functions",
                 imp.ty()
             );
         };
-        let known = (imp.module() == IMPORT_MODULE)
-            .then(|| HOST_FUNCTIONS.iter().position(|f| f.name == imp.name()))
-            .flatten();
-        let Some(i) = known else {
+        if imp.module() != IMPORT_MODULE {
+            let Some(f) = defined.get(imp.module(), imp.name()) else {
+                bail!(
+                    KEEL_ERR_IMPORT_UNDEFINED,
+                    "module imports '{full}', which is not defined: neither a Keel host function (module \"{IMPORT_MODULE}\") nor a host function the server defined as module '{}' name '{}'",
+                    imp.module(),
+                    imp.name()
+                );
+            };
+            if !f.granted_to(granted) {
+                bail!(
+                    KEEL_ERR_IMPORT_NOT_GRANTED,
+                    "module imports '{full}', which needs capability '{}' that this plugin was not granted",
+                    f.capability()
+                );
+            }
+            if fty.params() != HOST_FN_PARAMS || fty.results() != HOST_FN_RESULTS {
+                bail!(
+                    KEEL_ERR_WASM_INSTANTIATE,
+                    "module imports host function '{full}' as {}, but host functions are {}",
+                    sig(fty.params(), fty.results()),
+                    sig(HOST_FN_PARAMS, HOST_FN_RESULTS)
+                );
+            }
+            used.defined.push(f);
+            continue;
+        }
+        let Some(i) = HOST_FUNCTIONS.iter().position(|f| f.name == imp.name()) else {
             bail!(
-                KEEL_ERR_IMPORT_NOT_GRANTED,
-                "module imports '{full}', which Keel does not provide (WASM plugins may import from \"{IMPORT_MODULE}\": {})",
+                KEEL_ERR_IMPORT_UNDEFINED,
+                "module imports '{full}', which Keel does not provide (module \"{IMPORT_MODULE}\" has: {})",
                 HOST_FUNCTIONS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
             );
         };
@@ -124,7 +170,7 @@ pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
                 sig(f.params, f.results)
             );
         }
-        used |= 1 << i;
+        used.keel |= 1 << i;
     }
     Ok(used)
 }
@@ -158,6 +204,10 @@ pub struct HostEnv {
     /// The plugin's name: its log label and its key-value namespace.
     pub plugin: Arc<str>,
     pub services: HostServices,
+    /// Reused buffers for embedder host function calls (input copied out of the guest,
+    /// output collected before it is copied in): steady-state calls allocate nothing.
+    pub scratch_in: Vec<u8>,
+    pub scratch_out: Vec<u8>,
 }
 
 fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
@@ -285,11 +335,74 @@ fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32
     })
 }
 
+/// An embedder host function called by the guest: input copied out of guest memory, the
+/// function run with an output sink, up to `cap` bytes of its output (or error message)
+/// copied back; returns the full length, with bit 63 set on failure.
+fn h_defined(
+    f: &DefinedFn,
+    mut env: FunctionEnvMut<HostEnv>,
+    ip: i32,
+    il: i32,
+    op: i32,
+    cap: i32,
+) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    let start = check_range(&v, ip, il as u32, "host function input")?;
+    check_range(&v, op, cap as u32, "host function output buffer")?;
+    let mut input = std::mem::take(&mut data.scratch_in);
+    let mut output = std::mem::take(&mut data.scratch_out);
+    input.clear();
+    input.resize(il as u32 as usize, 0);
+    output.clear();
+    let result = v
+        .read(start, &mut input)
+        .map_err(|e| violation(format!("host function input: {e}")))
+        .and_then(|()| {
+            let (rc, refused) = with_output_checked(&mut output, MAX_HOST_FN_OUTPUT, |out| {
+                // SAFETY: RawOutput and HostOutput are both #[repr(C)] { ctx, write } with the
+                // same write signature; `out` is live for the closure.
+                let out = unsafe { &*(out as *const _ as *const HostOutput) };
+                f.invoke(&data.plugin, &input, out)
+            });
+            if refused && rc == 0 {
+                output.clear();
+                output.extend_from_slice(
+                    format!(
+                        "host function '{}.{}' output exceeded {MAX_HOST_FN_OUTPUT} bytes",
+                        f.namespace(),
+                        f.name()
+                    )
+                    .as_bytes(),
+                );
+            }
+            let failed = rc != 0 || refused;
+            let n = output.len().min(cap as u32 as usize);
+            write(&v, op, &output[..n], "host function output buffer")?;
+            let len = output.len() as i64;
+            Ok(if failed { HOST_FN_ERROR_BIT | len } else { len })
+        });
+    data.scratch_in = input;
+    data.scratch_out = output;
+    result
+}
+
 /// The import object for one instance: exactly the host functions in `used`.
-pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Result<Imports> {
+pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: &UsedImports) -> Result<Imports> {
     let mut imports = Imports::new();
+    for f in &used.defined {
+        let bound = f.clone();
+        let func = Function::new_typed_with_env(
+            store,
+            env,
+            move |env: FunctionEnvMut<HostEnv>, ip: i32, il: i32, op: i32, cap: i32| -> Result<i64, HostTrap> {
+                h_defined(&bound, env, ip, il, op, cap)
+            },
+        );
+        imports.define(f.namespace(), f.name(), func);
+    }
     for (i, f) in HOST_FUNCTIONS.iter().enumerate() {
-        if used & (1 << i) == 0 {
+        if used.keel & (1 << i) == 0 {
             continue;
         }
         let func = match f.name {
@@ -316,6 +429,10 @@ mod tests {
         Module::new(&store, wat::parse_str(&wat).unwrap()).unwrap()
     }
 
+    fn none() -> HostFunctions {
+        HostFunctions::default()
+    }
+
     fn caps(names: &[&str]) -> Capabilities {
         Capabilities::parse(names).unwrap()
     }
@@ -325,14 +442,14 @@ mod tests {
         let m = module(
             r#"(import "keel" "log" (func (param i32 i32 i32))) (import "keel" "kv_get" (func (param i32 i32 i32 i32) (result i64)))"#,
         );
-        let used = check_imports(&m, caps(&["log", "kv:read"])).unwrap();
-        assert_eq!(used, 0b1001);
+        let used = check_imports(&m, caps(&["log", "kv:read"]), &none()).unwrap();
+        assert_eq!(used.keel, 0b1001);
     }
 
     #[test]
     fn ungranted_unknown_and_non_function_imports_are_refused_by_name() {
         let m = module(r#"(import "keel" "kv_put" (func (param i32 i32 i32 i32) (result i32)))"#);
-        let e = check_imports(&m, caps(&["log", "kv:read"])).unwrap_err();
+        let e = check_imports(&m, caps(&["log", "kv:read"]), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
         assert!(
             e.message().contains("keel.kv_put") && e.message().contains("kv:write"),
@@ -340,24 +457,48 @@ mod tests {
         );
 
         let m = module(r#"(import "env" "abort" (func))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
-        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
         assert!(e.message().contains("env.abort"), "{e}");
 
         let m = module(r#"(import "keel" "spawn" (func))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
         assert!(e.message().contains("keel.spawn"), "{e}");
 
         let m = module(r#"(import "keel" "mem" (memory 1))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
         assert!(e.message().contains("keel.mem"), "{e}");
     }
 
     #[test]
+    fn defined_host_functions_are_checked_by_definition_capability_and_signature() {
+        let defs = HostFunctions::default();
+        defs.define_fn("db", "get_row", "storage:read", |_, _, _| Ok(()))
+            .unwrap();
+        let good = r#"(import "db" "get_row" (func (param i32 i32 i32 i32) (result i64)))"#;
+        let used = check_imports(&module(good), caps(&["storage:read"]), &defs).unwrap();
+        assert_eq!((used.keel, used.defined.len()), (0, 1));
+        let e = check_imports(&module(good), caps(&["log"]), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        assert!(
+            e.message().contains("db.get_row") && e.message().contains("storage:read"),
+            "{e}"
+        );
+        let m = module(r#"(import "db" "put_row" (func (param i32 i32 i32 i32) (result i64)))"#);
+        let e = check_imports(&m, Capabilities::all(), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
+        assert!(e.message().contains("db.put_row"), "{e}");
+        let m = module(r#"(import "db" "get_row" (func (param i32) (result i32)))"#);
+        let e = check_imports(&m, Capabilities::all(), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_WASM_INSTANTIATE);
+    }
+
+    #[test]
     fn wrong_signature_is_an_instantiate_error() {
         let m = module(r#"(import "keel" "log" (func (param i32)))"#);
-        let e = check_imports(&m, caps(&["log"])).unwrap_err();
+        let e = check_imports(&m, caps(&["log"]), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_WASM_INSTANTIATE);
         assert!(e.message().contains("keel.log"), "{e}");
     }

@@ -51,7 +51,7 @@ pub struct PluginShared {
     pub name: Arc<str>,
     pub engine: Engine,
     pub module: Module,
-    pub used_imports: u32,
+    pub used_imports: imports::UsedImports,
     pub services: HostServices,
     pub config_json: Vec<u8>,
     pub limits: EffectiveLimits,
@@ -333,9 +333,11 @@ impl Guest {
                 memory: None,
                 plugin: shared.name.clone(),
                 services: shared.services.clone(),
+                scratch_in: Vec::new(),
+                scratch_out: Vec::new(),
             },
         );
-        let imports = imports::imports(&mut store, &env, shared.used_imports)?;
+        let imports = imports::imports(&mut store, &env, &shared.used_imports)?;
         let instance =
             WasmerInstance::new(&mut store, &shared.module, &imports).map_err(|e| instantiate_error(name, e))?;
         let ex = &instance.exports;
