@@ -428,3 +428,53 @@ fn the_c_abi_defines_calls_and_frees_user_data_exactly_once_when_unbound() {
         KEEL_ERR_NULL_POINTER
     );
 }
+
+/// The hostfn fields of keel_host_api, keel.h's keel_host_fn_output and keel_plugin.h's
+/// keel_output against their Rust mirrors (the runtimes pass one for the other): C
+/// `static_assert`s on the values the mirrors give, compiled by the system C compiler.
+#[test]
+fn hostfn_layouts_match_the_headers() {
+    use keel::runtime::native::{HostOutput, RawHostApi, RawOutput};
+    use std::mem::{offset_of, size_of};
+    assert_eq!(size_of::<HostOutput>(), size_of::<RawOutput>());
+    assert_eq!(offset_of!(HostOutput, write), offset_of!(RawOutput, write));
+    assert_eq!(size_of::<keel_host_fn_output>(), size_of::<HostOutput>());
+    assert_eq!(offset_of!(keel_host_fn_output, write), offset_of!(HostOutput, write));
+    let checks = [
+        (
+            "offsetof(keel_host_api, host_fn_lookup)",
+            offset_of!(RawHostApi, host_fn_lookup),
+        ),
+        (
+            "offsetof(keel_host_api, host_fn_call)",
+            offset_of!(RawHostApi, host_fn_call),
+        ),
+        ("sizeof(keel_host_api)", size_of::<RawHostApi>()),
+        ("sizeof(keel_host_fn_output)", size_of::<HostOutput>()),
+        ("offsetof(keel_host_fn_output, write)", offset_of!(HostOutput, write)),
+        ("sizeof(keel_output)", size_of::<HostOutput>()),
+        ("offsetof(keel_output, write)", offset_of!(HostOutput, write)),
+    ];
+    let compile = |off_by: usize| {
+        let mut c = String::from(
+            "#include <assert.h>\n#include <stddef.h>\n#include <keel/keel.h>\n#include <keel/keel_plugin.h>\n",
+        );
+        for (i, (expr, v)) in checks.iter().enumerate() {
+            let v = if i == 0 { v + off_by } else { *v };
+            c.push_str(&format!("static_assert({expr} == {v}, \"{expr} != {v}\");\n"));
+        }
+        let dir = common::tempdir("hostfn-layout");
+        let src = dir.join("layout.c");
+        std::fs::write(&src, c).unwrap();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        std::process::Command::new(cc)
+            .args(["-std=c11", "-fsyntax-only", "-Wall", "-Werror", "-I"])
+            .arg(common::repo().join("include"))
+            .arg(&src)
+            .output()
+            .unwrap()
+    };
+    let ok = compile(0);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!compile(8).status.success(), "the assertions are checked");
+}
