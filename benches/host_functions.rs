@@ -146,7 +146,7 @@ fn native(rounds_n: u64, calls: u64) {
     assert_eq!(st, KEEL_OK);
     let slot = h.load(&manifest).unwrap();
     let (direct, via) = (slot.resolve("loop_direct").unwrap(), slot.resolve("loop_host").unwrap());
-    let mut in_direct = (echo_row as usize as u64).to_ne_bytes().to_vec();
+    let mut in_direct = (echo_row as *const () as usize as u64).to_ne_bytes().to_vec();
     in_direct.extend_from_slice(&LOOP.to_ne_bytes());
     in_direct.extend_from_slice(PAYLOAD);
     let mut in_host = LOOP.to_ne_bytes().to_vec();

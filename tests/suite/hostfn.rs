@@ -478,3 +478,90 @@ fn hostfn_layouts_match_the_headers() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(!compile(8).status.success(), "the assertions are checked");
 }
+
+#[test]
+fn a_refused_wasm_import_stops_the_load_before_any_guest_code_runs() {
+    // keel_init calls db.get_row (defined, granted); the module also imports db.missing.
+    // Refused at load: the host function never ran, so no guest code did.
+    let (host, _table) = db_host();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    host.define_host_fn("db", "get_row", "storage:read", move |_, _, _| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+    .unwrap();
+    let wat = |extra: &str| {
+        format!(
+            r#"(module
+              (import "db" "get_row" (func $g (param i32 i32 i32 i32) (result i64)))
+              {extra}
+              (memory (export "memory") 1)
+              (data (i32.const 16) "f")
+              (func (export "keel_abi_version") (result i32) (i32.const 1))
+              (func (export "keel_functions") (result i64) (i64.or (i64.shl (i64.const 1) (i64.const 32)) (i64.const 16)))
+              (func (export "keel_alloc") (param i32) (result i32) (i32.const 8192))
+              (func (export "keel_init") (param i32 i32) (result i64)
+                (drop (call $g (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))) (i64.const 0))
+              (func (export "keel_call") (param i32 i32 i32) (result i64) (i64.const 0)))"#
+        )
+    };
+    let dir = common::tempdir("hostfn-before-guest");
+    let write = |name: &str, text: &str| {
+        let wasm = wat::parse_str(text).unwrap();
+        std::fs::write(dir.join(format!("{name}.wasm")), &wasm).unwrap();
+        let m = json!({
+            "manifest_version": 1, "name": name, "version": "1.0.0", "runtime": "wasm",
+            "binary": {"wasm32": format!("{name}.wasm")},
+            "sha256": keel::trust::digest::sha256_hex(&wasm),
+            "capabilities": ["storage:read"],
+        });
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, m.to_string()).unwrap();
+        path
+    };
+    let bad = write(
+        "bad",
+        &wat(r#"(import "db" "missing" (func (param i32 i32 i32 i32) (result i64)))"#),
+    );
+    let e = load_err(&host, &bad);
+    assert_eq!(e.status(), KEEL_ERR_IMPORT_UNDEFINED, "{e}");
+    assert!(e.message().contains("db.missing"), "{e}");
+    let ungranted = write(
+        "ungranted",
+        &wat(r#"(import "db" "put_row" (func (param i32 i32 i32 i32) (result i64)))"#),
+    );
+    assert_eq!(load_err(&host, &ungranted).status(), KEEL_ERR_IMPORT_NOT_GRANTED);
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "guest code ran before the refusal");
+    // The same module without the bad import loads, and its keel_init does call the function.
+    host.load(&write("good", &wat(""))).unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_wasm_guest_gets_at_most_its_buffer_and_the_full_length() {
+    let (host, _table) = db_host();
+    let big: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+    let b = big.clone();
+    host.define_host_fn("db", "get_row", "storage:read", move |_, _, out| {
+        out.write(&b);
+        Ok(())
+    })
+    .unwrap();
+    let dir = common::tempdir("hostfn-wasm-cap");
+    let slot = host
+        .load(&wasm_plugin(&dir, "rows", &["storage:read", "storage:write"]))
+        .unwrap();
+    // The fixture copies min(full length, 4096): its buffer's worth of the 6000 bytes.
+    assert_eq!(call(&slot, "get", b"k").unwrap(), &big[..4096]);
+    // With a zero-sized buffer the result is the full length, nothing copied.
+    let r = i64::from_le_bytes(call(&slot, "get_len", b"k").unwrap().try_into().unwrap());
+    assert_eq!(r, 6000);
+    // A failure: bit 63 set, the low bits the message's full length.
+    host.define_host_fn("db", "get_row", "storage:read", |_, _, _| Err("nope!".into()))
+        .unwrap();
+    host.reload("rows").unwrap();
+    let r = i64::from_le_bytes(call(&slot, "get_len", b"k").unwrap().try_into().unwrap());
+    assert!(r < 0);
+    assert_eq!(r & i64::MAX, 5);
+}
