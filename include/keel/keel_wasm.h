@@ -190,8 +190,9 @@ KEEL_WASM_IMPORT(kv_delete) int32_t keel_kv_delete(const uint8_t *key, uint32_t 
  *            error message (UTF-8), of which min(length, out_cap) bytes were copied to `out`
  *
  * (KEEL_HOST_FN_FAILED / KEEL_HOST_FN_LEN below.) A function that panics or throws in the
- * server is a failure with a message like any other; the host keeps serving. Its output is
- * capped at 16 MiB (more is a failure). A pointer/length outside the guest's memory traps
+ * server is a failure with a message like any other; the host keeps serving. The output goes
+ * straight into `out` (the host buffers none of it); `input` and `out` may overlap (the
+ * function then reads a copy of the input). A pointer/length outside the guest's memory traps
  * (KEEL_ERR_PLUGIN_ABI_VIOLATION), as for every host function.
  *
  * Binding: the plugin binds to the server's definitions when it loads; a function the server

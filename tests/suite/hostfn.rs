@@ -557,6 +557,17 @@ fn a_wasm_guest_gets_at_most_its_buffer_and_the_full_length() {
     // With a zero-sized buffer the result is the full length, nothing copied.
     let r = i64::from_le_bytes(call(&slot, "get_len", b"k").unwrap().try_into().unwrap());
     assert_eq!(r, 6000);
+    // Input and output buffers overlapping: the function reads its whole input even while it
+    // writes (one byte at a time, reversed) over it.
+    host.define_host_fn("db", "get_row", "storage:read", |_, input, out| {
+        for b in input.iter().rev() {
+            out.write(&[*b]);
+        }
+        Ok(())
+    })
+    .unwrap();
+    host.reload("rows").unwrap();
+    assert_eq!(call(&slot, "get_in_place", b"abcdef").unwrap(), b"fedcba");
     // A failure: bit 63 set, the low bits the message's full length.
     host.define_host_fn("db", "get_row", "storage:read", |_, _, _| Err("nope!".into()))
         .unwrap();

@@ -10,7 +10,6 @@ use wasmer::{
 
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
-use crate::runtime::output::with_output_checked;
 use crate::runtime::{HostServices, LogLevel};
 use crate::services::hostfn::{HostFn as DefinedFn, HostFunctions, HostOutput};
 use crate::{bail, err};
@@ -26,9 +25,6 @@ pub const MAX_KV_KEY_BYTES: u32 = 64 << 10;
 pub const MAX_KV_VALUE_BYTES: u32 = 16 << 20;
 /// Most bytes one `random_bytes` call fills; larger requests return -1.
 pub const MAX_RANDOM_BYTES: u32 = 1 << 20;
-/// Most bytes an embedder's host function may write for one call from a WASM plugin; past it
-/// the function's writes are refused (and the call reports an error).
-pub const MAX_HOST_FN_OUTPUT: usize = 16 << 20;
 /// The signature of every embedder host function as a WASM import:
 /// `(input_ptr, input_len, out_ptr, out_cap) -> i64` (see keel_wasm.h).
 pub const HOST_FN_PARAMS: &[Type] = &[Type::I32, Type::I32, Type::I32, Type::I32];
@@ -204,10 +200,9 @@ pub struct HostEnv {
     /// The plugin's name: its log label and its key-value namespace.
     pub plugin: Arc<str>,
     pub services: HostServices,
-    /// Reused buffers for embedder host function calls (input copied out of the guest,
-    /// output collected before it is copied in): steady-state calls allocate nothing.
+    /// Reused buffer for an embedder host function's input when it overlaps the output
+    /// buffer (otherwise the function reads guest memory in place).
     pub scratch_in: Vec<u8>,
-    pub scratch_out: Vec<u8>,
 }
 
 fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
@@ -335,9 +330,42 @@ fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32
     })
 }
 
-/// An embedder host function called by the guest: input copied out of guest memory, the
-/// function run with an output sink, up to `cap` bytes of its output (or error message)
-/// copied back; returns the full length, with bit 63 set on failure.
+/// The output sink of an embedder host function called by a guest: writes go straight into
+/// the guest's output buffer (at most `cap` bytes; the rest is counted, not kept), so a call
+/// buffers nothing on the host side and a write is never refused.
+struct GuestSink {
+    /// The guest's output buffer: `cap` writable bytes of its linear memory.
+    dst: *mut u8,
+    cap: usize,
+    /// Bytes written so far (also those past `cap`).
+    len: usize,
+}
+
+/// `keel_output.write` of a [`GuestSink`].
+///
+/// # Safety
+/// `ctx` is the `GuestSink` of the `HostOutput` this function was handed out with, alive and
+/// not otherwise borrowed; `data` points to `len` readable bytes (or is NULL with `len == 0`).
+unsafe extern "C" fn guest_sink_write(ctx: *mut std::ffi::c_void, data: *const u8, len: usize) -> i32 {
+    if ctx.is_null() || (data.is_null() && len != 0) {
+        return -1;
+    }
+    // SAFETY: ctx is the GuestSink on `h_defined`'s frame, which outlives the host function.
+    let sink = unsafe { &mut *(ctx as *mut GuestSink) };
+    let n = sink.cap.saturating_sub(sink.len).min(len);
+    if n != 0 {
+        // SAFETY: `dst..dst+cap` lies inside the guest's memory (checked by `h_defined`) and
+        // sink.len + n <= cap; `data` holds `len >= n` readable bytes. `copy` (memmove): the
+        // source may be guest memory too.
+        unsafe { std::ptr::copy(data, sink.dst.add(sink.len), n) };
+    }
+    sink.len = sink.len.saturating_add(len);
+    0
+}
+
+/// An embedder host function called by the guest: the function runs on the guest's input and
+/// writes straight into the guest's output buffer (up to `cap` bytes of its output, or of its
+/// error message); returns the full length, with bit 63 set on failure.
 fn h_defined(
     f: &DefinedFn,
     mut env: FunctionEnvMut<HostEnv>,
@@ -348,43 +376,40 @@ fn h_defined(
 ) -> Result<i64, HostTrap> {
     let (data, store) = env.data_and_store_mut();
     let v = view(data, &store)?;
-    let start = check_range(&v, ip, il as u32, "host function input")?;
-    check_range(&v, op, cap as u32, "host function output buffer")?;
-    let mut input = std::mem::take(&mut data.scratch_in);
-    let mut output = std::mem::take(&mut data.scratch_out);
-    input.clear();
-    input.resize(il as u32 as usize, 0);
-    output.clear();
-    let result = v
-        .read(start, &mut input)
-        .map_err(|e| violation(format!("host function input: {e}")))
-        .and_then(|()| {
-            let (rc, refused) = with_output_checked(&mut output, MAX_HOST_FN_OUTPUT, |out| {
-                // SAFETY: RawOutput and HostOutput are both #[repr(C)] { ctx, write } with the
-                // same write signature; `out` is live for the closure.
-                let out = unsafe { &*(out as *const _ as *const HostOutput) };
-                f.invoke(&data.plugin, &input, out)
-            });
-            if refused && rc == 0 {
-                output.clear();
-                output.extend_from_slice(
-                    format!(
-                        "host function '{}.{}' output exceeded {MAX_HOST_FN_OUTPUT} bytes",
-                        f.namespace(),
-                        f.name()
-                    )
-                    .as_bytes(),
-                );
-            }
-            let failed = rc != 0 || refused;
-            let n = output.len().min(cap as u32 as usize);
-            write(&v, op, &output[..n], "host function output buffer")?;
-            let len = output.len() as i64;
-            Ok(if failed { HOST_FN_ERROR_BIT | len } else { len })
-        });
-    data.scratch_in = input;
-    data.scratch_out = output;
-    result
+    let in_start = check_range(&v, ip, il as u32, "host function input")? as usize;
+    let out_start = check_range(&v, op, cap as u32, "host function output buffer")? as usize;
+    let (il, cap) = (il as u32 as usize, cap as u32 as usize);
+    let base = v.data_ptr();
+    let mut sink = GuestSink {
+        // SAFETY: out_start + cap <= the memory's size (check_range).
+        dst: unsafe { base.add(out_start) },
+        cap,
+        len: 0,
+    };
+    let out = HostOutput {
+        ctx: &mut sink as *mut GuestSink as *mut std::ffi::c_void,
+        write: guest_sink_write,
+    };
+    let overlaps = in_start < out_start + cap && out_start < in_start + il;
+    let rc = if overlaps && cap != 0 && il != 0 {
+        // The function writes into the bytes it reads: hand it a copy of its input.
+        let mut input = std::mem::take(&mut data.scratch_in);
+        input.clear();
+        input.resize(il, 0);
+        v.read(in_start as u64, &mut input)
+            .map_err(|e| violation(format!("host function input: {e}")))?;
+        let rc = f.invoke(&data.plugin, &input, &out);
+        data.scratch_in = input;
+        rc
+    } else {
+        // SAFETY: in_start + il <= the memory's size (check_range); the guest is suspended in
+        // this call and its memory is not shared, so nothing writes these bytes while the
+        // function reads them (its own writes go to the disjoint output range).
+        let input = unsafe { std::slice::from_raw_parts(base.add(in_start), il) };
+        f.invoke(&data.plugin, input, &out)
+    };
+    let len = sink.len.min(i64::MAX as usize) as i64;
+    Ok(if rc != 0 { HOST_FN_ERROR_BIT | len } else { len })
 }
 
 /// The import object for one instance: exactly the host functions in `used`.

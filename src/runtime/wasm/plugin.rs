@@ -334,7 +334,6 @@ impl Guest {
                 plugin: shared.name.clone(),
                 services: shared.services.clone(),
                 scratch_in: Vec::new(),
-                scratch_out: Vec::new(),
             },
         );
         let imports = imports::imports(&mut store, &env, &shared.used_imports)?;
