@@ -576,3 +576,24 @@ fn a_wasm_guest_gets_at_most_its_buffer_and_the_full_length() {
     assert!(r < 0);
     assert_eq!(r & i64::MAX, 5);
 }
+
+#[test]
+fn a_c_wasm_plugin_uses_the_header_macros_for_host_functions() {
+    let (host, table) = db_host();
+    let dir = common::tempdir("hostfn-c-wasm");
+    let wasm = crate::wasm_support::build_c_wasm("hostfn", &dir);
+    let m = json!({
+        "manifest_version": 1, "name": "crows", "version": "1.0.0", "runtime": "wasm",
+        "binary": {"wasm32": "hostfn.wasm"},
+        "sha256": keel::trust::digest::sha256_hex(&wasm),
+        "capabilities": ["storage:read", "storage:write"],
+    });
+    let path = dir.join("crows.json");
+    std::fs::write(&path, m.to_string()).unwrap();
+    let slot = host.load(&path).unwrap();
+    rows_round_trip(&slot, &table);
+    // A row larger than the plugin's first buffer: it learns the length and asks again.
+    let long = "x".repeat(1000);
+    call(&slot, "put", &put_input("long", &long)).unwrap();
+    assert_eq!(call(&slot, "get", b"long").unwrap(), long.as_bytes());
+}
