@@ -700,8 +700,9 @@ typedef struct {
  * Called on the thread of the plugin call it serves, from many threads at once (plugins,
  * pooled WASM instances and callers run concurrently): it must be thread-safe. It must not
  * unwind (no C++ exception or longjmp may leave it: keel.hpp's wrapper catches them). It may
- * call into Keel (e.g. `keel_call` another plugin), but must not unload or reload the plugin
- * that is calling it (that waits for the call in progress).
+ * call into Keel (e.g. `keel_call` another plugin), but must not call, unload or reload the
+ * plugin that is calling it (its instance is busy with the call in progress, which an unload
+ * or reload waits for).
  */
 typedef int32_t (*keel_host_fn_callback)(const keel_call_context *ctx,
                                          const uint8_t *input,
