@@ -119,6 +119,11 @@ pub enum keel_status {
     KEEL_ERR_CAPABILITY_DENIED = 601,
     /// A WASM module imports a host function its capabilities do not grant.
     KEEL_ERR_IMPORT_NOT_GRANTED = 602,
+    /// A WASM module imports a function no one defines (neither Keel's module "keel" nor a
+    /// host function the server defined under that module and name).
+    KEEL_ERR_IMPORT_UNDEFINED = 603,
+    /// No host function is defined under that namespace and name.
+    KEEL_ERR_HOST_FN_NOT_FOUND = 604,
     /// A plugin-defined metric was refused: a name outside the Prometheus/OpenMetrics rules,
     /// labels or buckets refused, an unknown metric id, or a value the metric's kind refuses.
     KEEL_ERR_METRIC_INVALID = 606,

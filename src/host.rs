@@ -30,6 +30,7 @@ use crate::metrics::MetricsSnapshot;
 use crate::registry::Slot;
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::runtime::{HostServices, Runtimes};
+use crate::services::hostfn::{CallContext, HostFunctions, HostOutput};
 use crate::services::rpc::EndpointInfo;
 use crate::trust::TrustState;
 use crate::watch::{WatchConfig, WatchControl, WatchEvent};
@@ -53,6 +54,8 @@ pub struct Host {
     watch: WatchControl,
     /// The sinks lent to plugins (shared with the load pipeline and every loaded plugin).
     services: HostServices,
+    /// The embedder's host functions (the same registry the load pipeline's services hold).
+    host_fns: Arc<HostFunctions>,
 }
 
 impl Default for Host {
@@ -67,6 +70,7 @@ impl Host {
     }
 
     pub fn with_services(services: HostServices) -> Host {
+        let host_fns = services.host_fns.clone();
         let trust = Arc::new(TrustState::new());
         let runtimes = Arc::new(Runtimes::default());
         let custom = services.metrics.clone();
@@ -84,6 +88,7 @@ impl Host {
             monitor: Mutex::new(None),
             watch: WatchControl::new(),
             services,
+            host_fns,
         }
     }
 
@@ -105,6 +110,34 @@ impl Host {
     /// default in-memory map, which knows no tables). Same rules as [`Host::set_log_sink`].
     pub fn set_kv_store(&self, store: Option<Arc<dyn crate::services::KvStore>>) {
         self.services.set_kv_store(store);
+    }
+
+    // --- host functions -----------------------------------------------------------------
+
+    /// Define (or replace) a host function `namespace.name` that plugins granted
+    /// `capability` may call (native: `host_fn_lookup`/`host_fn_call` of the host-API table;
+    /// WASM: import `name` from module `namespace`). `f` writes its output to the sink and
+    /// returns `Err(message)` to fail the plugin's call with that message; a panic in `f` is
+    /// caught and fails the plugin's call too. Plugins bind at load: a definition made now
+    /// reaches plugins loaded or reloaded from now on. `KEEL_ERR_INVALID_ARGUMENT` for a bad
+    /// name or the reserved namespace "keel"; `KEEL_ERR_CAPABILITY_UNKNOWN`. Thread-safe.
+    pub fn define_host_fn<F>(&self, namespace: &str, name: &str, capability: &str, f: F) -> Result<()>
+    where
+        F: Fn(&CallContext<'_>, &[u8], &HostOutput) -> std::result::Result<(), String> + Send + Sync + 'static,
+    {
+        self.host_fns.define_fn(namespace, name, capability, f)
+    }
+
+    /// Remove a host function. Loaded plugins bound to it keep calling it until they are
+    /// reloaded or unloaded; its destructor runs when the last of them lets go.
+    /// `KEEL_ERR_HOST_FN_NOT_FOUND` if none is defined under that name.
+    pub fn remove_host_fn(&self, namespace: &str, name: &str) -> Result<()> {
+        self.host_fns.remove(namespace, name)
+    }
+
+    /// The host function registry (for the C ABI's definitions with a C callback).
+    pub fn host_functions(&self) -> &Arc<HostFunctions> {
+        &self.host_fns
     }
 
     // --- health monitor -----------------------------------------------------------------

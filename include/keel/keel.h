@@ -228,6 +228,15 @@ enum keel_status
    */
   KEEL_ERR_IMPORT_NOT_GRANTED = 602,
   /**
+   * A WASM module imports a function no one defines (neither Keel's module "keel" nor a
+   * host function the server defined under that module and name).
+   */
+  KEEL_ERR_IMPORT_UNDEFINED = 603,
+  /**
+   * No host function is defined under that namespace and name.
+   */
+  KEEL_ERR_HOST_FN_NOT_FOUND = 604,
+  /**
    * A plugin-defined metric was refused: a name outside the Prometheus/OpenMetrics rules,
    * labels or buckets refused, an unknown metric id, or a value the metric's kind refuses.
    */
@@ -486,6 +495,14 @@ typedef uint32_t keel_lifecycle_state;
  * one buffer per thread.
  */
 typedef struct keel_buffer keel_buffer;
+
+/**
+ * What a host function learns about the call it serves (opaque): the calling plugin and,
+ * for a call made with options, the server's `user_context`, tenant, `traceparent` and
+ * cancel token. Borrowed by the callback for the duration of its call only; read it with the
+ * `keel_call_context_*` functions (from the callback's thread, during the callback).
+ */
+typedef struct keel_call_context keel_call_context;
 
 /**
  * A cancel token: created by the server (`keel_cancel_token_new`), handed to any number of
@@ -921,6 +938,38 @@ typedef struct {
                   const keel_sink_writer *error);
 } keel_storage_sink;
 
+/**
+ * Where a host function writes its output (or, when it fails, its error message).
+ * `write(ctx, data, len)` appends `len` bytes (copied) and returns 0, or non-zero when the
+ * output is refused (too large): the function should then stop and fail. Borrowed for the
+ * callback's call only. Same layout as `keel_output` of keel_plugin.h.
+ */
+typedef struct {
+  void *ctx;
+  int32_t (*write)(void *ctx, const uint8_t *data, size_t len);
+} keel_host_fn_output;
+
+/**
+ * A host function: `input` (`input_len` bytes, borrowed for the call; NULL when empty), the
+ * call context and the output sink (both borrowed for the call), and the `user_data` given
+ * at definition. Returns 0 on success; any other value fails the plugin's call, and what the
+ * function wrote to `out` is the error message the plugin sees (UTF-8). A native plugin gets
+ * the status itself from `host_fn_call`; a WASM plugin gets the error flag of its import's
+ * result (keel_wasm.h).
+ *
+ * Called on the thread of the plugin call it serves, from many threads at once (plugins,
+ * pooled WASM instances and callers run concurrently): it must be thread-safe. It must not
+ * unwind (no C++ exception or longjmp may leave it: keel.hpp's wrapper catches them). It may
+ * call into Keel (e.g. `keel_call` another plugin), but must not call, unload or reload the
+ * plugin that is calling it (its instance is busy with the call in progress, which an unload
+ * or reload waits for).
+ */
+typedef int32_t (*keel_host_fn_callback)(const keel_call_context *ctx,
+                                         const uint8_t *input,
+                                         size_t input_len,
+                                         const keel_host_fn_output *out,
+                                         void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -962,12 +1011,14 @@ keel_status keel_host_free(keel_host *host);
  * the signature and digest codes (`KEEL_ERR_DIGEST_MISMATCH`, `KEEL_ERR_NO_SIGNATURE`, ...,
  * see `keel_verify`), `KEEL_ERR_ALREADY_LOADED`, `KEEL_ERR_DEPENDENCY_MISSING`,
  * `KEEL_ERR_DEPENDENCY_VERSION`, `KEEL_ERR_CAPABILITY_UNKNOWN`, `KEEL_ERR_CAPABILITY_DENIED`,
- * `KEEL_ERR_IMPORT_NOT_GRANTED`, `KEEL_ERR_LIBRARY_LOAD`, `KEEL_ERR_SYMBOL_MISSING`,
+ * `KEEL_ERR_IMPORT_NOT_GRANTED`, `KEEL_ERR_IMPORT_UNDEFINED`, `KEEL_ERR_LIBRARY_LOAD`, `KEEL_ERR_SYMBOL_MISSING`,
  * `KEEL_ERR_ABI_MISMATCH`, `KEEL_ERR_PLUGIN_ABI_VIOLATION`, `KEEL_ERR_INIT_FAILED`,
  * `KEEL_ERR_WASM_COMPILE`, `KEEL_ERR_WASM_INSTANTIATE`, `KEEL_ERR_MEMORY_LIMIT`,
  * `KEEL_ERR_UNSUPPORTED`.
  */
-keel_status keel_host_load(const keel_host *host, const char *manifest_path, keel_plugin **out);
+keel_status keel_host_load(const keel_host *host,
+                           const char *manifest_path,
+                           keel_plugin **out);
 
 /**
  * Load every plugin of a plugin directory as one all-or-nothing set.
@@ -1811,6 +1862,89 @@ keel_status keel_host_metrics_text_format(const keel_host *host, uint32_t format
  * Errors: `KEEL_ERR_NULL_POINTER` (any of the three; none is then written).
  */
 keel_status keel_version(uint32_t *major, uint32_t *minor, uint32_t *patch);
+
+/**
+ * Define (or replace) the host function `namespace`.`name` (each 1-128 characters of
+ * `[A-Za-z0-9_.:-]`, NUL-terminated, borrowed for the call; namespace "keel" is reserved),
+ * which plugins granted `capability` (a name of Keel's capability registry, e.g.
+ * "storage:read") may call: native plugins through `host_fn_lookup`/`host_fn_call` of their
+ * host-API table, WASM plugins by importing `name` from module `namespace`.
+ *
+ * Binding: a plugin binds to the definitions that exist when it loads (a snapshot).
+ * Defining, replacing or removing a function affects plugins loaded or reloaded afterwards;
+ * loaded generations keep calling the definition they bound to.
+ *
+ * Ownership: Keel owns `user_data` from this call on, whatever the outcome.
+ * `free_user_data` (may be NULL) is called with it exactly once: when the definition has been
+ * replaced or removed (or the host freed) and no loaded plugin generation is bound to it any
+ * more; or, when the definition is refused, before this function returns. `callback` and
+ * `free_user_data` may be called from any thread. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`, `namespace_`, `name`, `capability`, `callback`),
+ * `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (a bad name, namespace "keel"),
+ * `KEEL_ERR_CAPABILITY_UNKNOWN`.
+ */
+keel_status keel_host_define_function(const keel_host *host,
+                                      const char *namespace_,
+                                      const char *name,
+                                      const char *capability,
+                                      keel_host_fn_callback callback,
+                                      void *user_data,
+                                      keel_user_data_free_fn free_user_data);
+
+/**
+ * Remove the host function `namespace`.`name` (NUL-terminated, borrowed for the call).
+ * Plugins already bound to it keep calling it until they are reloaded or unloaded; its
+ * `free_user_data` runs when the last of them lets go. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_HOST_FN_NOT_FOUND`.
+ */
+keel_status keel_host_remove_function(const keel_host *host,
+                                      const char *namespace_,
+                                      const char *name);
+
+/**
+ * The server's `user_context` pointer given with the options of the call being served
+ * (NULL for a call made without options) into `*out`. Call only from the host function,
+ * during its call. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `out`).
+ */
+keel_status keel_call_context_user_context(const keel_call_context *ctx, void **out);
+
+/**
+ * The tenant id of the call being served: `*data` (not NUL-terminated, UTF-8) and `*len`,
+ * (NULL, 0) when the call has none. Borrowed: valid during the host function's call only.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `data`, `len`).
+ */
+keel_status keel_call_context_tenant(const keel_call_context *ctx, const char **data, size_t *len);
+
+/**
+ * The W3C `traceparent` of the call being served: `*data` (not NUL-terminated) and `*len`,
+ * (NULL, 0) when the call has none. Borrowed: valid during the host function's call only.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `data`, `len`).
+ */
+keel_status keel_call_context_traceparent(const keel_call_context *ctx,
+                                          const char **data,
+                                          size_t *len);
+
+/**
+ * The name of the plugin calling the host function: `*data` (not NUL-terminated, UTF-8)
+ * and `*len`. Borrowed: valid during the host function's call only.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `data`, `len`).
+ */
+keel_status keel_call_context_plugin(const keel_call_context *ctx, const char **data, size_t *len);
+
+/**
+ * Whether the call being served has been cancelled through its cancel token (`false` for a
+ * call without one) into `*out`. A long host function may poll it and fail early.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `out`).
+ */
+keel_status keel_call_context_cancelled(const keel_call_context *ctx, bool *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -71,6 +71,13 @@ typedef struct keel_output {
 } keel_output;
 
 /**
+ * A host function the server defined (opaque). Obtained from keel_host_api.host_fn_lookup;
+ * valid until the plugin's `shutdown` returns (the plugin's generation keeps it alive even if
+ * the server removes or redefines it meanwhile).
+ */
+typedef struct keel_host_fn keel_host_fn;
+
+/**
  * What the host offers the plugin. Entries are present only for capabilities the
  * manifest declares and the node allows; the others are NULL, always check before
  * calling. All entries are thread-safe. `ctx` is passed back as the first argument.
@@ -79,6 +86,14 @@ typedef struct keel_output {
  * older host must check `struct_size` before reading a field past `kv_delete`:
  * `host->struct_size >= offsetof(keel_host_api, field) + sizeof(host->field)` (see
  * KEEL_HOST_API_HAS below); a field past `struct_size` is absent, as if NULL.
+ *
+ * Versions: fields are only ever appended. A plugin must check `struct_size` before reading
+ * a field that is not in the first version of this struct (everything after `kv_delete`):
+ *
+ *     if (host->struct_size >= offsetof(keel_host_api, host_fn_call) + sizeof host->host_fn_call
+ *         && host->host_fn_lookup != NULL) { ... }
+ *
+ * An older host's table is shorter; reading past its `struct_size` reads garbage.
  */
 typedef struct keel_host_api {
     /** KEEL_PLUGIN_ABI_VERSION of the host. */
@@ -197,6 +212,27 @@ typedef struct keel_host_api {
      */
     int32_t (*rpc_register)(void *ctx, const char *endpoint, size_t endpoint_len, const char *function,
                             size_t function_len);
+
+    /* ---- hostfn: host functions defined by the server (check struct_size first) ---- */
+    /**
+     * Look up the host function the server defined as `namespace`.`name` (NUL-terminated
+     * UTF-8). Returns NULL when none is defined or its capability was not granted to this
+     * plugin. The set is bound when the plugin loads: functions the server defines later are
+     * seen after a reload. Look a function up once (in `init`) and keep the pointer: it stays
+     * valid until `shutdown` returns. Not for the call path (it searches).
+     */
+    const keel_host_fn *(*host_fn_lookup)(void *ctx, const char *namespace_, const char *name);
+    /**
+     * Call `fn` (from host_fn_lookup of this table) with `input_len` bytes of `input`; the
+     * function's output is appended to `out` (any keel_output: the one of the current hook,
+     * or the plugin's own). Returns 0 on success. On failure returns the function's non-zero
+     * status and what it wrote to `out` is its error message (UTF-8); -3 means the function
+     * panicked or threw (the host caught it and keeps serving), -1 a NULL argument. Cheap: no
+     * allocation, lock or lookup. Thread-safe; may be called from any hook, on the hook's
+     * thread (the call context the function sees is that of the call the hook serves).
+     */
+    int32_t (*host_fn_call)(void *ctx, const keel_host_fn *fn, const uint8_t *input, size_t input_len,
+                            const keel_output *out);
 } keel_host_api;
 
 /** Whether `host` (a `const keel_host_api *`) has the field `field` (it may still be NULL). */

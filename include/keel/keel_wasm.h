@@ -92,11 +92,16 @@
  * state of a serial instance is lost), because a guest stopped mid-way may hold broken data.
  *
  * ---------------------------------------------------------------------------------------
- * Imports: only from module "keel", and only the functions the plugin's granted capabilities
- * provide. A module importing anything else (another module, a memory, a table, a function
- * whose capability was not granted) is refused at load with KEEL_ERR_IMPORT_NOT_GRANTED,
- * naming the import, before any of its code runs. Declared-but-unused imports below cost
- * nothing: clang only imports what the code calls.
+ * Imports: functions only, from module "keel" (Keel's own, below) or from a module named
+ * after a namespace under which the server defined host functions (see "Host functions
+ * defined by the server" below), and only those the plugin's granted capabilities provide.
+ * Checked at load, before any of the module's code runs, each failure naming the import as
+ * module.name:
+ *   - an import nobody defines (neither Keel's nor the server's): KEEL_ERR_IMPORT_UNDEFINED;
+ *   - a function whose capability was not granted, or an import that is not a function (a
+ *     memory, a table, a global): KEEL_ERR_IMPORT_NOT_GRANTED;
+ *   - a function imported with the wrong signature: KEEL_ERR_WASM_INSTANTIATE.
+ * Declared-but-unused imports below cost nothing: clang only imports what the code calls.
  *
  * A pointer/length pair handed to a host function that does not lie inside the guest's
  * memory traps the guest; the call fails with KEEL_ERR_PLUGIN_ABI_VIOLATION.
@@ -270,6 +275,43 @@ KEEL_WASM_IMPORT(metric_observe) int32_t keel_metric_observe(int32_t id, double 
  */
 KEEL_WASM_IMPORT(rpc_register) int32_t keel_rpc_register(const char *endpoint, uint32_t endpoint_len,
                                                          const char *function, uint32_t function_len);
+
+/* ---- host functions defined by the server (hostfn) ---------------------------------- */
+/*
+ * The server (the program embedding Keel) may define host functions under a namespace and a
+ * name, each tied to one capability (keel_host_define_function in keel.h, or
+ * keel::define_host_function in keel.hpp). A WASM plugin imports one from module
+ * `namespace`, name `name`, with this signature (the convention of kv_get):
+ *
+ *     (import "db" "get_row" (func (param i32 i32 i32 i32) (result i64)))
+ *     int64_t f(const uint8_t *input, uint32_t input_len, uint8_t *out, uint32_t out_cap);
+ *
+ * The host copies `input_len` bytes of `input` out of the guest's memory, runs the server's
+ * function, and copies min(length, out_cap) bytes of its output to `out`. The result:
+ *
+ *     >= 0   success; the output's full length (call again with a buffer of at least that
+ *            size if it exceeds out_cap: the function runs again)
+ *     <  0   failure (bit 63 set); the low 63 bits are the full length of the function's
+ *            error message (UTF-8), of which min(length, out_cap) bytes were copied to `out`
+ *
+ * (KEEL_HOST_FN_FAILED / KEEL_HOST_FN_LEN below.) A function that panics or throws in the
+ * server is a failure with a message like any other; the host keeps serving. The output goes
+ * straight into `out` (the host buffers none of it); `input` and `out` may overlap (the
+ * function then reads a copy of the input). A pointer/length outside the guest's memory traps
+ * (KEEL_ERR_PLUGIN_ABI_VIOLATION), as for every host function.
+ *
+ * Binding: the plugin binds to the server's definitions when it loads; a function the server
+ * defines, replaces or removes later is seen from the next load or reload on. The function
+ * runs on the thread of the call, and sees that call's context (user_context, tenant,
+ * traceparent, cancellation) when the server called with options.
+ */
+#define KEEL_HOST_FN_FAILED(r) ((int64_t)(r) < 0)
+#define KEEL_HOST_FN_LEN(r) ((uint64_t)(r) & 0x7fffffffffffffffull)
+
+/** Import the server's host function `ns`.`name` as C function `cname`. */
+#define KEEL_WASM_HOST_FN(ns, name, cname)                                                     \
+    __attribute__((import_module(#ns), import_name(#name))) int64_t cname(                     \
+        const uint8_t *input, uint32_t input_len, uint8_t *out, uint32_t out_cap)
 
 /* ---- the plugin's exports (define the ones you need) --------------------------------- */
 

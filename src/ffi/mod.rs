@@ -42,6 +42,8 @@ pub mod exposition;
 
 pub mod version;
 
+pub mod hostfn;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;

@@ -21,6 +21,7 @@ pub use crate::runtime::output::{
 };
 pub use crate::runtime::shared_lib::SealedLibrary;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
+pub use crate::services::hostfn::{HostFn, HostOutput};
 use crate::services::plugin_metrics::{MetricKind, PluginMetricSet};
 use crate::services::sinks::{check_table, encode_entry, last_sink_error, ScanEnd, SINK_CAPABILITIES};
 use crate::services::{KvTarget, SinkError};
@@ -69,6 +70,10 @@ pub struct RawHostApi {
     pub metric_set: Option<MetricUpdateFn>,
     pub metric_observe: Option<MetricUpdateFn>,
     pub rpc_register: Option<RpcRegisterFn>,
+    // ---- hostfn: host functions defined by the embedder ----
+    pub host_fn_lookup: Option<unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> *const HostFn>,
+    pub host_fn_call:
+        Option<unsafe extern "C" fn(*mut c_void, *const HostFn, *const u8, usize, *const RawOutput) -> i32>,
 }
 
 /// `keel_host_api.metric_define`.
@@ -122,6 +127,8 @@ struct HostApiCtx {
     rpc_plugin: Arc<str>,
     generation: u64,
     functions: Vec<String>,
+    /// The host functions this plugin may use, bound at load (see `services::hostfn`).
+    host_fns: Vec<Arc<HostFn>>,
 }
 
 /// Run a host-API entry's body behind a panic boundary: a panic in the embedder's service
@@ -604,6 +611,59 @@ unsafe extern "C" fn api_rpc_register(
     })
 }
 
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `namespace` and `name` are NUL-terminated strings (or
+/// NULL).
+unsafe extern "C" fn api_host_fn_lookup(
+    ctx: *mut c_void,
+    namespace: *const c_char,
+    name: *const c_char,
+) -> *const HostFn {
+    if ctx.is_null() || namespace.is_null() || name.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI both are NUL-terminated strings valid for the call.
+    let (ns, n) = unsafe { (std::ffi::CStr::from_ptr(namespace), std::ffi::CStr::from_ptr(name)) };
+    let (Ok(ns), Ok(n)) = (ns.to_str(), n.to_str()) else {
+        return std::ptr::null();
+    };
+    c.host_fns
+        .iter()
+        .find(|f| f.namespace() == ns && f.name() == n)
+        .map_or(std::ptr::null(), Arc::as_ptr)
+}
+
+/// # Safety
+/// `ctx` is the plugin's `HostApiCtx`; `f` was returned by `host_fn_lookup` of the same table;
+/// `input` points to `len` readable bytes; `out` is a live `keel_output`.
+unsafe extern "C" fn api_host_fn_call(
+    ctx: *mut c_void,
+    f: *const HostFn,
+    input: *const u8,
+    len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    if ctx.is_null() || f.is_null() || out.is_null() {
+        return -1;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI `f` came from host_fn_lookup of this table: an `Arc<HostFn>` held by
+    // `c.host_fns`, alive as long as `c`.
+    let f = unsafe { &*f };
+    // SAFETY: per the ABI.
+    let Some(input) = (unsafe { bytes(input, len) }) else {
+        return -1;
+    };
+    // SAFETY: RawOutput and HostOutput are both #[repr(C)] { *mut c_void, write fn } with the
+    // same write signature (checked by a test); `out` is live for the call.
+    let out = unsafe { &*(out as *const HostOutput) };
+    // Nothing unwinds out of invoke (Rust bodies run behind catch_unwind; C bodies cannot).
+    f.invoke(&c.plugin, input, out)
+}
+
 /// The host API table for a plugin: entries only for granted capabilities.
 fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
     RawHostApi {
@@ -631,6 +691,9 @@ fn host_api(ctx: &HostApiCtx, granted: Capabilities) -> RawHostApi {
         metric_set: granted.has("metrics:write").then_some(api_metric_set as _),
         metric_observe: granted.has("metrics:write").then_some(api_metric_observe as _),
         rpc_register: granted.has("rpc:register").then_some(api_rpc_register as _),
+        // Always present: the lookup answers NULL for what the plugin may not use.
+        host_fn_lookup: Some(api_host_fn_lookup as _),
+        host_fn_call: Some(api_host_fn_call as _),
     }
 }
 
@@ -885,6 +948,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>) -> Result<NativeInstance>
         rpc_plugin: Arc::from(name.as_str()),
         generation: ctx.generation,
         functions: functions.clone(),
+        host_fns: ctx.services.host_fns.snapshot(ctx.granted),
     });
     let api = Box::new(host_api(&api_ctx, ctx.granted));
     let mut inst = NativeInstance {

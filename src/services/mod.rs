@@ -5,6 +5,7 @@
 //! A lower module: runtimes import it, it imports neither the runtimes nor the host.
 
 pub mod call;
+pub mod hostfn;
 pub mod plugin_metrics;
 pub mod rpc;
 pub mod sinks;
@@ -189,4 +190,7 @@ pub struct HostServices {
     pub metrics: Arc<plugin_metrics::MetricRegistry>,
     /// RPC endpoints plugins register (`rpc:register`), one table per host.
     pub rpc: Arc<rpc::RpcTable>,
+    /// Host functions the embedder defines (shared: every clone sees the same definitions;
+    /// plugins bind to them at load).
+    pub host_fns: Arc<hostfn::HostFunctions>,
 }

@@ -13,6 +13,7 @@ mod dashboard;
 mod deps;
 mod header;
 mod health;
+mod hostfn;
 mod hostile;
 mod introspect;
 mod legacy;

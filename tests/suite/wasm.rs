@@ -428,7 +428,7 @@ fn imports_from_other_modules_are_refused_by_name() {
         HostServices::default(),
     )
     .unwrap_err();
-    assert_eq!(e.status(), KEEL_ERR_IMPORT_NOT_GRANTED);
+    assert_eq!(e.status(), KEEL_ERR_IMPORT_UNDEFINED);
     assert!(e.message().contains("env.abort"), "{e}");
 }
 

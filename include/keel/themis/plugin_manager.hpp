@@ -103,6 +103,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_FUNCTION_NOT_FOUND:
     case KEEL_ERR_FILE_NOT_FOUND:
     case KEEL_ERR_PLUGIN_UNLOADED:
+    case KEEL_ERR_HOST_FN_NOT_FOUND:
     case KEEL_ERR_NO_MANIFEST:
     case KEEL_ERR_RPC_ENDPOINT_NOT_FOUND:
         return ErrorCode::ERR_PLUGIN_NOT_FOUND;
@@ -175,6 +176,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_CAPABILITY_UNKNOWN:
     case KEEL_ERR_CAPABILITY_DENIED:
     case KEEL_ERR_IMPORT_NOT_GRANTED:
+    case KEEL_ERR_IMPORT_UNDEFINED:
         return ErrorCode::ERR_PLUGIN_CAPABILITY_ESCALATION;
     }
     return ErrorCode::ERR_PLUGIN_LOAD_FAILED; // a value outside the enum (not a keel_status)

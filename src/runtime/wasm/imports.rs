@@ -1,5 +1,6 @@
-//! Host functions (module `"keel"`), each gated by one capability, and the import check
-//! that refuses a module before any of its code runs.
+//! Host functions (module `"keel"`, and the embedder's host functions: module = namespace),
+//! each gated by one capability, and the import check that refuses a module before any of its
+//! code runs.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use wasmer::{
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
 use crate::runtime::{HostServices, LogLevel};
+use crate::services::hostfn::{HostFn as DefinedFn, HostFunctions, HostOutput};
 use crate::services::plugin_metrics::{MetricKind, PluginMetricSet};
 use crate::services::sinks::{check_table, encode_entry, ScanEnd};
 use crate::services::KvTarget;
@@ -26,6 +28,12 @@ pub const MAX_KV_KEY_BYTES: u32 = 64 << 10;
 pub const MAX_KV_VALUE_BYTES: u32 = 16 << 20;
 /// Most bytes one `random_bytes` call fills; larger requests return -1.
 pub const MAX_RANDOM_BYTES: u32 = 1 << 20;
+/// The signature of every embedder host function as a WASM import:
+/// `(input_ptr, input_len, out_ptr, out_cap) -> i64` (see keel_wasm.h).
+pub const HOST_FN_PARAMS: &[Type] = &[Type::I32, Type::I32, Type::I32, Type::I32];
+pub const HOST_FN_RESULTS: &[Type] = &[Type::I64];
+/// Bit 63 of a host function import's result: the call failed, the bytes are its message.
+pub const HOST_FN_ERROR_BIT: i64 = i64::MIN;
 
 /// One host function: its import name, the capability that grants it, its signature.
 #[derive(Debug)]
@@ -152,30 +160,64 @@ fn sig(params: &[Type], results: &[Type]) -> String {
     format!("({}) -> ({})", p.join(", "), r.join(", "))
 }
 
-/// Check every import of `module` against the granted capabilities. Returns the set of host
-/// functions it uses (bit i = `HOST_FUNCTIONS[i]`).
+/// What a module imports, once checked: Keel's own host functions (bit i =
+/// `HOST_FUNCTIONS[i]`) and the embedder's host functions it is bound to (in import order).
+#[derive(Debug, Default, Clone)]
+pub struct UsedImports {
+    pub keel: u32,
+    pub defined: Vec<Arc<DefinedFn>>,
+}
+
+/// Check every import of `module` against Keel's host functions, the embedder's host
+/// functions (`defined`, read once here: the plugin binds to what is defined now) and the
+/// granted capabilities.
 ///
-/// Anything that is not a function of module "keel" that Keel provides, or whose capability
-/// was not granted, fails with `KEEL_ERR_IMPORT_NOT_GRANTED` naming the import; a granted
-/// function imported with the wrong signature fails with `KEEL_ERR_WASM_INSTANTIATE`.
-pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
-    let mut used = 0u32;
+/// An import nobody defines fails with `KEEL_ERR_IMPORT_UNDEFINED`; one whose capability was
+/// not granted, or that is not a function, with `KEEL_ERR_IMPORT_NOT_GRANTED`; a function
+/// imported with the wrong signature with `KEEL_ERR_WASM_INSTANTIATE`. Every message names the
+/// import as `module.name`.
+pub fn check_imports(module: &Module, granted: Capabilities, defined: &HostFunctions) -> Result<UsedImports> {
+    let mut used = UsedImports::default();
     for imp in module.imports() {
         let full = format!("{}.{}", imp.module(), imp.name());
         let ExternType::Function(fty) = imp.ty() else {
             bail!(
                 KEEL_ERR_IMPORT_NOT_GRANTED,
-                "module imports '{full}' ({:?}); WASM plugins may import only functions of module \"{IMPORT_MODULE}\"",
+                "module imports '{full}' ({:?}); WASM plugins may import only functions",
                 imp.ty()
             );
         };
-        let known = (imp.module() == IMPORT_MODULE)
-            .then(|| HOST_FUNCTIONS.iter().position(|f| f.name == imp.name()))
-            .flatten();
-        let Some(i) = known else {
+        if imp.module() != IMPORT_MODULE {
+            let Some(f) = defined.get(imp.module(), imp.name()) else {
+                bail!(
+                    KEEL_ERR_IMPORT_UNDEFINED,
+                    "module imports '{full}', which is not defined: neither a Keel host function (module \"{IMPORT_MODULE}\") nor a host function the server defined as module '{}' name '{}'",
+                    imp.module(),
+                    imp.name()
+                );
+            };
+            if !f.granted_to(granted) {
+                bail!(
+                    KEEL_ERR_IMPORT_NOT_GRANTED,
+                    "module imports '{full}', which needs capability '{}' that this plugin was not granted",
+                    f.capability()
+                );
+            }
+            if fty.params() != HOST_FN_PARAMS || fty.results() != HOST_FN_RESULTS {
+                bail!(
+                    KEEL_ERR_WASM_INSTANTIATE,
+                    "module imports host function '{full}' as {}, but host functions are {}",
+                    sig(fty.params(), fty.results()),
+                    sig(HOST_FN_PARAMS, HOST_FN_RESULTS)
+                );
+            }
+            used.defined.push(f);
+            continue;
+        }
+        let Some(i) = HOST_FUNCTIONS.iter().position(|f| f.name == imp.name()) else {
             bail!(
-                KEEL_ERR_IMPORT_NOT_GRANTED,
-                "module imports '{full}', which Keel does not provide (WASM plugins may import from \"{IMPORT_MODULE}\": {})",
+                KEEL_ERR_IMPORT_UNDEFINED,
+                "module imports '{full}', which Keel does not provide (module \"{IMPORT_MODULE}\" has: {})",
                 HOST_FUNCTIONS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
             );
         };
@@ -196,7 +238,7 @@ pub fn check_imports(module: &Module, granted: Capabilities) -> Result<u32> {
                 sig(f.params, f.results)
             );
         }
-        used |= 1 << i;
+        used.keel |= 1 << i;
     }
     Ok(used)
 }
@@ -234,6 +276,9 @@ pub struct HostEnv {
     pub metrics: Option<Arc<PluginMetricSet>>,
     /// The generation this instance belongs to (tags its RPC registrations).
     pub generation: u64,
+    /// Reused buffer for an embedder host function's input when it overlaps the output
+    /// buffer (otherwise the function reads guest memory in place).
+    pub scratch_in: Vec<u8>,
 }
 
 fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
@@ -684,11 +729,104 @@ fn h_rpc_register(mut env: FunctionEnvMut<HostEnv>, ep: i32, el: i32, fp: i32, f
     )
 }
 
+/// The output sink of an embedder host function called by a guest: writes go straight into
+/// the guest's output buffer (at most `cap` bytes; the rest is counted, not kept), so a call
+/// buffers nothing on the host side and a write is never refused.
+struct GuestSink {
+    /// The guest's output buffer: `cap` writable bytes of its linear memory.
+    dst: *mut u8,
+    cap: usize,
+    /// Bytes written so far (also those past `cap`).
+    len: usize,
+}
+
+/// `keel_output.write` of a [`GuestSink`].
+///
+/// # Safety
+/// `ctx` is the `GuestSink` of the `HostOutput` this function was handed out with, alive and
+/// not otherwise borrowed; `data` points to `len` readable bytes (or is NULL with `len == 0`).
+unsafe extern "C" fn guest_sink_write(ctx: *mut std::ffi::c_void, data: *const u8, len: usize) -> i32 {
+    if ctx.is_null() || (data.is_null() && len != 0) {
+        return -1;
+    }
+    // SAFETY: ctx is the GuestSink on `h_defined`'s frame, which outlives the host function.
+    let sink = unsafe { &mut *(ctx as *mut GuestSink) };
+    let n = sink.cap.saturating_sub(sink.len).min(len);
+    if n != 0 {
+        // SAFETY: `dst..dst+cap` lies inside the guest's memory (checked by `h_defined`) and
+        // sink.len + n <= cap; `data` holds `len >= n` readable bytes. `copy` (memmove): the
+        // source may be guest memory too.
+        unsafe { std::ptr::copy(data, sink.dst.add(sink.len), n) };
+    }
+    sink.len = sink.len.saturating_add(len);
+    0
+}
+
+/// An embedder host function called by the guest: the function runs on the guest's input and
+/// writes straight into the guest's output buffer (up to `cap` bytes of its output, or of its
+/// error message); returns the full length, with bit 63 set on failure.
+fn h_defined(
+    f: &DefinedFn,
+    mut env: FunctionEnvMut<HostEnv>,
+    ip: i32,
+    il: i32,
+    op: i32,
+    cap: i32,
+) -> Result<i64, HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let v = view(data, &store)?;
+    let in_start = check_range(&v, ip, il as u32, "host function input")? as usize;
+    let out_start = check_range(&v, op, cap as u32, "host function output buffer")? as usize;
+    let (il, cap) = (il as u32 as usize, cap as u32 as usize);
+    let base = v.data_ptr();
+    let mut sink = GuestSink {
+        // SAFETY: out_start + cap <= the memory's size (check_range).
+        dst: unsafe { base.add(out_start) },
+        cap,
+        len: 0,
+    };
+    let out = HostOutput {
+        ctx: &mut sink as *mut GuestSink as *mut std::ffi::c_void,
+        write: guest_sink_write,
+    };
+    let overlaps = in_start < out_start + cap && out_start < in_start + il;
+    let rc = if overlaps && cap != 0 && il != 0 {
+        // The function writes into the bytes it reads: hand it a copy of its input.
+        let mut input = std::mem::take(&mut data.scratch_in);
+        input.clear();
+        input.resize(il, 0);
+        v.read(in_start as u64, &mut input)
+            .map_err(|e| violation(format!("host function input: {e}")))?;
+        let rc = f.invoke(&data.plugin, &input, &out);
+        data.scratch_in = input;
+        rc
+    } else {
+        // SAFETY: in_start + il <= the memory's size (check_range); the guest is suspended in
+        // this call and its memory is not shared, so nothing writes these bytes while the
+        // function reads them (its own writes go to the disjoint output range).
+        let input = unsafe { std::slice::from_raw_parts(base.add(in_start), il) };
+        f.invoke(&data.plugin, input, &out)
+    };
+    let len = sink.len.min(i64::MAX as usize) as i64;
+    Ok(if rc != 0 { HOST_FN_ERROR_BIT | len } else { len })
+}
+
 /// The import object for one instance: exactly the host functions in `used`.
-pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: u32) -> Result<Imports> {
+pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: &UsedImports) -> Result<Imports> {
     let mut imports = Imports::new();
+    for f in &used.defined {
+        let bound = f.clone();
+        let func = Function::new_typed_with_env(
+            store,
+            env,
+            move |env: FunctionEnvMut<HostEnv>, ip: i32, il: i32, op: i32, cap: i32| -> Result<i64, HostTrap> {
+                h_defined(&bound, env, ip, il, op, cap)
+            },
+        );
+        imports.define(f.namespace(), f.name(), func);
+    }
     for (i, f) in HOST_FUNCTIONS.iter().enumerate() {
-        if used & (1 << i) == 0 {
+        if used.keel & (1 << i) == 0 {
             continue;
         }
         let func = match f.name {
@@ -726,6 +864,10 @@ mod tests {
         Module::new(&store, wat::parse_str(&wat).unwrap()).unwrap()
     }
 
+    fn none() -> HostFunctions {
+        HostFunctions::default()
+    }
+
     fn caps(names: &[&str]) -> Capabilities {
         Capabilities::parse(names).unwrap()
     }
@@ -735,14 +877,14 @@ mod tests {
         let m = module(
             r#"(import "keel" "log" (func (param i32 i32 i32))) (import "keel" "kv_get" (func (param i32 i32 i32 i32) (result i64)))"#,
         );
-        let used = check_imports(&m, caps(&["log", "kv:read"])).unwrap();
-        assert_eq!(used, 0b1001);
+        let used = check_imports(&m, caps(&["log", "kv:read"]), &none()).unwrap();
+        assert_eq!(used.keel, 0b1001);
     }
 
     #[test]
     fn ungranted_unknown_and_non_function_imports_are_refused_by_name() {
         let m = module(r#"(import "keel" "kv_put" (func (param i32 i32 i32 i32) (result i32)))"#);
-        let e = check_imports(&m, caps(&["log", "kv:read"])).unwrap_err();
+        let e = check_imports(&m, caps(&["log", "kv:read"]), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
         assert!(
             e.message().contains("keel.kv_put") && e.message().contains("kv:write"),
@@ -750,24 +892,48 @@ mod tests {
         );
 
         let m = module(r#"(import "env" "abort" (func))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
-        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
         assert!(e.message().contains("env.abort"), "{e}");
 
         let m = module(r#"(import "keel" "spawn" (func))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
         assert!(e.message().contains("keel.spawn"), "{e}");
 
         let m = module(r#"(import "keel" "mem" (memory 1))"#);
-        let e = check_imports(&m, Capabilities::all()).unwrap_err();
+        let e = check_imports(&m, Capabilities::all(), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
         assert!(e.message().contains("keel.mem"), "{e}");
     }
 
     #[test]
+    fn defined_host_functions_are_checked_by_definition_capability_and_signature() {
+        let defs = HostFunctions::default();
+        defs.define_fn("db", "get_row", "storage:read", |_, _, _| Ok(()))
+            .unwrap();
+        let good = r#"(import "db" "get_row" (func (param i32 i32 i32 i32) (result i64)))"#;
+        let used = check_imports(&module(good), caps(&["storage:read"]), &defs).unwrap();
+        assert_eq!((used.keel, used.defined.len()), (0, 1));
+        let e = check_imports(&module(good), caps(&["log"]), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_NOT_GRANTED);
+        assert!(
+            e.message().contains("db.get_row") && e.message().contains("storage:read"),
+            "{e}"
+        );
+        let m = module(r#"(import "db" "put_row" (func (param i32 i32 i32 i32) (result i64)))"#);
+        let e = check_imports(&m, Capabilities::all(), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_IMPORT_UNDEFINED);
+        assert!(e.message().contains("db.put_row"), "{e}");
+        let m = module(r#"(import "db" "get_row" (func (param i32) (result i32)))"#);
+        let e = check_imports(&m, Capabilities::all(), &defs).unwrap_err();
+        assert_eq!(e.status(), keel_status::KEEL_ERR_WASM_INSTANTIATE);
+    }
+
+    #[test]
     fn wrong_signature_is_an_instantiate_error() {
         let m = module(r#"(import "keel" "log" (func (param i32)))"#);
-        let e = check_imports(&m, caps(&["log"])).unwrap_err();
+        let e = check_imports(&m, caps(&["log"]), &none()).unwrap_err();
         assert_eq!(e.status(), keel_status::KEEL_ERR_WASM_INSTANTIATE);
         assert!(e.message().contains("keel.log"), "{e}");
     }

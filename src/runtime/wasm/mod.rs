@@ -368,7 +368,7 @@ fn check_module(
     module: &Module,
     ctx: &LoadContext<'_>,
     limits: &EffectiveLimits,
-) -> Result<(u32, OptionalExports)> {
+) -> Result<(imports::UsedImports, OptionalExports)> {
     let info = module.info();
     if info.start_function.is_some() {
         bail!(
@@ -376,7 +376,8 @@ fn check_module(
             "plugin '{name}': the module has a start function; Keel runs guest code only through the keel_* exports"
         );
     }
-    let used = imports::check_imports(module, ctx.granted).map_err(|e| e.context(format!("plugin '{name}'")))?;
+    let used = imports::check_imports(module, ctx.granted, &ctx.services.host_fns)
+        .map_err(|e| e.context(format!("plugin '{name}'")))?;
 
     let mut found = [false; EXPORTS.len()];
     let mut memory_export = None;

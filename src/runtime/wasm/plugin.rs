@@ -53,7 +53,7 @@ pub struct PluginShared {
     pub name: Arc<str>,
     pub engine: Engine,
     pub module: Module,
-    pub used_imports: u32,
+    pub used_imports: imports::UsedImports,
     pub services: HostServices,
     /// The plugin's metric set when `metrics:write` is granted.
     pub metrics: Option<Arc<crate::services::plugin_metrics::PluginMetricSet>>,
@@ -409,9 +409,10 @@ impl Guest {
                 services: shared.services.clone(),
                 metrics: shared.metrics.clone(),
                 generation: shared.generation,
+                scratch_in: Vec::new(),
             },
         );
-        let imports = imports::imports(&mut store, &env, shared.used_imports)?;
+        let imports = imports::imports(&mut store, &env, &shared.used_imports)?;
         let instance =
             WasmerInstance::new(&mut store, &shared.module, &imports).map_err(|e| instantiate_error(name, e))?;
         let ex = &instance.exports;
