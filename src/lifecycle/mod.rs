@@ -81,7 +81,10 @@ pub struct DirPlan {
 /// The manifests of a plugin directory, as `load_dir` reads them: the directory scan
 /// ([`deps::discover`]; a non-empty directory without a manifest is `KEEL_ERR_NO_MANIFEST`),
 /// each manifest read and validated; with the entries the scan skipped.
-fn read_dir_manifests(dir: &Path) -> Result<(Vec<ManifestFile>, Vec<(PathBuf, &'static str)>)> {
+/// Entries a directory scan skipped: (path, why).
+type Skipped = Vec<(PathBuf, &'static str)>;
+
+fn read_dir_manifests(dir: &Path) -> Result<(Vec<ManifestFile>, Skipped)> {
     let found = deps::discover::discover(dir)?;
     found.require_manifests(dir)?;
     let files = found

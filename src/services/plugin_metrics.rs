@@ -122,10 +122,16 @@ struct Series {
     buckets: Box<[AtomicU64]>,
 }
 
+/// One chunk of a plugin's series (allocated when its first series is defined).
+type Chunk = Box<[OnceLock<Series>]>;
+
+/// A series' identity in its plugin: (family name, label pairs).
+type SeriesKey = (Arc<str>, Box<[(String, String)]>);
+
 /// A plugin's series, by id. Updates reach a series with two atomic loads.
 pub struct PluginMetricSet {
     plugin: Arc<str>,
-    chunks: Box<[OnceLock<Box<[OnceLock<Series>]>>]>,
+    chunks: Box<[OnceLock<Chunk>]>,
     /// Series defined so far (ids `0..len`); published after the series is.
     len: AtomicU32,
     /// (family, labels) → id, and family → kind: only for definitions (the registry's lock
@@ -135,7 +141,7 @@ pub struct PluginMetricSet {
 
 #[derive(Default)]
 struct SetIndex {
-    ids: HashMap<(Arc<str>, Box<[(String, String)]>), u32>,
+    ids: HashMap<SeriesKey, u32>,
     kinds: HashMap<Arc<str>, MetricKind>,
 }
 

@@ -2,6 +2,9 @@
 //! each linking wasmer and the whole library again. `tests/cli.rs` (needs the `cli` feature)
 //! and `tests/wasm_signals.rs` (changes process-wide signal dispositions) stay separate.
 
+// Test fixtures record tuples of what they saw; naming every such type adds nothing.
+#![allow(clippy::type_complexity)]
+
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../wasm_support/mod.rs"]
