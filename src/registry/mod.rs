@@ -212,8 +212,32 @@ impl Slot {
 
     /// Resolve a function name to a stable id, valid across reloads of this slot.
     pub fn resolve(&self, name: &str) -> Result<u32> {
-        let mut fns = self.functions.lock();
-        self.cell.with_current(|gen| self.resolve_in(&mut fns, gen, name))
+        loop {
+            let seq = self.hold.seq();
+            let done = {
+                let mut fns = self.functions.lock();
+                self.cell
+                    .with_current(|gen| gen.map(|g| self.resolve_in(&mut fns, Some(g), name)))
+            };
+            if let Some(r) = done {
+                return r;
+            }
+            // No generation published: a stateful reload's hold (wait for its swap, without
+            // the functions lock, which the swap needs), or an unload.
+            if seq % 2 == 1 {
+                if let Some(ms) = self.hold.wait_past(seq) {
+                    bail!(
+                        KEEL_ERR_BUSY,
+                        "plugin '{}' is being reloaded with its state: resolving '{name}' waited {ms} ms for the swap",
+                        self.name
+                    );
+                }
+                continue;
+            }
+            if self.hold.seq() == seq {
+                return self.resolve_in(&mut self.functions.lock(), None, name);
+            }
+        }
     }
 
     fn resolve_in(&self, fns: &mut Vec<String>, gen: Option<&Generation>, name: &str) -> Result<u32> {

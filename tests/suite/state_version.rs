@@ -127,7 +127,7 @@ fn themisdb_plugins_get_the_savers_version_in_their_initialize_config() {
 }
 
 /// A stateful reload holds calls, but the plugin is not unloaded meanwhile: metadata read
-/// through the C ABI during the hold (generation, health) waits for the swap instead of
+/// through the C ABI during the hold (generation, health, resolving a function) waits for the swap instead of
 /// answering `KEEL_ERR_PLUGIN_UNLOADED` (a health poller saw that under load).
 #[test]
 fn metadata_read_during_a_stateful_reloads_hold_is_not_unloaded() {
@@ -174,13 +174,15 @@ fn metadata_read_during_a_stateful_reloads_hold_is_not_unloaded() {
         let s1 = keel_plugin_generation(p, &mut g);
         let mut r = std::mem::MaybeUninit::<keel_health_report>::uninit();
         let s2 = keel_plugin_health(p, r.as_mut_ptr());
-        (s1, g, s2)
+        let mut f = 0;
+        let s3 = keel_plugin_function(p, c"calls".as_ptr(), &mut f);
+        (s1, g, s2, s3)
     });
     std::fs::write(&gate, b"").unwrap();
     blocked.join().unwrap().unwrap();
     assert_eq!(reloader.join().unwrap().unwrap(), 2);
-    let (s1, g, s2) = reader.join().unwrap();
-    assert_eq!((s1, s2), (KEEL_OK, KEEL_OK), "a hold is not an unload");
+    let (s1, g, s2, s3) = reader.join().unwrap();
+    assert_eq!((s1, s2, s3), (KEEL_OK, KEEL_OK, KEEL_OK), "a hold is not an unload");
     assert!(g == 1 || g == 2, "{g}");
     assert_eq!(keel_plugin_free(handle as *mut keel_plugin), KEEL_OK);
 }
