@@ -7,6 +7,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../fuzz/targets/mod.rs"]
+mod fuzz_targets;
 #[path = "../wasm_support/mod.rs"]
 mod wasm_support;
 
@@ -14,6 +16,7 @@ mod callopts;
 mod capmetrics;
 mod dashboard;
 mod deps;
+mod fuzz_corpus;
 mod header;
 mod health;
 mod hostfn;

@@ -4,27 +4,7 @@
 //! does not know the secret key).
 #![no_main]
 
-use keel::trust::signature::{self, SignatureFile};
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/signature.rs"]
+mod target;
 
-const MANIFEST: &[u8] = br#"{"manifest_version":1,"name":"x","version":"1.0.0"}"#;
-
-fuzz_target!(|data: &[u8]| {
-    match signature::parse(data) {
-        Ok(SignatureFile::Keel(sig)) => {
-            let text = sig.to_file_text();
-            match signature::parse(text.as_bytes()) {
-                Ok(SignatureFile::Keel(again)) => assert_eq!(again, sig, "round trip changed the signature"),
-                other => panic!("a parsed signature's own text does not parse back: {other:?}"),
-            }
-            let key = ed25519_key();
-            assert!(sig.verify(&key, MANIFEST).is_err(), "a fuzzed signature verified");
-        }
-        Ok(SignatureFile::HashOnly(_)) | Err(_) => {}
-    }
-    let _ = signature::parse_secret_key_file(data);
-});
-
-fn ed25519_key() -> ed25519_dalek::VerifyingKey {
-    ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()
-}
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
