@@ -648,6 +648,37 @@ fn the_log_sink_gets_plugin_logs_with_name_level_and_the_calls_trace_id() {
     assert_eq!(logs.freed.load(Ordering::SeqCst), 1);
     run(&native, "log", b"to the second sink").unwrap();
     assert_eq!(second.lines.lock().unwrap().len(), 1);
+    // The same through the C ABI's call with options: the sink gets the call's trace id.
+    {
+        use keel::ffi::call::{keel_call_options, keel_call_with};
+        let tp = std::ffi::CString::new(TRACEPARENT).unwrap();
+        let tenant = std::ffi::CString::new("acme").unwrap();
+        let opts = keel_call_options {
+            struct_size: std::mem::size_of::<keel_call_options>() as u32,
+            flags: 0,
+            deadline_us: 0,
+            fuel: 0,
+            cancel: std::ptr::null(),
+            user_context: std::ptr::null_mut(),
+            tenant: tenant.as_ptr(),
+            traceparent: tp.as_ptr(),
+        };
+        let out = Buf::new();
+        let f = native.function("log").unwrap();
+        let input = b"through keel_call_with";
+        assert_eq!(
+            keel_call_with(native.0, f, input.as_ptr(), input.len(), &opts, out.0),
+            KEEL_OK,
+            "{}",
+            last_error()
+        );
+        let lines = second.lines.lock().unwrap().clone();
+        let last = lines.last().unwrap();
+        assert_eq!(last.2, "through keel_call_with");
+        assert_eq!(last.3.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "{last:?}");
+        assert_eq!(last.5.as_deref(), Some("acme"));
+    }
+    assert_eq!(second.lines.lock().unwrap().len(), 2);
     assert_eq!(logs.lines.lock().unwrap().len(), 4);
     assert_eq!(
         keel_host_set_log_sink(host.0, None, std::ptr::null_mut(), None),
@@ -655,7 +686,11 @@ fn the_log_sink_gets_plugin_logs_with_name_level_and_the_calls_trace_id() {
     );
     assert_eq!(second.freed.load(Ordering::SeqCst), 1);
     run(&native, "log", b"to stderr").unwrap();
-    assert_eq!(second.lines.lock().unwrap().len(), 1);
+    assert_eq!(
+        second.lines.lock().unwrap().len(),
+        2,
+        "nothing more after it was replaced"
+    );
 }
 
 #[test]
