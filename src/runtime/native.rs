@@ -296,6 +296,30 @@ fn record_bad_table(e: String) {
     crate::services::sinks::record_error(&SinkError(e));
 }
 
+/// The arguments every `storage_*` entry starts with: the plugin's context, the table and one
+/// byte string (key or prefix); `None` for a NULL or refused one (the entry returns -1).
+///
+/// # Safety
+/// `ctx` is NULL or the plugin's `HostApiCtx`; `table` NULL or NUL-terminated; `data`
+/// points to `len` readable bytes (or `len` is 0).
+unsafe fn storage_args<'a>(
+    ctx: *mut c_void,
+    table: *const c_char,
+    data: *const u8,
+    len: usize,
+) -> Option<(&'a HostApiCtx, &'a str, &'a [u8])> {
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
+    let c = unsafe { &*(ctx as *const HostApiCtx) };
+    // SAFETY: per the ABI (see the function's contract).
+    let table = unsafe { table_arg(table) }?;
+    // SAFETY: per the ABI (see the function's contract).
+    let data = unsafe { bytes(data, len) }?;
+    Some((c, table, data))
+}
+
 /// # Safety
 /// `ctx` is the plugin's `HostApiCtx`; `table` a NUL-terminated name; `key` `key_len`
 /// readable bytes; `out` a live `keel_output`.
@@ -306,13 +330,11 @@ unsafe extern "C" fn api_storage_get(
     key_len: usize,
     out: *const RawOutput,
 ) -> i32 {
-    if ctx.is_null() || out.is_null() {
+    if out.is_null() {
         return -1;
     }
-    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
-    let c = unsafe { &*(ctx as *const HostApiCtx) };
-    // SAFETY: per the ABI.
-    let (Some(table), Some(key)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }) else {
+    // SAFETY: per this entry's contract.
+    let Some((c, table, key)) = (unsafe { storage_args(ctx, table, key, key_len) }) else {
         return -1;
     };
     // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
@@ -329,13 +351,8 @@ unsafe extern "C" fn api_storage_put(
     val: *const u8,
     val_len: usize,
 ) -> i32 {
-    if ctx.is_null() {
-        return -1;
-    }
-    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
-    let c = unsafe { &*(ctx as *const HostApiCtx) };
-    // SAFETY: per the ABI.
-    let (Some(table), Some(key), Some(val)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }, unsafe {
+    // SAFETY: per this entry's contract.
+    let (Some((c, table, key)), Some(val)) = (unsafe { storage_args(ctx, table, key, key_len) }, unsafe {
         bytes(val, val_len)
     }) else {
         return -1;
@@ -351,13 +368,8 @@ unsafe extern "C" fn api_storage_put(
 /// # Safety
 /// As `api_storage_get`.
 unsafe extern "C" fn api_storage_delete(ctx: *mut c_void, table: *const c_char, key: *const u8, key_len: usize) -> i32 {
-    if ctx.is_null() {
-        return -1;
-    }
-    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
-    let c = unsafe { &*(ctx as *const HostApiCtx) };
-    // SAFETY: per the ABI.
-    let (Some(table), Some(key)) = (unsafe { table_arg(table) }, unsafe { bytes(key, key_len) }) else {
+    // SAFETY: per this entry's contract.
+    let Some((c, table, key)) = (unsafe { storage_args(ctx, table, key, key_len) }) else {
         return -1;
     };
     guarded(API_PANICKED, || {
@@ -378,13 +390,11 @@ unsafe extern "C" fn api_storage_scan(
     prefix_len: usize,
     out: *const RawOutput,
 ) -> i32 {
-    if ctx.is_null() || out.is_null() {
+    if out.is_null() {
         return -1;
     }
-    // SAFETY: ctx is the HostApiCtx boxed in the NativeInstance, alive until shutdown returns.
-    let c = unsafe { &*(ctx as *const HostApiCtx) };
-    // SAFETY: per the ABI.
-    let (Some(table), Some(prefix)) = (unsafe { table_arg(table) }, unsafe { bytes(prefix, prefix_len) }) else {
+    // SAFETY: per this entry's contract.
+    let Some((c, table, prefix)) = (unsafe { storage_args(ctx, table, prefix, prefix_len) }) else {
         return -1;
     };
     // SAFETY: `out` is the live keel_output the plugin was given (non-NULL checked above).
