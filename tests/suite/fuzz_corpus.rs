@@ -1,4 +1,4 @@
-//! The parser fuzz targets' checked-in corpora (seeds and every regression input added since),
+//! The fuzz targets' checked-in corpora (seeds and every regression input added since),
 //! replayed through the very functions the cargo-fuzz binaries run (tests/fuzz/targets): the
 //! targets compile with the crate, and a crash once found stays fixed. The long runs are
 //! tests/fuzz.sh's (docs/testing.md).
@@ -38,4 +38,21 @@ fn signature_corpus() {
 #[test]
 fn trust_store_corpus() {
     replay("trust_store", fuzz_targets::trust_store::run);
+}
+
+#[test]
+fn wasm_load_corpus() {
+    replay("wasm_load", fuzz_targets::wasm_load::run);
+}
+
+#[test]
+fn capi_ops_corpus() {
+    // libFuzzer hands the typed target `Vec<Op>` built from the raw bytes this way.
+    replay("capi_ops", |data| {
+        use arbitrary::Arbitrary;
+        let ops = Vec::<fuzz_targets::capi_ops::Op>::arbitrary_take_rest(arbitrary::Unstructured::new(data));
+        if let Ok(ops) = ops {
+            fuzz_targets::capi_ops::run(ops);
+        }
+    });
 }
