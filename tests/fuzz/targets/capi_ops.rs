@@ -220,7 +220,7 @@ pub fn run(ops: Vec<Op>) {
                 if s == KEEL_OK {
                     assert!(!p.is_null());
                     handles.push(Handle { p, functions: vec![] });
-                    if i as usize % f.manifests.len() == 0 {
+                    if (i as usize).is_multiple_of(f.manifests.len()) {
                         tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 {
                             "v2"
                         } else {
@@ -235,7 +235,7 @@ pub fn run(ops: Vec<Op>) {
                 let m = &f.manifests[i as usize % f.manifests.len()];
                 let s = keel_host_load(host, m.as_ptr(), ptr::null_mut());
                 ok_status(s);
-                if s == KEEL_OK && i as usize % f.manifests.len() == 0 {
+                if s == KEEL_OK && (i as usize).is_multiple_of(f.manifests.len()) {
                     tag_now = if std::fs::read(f.dir.join("echo.json")).unwrap() == f.v2 {
                         "v2"
                     } else {
@@ -294,10 +294,10 @@ pub fn run(ops: Vec<Op>) {
                 let mut d = ptr::null();
                 let mut n = 0usize;
                 assert_eq!(keel_buffer_data(out, &mut d, &mut n), KEEL_OK);
-                // SAFETY: Keel's buffer holds `n` bytes at `d` until its next use.
                 let got = if n == 0 {
                     &[][..]
                 } else {
+                    // SAFETY: Keel's buffer holds `n` bytes at `d` until its next use.
                     unsafe { std::slice::from_raw_parts(d, n) }
                 };
                 if s == KEEL_OK && fname == "echo" {
