@@ -49,7 +49,11 @@ fn build_example(krate: &str, wasm: bool) -> PathBuf {
         cmd.env_remove(var);
     }
     let st = cmd.status().expect("running cargo");
-    assert!(st.success(), "building the SDK example {krate} failed");
+    assert!(
+        st.success(),
+        "building the SDK example {krate} failed{}",
+        if wasm { " (is the target installed? rustup target add wasm32-unknown-unknown)" } else { "" }
+    );
     if wasm {
         target_dir.join("wasm32-unknown-unknown/debug/keel_rust_wasm_example.wasm")
     } else {
