@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use keel::capability::Capabilities;
 use keel::error::keel_status::*;
 use keel::registry::Slot;
-use keel::runtime::{Health, Instance};
+use keel::runtime::Health;
 use keel::Host;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -52,7 +52,11 @@ fn build_example(krate: &str, wasm: bool) -> PathBuf {
     assert!(
         st.success(),
         "building the SDK example {krate} failed{}",
-        if wasm { " (is the target installed? rustup target add wasm32-unknown-unknown)" } else { "" }
+        if wasm {
+            " (is the target installed? rustup target add wasm32-unknown-unknown)"
+        } else {
+            ""
+        }
     );
     if wasm {
         target_dir.join("wasm32-unknown-unknown/debug/keel_rust_wasm_example.wasm")
@@ -335,4 +339,98 @@ fn host_api_entries_past_struct_size_are_absent() {
     let none = unsafe { SdkHost::from_raw(std::ptr::null()) };
     assert!(!none.log(LogLevel::Info, "nobody"));
     assert_eq!(LOGGED.lock().as_slice(), ["old host"]);
+}
+
+// ---- the macro through `keel::` (a plugin depending on this crate with `features = ["sdk"]`) ----
+
+mod via_keel {
+    use keel::sdk::native::{Function, Host, Output, Plugin};
+    use keel::sdk::{Error, Result};
+
+    pub struct Direct;
+
+    impl Plugin for Direct {
+        const SERIAL: bool = true;
+
+        fn init(config: &str, _host: Host) -> Result<Self> {
+            if config == "panic" {
+                panic!("init panicked on purpose");
+            }
+            Ok(Direct)
+        }
+
+        fn call(&self, f: Function, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+            out.write_str(f.name)?;
+            out.write(b":")?;
+            out.write(input)?;
+            if f.name == "two" {
+                return Err(Error::new("two fails"));
+            }
+            Ok(())
+        }
+    }
+
+    // Exports `keel_plugin_entry` from this test binary, as a cdylib would.
+    keel::keel_native_plugin!(type: Direct, name: "direct", version: "0.1.0", functions: ["one", "two"]);
+}
+
+unsafe extern "C" fn vec_write(ctx: *mut c_void, data: *const u8, len: usize) -> i32 {
+    // SAFETY: ctx is the test's Vec<u8>; data holds len bytes.
+    unsafe { (*(ctx as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data, len)) };
+    0
+}
+
+#[test]
+fn the_macro_through_keel_exports_a_vtable_whose_hooks_catch_panics() {
+    use keel::sdk::native::{RawOutput, RawVtable};
+    use std::ffi::CStr;
+    // The symbol the macro exported, looked up by its C name as the host does.
+    unsafe extern "C" {
+        fn keel_plugin_entry() -> *const RawVtable;
+    }
+    // SAFETY: defined by keel_native_plugin! above with this signature.
+    let vt = unsafe { keel_plugin_entry() };
+    // SAFETY: the entry returns its static vtable, with static NUL-terminated strings.
+    let vt = unsafe { &*vt };
+    assert_eq!((vt.abi_version, vt.flags, vt.function_count), (1, 1, 2));
+    assert_eq!(vt.struct_size as usize, size_of::<keel::sdk::native::RawVtable>());
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(CStr::from_ptr(vt.name).to_str().unwrap(), "direct");
+        assert_eq!(CStr::from_ptr(vt.version).to_str().unwrap(), "0.1.0");
+        assert_eq!(CStr::from_ptr(*vt.functions.add(1)).to_str().unwrap(), "two");
+    }
+    assert!(vt.save_state.is_none() && vt.restore_state.is_none() && vt.health.is_none());
+    let mut buf = Vec::<u8>::new();
+    let out = RawOutput {
+        ctx: &mut buf as *mut Vec<u8> as *mut c_void,
+        write: Some(vec_write),
+    };
+    let mut inst = std::ptr::null_mut();
+    // A panicking init: status 1, the message in `err`, nothing unwinds.
+    // SAFETY: the hooks get what the host would pass: a config of its length, no table, live out-params.
+    let rc = unsafe { (vt.init.unwrap())(c"panic".as_ptr(), 5, std::ptr::null(), &mut inst, &out) };
+    assert_eq!(rc, 1);
+    assert!(String::from_utf8_lossy(&buf).contains("plugin panicked: init panicked on purpose"));
+    buf.clear();
+    // SAFETY: as above.
+    let rc = unsafe { (vt.init.unwrap())(c"{}".as_ptr(), 2, std::ptr::null(), &mut inst, &out) };
+    assert_eq!(rc, 0);
+    // SAFETY: the instance from init; input of its length; an output valid for the call.
+    let rc = unsafe { (vt.call.unwrap())(inst, 0, b"x".as_ptr(), 1, &out) };
+    assert_eq!((rc, buf.as_slice()), (0, &b"one:x"[..]));
+    buf.clear();
+    // SAFETY: as above.
+    let rc = unsafe { (vt.call.unwrap())(inst, 1, b"y".as_ptr(), 1, &out) };
+    assert_eq!((rc, buf.as_slice()), (1, &b"two:ytwo fails"[..]));
+    buf.clear();
+    // An index past the list is an error, not a read out of bounds.
+    // SAFETY: as above.
+    let rc = unsafe { (vt.call.unwrap())(inst, 7, std::ptr::null(), 0, &out) };
+    assert_eq!(
+        (rc, String::from_utf8_lossy(&buf).as_ref()),
+        (1, "no function with index 7")
+    );
+    // SAFETY: the instance from init, released once.
+    unsafe { (vt.shutdown.unwrap())(inst) };
 }
