@@ -344,9 +344,8 @@ pub unsafe extern "C" fn hook_call<P: Plugin + Exports>(
         // SAFETY: the host passes `input_len` readable bytes at `input` for this hook.
         let input = unsafe { slice(input, input_len) }.ok_or("call: input is NULL")?;
         // SAFETY: `output` is non-NULL (checked above) and valid until the hook returns.
-        let mut out = Output {
-            raw: unsafe { &*output },
-        };
+        let raw = unsafe { &*output };
+        let mut out = Output { raw };
         p.call(Function { index: function, name }, input, &mut out)
     })
 }
