@@ -115,6 +115,18 @@ fn host() -> (Host, Lines) {
     (host, lines)
 }
 
+/// The server's host function text.upper: upper-cases its input; fails on "fail".
+fn define_upper(host: &Host) {
+    host.define_host_fn("text", "upper", "storage:read", |_, input, out| {
+        if input == b"fail" {
+            return Err("upper refuses 'fail'".into());
+        }
+        out.write(&input.to_ascii_uppercase());
+        Ok(())
+    })
+    .unwrap();
+}
+
 fn call(slot: &Slot, f: &str, input: &[u8]) -> keel::Result<String> {
     let idx = slot.resolve(f)?;
     let mut out = Vec::new();
@@ -125,11 +137,7 @@ fn call(slot: &Slot, f: &str, input: &[u8]) -> keel::Result<String> {
 #[test]
 fn native_example_calls_reloads_with_state_and_survives_a_panic() {
     let (host, lines) = host();
-    host.define_host_fn("text", "upper", "storage:read", |_, input, out| {
-        out.write(&input.to_ascii_uppercase());
-        Ok(())
-    })
-    .unwrap();
+    define_upper(&host);
     let m = install(
         "sdk-native",
         native_artifact(),
@@ -162,6 +170,8 @@ fn native_example_calls_reloads_with_state_and_survives_a_panic() {
     assert_eq!(call(&slot, "kv", b"colour=green").unwrap(), "");
     assert_eq!(call(&slot, "kv", b"colour").unwrap(), "green");
     assert_eq!(call(&slot, "upper", b"keel").unwrap(), "KEEL");
+    let e = call(&slot, "upper", b"fail").unwrap_err();
+    assert!(e.message().contains("upper refuses 'fail'"), "{e}");
     // Reload: the new generation takes the state over (count continues at 4).
     host.reload("rust_native").unwrap();
     assert_eq!(call(&slot, "count", b"").unwrap(), "4");
@@ -198,12 +208,13 @@ fn native_example_without_capabilities_gets_absent_entries_and_init_errors_are_r
 #[test]
 fn wasm_example_calls_reloads_with_state_and_survives_a_panic() {
     let (host, lines) = host();
+    define_upper(&host);
     let m = install(
         "sdk-wasm",
         wasm_artifact(),
         "rust_wasm",
         true,
-        json!({"capabilities": ["log", "kv:read", "kv:write"]}),
+        json!({"capabilities": ["log", "kv:read", "kv:write", "storage:read"]}),
     );
     let slot = host.load(&m).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -223,6 +234,16 @@ fn wasm_example_calls_reloads_with_state_and_survives_a_panic() {
     assert_eq!(call(&slot, "add", b"0").unwrap(), "12");
     assert_eq!(call(&slot, "kv", b"k=v1").unwrap(), "");
     assert_eq!(call(&slot, "kv", b"k").unwrap(), "v1");
+    // The server's host function, imported with keel_wasm_host_fn!: output longer than the
+    // SDK's first buffer (the host runs it again with a large enough one), and its error.
+    assert_eq!(call(&slot, "upper", b"keel").unwrap(), "KEEL");
+    let long = "x".repeat(5000);
+    assert_eq!(call(&slot, "upper", long.as_bytes()).unwrap(), long.to_uppercase());
+    let e = call(&slot, "upper", b"fail").unwrap_err();
+    assert!(
+        e.message().contains("host function failed: upper refuses 'fail'"),
+        "{e}"
+    );
     // Reload: the new generation takes the state over.
     host.reload("rust_wasm").unwrap();
     assert_eq!(call(&slot, "add", b"1").unwrap(), "13");
@@ -242,8 +263,9 @@ fn wasm_example_calls_reloads_with_state_and_survives_a_panic() {
         wasm_artifact(),
         "rust_wasm",
         true,
-        // The module imports what the SDK links in: kv_* and sink_error need a kv capability.
-        json!({"capabilities": ["log", "kv:read", "kv:write"], "config": {"fail_init": true}}),
+        // The module imports what its code calls: kv_* and sink_error need a kv capability,
+        // text.upper its capability (storage:read).
+        json!({"capabilities": ["log", "kv:read", "kv:write", "storage:read"], "config": {"fail_init": true}}),
     );
     let e = host.load(&m).map(|_| ()).unwrap_err();
     assert_eq!(e.status(), KEEL_ERR_INIT_FAILED, "{e}");

@@ -310,6 +310,33 @@ mod guest {
         }
     }
 
+    /// The raw signature of a host function the server defined (see
+    /// [`keel_wasm_host_fn!`](crate::keel_wasm_host_fn)).
+    pub type RawHostFn = unsafe extern "C" fn(*const u8, u32, *mut u8, u32) -> i64;
+
+    /// Call the imported host function `f` with `input`: its output, or its error message.
+    pub fn call_host_fn(f: RawHostFn, input: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            // SAFETY: `f` is an import with the host-function signature; both slices are live
+            // guest memory with their lengths.
+            let r = unsafe { f(input.as_ptr(), input.len() as u32, buf.as_mut_ptr(), buf.len() as u32) };
+            let len = (r as u64 & 0x7fff_ffff_ffff_ffff) as usize;
+            if r < 0 {
+                buf.truncate(len.min(buf.len()));
+                return Err(Error::new(format!(
+                    "host function failed: {}",
+                    String::from_utf8_lossy(&buf)
+                )));
+            }
+            if len <= buf.len() {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            buf.resize(len, 0);
+        }
+    }
+
     /// Capability "kv:read": the value of `key` in the plugin's namespace (any length: asks
     /// again with a larger buffer when needed). Absent: `None`.
     pub fn kv_get(key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -347,6 +374,33 @@ mod guest {
             rc => Err(sink_failure("kv_delete", rc as i64)),
         }
     }
+}
+
+/// Import the host function the server defined as `namespace`.`name` (the WASM convention:
+/// module `namespace`, name `name`, `(i32 i32 i32 i32) -> i64`) as a safe Rust function
+/// `fn $rust(input: &[u8]) -> Result<Vec<u8>>` (wasm32 only):
+///
+/// ```ignore
+/// keel_wasm_host_fn!(fn get_row = "db"."get_row");
+/// let row = get_row(b"key")?;
+/// ```
+///
+/// The import needs the function's capability granted (else the load is refused with
+/// `KEEL_ERR_IMPORT_NOT_GRANTED`; undefined: `KEEL_ERR_IMPORT_UNDEFINED`). An output longer
+/// than the SDK's first buffer (1 KiB) makes the host run the function again with a buffer of
+/// the full size, as the ABI prescribes; an error message is cut at 1 KiB.
+#[macro_export]
+macro_rules! keel_wasm_host_fn {
+    ($vis:vis fn $rust:ident = $ns:literal . $name:literal) => {
+        $vis fn $rust(input: &[u8]) -> $crate::sdk::Result<::std::vec::Vec<u8>> {
+            #[link(wasm_import_module = $ns)]
+            unsafe extern "C" {
+                #[link_name = $name]
+                fn import(input: *const u8, input_len: u32, out: *mut u8, out_cap: u32) -> i64;
+            }
+            $crate::sdk::wasm::call_host_fn(import, input)
+        }
+    };
 }
 
 /// Define the Keel WASM exports for the [`WasmPlugin`] type `type` (wasm32 only; once per
