@@ -143,7 +143,7 @@ fn native_example_calls_reloads_with_state_and_survives_a_panic() {
         native_artifact(),
         "rust_native",
         false,
-        json!({"capabilities": ["log", "kv:read", "kv:write", "storage:read"]}),
+        json!({"capabilities": ["log", "kv:read", "kv:write", "storage:read", "storage:write", "metrics:write"]}),
     );
     let slot = host.load(&m).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -172,6 +172,28 @@ fn native_example_calls_reloads_with_state_and_survives_a_panic() {
     assert_eq!(call(&slot, "upper", b"keel").unwrap(), "KEEL");
     let e = call(&slot, "upper", b"fail").unwrap_err();
     assert!(e.message().contains("upper refuses 'fail'"), "{e}");
+    // A scan decodes the host's entry encoding.
+    assert_eq!(call(&slot, "kv", b"colour2=blue").unwrap(), "");
+    assert_eq!(call(&slot, "kv", b"shape=round").unwrap(), "");
+    assert_eq!(call(&slot, "scan", b"col").unwrap(), "colour=green;colour2=blue;");
+    // A storage sink failure carries the sink's message (sink_error): the default map has no tables.
+    let e = call(&slot, "table", b"o1").unwrap_err();
+    assert!(
+        e.message().contains("storage_put failed (-3)") && e.message().contains("no table 'orders'"),
+        "{e}"
+    );
+    // Plugin metrics through the table reach the host's exposition.
+    assert_eq!(call(&slot, "metric", b"2").unwrap(), "");
+    assert_eq!(call(&slot, "metric", b"3").unwrap(), "");
+    let text = host.metrics_text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("keel_custom_sdk_calls_total"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("plugin=\"rust_native\"") && line.ends_with(" 5.0"),
+        "{line}"
+    );
     // Reload: the new generation takes the state over (count continues at 4).
     host.reload("rust_native").unwrap();
     assert_eq!(call(&slot, "count", b"").unwrap(), "4");
