@@ -19,6 +19,7 @@ use keel::capability::Capabilities;
 use keel::error::keel_status::*;
 use keel::registry::Slot;
 use keel::runtime::Health;
+use keel::services::call::{CallOptions, CancelToken};
 use keel::Host;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -194,6 +195,19 @@ fn native_example_calls_reloads_with_state_and_survives_a_panic() {
         line.contains("plugin=\"rust_native\"") && line.ends_with(" 5.0"),
         "{line}"
     );
+    // cancelled(): the server's cancel token reaches the plugin, which stops.
+    assert_eq!(call(&slot, "poll", b"").unwrap(), "done");
+    let token = CancelToken::new();
+    token.cancel();
+    let opts = CallOptions {
+        cancel: Some(&token),
+        ..CallOptions::default()
+    };
+    let mut out = Vec::new();
+    let e = slot
+        .call_with(slot.resolve("poll").unwrap(), b"", &mut out, &opts)
+        .unwrap_err();
+    assert_eq!(e.status(), KEEL_ERR_CANCELLED, "{e}");
     // Reload: the new generation takes the state over (count continues at 4).
     host.reload("rust_native").unwrap();
     assert_eq!(call(&slot, "count", b"").unwrap(), "4");
