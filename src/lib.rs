@@ -23,6 +23,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;
+/// The SDK for plugins written in Rust (native vtable and WASM ABI); the host never needs it.
+#[cfg(feature = "sdk")]
+pub mod sdk;
 pub mod services;
 pub mod trust;
 pub mod watch;
