@@ -23,7 +23,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;
-/// The SDK for plugins written in Rust (native vtable and WASM ABI); the host never needs it.
+/// The SDK for plugins written in Rust (native vtable and WASM ABI); the host never needs it,
+/// and it is not part of the host C ABI (kept out of keel.h).
+/// cbindgen:ignore
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod services;
