@@ -24,7 +24,7 @@ use crate::err;
 use crate::error::{Error, Result};
 use crate::registry::Slot;
 
-#[cxx::bridge(namespace = "keel")]
+#[cxx::bridge(namespace = "keel::bridge")]
 mod ffi {
     extern "Rust" {
         /// A Keel host: owns every loaded plugin. Dropping it unloads them all.
