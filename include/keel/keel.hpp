@@ -74,6 +74,7 @@
 
 #include <keel/keel.h>
 #include <keel/keel_common.h> /* KEEL_LOG_* */
+#include <keel/keel_error.hpp>
 
 #include "rust/cxx.h"
 #include "keel/src/bridge/mod.rs.h"
@@ -97,49 +98,12 @@ namespace keel {
 
 // ---- errors ----
 
-/** The symbolic name of a status ("KEEL_ERR_DIGEST_MISMATCH"); "KEEL_ERR_UNKNOWN" for a
- *  number that is not a keel_status. Thread-safe, noexcept. */
-inline std::string_view status_name(keel_status status) noexcept {
-    const char *name = nullptr;
-    if (keel_status_name(static_cast<std::uint32_t>(status), &name) != KEEL_OK || name == nullptr) {
-        return "KEEL_ERR_UNKNOWN";
-    }
-    return name;
-}
-
-/** Every failure of this API: a std::runtime_error with the keel_status code. what() is
- *  "<status name> (<code>): <message>" (Keel's message for the calling thread's failure). */
-class Error : public std::runtime_error {
-public:
-    Error(keel_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
-    /** An error for `status` with `message`, formatted as Keel formats its own. */
-    static Error with_message(keel_status status, std::string_view message) {
-        return Error(status, std::string(status_name(status)) + " (" +
-                                 std::to_string(static_cast<std::uint32_t>(status)) + "): " + std::string(message));
-    }
-    /** Throw the calling thread's last Keel error for `s` (nothing when `s` is KEEL_OK). */
-    static void check(keel_status s) {
-        if (s == KEEL_OK) {
-            return;
-        }
-        const char *msg = nullptr;
-        if (keel_last_error_message(&msg) != KEEL_OK || msg == nullptr) {
-            msg = "";
-        }
-        throw with_message(s, msg);
-    }
-    keel_status status() const noexcept { return status_; }
-
-private:
-    keel_status status_;
-};
-
 /** Older names of keel::Error (the per-block error classes it replaces). */
 using CallError = Error;
 using RpcError = Error;
 using HostFunctionError = Error;
 
-namespace detail {
+namespace api_detail {
 /** `s` as a NUL-terminated string; throws KEEL_ERR_INVALID_ARGUMENT if it contains a NUL. */
 inline std::string cstr(std::string_view s, const char *what) {
     if (s.find('\0') != std::string_view::npos) {
@@ -147,7 +111,7 @@ inline std::string cstr(std::string_view s, const char *what) {
     }
     return std::string(s);
 }
-} // namespace detail
+} // namespace api_detail
 
 // ---- byte views and buffers ----
 
@@ -229,7 +193,7 @@ private:
     keel_buffer *b_ = nullptr;
 };
 
-namespace detail {
+namespace api_detail {
 /** Parse the JSON string starting at s[i] == '"'; i ends past the closing quote. Handles the
  *  escapes Keel's encoder writes (\" \\ \/ \b \f \n \r \t \uXXXX, the latter as UTF-8). */
 inline std::string json_string(std::string_view s, std::size_t &i) {
@@ -302,7 +266,7 @@ inline std::vector<std::string> json_string_array(std::string_view s) {
 }
 
 inline std::string_view sv(const char *s) noexcept { return s ? std::string_view(s) : std::string_view(); }
-} // namespace detail
+} // namespace api_detail
 
 // ---- call options ----
 
@@ -373,7 +337,7 @@ struct CallOptions {
     std::string traceparent;
 };
 
-namespace detail {
+namespace api_detail {
 /** The C options for `opts` (borrowing its strings). Throws KEEL_ERR_INVALID_ARGUMENT for a
  *  tenant or traceparent with an embedded NUL. */
 inline keel_call_options c_options(const CallOptions &opts) {
@@ -396,7 +360,7 @@ inline keel_call_options c_options(const CallOptions &opts) {
     o.traceparent = opts.traceparent.empty() ? nullptr : opts.traceparent.c_str();
     return o;
 }
-} // namespace detail
+} // namespace api_detail
 
 // ---- plain data ----
 
@@ -479,7 +443,7 @@ inline Version version() {
  *  Host::capability_allowlist(). Throws KEEL_ERR_CAPABILITY_UNKNOWN. Thread-safe. */
 inline std::uint64_t capability_bit(std::string_view name) {
     std::uint64_t bit = 0;
-    Error::check(keel_capability_bit(detail::cstr(name, "a capability name").c_str(), &bit));
+    Error::check(keel_capability_bit(api_detail::cstr(name, "a capability name").c_str(), &bit));
     return bit;
 }
 
@@ -487,15 +451,15 @@ inline std::uint64_t capability_bit(std::string_view name) {
  *  or loading them (keel_discover_manifests). Thread-safe. */
 inline std::vector<std::string> discover_manifests(std::string_view dir) {
     Buffer b;
-    Error::check(keel_discover_manifests(detail::cstr(dir, "a directory").c_str(), b.c_handle()));
-    return detail::json_string_array(b.view());
+    Error::check(keel_discover_manifests(api_detail::cstr(dir, "a directory").c_str(), b.c_handle()));
+    return api_detail::json_string_array(b.view());
 }
 
 /** One manifest read and validated without loading or trust checks: its normalised Keel
  *  form as JSON text (keel_manifest_read). Thread-safe. */
 inline std::string manifest_read(std::string_view path) {
     Buffer b;
-    Error::check(keel_manifest_read(detail::cstr(path, "a manifest path").c_str(), b.c_handle()));
+    Error::check(keel_manifest_read(api_detail::cstr(path, "a manifest path").c_str(), b.c_handle()));
     return b.str();
 }
 
@@ -576,7 +540,7 @@ public:
     explicit Plugin(keel_plugin *adopt) noexcept : p_(adopt) {}
     /** A new handle on the loaded plugin `name` of `host` (KEEL_ERR_PLUGIN_NOT_FOUND). */
     Plugin(HostRef host, std::string_view name) {
-        Error::check(keel_plugin_get(host.get(), detail::cstr(name, "a plugin name").c_str(), &p_));
+        Error::check(keel_plugin_get(host.get(), api_detail::cstr(name, "a plugin name").c_str(), &p_));
     }
     Plugin(const Plugin &) = delete;
     Plugin &operator=(const Plugin &) = delete;
@@ -591,7 +555,7 @@ public:
     /** Resolve a function once (KEEL_ERR_FUNCTION_NOT_FOUND); the id survives reloads. */
     keel_function function(std::string_view name) const {
         keel_function f = 0;
-        Error::check(keel_plugin_function(p_, detail::cstr(name, "a function name").c_str(), &f));
+        Error::check(keel_plugin_function(p_, api_detail::cstr(name, "a function name").c_str(), &f));
         return f;
     }
 
@@ -604,7 +568,7 @@ public:
     /** As above with options (deadline, fuel, cancel token, tenant, traceparent, user
      *  context): keel_call_with. Adds KEEL_ERR_CANCELLED and KEEL_ERR_INVALID_ARGUMENT. */
     void call(keel_function fn, ByteView input, const CallOptions &opts, Buffer &out) const {
-        const keel_call_options o = detail::c_options(opts);
+        const keel_call_options o = api_detail::c_options(opts);
         Error::check(keel_call_with(p_, fn, input.data(), input.size(), &o, out.c_handle()));
     }
     /** Convenience forms returning a copy of the result (one buffer and one string per call). */
@@ -633,11 +597,11 @@ public:
     /** Whether the current generation's manifest declares the trait `name`. */
     bool has_trait(std::string_view name) const {
         bool b = false;
-        Error::check(keel_plugin_has_trait(p_, detail::cstr(name, "a trait name").c_str(), &b));
+        Error::check(keel_plugin_has_trait(p_, api_detail::cstr(name, "a trait name").c_str(), &b));
         return b;
     }
     /** The functions the current generation exports, in the plugin's order. */
-    std::vector<std::string> functions() const { return detail::json_string_array(text(keel_plugin_functions)); }
+    std::vector<std::string> functions() const { return api_detail::json_string_array(text(keel_plugin_functions)); }
     /** The current generation number (1 after load, +1 per reload or restart). */
     std::uint64_t generation() const {
         std::uint64_t g = 0;
@@ -710,7 +674,7 @@ struct RpcTarget {
  *  it may load, reload or unload plugins. An exception it throws is swallowed. */
 using Listener = std::function<void(std::string_view plugin, Event event, std::uint64_t generation)>;
 
-namespace detail {
+namespace api_detail {
 inline void listener_trampoline(const char *plugin, keel_event event, std::uint64_t generation, void *ud) noexcept {
     try {
         (*static_cast<Listener *>(ud))(sv(plugin), event, generation);
@@ -719,7 +683,7 @@ inline void listener_trampoline(const char *plugin, keel_event event, std::uint6
     }
 }
 inline void listener_free(void *ud) noexcept { delete static_cast<Listener *>(ud); }
-} // namespace detail
+} // namespace api_detail
 
 /** The registration of a listener (Host::add_listener): RAII, move-only. Destroying it (or
  *  remove()) removes the listener; release() keeps it registered until the host is freed.
@@ -958,7 +922,7 @@ private:
  *  it must be thread-safe. */
 using HostFunction = std::function<std::string(const CallContext &, std::string_view input)>;
 
-namespace detail {
+namespace api_detail {
 /** The C callback behind every HostFunction: no exception leaves it. Returns 0, or -3 (the
  *  status native plugins see for a function that threw) with the message written. */
 inline int32_t host_function_trampoline(const keel_call_context *ctx, const uint8_t *input, size_t len,
@@ -978,11 +942,11 @@ inline int32_t host_function_trampoline(const keel_call_context *ctx, const uint
 }
 
 inline void host_function_free(void *user_data) noexcept { delete static_cast<HostFunction *>(user_data); }
-} // namespace detail
+} // namespace api_detail
 
 // ---- the host ----
 
-namespace detail {
+namespace api_detail {
 inline void set_log_sink(keel_host *h, LogSink sink) {
     if (!sink) {
         Error::check(keel_host_set_log_sink(h, nullptr, nullptr, nullptr));
@@ -1075,7 +1039,7 @@ inline void rpc_call(keel_host *h, std::string_view endpoint, ByteView input, Bu
     Error::check(keel_host_rpc_call(h, cstr(endpoint, "an endpoint").c_str(), input.data(), input.size(),
                                     out.c_handle()));
 }
-} // namespace detail
+} // namespace api_detail
 
 /** A Keel host (keel_host): the registry of loaded plugins, policy and runtimes. RAII
  *  (keel_host_new / keel_host_free), move-only. Every method is const and thread-safe
@@ -1108,13 +1072,13 @@ public:
     /** Load one plugin from its manifest (every check before any plugin code runs). */
     Plugin load(std::string_view manifest_path) const {
         keel_plugin *p = nullptr;
-        Error::check(keel_host_load(h(), detail::cstr(manifest_path, "a manifest path").c_str(), &p));
+        Error::check(keel_host_load(h(), api_detail::cstr(manifest_path, "a manifest path").c_str(), &p));
         return Plugin(p);
     }
     /** Load every plugin of a plugin directory as one all-or-nothing set, in dependency order
      *  (the C ABI's load set: on failure nothing stays loaded). */
     void load_dir(std::string_view dir) const {
-        Error::check(keel_host_load_dir(h(), detail::cstr(dir, "a directory").c_str()));
+        Error::check(keel_host_load_dir(h(), api_detail::cstr(dir, "a directory").c_str()));
     }
     /** A new handle on a loaded plugin (KEEL_ERR_PLUGIN_NOT_FOUND). */
     Plugin get(std::string_view name) const { return Plugin(HostRef(h()), name); }
@@ -1122,16 +1086,16 @@ public:
      *  thrown after the swap (the new generation serves). */
     std::uint64_t reload(std::string_view name) const {
         std::uint64_t g = 0;
-        Error::check(keel_host_reload(h(), detail::cstr(name, "a plugin name").c_str(), &g));
+        Error::check(keel_host_reload(h(), api_detail::cstr(name, "a plugin name").c_str(), &g));
         return g;
     }
     /** Unload `name` (KEEL_ERR_HAS_DEPENDENTS: nothing unloaded). */
     void unload(std::string_view name) const {
-        Error::check(keel_host_unload(h(), detail::cstr(name, "a plugin name").c_str()));
+        Error::check(keel_host_unload(h(), api_detail::cstr(name, "a plugin name").c_str()));
     }
     /** Unload `name` and every plugin depending on it, dependents first. */
     void unload_cascade(std::string_view name) const {
-        Error::check(keel_host_unload_cascade(h(), detail::cstr(name, "a plugin name").c_str()));
+        Error::check(keel_host_unload_cascade(h(), api_detail::cstr(name, "a plugin name").c_str()));
     }
     /** Unload every plugin, dependents first. */
     void unload_all() const { Error::check(keel_host_unload_all(h())); }
@@ -1152,11 +1116,11 @@ public:
     /** Run every check a load runs before plugin code, without loading: returns normally if
      *  the plugin would load, throws the first failing check's Error otherwise. */
     void verify(std::string_view manifest_path) const {
-        Error::check(keel_verify(h(), detail::cstr(manifest_path, "a manifest path").c_str()));
+        Error::check(keel_verify(h(), api_detail::cstr(manifest_path, "a manifest path").c_str()));
     }
     /** Replace the trust store with a JSON file / document (rollback-protected). */
     void set_trust_store_file(std::string_view path) const {
-        Error::check(keel_host_set_trust_store_file(h(), detail::cstr(path, "a path").c_str()));
+        Error::check(keel_host_set_trust_store_file(h(), api_detail::cstr(path, "a path").c_str()));
     }
     void set_trust_store_bytes(ByteView json) const {
         Error::check(keel_host_set_trust_store_bytes(h(), json.data(), json.size()));
@@ -1172,7 +1136,7 @@ public:
         std::vector<const char *> ptrs;
         ptrs.reserve(names.size());
         for (const std::string &n : names) {
-            owned.push_back(detail::cstr(n, "a capability name"));
+            owned.push_back(api_detail::cstr(n, "a capability name"));
             ptrs.push_back(owned.back().c_str());
         }
         Error::check(keel_host_set_capability_allowlist(h(), ptrs.data(), ptrs.size()));
@@ -1200,7 +1164,7 @@ public:
     void set_latency_sampling(std::uint32_t every) const { Error::check(keel_host_set_latency_sampling(h(), every)); }
     /** Watch a plugin directory: load, reload and unload as its folders change. */
     void watch_dir(std::string_view dir, std::chrono::milliseconds debounce = std::chrono::milliseconds(500)) const {
-        Error::check(keel_host_watch_dir(h(), detail::cstr(dir, "a directory").c_str(),
+        Error::check(keel_host_watch_dir(h(), api_detail::cstr(dir, "a directory").c_str(),
                                          static_cast<std::uint64_t>(debounce.count())));
     }
     void stop_watching() const { Error::check(keel_host_stop_watching(h())); }
@@ -1228,7 +1192,7 @@ public:
         c.pool_size = config.pool_size;
         c.metering = config.metering;
         c.watchdog_tick_us = config.watchdog_tick_us;
-        const std::string dir = detail::cstr(config.cache_dir, "a cache directory");
+        const std::string dir = api_detail::cstr(config.cache_dir, "a cache directory");
         c.cache_dir = dir.empty() ? nullptr : dir.c_str();
         std::memcpy(c.cache_key, config.cache_key.data(), sizeof c.cache_key);
         Error::check(keel_host_set_wasm_config(h(), &c));
@@ -1249,7 +1213,7 @@ public:
         auto *heap = new Listener(std::move(listener));
         std::uint64_t id = 0;
         const keel_status s =
-            keel_host_add_listener(h(), &detail::listener_trampoline, heap, &detail::listener_free, &id);
+            keel_host_add_listener(h(), &api_detail::listener_trampoline, heap, &api_detail::listener_free, &id);
         if (s != KEEL_OK) {
             delete heap; // not taken on failure
         }
@@ -1260,31 +1224,31 @@ public:
      *  std::function is owned by Keel from here on (also when refused). */
     void define_function(std::string_view ns, std::string_view name, std::string_view capability,
                          HostFunction f) const {
-        detail::define_function(h(), ns, name, capability, std::move(f));
+        api_detail::define_function(h(), ns, name, capability, std::move(f));
     }
     /** Remove a host function (KEEL_ERR_HOST_FN_NOT_FOUND); bound plugins keep it until reload. */
-    void remove_function(std::string_view ns, std::string_view name) const { detail::remove_function(h(), ns, name); }
+    void remove_function(std::string_view ns, std::string_view name) const { api_detail::remove_function(h(), ns, name); }
     /** Plugin log lines go to `sink` (an empty function: back to stderr). */
-    void set_log_sink(LogSink sink) const { detail::set_log_sink(h(), std::move(sink)); }
+    void set_log_sink(LogSink sink) const { api_detail::set_log_sink(h(), std::move(sink)); }
     /** kv:* and storage:* go to `sink` (nullptr: back to the in-memory map). */
-    void set_storage_sink(std::shared_ptr<StorageSink> sink) const { detail::set_storage_sink(h(), std::move(sink)); }
+    void set_storage_sink(std::shared_ptr<StorageSink> sink) const { api_detail::set_storage_sink(h(), std::move(sink)); }
     /** The registered RPC endpoints, sorted by name (and as keel_host_rpc_list's JSON). */
-    std::vector<RpcEndpoint> rpc_list() const { return detail::rpc_list(h()); }
-    std::string rpc_list_json() const { return detail::rpc_list_json(h()); }
+    std::vector<RpcEndpoint> rpc_list() const { return api_detail::rpc_list(h()); }
+    std::string rpc_list_json() const { return api_detail::rpc_list_json(h()); }
     /** Resolve an endpoint once for repeated lock-free calls (KEEL_ERR_RPC_ENDPOINT_NOT_FOUND). */
     RpcTarget rpc_resolve(std::string_view endpoint) const {
         keel_plugin *p = nullptr;
         keel_function f = 0;
-        Error::check(keel_host_rpc_resolve(h(), detail::cstr(endpoint, "an endpoint").c_str(), &p, &f));
+        Error::check(keel_host_rpc_resolve(h(), api_detail::cstr(endpoint, "an endpoint").c_str(), &p, &f));
         return RpcTarget{Plugin(p), f};
     }
     /** Invoke an endpoint with `input` (the result into `out`, or returned). */
     void rpc_call(std::string_view endpoint, ByteView input, Buffer &out) const {
-        detail::rpc_call(h(), endpoint, input, out);
+        api_detail::rpc_call(h(), endpoint, input, out);
     }
     std::string rpc_call(std::string_view endpoint, ByteView input) const {
         Buffer out;
-        detail::rpc_call(h(), endpoint, input, out);
+        api_detail::rpc_call(h(), endpoint, input, out);
         return out.str();
     }
 
@@ -1303,26 +1267,26 @@ inline HostRef::HostRef(const Host &host) noexcept : h_(host.c_handle()) {}
 // ---- free-function forms (older blocks; keel::Host has the same as methods) ----
 
 /** Host::set_log_sink for any host (keel::Host or the legacy bridge host). */
-inline void set_log_sink(HostRef host, LogSink sink) { detail::set_log_sink(host.get(), std::move(sink)); }
+inline void set_log_sink(HostRef host, LogSink sink) { api_detail::set_log_sink(host.get(), std::move(sink)); }
 /** Host::set_storage_sink for any host. */
 inline void set_storage_sink(HostRef host, std::shared_ptr<StorageSink> sink) {
-    detail::set_storage_sink(host.get(), std::move(sink));
+    api_detail::set_storage_sink(host.get(), std::move(sink));
 }
 /** Host::rpc_list_json / rpc_list / rpc_call for any host. */
-inline std::string rpc_list_json(HostRef host) { return detail::rpc_list_json(host.get()); }
-inline std::vector<RpcEndpoint> rpc_list(HostRef host) { return detail::rpc_list(host.get()); }
+inline std::string rpc_list_json(HostRef host) { return api_detail::rpc_list_json(host.get()); }
+inline std::vector<RpcEndpoint> rpc_list(HostRef host) { return api_detail::rpc_list(host.get()); }
 inline std::string rpc_call(HostRef host, std::string_view endpoint, ByteView input) {
     Buffer out;
-    detail::rpc_call(host.get(), endpoint, input, out);
+    api_detail::rpc_call(host.get(), endpoint, input, out);
     return out.str();
 }
 /** Host::define_function / remove_function for any host. */
 inline void define_host_function(HostRef host, std::string_view ns, std::string_view name,
                                  std::string_view capability, HostFunction f) {
-    detail::define_function(host.get(), ns, name, capability, std::move(f));
+    api_detail::define_function(host.get(), ns, name, capability, std::move(f));
 }
 inline void remove_host_function(HostRef host, std::string_view ns, std::string_view name) {
-    detail::remove_function(host.get(), ns, name);
+    api_detail::remove_function(host.get(), ns, name);
 }
 
 // ---- legacy: the cxx bridge (src/bridge/mod.rs) ----
