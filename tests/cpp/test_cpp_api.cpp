@@ -2,7 +2,7 @@
 // keel::Host, keel::Plugin, keel::Buffer, keel::Error and every group of methods, against the
 // fixtures built by the test build. No rust:: type and no keel_* C function is used here.
 // Usage: test_cpp_api <fixture dir>
-//   (echo/, evil/tampered.json, legacy/, compute/, storage/, hostfn/, capmetrics/, cancel_poll/)
+//   (echo/, evil/tampered.json, legacy/, compute/, hostfn/, capmetrics/)
 #include <keel/keel.hpp>
 
 #include <algorithm>
