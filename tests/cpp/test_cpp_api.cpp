@@ -162,6 +162,10 @@ static int run(const std::string &dir) {
         events.emplace_back(std::string(name), e, g);
     });
     CHECK(listening.id() != 0);
+    // A listener that throws: swallowed, the other listener still sees every event.
+    keel::ListenerHandle thrower = host.add_listener([](std::string_view, keel::Event, std::uint64_t) {
+        throw std::runtime_error("listener down");
+    });
 
     keel::Plugin echo = host.load(dir + "/echo/echo.json");
     CHECK(echo.name() == "echo" && echo.version() == "1.0.0" && echo.type().empty());
@@ -241,6 +245,7 @@ static int run(const std::string &dir) {
         }
     }
     listening.remove(); // no event after this
+    thrower.remove();
     std::size_t seen = 0;
     {
         std::lock_guard<std::mutex> lock(ev_mu);
@@ -422,6 +427,7 @@ static int run(const std::string &dir) {
         CHECK(eps.size() == 1 && eps[0].endpoint == "cpp.greet" && eps[0].plugin == "capmetrics");
         CHECK(contains(h.rpc_list_json(), "\"cpp.greet\""));
         CHECK(h.rpc_call("cpp.greet", "C++") == "hello from v1: C++");
+        CHECK(keel::rpc_call(h, "cpp.greet", "free") == "hello from v1: free"); // the older free form
         keel::RpcTarget target = h.rpc_resolve("cpp.greet");
         CHECK(target.plugin.call(target.function, "resolved") == "hello from v1: resolved");
         keel::Buffer rb;
