@@ -42,6 +42,7 @@
 #define KEEL_THEMIS_ADAPTER_HPP
 
 #include <keel/keel.h>
+#include <keel/keel_error.hpp> /* keel::Error (shared with keel.hpp) */
 #include <keel/themis/plugin_interface.hpp>
 
 #include <atomic>
@@ -56,16 +57,6 @@
 #include <unordered_map>
 
 namespace keel {
-
-/** A failed Keel call: its status code and the thread's last error message. */
-class Error : public std::runtime_error {
-public:
-    Error(keel_status status, const std::string &message) : std::runtime_error(message), status_(status) {}
-    keel_status status() const noexcept { return status_; }
-
-private:
-    keel_status status_;
-};
 
 namespace detail {
 

@@ -1,171 +1,287 @@
 /*
- * keel.hpp — the Keel C++ API (C++17): keel::Host and keel::Plugin.
+ * keel.hpp — the Keel C++ API (C++17): keel::Host, keel::Plugin, keel::Buffer, keel::Error.
  *
- * A cxx bridge (src/bridge/mod.rs) over the same host as the C ABI (keel/keel.h). The
- * declarations come from the generated header included below (keel/src/bridge/mod.rs.h,
- * written by the build; installed with this file); this header adds only documentation and
- * two small helpers. Link Keel::keel (libkeel.so plus libkeel_cxx.a, the C++ half of the
- * bridge) or Keel::keel_static (libkeel.a contains both halves).
+ * Header-only over the C ABI of keel/keel.h: every C function has a C++ counterpart here
+ * (the list, and the few left to C on purpose, is in docs/cpp-api.md). At the boundary only
+ * standard types: inputs are keel::ByteView (implicitly made from std::string_view,
+ * std::string, const char *, std::vector<std::uint8_t> or pointer + length), outputs are
+ * std::string / std::vector<std::uint8_t> or a reusable keel::Buffer; every failure throws
+ * keel::Error (a std::runtime_error) whose status() is the stable keel_status code. Link
+ * Keel::keel_cxx (CMake) — it adds nothing but this header's include path and the C++ half of
+ * the legacy cxx bridge to Keel::keel.
  *
  *     #include <keel/keel.hpp>
  *
- *     rust::Box<keel::Host> host = keel::new_host();
- *     host->set_trust_store_file("/etc/db/keel-trust.json");
- *     rust::Box<keel::Plugin> embedder = host->load("/var/lib/db/plugins/embedder/embedder.json");
- *     const std::uint32_t embed = embedder->function("embed");        // resolve once
- *     rust::Vec<std::uint8_t> out;                                     // reuse per thread
+ *     keel::Host host;                                              // RAII: frees on scope exit
+ *     host.set_trust_store_file("/etc/db/keel-trust.json");
+ *     host.load_dir("/var/lib/db/plugins");                         // all-or-nothing, dependency order
+ *     keel::Plugin embedder = host.get("embedder");                 // a handle: survives reloads
+ *     const keel_function embed = embedder.function("embed");       // resolve once
+ *     keel::Buffer out;                                             // reuse per thread
  *     try {
- *         embedder->call(embed, keel::bytes("some text"), out);       // lock-free
- *     } catch (const rust::Error &e) {
- *         if (keel::error_status(e) == KEEL_ERR_CALL_FAILED) { ... }  // e.what(): "KEEL_ERR_CALL_FAILED (704): ..."
+ *         embedder.call(embed, "some text", out);                   // lock-free, allocation-free
+ *         use(out.view());                                          // std::string_view
+ *         std::string copy = embedder.call(embed, "more text");     // convenience (allocates)
+ *     } catch (const keel::Error &e) {
+ *         if (e.status() == KEEL_ERR_CALL_FAILED) { ... }           // e.what(): "KEEL_ERR_CALL_FAILED (704): ..."
  *     }
- *     std::string_view result = keel::view(out);
  *
- * The API (namespace keel):
- *   rust::Box<Host> new_host()
- *   Host:   load(manifest_path) -> rust::Box<Plugin>     load_dir(dir) -> rust::Vec<rust::String> (names)
- *           reload(name) -> uint64_t (new generation)     unload(name)
- *           get(name) -> rust::Box<Plugin>                metrics_text() -> rust::String (OpenMetrics)
- *           set_trust_store_file(path) -> uint64_t        set_trust_store_bytes(bytes) -> uint64_t (version)
- *           set_require_signature(bool)
- *   Plugin: function(name) -> uint32_t                    call(fn, input bytes, rust::Vec<uint8_t> &out)
- *           name() -> rust::Str (noexcept)                generation() -> uint64_t (noexcept; 0 once unloaded)
- * Strings are passed as rust::Str (constructible from std::string, std::string_view and
- * const char *; they must be UTF-8: rust::Str's constructor throws std::invalid_argument for
- * other bytes), bytes as rust::Slice<const std::uint8_t> (keel::bytes()).
+ * Classes and ownership (every class is RAII; none is copyable unless said):
+ *   Error          std::runtime_error + status(). what() is "<status name> (<code>): <message>".
+ *                  CallError, RpcError and HostFunctionError are aliases of it (older names).
+ *   Host           owns a keel_host (keel_host_new / keel_host_free). Move-only; the moved-from
+ *                  Host is empty (c_handle() == nullptr; using it throws KEEL_ERR_NULL_POINTER).
+ *                  Destroying it unloads every plugin (draining in-flight calls) and must not
+ *                  race with other uses of the same Host. Every other method is const and
+ *                  thread-safe (lifecycle operations are serialised inside Keel).
+ *                  Host(keel_host *adopt) takes ownership of a C host; c_handle() lends it.
+ *   Plugin         owns a keel_plugin handle (keel_plugin_free). Move-only (take another handle
+ *                  with host.get(name); share one with std::shared_ptr). A handle stays valid
+ *                  across reloads (calls go to the current generation) and after unload or the
+ *                  host's destruction (calls then throw KEEL_ERR_PLUGIN_UNLOADED). Every method
+ *                  is const and thread-safe; call() takes no lock. PluginRef is an alias.
+ *   Buffer         owns a keel_buffer: a call's output, memory kept across calls so that
+ *                  steady-state calls allocate nothing. Move-only; NOT thread-safe (one per
+ *                  thread). view()/data() are valid until the buffer is written again.
+ *   CancelToken    a reference to a keel_cancel_token; copying adds a reference to the same
+ *                  token (cancel a copy from another thread). cancel()/cancelled(): any thread.
+ *   CallOptions    plain std data (deadline, fuel, cancel token, user context, tenant,
+ *                  traceparent) for Plugin::call(fn, input, opts, ...). One per thread.
+ *   ListenerHandle returned by Host::add_listener: removes the listener when destroyed (or
+ *                  remove()); release() leaves it registered until the host is freed. Holds
+ *                  only a weak reference to the host: outliving the Host is safe. Move-only.
+ *   ThemisLease    keel_themis_lease (Plugin::themis_lease()): keeps one generation of a
+ *                  ThemisDB legacy plugin alive while held. Move-only; thread-safe reads.
+ *   WasmConfig, HealthMonitorConfig, RpcEndpoint, Version: plain data.
+ *   HealthReport, WasmCacheStats, WasmSignalStats, WasmLimits: the C structs (plain data).
  *
- * Ownership: new_host(), load() and get() return rust::Box, an owning pointer like
- * std::unique_ptr (move-only; destroying it releases the object). Destroying the Host unloads
- * every plugin. A Plugin is a handle on the plugin's slot: it stays valid across reloads (calls
- * go to the current generation) and after an unload or the host's destruction its calls fail
- * with KEEL_ERR_PLUGIN_UNLOADED, never with undefined behaviour. Function ids from function()
- * stay valid across reloads.
+ * Callbacks (listeners, host functions, log and storage sinks) are std::function / virtual
+ * methods owned by Keel once registered and destroyed exactly once when Keel lets go of them
+ * (possibly on another thread). They are called from many threads at once (must be
+ * thread-safe); an exception they throw never crosses into Keel: a listener's or log sink's
+ * is swallowed, a host function's or storage sink's fails the plugin's operation with what().
  *
- * Thread-safety: a Host and a Plugin may be used from many threads at once (every method is
- * const). call() takes no lock; give each thread its own output vector: call() clears it and
- * writes the result, reusing its capacity, so steady-state calls do not allocate.
+ * Strings naming things (paths, plugin names, capabilities) must not contain NUL bytes
+ * (KEEL_ERR_INVALID_ARGUMENT is thrown before Keel is called) and must be UTF-8
+ * (KEEL_ERR_INVALID_UTF8 from Keel). No Rust panic reaches C++ (it becomes KEEL_ERR_PANIC).
  *
- * Errors: every method but name() and generation() may throw rust::Error (a std::exception).
- * Its what() is "<status name> (<code>): <message>", e.g.
- * "KEEL_ERR_DIGEST_MISMATCH (400): plugin 'echo' (...): ...", with the stable keel_status codes
- * of keel/keel.h; keel::error_status(e) returns the code. No Rust panic reaches C++ (a panic
- * inside Keel becomes KEEL_ERR_PANIC).
+ * The older cxx-bridge API (rust::Box<keel::bridge::Host>, keel::new_host(), rust::Vec
+ * outputs, errors as rust::Error with keel::error_status) is still declared at the end of
+ * this header for existing users; new code should not need any rust:: type.
  */
 #ifndef KEEL_HPP
 #define KEEL_HPP
 
 #include <keel/keel.h>
+#include <keel/keel_common.h> /* KEEL_LOG_* */
+#include <keel/keel_error.hpp>
 
 #include "rust/cxx.h"
 #include "keel/src/bridge/mod.rs.h"
 
+#include <array>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <string>
-#include <stdexcept>
-#include <functional>
-#include <vector>
 #include <utility>
+#include <vector>
 
 namespace keel {
 
-/** The bytes of `s` as a call input (borrowed: `s` must outlive the call). */
-inline rust::Slice<const std::uint8_t> bytes(std::string_view s) noexcept {
-    return rust::Slice<const std::uint8_t>(reinterpret_cast<const std::uint8_t *>(s.data()), s.size());
-}
+// ---- errors ----
 
-/** The bytes of a call's output viewed as characters (valid until `out` changes). */
-inline std::string_view view(const rust::Vec<std::uint8_t> &out) noexcept {
-    return std::string_view(reinterpret_cast<const char *>(out.data()), out.size());
-}
+/** Older names of keel::Error (the per-block error classes it replaces). */
+using CallError = Error;
+using RpcError = Error;
+using HostFunctionError = Error;
 
-/** The keel_status code of an error thrown by the C++ API: the number in parentheses after
- *  the status name at the start of what(). KEEL_ERR_INTERNAL if what() has no such code. */
-inline keel_status error_status(const rust::Error &e) noexcept {
-    const std::string_view what(e.what());
-    const auto open = what.find(" (");
-    const auto close = what.find("): ");
-    if (open == std::string_view::npos || close == std::string_view::npos || close <= open + 2) {
-        return KEEL_ERR_INTERNAL;
+namespace api_detail {
+/** `s` as a NUL-terminated string; throws KEEL_ERR_INVALID_ARGUMENT if it contains a NUL. */
+inline std::string cstr(std::string_view s, const char *what) {
+    if (s.find('\0') != std::string_view::npos) {
+        throw Error::with_message(KEEL_ERR_INVALID_ARGUMENT, std::string(what) + " must not contain NUL bytes");
     }
-    std::uint32_t code = 0;
-    for (std::size_t i = open + 2; i < close; i++) {
-        const char c = what[i];
-        if (c < '0' || c > '9' || code > 100000) {
-            return KEEL_ERR_INTERNAL;
-        }
-        code = code * 10 + static_cast<std::uint32_t>(c - '0');
-    }
-    return static_cast<keel_status>(code);
+    return std::string(s);
 }
+} // namespace api_detail
 
-/** The host behind `host` as a borrowed C handle, for the C ABI functions of keel/keel.h
- *  (the same host: plugins loaded through either are the same plugins). Valid while `host`
- *  lives; never pass it to keel_host_free. Thread-safety as the C function used. */
-inline keel_host *c_host(const Host &host) noexcept {
-    return reinterpret_cast<keel_host *>(host.c_handle());
-}
+// ---- byte views and buffers ----
 
-// ---- callopts ----
-//
-// Calls with options (keel_call_with) and cancel tokens, header-only over the C ABI (no
-// bridge involved): keel::CancelToken (RAII, shareable), keel::CallOptions (std types),
-// keel::PluginRef (a C plugin handle, RAII), keel::Buffer (a reusable output buffer) and
-// keel::call_with(). Errors are thrown as keel::CallError (a std::runtime_error whose what()
-// has the same "<status name> (<code>): <message>" form as rust::Error; status() gives the
-// code). See docs/services-callopts.md.
-//
-//     keel::PluginRef plugin(host, "search");              // resolve once
-//     const keel_function query = plugin.function("query");
-//     keel::CancelToken token;                              // cancel it from any thread
-//     keel::CallOptions opts;
-//     opts.deadline = std::chrono::milliseconds(250);       // capped at the plugin's own
-//     opts.cancel = token;                                  // a reference to the same token
-//     opts.tenant = "tenant-7";
-//     opts.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-//     keel::Buffer out;                                     // reuse per thread
-//     keel::call_with(plugin, query, keel::bytes("..."), opts, out);
-//     std::string_view result = out.view();
-
-/** A keel_status failure from the C ABI wrappers below. */
-class CallError : public std::runtime_error {
+/** A borrowed run of bytes (a call's input): implicitly made from std::string_view,
+ *  std::string, a NUL-terminated const char *, std::vector<std::uint8_t> or (pointer, size).
+ *  It does not own: the bytes must outlive the call it is passed to. */
+class ByteView {
 public:
-    CallError(keel_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
-    keel_status status() const noexcept { return status_; }
-
-    /** Throw the calling thread's last error for `s` (when `s` is not KEEL_OK). */
-    static void check(keel_status s) {
-        if (s == KEEL_OK) {
-            return;
-        }
-        const char *name = "KEEL_ERR_UNKNOWN";
-        keel_status_name(static_cast<std::uint32_t>(s), &name);
-        const char *msg = "";
-        keel_last_error_message(&msg);
-        throw CallError(s, std::string(name) + " (" + std::to_string(static_cast<std::uint32_t>(s)) + "): " + msg);
-    }
+    constexpr ByteView() noexcept = default;
+    ByteView(const void *data, std::size_t size) noexcept
+        : data_(static_cast<const std::uint8_t *>(data)), size_(data ? size : 0) {}
+    ByteView(std::string_view s) noexcept : ByteView(s.data(), s.size()) {}
+    ByteView(const std::string &s) noexcept : ByteView(s.data(), s.size()) {}
+    ByteView(const char *s) noexcept : ByteView(s, s ? std::strlen(s) : 0) {}
+    ByteView(const std::vector<std::uint8_t> &v) noexcept : ByteView(v.data(), v.size()) {}
+    ByteView(rust::Slice<const std::uint8_t> s) noexcept : ByteView(s.data(), s.size()) {}
+    const std::uint8_t *data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+    bool empty() const noexcept { return size_ == 0; }
+    std::string_view str() const noexcept { return std::string_view(reinterpret_cast<const char *>(data_), size_); }
 
 private:
-    keel_status status_;
+    const std::uint8_t *data_ = nullptr;
+    std::size_t size_ = 0;
 };
+
+/** A keel_buffer (RAII, move-only): receives outputs (call results, texts); its memory is
+ *  reused across calls, so steady-state calls do not allocate. Not thread-safe: one per thread.
+ *  A failed call leaves it empty. */
+class Buffer {
+public:
+    Buffer() { Error::check(keel_buffer_new(&b_)); }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+    Buffer(Buffer &&o) noexcept : b_(o.b_) { o.b_ = nullptr; }
+    Buffer &operator=(Buffer &&o) noexcept {
+        std::swap(b_, o.b_);
+        return *this;
+    }
+    ~Buffer() { keel_buffer_free(b_); }
+
+    /** The content's bytes (nullptr when empty); valid until the buffer is next written. */
+    const std::uint8_t *data() const noexcept {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        if (b_ == nullptr || keel_buffer_data(b_, &d, &n) != KEEL_OK || n == 0) {
+            return nullptr;
+        }
+        return d;
+    }
+    std::size_t size() const noexcept {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        if (b_ == nullptr || keel_buffer_data(b_, &d, &n) != KEEL_OK) {
+            return 0;
+        }
+        return n;
+    }
+    bool empty() const noexcept { return size() == 0; }
+    /** The content as characters (valid until the buffer is next written). */
+    std::string_view view() const noexcept {
+        const std::uint8_t *d = nullptr;
+        std::size_t n = 0;
+        if (b_ == nullptr || keel_buffer_data(b_, &d, &n) != KEEL_OK || n == 0) {
+            return std::string_view();
+        }
+        return std::string_view(reinterpret_cast<const char *>(d), n);
+    }
+    /** Copies of the content. */
+    std::string str() const { return std::string(view()); }
+    std::vector<std::uint8_t> bytes() const {
+        const std::string_view v = view();
+        return std::vector<std::uint8_t>(v.begin(), v.end());
+    }
+    /** The C buffer (borrowed), for keel_* functions taking a keel_buffer *. */
+    keel_buffer *c_handle() const noexcept { return b_; }
+
+private:
+    keel_buffer *b_ = nullptr;
+};
+
+namespace api_detail {
+/** Parse the JSON string starting at s[i] == '"'; i ends past the closing quote. Handles the
+ *  escapes Keel's encoder writes (\" \\ \/ \b \f \n \r \t \uXXXX, the latter as UTF-8). */
+inline std::string json_string(std::string_view s, std::size_t &i) {
+    std::string out;
+    if (i >= s.size() || s[i] != '"') {
+        throw Error::with_message(KEEL_ERR_INTERNAL, "JSON from Keel: string expected");
+    }
+    for (i++; i < s.size(); i++) {
+        const char c = s[i];
+        if (c == '"') {
+            i++;
+            return out;
+        }
+        if (c != '\\') {
+            out += c;
+            continue;
+        }
+        if (++i >= s.size()) {
+            break;
+        }
+        switch (s[i]) {
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+            if (i + 4 >= s.size()) {
+                throw Error::with_message(KEEL_ERR_INTERNAL, "JSON from Keel: bad \\u escape");
+            }
+            unsigned cp = 0;
+            for (std::size_t k = 1; k <= 4; k++) {
+                const char h = s[i + k];
+                cp = cp * 16 + static_cast<unsigned>(h >= '0' && h <= '9'   ? h - '0'
+                                                     : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                                                     : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                                                            : 0);
+            }
+            i += 4;
+            if (cp < 0x80) {
+                out += static_cast<char>(cp);
+            } else if (cp < 0x800) {
+                out += static_cast<char>(0xC0 | (cp >> 6));
+                out += static_cast<char>(0x80 | (cp & 0x3F));
+            } else {
+                out += static_cast<char>(0xE0 | (cp >> 12));
+                out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+                out += static_cast<char>(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default: out += s[i]; break;
+        }
+    }
+    throw Error::with_message(KEEL_ERR_INTERNAL, "JSON from Keel: unterminated string");
+}
+
+/** The strings of a JSON array of strings (the shape keel_plugin_functions and
+ *  keel_discover_manifests write). */
+inline std::vector<std::string> json_string_array(std::string_view s) {
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < s.size();) {
+        if (s[i] == '"') {
+            out.push_back(json_string(s, i));
+        } else {
+            i++;
+        }
+    }
+    return out;
+}
+
+inline std::string_view sv(const char *s) noexcept { return s ? std::string_view(s) : std::string_view(); }
+} // namespace api_detail
+
+// ---- call options ----
 
 /** A cancel token (keel_cancel_token). Copying gives another reference to the same token
  *  (keel_cancel_token_clone), so a copy may be handed to another thread and cancelled there;
  *  moving transfers the reference (the moved-from token is empty: c_handle() is NULL and
  *  cancel()/cancelled() do nothing/return false). Destroying a token releases its reference;
  *  a call running with it holds its own, so that is safe at any time. cancel() and
- *  cancelled() are thread-safe and noexcept. The constructor and copies throw CallError only
- *  if the C ABI fails (out of memory aborts, as everywhere in Keel). */
+ *  cancelled() are thread-safe and noexcept. */
 class CancelToken {
 public:
-    CancelToken() { CallError::check(keel_cancel_token_new(&t_)); }
+    CancelToken() { Error::check(keel_cancel_token_new(&t_)); }
     CancelToken(const CancelToken &o) {
         if (o.t_ != nullptr) {
-            CallError::check(keel_cancel_token_clone(o.t_, &t_));
+            Error::check(keel_cancel_token_clone(o.t_, &t_));
         }
     }
     CancelToken(CancelToken &&o) noexcept : t_(o.t_) { o.t_ = nullptr; }
@@ -221,73 +337,10 @@ struct CallOptions {
     std::string traceparent;
 };
 
-/** An owning C plugin handle (keel_plugin *), for C ABI functions such as keel_call_with.
- *  Move-only; thread-safe to use from many threads at once (as the C handle). */
-class PluginRef {
-public:
-    /** The loaded plugin `name` of `host` (throws CallError: KEEL_ERR_PLUGIN_NOT_FOUND, ...). */
-    PluginRef(const Host &host, const std::string &name) {
-        CallError::check(keel_plugin_get(c_host(host), name.c_str(), &p_));
-    }
-    /** Adopt a handle from keel_host_load / keel_plugin_get (released by the destructor). */
-    explicit PluginRef(keel_plugin *adopt) noexcept : p_(adopt) {}
-    PluginRef(const PluginRef &) = delete;
-    PluginRef &operator=(const PluginRef &) = delete;
-    PluginRef(PluginRef &&o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-    PluginRef &operator=(PluginRef &&o) noexcept {
-        std::swap(p_, o.p_);
-        return *this;
-    }
-    ~PluginRef() { keel_plugin_free(p_); }
-
-    /** Resolve a function (throws CallError). */
-    keel_function function(const std::string &name) const {
-        keel_function f = 0;
-        CallError::check(keel_plugin_function(p_, name.c_str(), &f));
-        return f;
-    }
-    keel_plugin *c_handle() const noexcept { return p_; }
-
-private:
-    keel_plugin *p_ = nullptr;
-};
-
-/** A keel_buffer (RAII, move-only): a call's output, its memory reused across calls. Not
- *  thread-safe: one per thread. */
-class Buffer {
-public:
-    Buffer() { CallError::check(keel_buffer_new(&b_)); }
-    Buffer(const Buffer &) = delete;
-    Buffer &operator=(const Buffer &) = delete;
-    Buffer(Buffer &&o) noexcept : b_(o.b_) { o.b_ = nullptr; }
-    Buffer &operator=(Buffer &&o) noexcept {
-        std::swap(b_, o.b_);
-        return *this;
-    }
-    ~Buffer() { keel_buffer_free(b_); }
-
-    /** The content (valid until the next call writes the buffer). */
-    std::string_view view() const noexcept {
-        const std::uint8_t *d = nullptr;
-        std::size_t n = 0;
-        if (b_ == nullptr || keel_buffer_data(b_, &d, &n) != KEEL_OK || n == 0) {
-            return std::string_view();
-        }
-        return std::string_view(reinterpret_cast<const char *>(d), n);
-    }
-    keel_buffer *c_handle() const noexcept { return b_; }
-
-private:
-    keel_buffer *b_ = nullptr;
-};
-
-/** keel_call_with: call `function` of `plugin` on `input` with `opts`; the result goes into
- *  `out` (empty on failure). Throws CallError with the call's status (KEEL_ERR_CANCELLED,
- *  KEEL_ERR_DEADLINE, KEEL_ERR_INVALID_ARGUMENT for a bad traceparent or a string with an
- *  embedded NUL, ...). Thread-safe as keel_call_with (one Buffer per thread); allocates
- *  nothing itself. */
-inline void call_with(const PluginRef &plugin, keel_function function, rust::Slice<const std::uint8_t> input,
-                      const CallOptions &opts, Buffer &out) {
+namespace api_detail {
+/** The C options for `opts` (borrowing its strings). Throws KEEL_ERR_INVALID_ARGUMENT for a
+ *  tenant or traceparent with an embedded NUL. */
+inline keel_call_options c_options(const CallOptions &opts) {
     keel_call_options o{};
     o.struct_size = sizeof(keel_call_options);
     if (opts.deadline) {
@@ -299,37 +352,392 @@ inline void call_with(const PluginRef &plugin, keel_function function, rust::Sli
     o.user_context = opts.user_context;
     for (const std::string *s : {&opts.tenant, &opts.traceparent}) {
         if (s->find('\0') != std::string::npos) {
-            throw CallError(KEEL_ERR_INVALID_ARGUMENT,
-                            std::string("KEEL_ERR_INVALID_ARGUMENT (") +
-                                std::to_string(static_cast<std::uint32_t>(KEEL_ERR_INVALID_ARGUMENT)) +
-                                "): call options: tenant and traceparent must not contain NUL bytes");
+            throw Error::with_message(KEEL_ERR_INVALID_ARGUMENT,
+                                      "call options: tenant and traceparent must not contain NUL bytes");
         }
     }
     o.tenant = opts.tenant.empty() ? nullptr : opts.tenant.c_str();
     o.traceparent = opts.traceparent.empty() ? nullptr : opts.traceparent.c_str();
-    CallError::check(keel_call_with(plugin.c_handle(), function, input.data(), input.size(), &o, out.c_handle()));
+    return o;
+}
+} // namespace api_detail
+
+// ---- plain data ----
+
+using HealthReport = keel_health_report;         ///< status, score, failures, restarts, ...
+using HealthStatus = keel_health_status;         ///< KEEL_HEALTH_STATUS_*
+using LifecycleState = keel_lifecycle_state;     ///< KEEL_STATE_*
+using Event = keel_event;                        ///< KEEL_EVENT_*
+using WasmLimits = keel_wasm_limits;             ///< per call / instance limits
+using WasmCacheStats = keel_wasm_cache_stats;    ///< compiled-module cache counters
+using WasmSignalStats = keel_wasm_signal_stats;  ///< SIGUSR1 routing counters (process-wide)
+
+/** Exposition formats of Host::metrics_text. */
+enum class MetricsFormat : std::uint32_t {
+    /** OpenMetrics 1.0 text ending with "# EOF"; serve as openmetrics_content_type. */
+    OpenMetrics = KEEL_METRICS_FORMAT_OPENMETRICS,
+    /** Classic Prometheus text 0.0.4 (no "# EOF"), to append to a server's own /metrics. */
+    Prometheus = KEEL_METRICS_FORMAT_PROMETHEUS,
+};
+inline constexpr std::string_view openmetrics_content_type = KEEL_METRICS_CONTENT_TYPE_OPENMETRICS;
+inline constexpr std::string_view prometheus_content_type = KEEL_METRICS_CONTENT_TYPE_PROMETHEUS;
+
+/** Settings of the host's WASM runtime (Host::set_wasm_config). Default-constructed with
+ *  Keel's defaults (keel_wasm_config_default, no module cache): change what you need. */
+struct WasmConfig {
+    WasmLimits defaults{};  ///< for plugins whose manifests set no limits
+    WasmLimits ceilings{};  ///< the most a manifest may ask for
+    std::uint32_t pool_size = 0;
+    bool metering = false;
+    std::uint32_t watchdog_tick_us = 0;
+    /** Directory of the compiled-module cache; empty: no cache. */
+    std::string cache_dir;
+    /** Node-local secret authenticating cache entries (must not be all zeros with a cache). */
+    std::array<std::uint8_t, 32> cache_key{};
+
+    WasmConfig() {
+        keel_wasm_config c{};
+        Error::check(keel_wasm_config_default(&c));
+        defaults = c.defaults;
+        ceilings = c.ceilings;
+        pool_size = c.pool_size;
+        metering = c.metering;
+        watchdog_tick_us = c.watchdog_tick_us;
+        std::memcpy(cache_key.data(), c.cache_key, cache_key.size());
+    }
+};
+
+/** Settings of the health monitor (Host::start_health_monitor). */
+struct HealthMonitorConfig {
+    std::chrono::milliseconds interval{1000};
+    std::uint32_t unhealthy_threshold = 3;
+    std::chrono::milliseconds backoff_initial{100};
+    std::chrono::milliseconds backoff_max{30000};
+};
+
+/** One registered RPC endpoint: its name, the plugin that registered it, the function it calls. */
+struct RpcEndpoint {
+    std::string endpoint;
+    std::string plugin;
+    std::string function;
+};
+
+/** A library version (keel::version(): the libkeel actually loaded). */
+struct Version {
+    std::uint32_t major = 0;
+    std::uint32_t minor = 0;
+    std::uint32_t patch = 0;
+};
+
+// ---- free functions (no host) ----
+
+/** The version of the Keel library loaded at run time (compare with KEEL_VERSION_* of
+ *  keel_version.h). Thread-safe. */
+inline Version version() {
+    Version v;
+    Error::check(keel_version(&v.major, &v.minor, &v.patch));
+    return v;
 }
 
-/** keel_call: a plain call through a PluginRef (throws CallError). */
-inline void call(const PluginRef &plugin, keel_function function, rust::Slice<const std::uint8_t> input, Buffer &out) {
-    CallError::check(keel_call(plugin.c_handle(), function, input.data(), input.size(), out.c_handle()));
+/** The bit of a capability name in the sets of Plugin::capabilities() and
+ *  Host::capability_allowlist(). Throws KEEL_ERR_CAPABILITY_UNKNOWN. Thread-safe. */
+inline std::uint64_t capability_bit(std::string_view name) {
+    std::uint64_t bit = 0;
+    Error::check(keel_capability_bit(api_detail::cstr(name, "a capability name").c_str(), &bit));
+    return bit;
 }
+
+/** The manifest paths keel::Host::load_dir would load from `dir` (sorted), without reading
+ *  or loading them (keel_discover_manifests). Thread-safe. */
+inline std::vector<std::string> discover_manifests(std::string_view dir) {
+    Buffer b;
+    Error::check(keel_discover_manifests(api_detail::cstr(dir, "a directory").c_str(), b.c_handle()));
+    return api_detail::json_string_array(b.view());
+}
+
+/** One manifest read and validated without loading or trust checks: its normalised Keel
+ *  form as JSON text (keel_manifest_read). Thread-safe. */
+inline std::string manifest_read(std::string_view path) {
+    Buffer b;
+    Error::check(keel_manifest_read(api_detail::cstr(path, "a manifest path").c_str(), b.c_handle()));
+    return b.str();
+}
+
+/** The process-wide SIGUSR1 routing counters of the WASM runtime. Thread-safe. */
+inline WasmSignalStats wasm_signal_counters() {
+    WasmSignalStats s{};
+    Error::check(keel_wasm_signal_counters(&s));
+    return s;
+}
+
+// ---- ThemisDB leases ----
+
+/** A lease on one generation of a ThemisDB legacy plugin (keel_themis_lease): while it is
+ *  held that generation and its getInstance() object stay alive (see keel.h). Move-only;
+ *  reads are thread-safe. Hold it for the work with the object, not for the plugin's life. */
+class ThemisLease {
+public:
+    ThemisLease() noexcept = default;
+    explicit ThemisLease(keel_themis_lease *adopt) noexcept : l_(adopt) {}
+    ThemisLease(const ThemisLease &) = delete;
+    ThemisLease &operator=(const ThemisLease &) = delete;
+    ThemisLease(ThemisLease &&o) noexcept : l_(o.l_) { o.l_ = nullptr; }
+    ThemisLease &operator=(ThemisLease &&o) noexcept {
+        std::swap(l_, o.l_);
+        return *this;
+    }
+    ~ThemisLease() { keel_themis_lease_free(l_); }
+    /** What IThemisPlugin::getInstance() returned (cast it by the plugin's type). */
+    void *instance() const {
+        void *p = nullptr;
+        Error::check(keel_themis_lease_instance(l_, &p));
+        return p;
+    }
+    /** The generation's IThemisPlugin object (do not initialize/shutdown/destroy it). */
+    void *plugin() const {
+        void *p = nullptr;
+        Error::check(keel_themis_lease_plugin(l_, &p));
+        return p;
+    }
+    std::uint64_t generation() const {
+        std::uint64_t g = 0;
+        Error::check(keel_themis_lease_generation(l_, &g));
+        return g;
+    }
+    keel_themis_lease *c_handle() const noexcept { return l_; }
+
+private:
+    keel_themis_lease *l_ = nullptr;
+};
+
+class Host;
+
+/** A host argument of the free functions below: a keel::Host, the legacy bridge host
+ *  (*rust::Box<keel::bridge::Host>) or a C keel_host * (explicitly). Borrowed. */
+class HostRef {
+public:
+    HostRef(const Host &host) noexcept; // defined after Host
+    HostRef(const bridge::Host &host) noexcept : h_(reinterpret_cast<keel_host *>(host.c_handle())) {}
+    explicit HostRef(keel_host *host) noexcept : h_(host) {}
+    keel_host *get() const noexcept { return h_; }
+
+private:
+    keel_host *h_;
+};
+
+// ---- plugins ----
+
+/** An owning handle on a loaded plugin (keel_plugin *). Move-only (a second handle: Host::get;
+ *  to share one, use std::shared_ptr<Plugin>). Valid across reloads (calls reach the current
+ *  generation; function ids stay valid) and after an unload or the host's destruction (calls
+ *  then throw KEEL_ERR_PLUGIN_UNLOADED). Every method is thread-safe and may run concurrently
+ *  with reloads; call() takes no lock (one Buffer per thread). A default-constructed or
+ *  moved-from Plugin is empty: its methods throw KEEL_ERR_NULL_POINTER. */
+class Plugin {
+public:
+    Plugin() noexcept = default;
+    /** Adopt a handle from keel_host_load / keel_plugin_get / keel_host_rpc_resolve. */
+    explicit Plugin(keel_plugin *adopt) noexcept : p_(adopt) {}
+    /** A new handle on the loaded plugin `name` of `host` (KEEL_ERR_PLUGIN_NOT_FOUND). */
+    Plugin(HostRef host, std::string_view name) {
+        Error::check(keel_plugin_get(host.get(), api_detail::cstr(name, "a plugin name").c_str(), &p_));
+    }
+    Plugin(const Plugin &) = delete;
+    Plugin &operator=(const Plugin &) = delete;
+    Plugin(Plugin &&o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+    Plugin &operator=(Plugin &&o) noexcept {
+        std::swap(p_, o.p_);
+        return *this;
+    }
+    ~Plugin() { keel_plugin_free(p_); }
+    explicit operator bool() const noexcept { return p_ != nullptr; }
+
+    /** Resolve a function once (KEEL_ERR_FUNCTION_NOT_FOUND); the id survives reloads. */
+    keel_function function(std::string_view name) const {
+        keel_function f = 0;
+        Error::check(keel_plugin_function(p_, api_detail::cstr(name, "a function name").c_str(), &f));
+        return f;
+    }
+
+    /** Call `fn` on `input`; the result goes into `out` (emptied on failure). Lock-free;
+     *  allocates nothing once `out` is large enough. Throws Error with the call's status
+     *  (KEEL_ERR_CALL_FAILED with the plugin's message, KEEL_ERR_DEADLINE, ...). */
+    void call(keel_function fn, ByteView input, Buffer &out) const {
+        Error::check(keel_call(p_, fn, input.data(), input.size(), out.c_handle()));
+    }
+    /** As above with options (deadline, fuel, cancel token, tenant, traceparent, user
+     *  context): keel_call_with. Adds KEEL_ERR_CANCELLED and KEEL_ERR_INVALID_ARGUMENT. */
+    void call(keel_function fn, ByteView input, const CallOptions &opts, Buffer &out) const {
+        const keel_call_options o = api_detail::c_options(opts);
+        Error::check(keel_call_with(p_, fn, input.data(), input.size(), &o, out.c_handle()));
+    }
+    /** Convenience forms returning a copy of the result (one buffer and one string per call). */
+    std::string call(keel_function fn, ByteView input) const {
+        Buffer out;
+        call(fn, input, out);
+        return out.str();
+    }
+    std::string call(keel_function fn, ByteView input, const CallOptions &opts) const {
+        Buffer out;
+        call(fn, input, opts, out);
+        return out.str();
+    }
+    std::vector<std::uint8_t> call_bytes(keel_function fn, ByteView input) const {
+        Buffer out;
+        call(fn, input, out);
+        return out.bytes();
+    }
+
+    /** The plugin's name (works after unload too). */
+    std::string name() const { return text(keel_plugin_name); }
+    /** The current generation's manifest version (semver text). */
+    std::string version() const { return text(keel_plugin_version); }
+    /** The current generation's manifest type ("" when none). */
+    std::string type() const { return text(keel_plugin_type); }
+    /** Whether the current generation's manifest declares the trait `name`. */
+    bool has_trait(std::string_view name) const {
+        bool b = false;
+        Error::check(keel_plugin_has_trait(p_, api_detail::cstr(name, "a trait name").c_str(), &b));
+        return b;
+    }
+    /** The functions the current generation exports, in the plugin's order. */
+    std::vector<std::string> functions() const { return api_detail::json_string_array(text(keel_plugin_functions)); }
+    /** The current generation number (1 after load, +1 per reload or restart). */
+    std::uint64_t generation() const {
+        std::uint64_t g = 0;
+        Error::check(keel_plugin_generation(p_, &g));
+        return g;
+    }
+    /** The lifecycle state now (KEEL_STATE_UNLOADED after an unload; does not throw then). */
+    LifecycleState state() const {
+        keel_lifecycle_state s{};
+        Error::check(keel_plugin_state(p_, &s));
+        return s;
+    }
+    /** The health monitor's last report (KEEL_HEALTH_STATUS_UNKNOWN before any check). */
+    HealthReport health() const {
+        HealthReport r{};
+        Error::check(keel_plugin_health(p_, &r));
+        return r;
+    }
+    /** The granted capabilities (bits of keel::capability_bit), frozen at load. */
+    std::uint64_t capabilities() const {
+        std::uint64_t bits = 0;
+        Error::check(keel_plugin_capabilities(p_, &bits));
+        return bits;
+    }
+    /** Whether the capability `name` was granted (throws KEEL_ERR_CAPABILITY_UNKNOWN). */
+    bool has_capability(std::string_view name) const { return (capabilities() & capability_bit(name)) != 0; }
+    /** A lease on a ThemisDB legacy plugin's current generation (KEEL_ERR_UNSUPPORTED else). */
+    ThemisLease themis_lease() const {
+        keel_themis_lease *l = nullptr;
+        Error::check(keel_plugin_themis_lease(p_, &l));
+        return ThemisLease(l);
+    }
+
+    /** The C handle (borrowed: valid while this Plugin holds it). */
+    keel_plugin *c_handle() const noexcept { return p_; }
+    /** Give up ownership: the caller must keel_plugin_free the result. */
+    keel_plugin *release() noexcept { return std::exchange(p_, nullptr); }
+
+private:
+    std::string text(keel_status (*get)(const keel_plugin *, keel_buffer *)) const {
+        Buffer b;
+        Error::check(get(p_, b.c_handle()));
+        return b.str();
+    }
+    keel_plugin *p_ = nullptr;
+};
+
+/** The older name of keel::Plugin (the callopts block's C plugin handle). */
+using PluginRef = Plugin;
+
+/** keel_call_with through a Plugin (the same as plugin.call(fn, input, opts, out)). */
+inline void call_with(const Plugin &plugin, keel_function fn, ByteView input, const CallOptions &opts, Buffer &out) {
+    plugin.call(fn, input, opts, out);
+}
+/** keel_call through a Plugin (the same as plugin.call(fn, input, out)). */
+inline void call(const Plugin &plugin, keel_function fn, ByteView input, Buffer &out) { plugin.call(fn, input, out); }
+
+/** An RPC endpoint resolved once (Host::rpc_resolve): call plugin.call(function, ...) on the
+ *  normal lock-free path. The binding is read at resolution time. */
+struct RpcTarget {
+    Plugin plugin;
+    keel_function function = 0;
+};
+
+// ---- listeners ----
+
+/** A lifecycle listener: the plugin's name (borrowed for the call), the event and the
+ *  generation. Called from the thread running the lifecycle operation (the caller's, the
+ *  health monitor's, the directory watcher's), one call at a time, never under Keel's lock:
+ *  it may load, reload or unload plugins. An exception it throws is swallowed. */
+using Listener = std::function<void(std::string_view plugin, Event event, std::uint64_t generation)>;
+
+namespace api_detail {
+inline void listener_trampoline(const char *plugin, keel_event event, std::uint64_t generation, void *ud) noexcept {
+    try {
+        (*static_cast<Listener *>(ud))(sv(plugin), event, generation);
+    } catch (...) {
+        // A listener's exception never crosses into Keel.
+    }
+}
+inline void listener_free(void *ud) noexcept { delete static_cast<Listener *>(ud); }
+} // namespace api_detail
+
+/** The registration of a listener (Host::add_listener): RAII, move-only. Destroying it (or
+ *  remove()) removes the listener; release() keeps it registered until the host is freed.
+ *  It holds a weak reference to the host, so it may outlive the Host safely (it then does
+ *  nothing). Not thread-safe itself (the host is). */
+class ListenerHandle {
+public:
+    ListenerHandle() noexcept = default;
+    ListenerHandle(std::weak_ptr<keel_host> host, std::uint64_t id) noexcept : host_(std::move(host)), id_(id) {}
+    ListenerHandle(const ListenerHandle &) = delete;
+    ListenerHandle &operator=(const ListenerHandle &) = delete;
+    ListenerHandle(ListenerHandle &&o) noexcept : host_(std::move(o.host_)), id_(std::exchange(o.id_, 0)) {}
+    ListenerHandle &operator=(ListenerHandle &&o) noexcept {
+        if (this != &o) {
+            reset();
+            host_ = std::move(o.host_);
+            id_ = std::exchange(o.id_, 0);
+        }
+        return *this;
+    }
+    ~ListenerHandle() { reset(); }
+
+    /** Remove the listener now (an event being delivered on another thread may still reach
+     *  it). Throws Error if Keel refuses (it does not for a live registration). */
+    void remove() {
+        const std::uint64_t id = std::exchange(id_, 0);
+        if (id == 0) {
+            return;
+        }
+        if (std::shared_ptr<keel_host> h = host_.lock()) {
+            Error::check(keel_host_remove_listener(h.get(), id));
+        }
+    }
+    /** Leave the listener registered for the host's life; returns its id. */
+    std::uint64_t release() noexcept { return std::exchange(id_, 0); }
+    std::uint64_t id() const noexcept { return id_; }
+
+private:
+    void reset() noexcept {
+        const std::uint64_t id = std::exchange(id_, 0);
+        if (id == 0) {
+            return;
+        }
+        if (std::shared_ptr<keel_host> h = host_.lock()) {
+            keel_host_remove_listener(h.get(), id);
+        }
+    }
+    std::weak_ptr<keel_host> host_;
+    std::uint64_t id_ = 0;
+};
 
 // ---- sinks ----
-// The log sink and the storage sink from C++ (over keel_host_set_log_sink and
-// keel_host_set_storage_sink of keel/keel.h; rules in docs/services-sinks.md).
-} // namespace keel
-
-#include <keel/keel_common.h> /* KEEL_LOG_* */
-
-#include <exception>
-#include <functional>
-#include <memory>
-#include <optional>
-#include <stdexcept>
-#include <string>
-
-namespace keel {
+// The log sink and the storage sink (over keel_host_set_log_sink and
+// keel_host_set_storage_sink; rules in docs/services-sinks.md).
 
 /** One plugin log line. Every view is borrowed for the duration of the sink's call. */
 struct LogRecord {
@@ -471,240 +879,9 @@ inline std::int32_t scan(void *ud, const keel_storage_request *r, const std::uin
 
 inline void free_storage(void *user_data) noexcept { delete static_cast<std::shared_ptr<StorageSink> *>(user_data); }
 
-inline void check(keel_status s) {
-    if (s != KEEL_OK) {
-        const char *msg = nullptr;
-        keel_last_error_message(&msg);
-        throw std::runtime_error(msg ? msg : "keel error");
-    }
-}
-
 } // namespace sinks_detail
 
-/** Send every plugin log line of `host` to `sink` (an empty function: back to stderr).
- *  Settable at any time from any thread; the previous sink is destroyed once no line is
- *  being delivered to it (possibly on a plugin's thread). Throws std::runtime_error if Keel
- *  refuses (it does not for a live host). */
-inline void set_log_sink(const Host &host, LogSink sink) {
-    if (!sink) {
-        sinks_detail::check(keel_host_set_log_sink(c_host(host), nullptr, nullptr, nullptr));
-        return;
-    }
-    auto *owned = new LogSink(std::move(sink));
-    const keel_status s = keel_host_set_log_sink(c_host(host), sinks_detail::log_trampoline, owned, sinks_detail::free_log);
-    if (s != KEEL_OK) delete owned; // not taken: Keel calls no destructor on failure
-    sinks_detail::check(s);
-}
-
-/** Make `sink` the storage behind kv:* and storage:* of every plugin of `host` (nullptr:
- *  back to the in-memory map, which knows no tables). Settable at any time from any thread;
- *  Keel keeps a reference to `sink` and releases it once no operation is inside it. Throws
- *  std::runtime_error if Keel refuses. */
-inline void set_storage_sink(const Host &host, std::shared_ptr<StorageSink> sink) {
-    if (!sink) {
-        sinks_detail::check(keel_host_set_storage_sink(c_host(host), nullptr, nullptr, nullptr));
-        return;
-    }
-    keel_storage_sink table{};
-    table.struct_size = sizeof(keel_storage_sink);
-    table.get = sinks_detail::get;
-    table.put = sinks_detail::put;
-    table.remove = sinks_detail::remove;
-    table.scan = sinks_detail::scan;
-    auto *owned = new std::shared_ptr<StorageSink>(std::move(sink));
-    const keel_status s = keel_host_set_storage_sink(c_host(host), &table, owned, sinks_detail::free_storage);
-    if (s != KEEL_OK) delete owned;
-    sinks_detail::check(s);
-}
-
-// ---- capmetrics ----
-// RPC endpoints plugins register (capability "rpc:register"), over the C ABI functions
-// keel_host_rpc_list / keel_host_rpc_resolve / keel_host_rpc_call. Plugin-defined metrics
-// (capability "metrics:write") need nothing here: they are in Host::metrics_text() as
-// keel_custom_* families with the label plugin="<name>". See docs/services-capmetrics.md.
-
-/** A failed C ABI call of this block: its keel_status and Keel's message (what()). */
-class RpcError : public std::runtime_error {
-public:
-    RpcError(keel_status status, const std::string &message) : std::runtime_error(message), status_(status) {}
-    keel_status status() const noexcept { return status_; }
-
-private:
-    keel_status status_;
-};
-
-/** One registered endpoint: its name, the plugin that registered it, the function it calls. */
-struct RpcEndpoint {
-    std::string endpoint;
-    std::string plugin;
-    std::string function;
-};
-
-namespace capmetrics_detail {
-
-/** Throw RpcError for a failed status, with the thread's last error message. */
-inline void check(keel_status s) {
-    if (s == KEEL_OK) {
-        return;
-    }
-    const char *msg = nullptr;
-    keel_last_error_message(&msg);
-    const char *name = nullptr;
-    keel_status_name(static_cast<std::uint32_t>(s), &name);
-    throw RpcError(s, std::string(name ? name : "KEEL_ERR") + " (" + std::to_string(static_cast<unsigned>(s)) +
-                          "): " + (msg ? msg : ""));
-}
-
-/** A keel_buffer owned for one scope. */
-class Buffer {
-public:
-    Buffer() { check(keel_buffer_new(&b_)); }
-    ~Buffer() { keel_buffer_free(b_); }
-    Buffer(const Buffer &) = delete;
-    Buffer &operator=(const Buffer &) = delete;
-    keel_buffer *get() const noexcept { return b_; }
-    std::string str() const {
-        const std::uint8_t *d = nullptr;
-        std::size_t n = 0;
-        check(keel_buffer_data(b_, &d, &n));
-        return n ? std::string(reinterpret_cast<const char *>(d), n) : std::string();
-    }
-
-private:
-    keel_buffer *b_ = nullptr;
-};
-
-/** Parse the JSON string starting at s[i] == '"'; i ends past the closing quote. Handles the
- *  escapes Keel's encoder writes (\" \\ \/ \b \f \n \r \t \uXXXX, the latter as UTF-8). */
-inline std::string json_string(const std::string &s, std::size_t &i) {
-    std::string out;
-    if (i >= s.size() || s[i] != '"') {
-        throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: string expected");
-    }
-    for (i++; i < s.size(); i++) {
-        char c = s[i];
-        if (c == '"') {
-            i++;
-            return out;
-        }
-        if (c != '\\') {
-            out += c;
-            continue;
-        }
-        if (++i >= s.size()) {
-            break;
-        }
-        switch (s[i]) {
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-            if (i + 4 >= s.size()) {
-                throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: bad \\u escape");
-            }
-            const unsigned cp = static_cast<unsigned>(std::stoul(s.substr(i + 1, 4), nullptr, 16));
-            i += 4;
-            if (cp < 0x80) {
-                out += static_cast<char>(cp);
-            } else if (cp < 0x800) {
-                out += static_cast<char>(0xC0 | (cp >> 6));
-                out += static_cast<char>(0x80 | (cp & 0x3F));
-            } else {
-                out += static_cast<char>(0xE0 | (cp >> 12));
-                out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-                out += static_cast<char>(0x80 | (cp & 0x3F));
-            }
-            break;
-        }
-        default: out += s[i]; break;
-        }
-    }
-    throw RpcError(KEEL_ERR_INTERNAL, "endpoint list: unterminated string");
-}
-
-} // namespace capmetrics_detail
-
-/** The registered endpoints as keel_host_rpc_list's JSON text
- *  ([{"endpoint":..,"plugin":..,"function":..}], sorted by endpoint). Thread-safe.
- *  Throws RpcError. */
-inline std::string rpc_list_json(const Host &host) {
-    capmetrics_detail::Buffer b;
-    capmetrics_detail::check(keel_host_rpc_list(c_host(host), b.get()));
-    return b.str();
-}
-
-/** The registered endpoints, sorted by endpoint name. Thread-safe. Throws RpcError. */
-inline std::vector<RpcEndpoint> rpc_list(const Host &host) {
-    const std::string j = rpc_list_json(host);
-    std::vector<RpcEndpoint> out;
-    // The fixed shape Keel writes: an array of objects with three string members.
-    for (std::size_t i = 0; i < j.size(); i++) {
-        if (j[i] != '{') {
-            continue;
-        }
-        RpcEndpoint e;
-        i++;
-        while (i < j.size() && j[i] != '}') {
-            if (j[i] != '"') {
-                i++;
-                continue;
-            }
-            const std::string key = capmetrics_detail::json_string(j, i);
-            while (i < j.size() && j[i] != '"') {
-                i++;
-            }
-            std::string value = capmetrics_detail::json_string(j, i);
-            if (key == "endpoint") {
-                e.endpoint = std::move(value);
-            } else if (key == "plugin") {
-                e.plugin = std::move(value);
-            } else if (key == "function") {
-                e.function = std::move(value);
-            }
-        }
-        out.push_back(std::move(e));
-    }
-    return out;
-}
-
-/** Invoke `endpoint` with `input`; the function's output. Calls the plugin through the normal
- *  call path (errors as keel_call's, plus KEEL_ERR_RPC_ENDPOINT_NOT_FOUND). Thread-safe.
- *  Throws RpcError. */
-inline std::string rpc_call(const Host &host, std::string_view endpoint, std::string_view input) {
-    capmetrics_detail::Buffer b;
-    const std::string ep(endpoint);
-    capmetrics_detail::check(keel_host_rpc_call(c_host(host), ep.c_str(),
-                                                reinterpret_cast<const std::uint8_t *>(input.data()), input.size(),
-                                                b.get()));
-    return b.str();
-}
-
-// ---- hostfn ----
-// Host functions defined by the server, from C++ (std::function over keel_host_define_function
-// of keel/keel.h). Plugins granted the function's capability call it: native plugins through
-// host_fn_lookup/host_fn_call of their host-API table, WASM plugins by importing `name` from
-// module `namespace` (keel_wasm.h). A plugin binds to the definitions that exist when it loads;
-// (re)definitions and removals reach plugins loaded or reloaded afterwards.
-//
-//     keel::define_host_function(*host, "db", "get_row", "storage:read",
-//         [&table](const keel::CallContext &ctx, std::string_view key) -> std::string {
-//             auto it = table.find(std::string(key));
-//             if (it == table.end()) throw std::runtime_error("no such row");  // the plugin's error
-//             return it->second;                                               // the plugin's output
-//         });
-
-/** A keel_status failure of the host-function C++ API: what() is "<status name> (<code>):
- *  <message>"; status() is the code. */
-class HostFunctionError : public std::runtime_error {
-public:
-    HostFunctionError(keel_status status, const std::string &what) : std::runtime_error(what), status_(status) {}
-    keel_status status() const noexcept { return status_; }
-
-private:
-    keel_status status_;
-};
+// ---- host functions ----
 
 /** What a host function learns about the call it serves. Borrowed: valid only during the host
  *  function's call, on its thread; so are the string_views it returns. */
@@ -745,7 +922,7 @@ private:
  *  it must be thread-safe. */
 using HostFunction = std::function<std::string(const CallContext &, std::string_view input)>;
 
-namespace detail {
+namespace api_detail {
 /** The C callback behind every HostFunction: no exception leaves it. Returns 0, or -3 (the
  *  status native plugins see for a function that threw) with the message written. */
 inline int32_t host_function_trampoline(const keel_call_context *ctx, const uint8_t *input, size_t len,
@@ -765,45 +942,396 @@ inline int32_t host_function_trampoline(const keel_call_context *ctx, const uint
 }
 
 inline void host_function_free(void *user_data) noexcept { delete static_cast<HostFunction *>(user_data); }
+} // namespace api_detail
 
-[[noreturn]] inline void throw_last(keel_status s) {
-    const char *msg = nullptr;
-    const char *name = nullptr;
-    if (keel_last_error_message(&msg) != KEEL_OK) msg = nullptr;
-    if (keel_status_name(static_cast<uint32_t>(s), &name) != KEEL_OK) name = nullptr;
-    throw HostFunctionError(s, std::string(name ? name : "KEEL_ERR") + " (" + std::to_string(static_cast<unsigned>(s)) +
-                                   "): " + (msg ? msg : ""));
-}
-} // namespace detail
+// ---- the host ----
 
-/** Define (or replace) the host function `ns`.`name`, callable by plugins granted
- *  `capability`. The std::function is moved to the heap and owned by Keel: destroyed exactly
- *  once, when the definition has been replaced or removed (or the host destroyed) and no
- *  loaded plugin generation is bound to it any more (also when the definition is refused).
- *  Throws HostFunctionError (KEEL_ERR_INVALID_ARGUMENT for a bad name or namespace "keel",
- *  KEEL_ERR_CAPABILITY_UNKNOWN, KEEL_ERR_NULL_POINTER for an empty function). Thread-safe. */
-inline void define_host_function(const Host &host, std::string_view ns, std::string_view name,
-                                 std::string_view capability, HostFunction f) {
-    auto *heap = new HostFunction(std::move(f));
-    if (!*heap) {
-        delete heap;
-        throw HostFunctionError(KEEL_ERR_NULL_POINTER, "KEEL_ERR_NULL_POINTER (100): empty host function");
+namespace api_detail {
+inline void set_log_sink(keel_host *h, LogSink sink) {
+    if (!sink) {
+        Error::check(keel_host_set_log_sink(h, nullptr, nullptr, nullptr));
+        return;
     }
-    const std::string n(ns), nm(name), cap(capability);
-    // Keel owns `heap` from here on, whatever the outcome (it frees it on failure).
-    const keel_status s = keel_host_define_function(c_host(host), n.c_str(), nm.c_str(), cap.c_str(),
-                                                    &detail::host_function_trampoline, heap,
-                                                    &detail::host_function_free);
-    if (s != KEEL_OK) detail::throw_last(s);
+    auto *owned = new LogSink(std::move(sink));
+    const keel_status s = keel_host_set_log_sink(h, sinks_detail::log_trampoline, owned, sinks_detail::free_log);
+    if (s != KEEL_OK) {
+        delete owned; // not taken: Keel calls no destructor on failure
+    }
+    Error::check(s);
 }
 
-/** Remove the host function `ns`.`name`; plugins bound to it keep it until they are reloaded
- *  or unloaded. Throws HostFunctionError (KEEL_ERR_HOST_FN_NOT_FOUND). Thread-safe. */
-inline void remove_host_function(const Host &host, std::string_view ns, std::string_view name) {
-    const std::string n(ns), nm(name);
-    const keel_status s = keel_host_remove_function(c_host(host), n.c_str(), nm.c_str());
-    if (s != KEEL_OK) detail::throw_last(s);
+inline void set_storage_sink(keel_host *h, std::shared_ptr<StorageSink> sink) {
+    if (!sink) {
+        Error::check(keel_host_set_storage_sink(h, nullptr, nullptr, nullptr));
+        return;
+    }
+    keel_storage_sink table{};
+    table.struct_size = sizeof(keel_storage_sink);
+    table.get = sinks_detail::get;
+    table.put = sinks_detail::put;
+    table.remove = sinks_detail::remove;
+    table.scan = sinks_detail::scan;
+    auto *owned = new std::shared_ptr<StorageSink>(std::move(sink));
+    const keel_status s = keel_host_set_storage_sink(h, &table, owned, sinks_detail::free_storage);
+    if (s != KEEL_OK) {
+        delete owned;
+    }
+    Error::check(s);
 }
+
+inline void define_function(keel_host *h, std::string_view ns, std::string_view name, std::string_view capability,
+                            HostFunction f) {
+    if (!f) {
+        throw Error::with_message(KEEL_ERR_NULL_POINTER, "empty host function");
+    }
+    const std::string n = cstr(ns, "a namespace"), nm = cstr(name, "a function name"),
+                      cap = cstr(capability, "a capability name");
+    auto *heap = new HostFunction(std::move(f));
+    // Keel owns `heap` from here on, whatever the outcome (it frees it on failure).
+    Error::check(keel_host_define_function(h, n.c_str(), nm.c_str(), cap.c_str(), &host_function_trampoline, heap,
+                                           &host_function_free));
+}
+
+inline void remove_function(keel_host *h, std::string_view ns, std::string_view name) {
+    Error::check(keel_host_remove_function(h, cstr(ns, "a namespace").c_str(), cstr(name, "a function name").c_str()));
+}
+
+inline std::string rpc_list_json(keel_host *h) {
+    Buffer b;
+    Error::check(keel_host_rpc_list(h, b.c_handle()));
+    return b.str();
+}
+
+inline std::vector<RpcEndpoint> rpc_list(keel_host *h) {
+    const std::string j = rpc_list_json(h);
+    std::vector<RpcEndpoint> out;
+    // The fixed shape Keel writes: an array of objects with three string members.
+    for (std::size_t i = 0; i < j.size(); i++) {
+        if (j[i] != '{') {
+            continue;
+        }
+        RpcEndpoint e;
+        i++;
+        while (i < j.size() && j[i] != '}') {
+            if (j[i] != '"') {
+                i++;
+                continue;
+            }
+            const std::string key = json_string(j, i);
+            while (i < j.size() && j[i] != '"') {
+                i++;
+            }
+            std::string value = json_string(j, i);
+            if (key == "endpoint") {
+                e.endpoint = std::move(value);
+            } else if (key == "plugin") {
+                e.plugin = std::move(value);
+            } else if (key == "function") {
+                e.function = std::move(value);
+            }
+        }
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+inline void rpc_call(keel_host *h, std::string_view endpoint, ByteView input, Buffer &out) {
+    Error::check(keel_host_rpc_call(h, cstr(endpoint, "an endpoint").c_str(), input.data(), input.size(),
+                                    out.c_handle()));
+}
+} // namespace api_detail
+
+/** A Keel host (keel_host): the registry of loaded plugins, policy and runtimes. RAII
+ *  (keel_host_new / keel_host_free), move-only. Every method is const and thread-safe
+ *  (lifecycle operations are serialised inside Keel); only destruction and assignment must
+ *  not race with other uses. Destroying it unloads every plugin (each drained up to the
+ *  drain timeout); Plugin handles stay valid (their calls then throw
+ *  KEEL_ERR_PLUGIN_UNLOADED). Every method throws keel::Error on failure. */
+class Host {
+public:
+    /** A new host: no plugin, signatures required, capabilities log, clock, random, kv:read,
+     *  kv:write and metrics:write allowed. */
+    Host() {
+        keel_host *h = nullptr;
+        Error::check(keel_host_new(&h));
+        h_ = std::shared_ptr<keel_host>(h, [](keel_host *p) { keel_host_free(p); });
+    }
+    /** Take ownership of a C host (freed by this Host's destructor). */
+    explicit Host(keel_host *adopt) : h_(adopt, [](keel_host *p) { keel_host_free(p); }) {}
+    Host(const Host &) = delete;
+    Host &operator=(const Host &) = delete;
+    Host(Host &&) noexcept = default;
+    Host &operator=(Host &&) noexcept = default;
+    ~Host() = default;
+
+    /** The C host (borrowed: valid while this Host lives; never keel_host_free it). */
+    keel_host *c_handle() const noexcept { return h_.get(); }
+
+    // -- lifecycle --
+
+    /** Load one plugin from its manifest (every check before any plugin code runs). */
+    Plugin load(std::string_view manifest_path) const {
+        keel_plugin *p = nullptr;
+        Error::check(keel_host_load(h(), api_detail::cstr(manifest_path, "a manifest path").c_str(), &p));
+        return Plugin(p);
+    }
+    /** Load every plugin of a plugin directory as one all-or-nothing set, in dependency order
+     *  (the C ABI's load set: on failure nothing stays loaded). */
+    void load_dir(std::string_view dir) const {
+        Error::check(keel_host_load_dir(h(), api_detail::cstr(dir, "a directory").c_str()));
+    }
+    /** A new handle on a loaded plugin (KEEL_ERR_PLUGIN_NOT_FOUND). */
+    Plugin get(std::string_view name) const { return Plugin(HostRef(h()), name); }
+    /** Hot-reload `name` from its manifest; the new generation. KEEL_ERR_DRAIN_TIMEOUT is
+     *  thrown after the swap (the new generation serves). */
+    std::uint64_t reload(std::string_view name) const {
+        std::uint64_t g = 0;
+        Error::check(keel_host_reload(h(), api_detail::cstr(name, "a plugin name").c_str(), &g));
+        return g;
+    }
+    /** Unload `name` (KEEL_ERR_HAS_DEPENDENTS: nothing unloaded). */
+    void unload(std::string_view name) const {
+        Error::check(keel_host_unload(h(), api_detail::cstr(name, "a plugin name").c_str()));
+    }
+    /** Unload `name` and every plugin depending on it, dependents first. */
+    void unload_cascade(std::string_view name) const {
+        Error::check(keel_host_unload_cascade(h(), api_detail::cstr(name, "a plugin name").c_str()));
+    }
+    /** Unload every plugin, dependents first. */
+    void unload_all() const { Error::check(keel_host_unload_all(h())); }
+    /** Every loaded plugin as keel_host_list_plugins' JSON array (name, version, type,
+     *  runtime, generation, state, capabilities, ...). */
+    std::string list_plugins_json() const {
+        Buffer b;
+        Error::check(keel_host_list_plugins(h(), b.c_handle()));
+        return b.str();
+    }
+    /** How long unload and reload wait for in-flight calls (default 5 s). */
+    void set_drain_timeout(std::chrono::milliseconds timeout) const {
+        Error::check(keel_host_set_drain_timeout_ms(h(), static_cast<std::uint64_t>(timeout.count())));
+    }
+
+    // -- trust and policy --
+
+    /** Run every check a load runs before plugin code, without loading: returns normally if
+     *  the plugin would load, throws the first failing check's Error otherwise. */
+    void verify(std::string_view manifest_path) const {
+        Error::check(keel_verify(h(), api_detail::cstr(manifest_path, "a manifest path").c_str()));
+    }
+    /** Replace the trust store with a JSON file / document (rollback-protected). */
+    void set_trust_store_file(std::string_view path) const {
+        Error::check(keel_host_set_trust_store_file(h(), api_detail::cstr(path, "a path").c_str()));
+    }
+    void set_trust_store_bytes(ByteView json) const {
+        Error::check(keel_host_set_trust_store_bytes(h(), json.data(), json.size()));
+    }
+    /** Require trusted signatures (turning it off after the first load: KEEL_ERR_POLICY_DOWNGRADE). */
+    void set_require_signature(bool require) const { Error::check(keel_host_set_require_signature(h(), require)); }
+    /** Allow binaries without a pinned SHA-256 (on after the first load: KEEL_ERR_POLICY_DOWNGRADE). */
+    void set_allow_unpinned(bool allow) const { Error::check(keel_host_set_allow_unpinned(h(), allow)); }
+    /** The capabilities plugins loaded from now on may be granted (all-or-nothing check). */
+    void set_capability_allowlist(const std::vector<std::string> &names) const {
+        std::vector<std::string> owned;
+        owned.reserve(names.size());
+        std::vector<const char *> ptrs;
+        ptrs.reserve(names.size());
+        for (const std::string &n : names) {
+            owned.push_back(api_detail::cstr(n, "a capability name"));
+            ptrs.push_back(owned.back().c_str());
+        }
+        Error::check(keel_host_set_capability_allowlist(h(), ptrs.data(), ptrs.size()));
+    }
+    /** The allowlist as a bit set (keel::capability_bit). */
+    std::uint64_t capability_allowlist() const {
+        std::uint64_t bits = 0;
+        Error::check(keel_host_capability_allowlist(h(), &bits));
+        return bits;
+    }
+    /** Whether the allowlist contains `capability` (throws KEEL_ERR_CAPABILITY_UNKNOWN). */
+    bool allows(std::string_view capability) const { return (capability_allowlist() & capability_bit(capability)) != 0; }
+
+    // -- health, sampling, watching --
+
+    /** Start (or restart with new settings) the health monitor. */
+    void start_health_monitor(const HealthMonitorConfig &c = HealthMonitorConfig()) const {
+        Error::check(keel_host_start_health_monitor(h(), static_cast<std::uint64_t>(c.interval.count()),
+                                                    c.unhealthy_threshold,
+                                                    static_cast<std::uint64_t>(c.backoff_initial.count()),
+                                                    static_cast<std::uint64_t>(c.backoff_max.count())));
+    }
+    void stop_health_monitor() const { Error::check(keel_host_stop_health_monitor(h())); }
+    /** Time one call in `every` for the latency histogram (0: off; default 64). */
+    void set_latency_sampling(std::uint32_t every) const { Error::check(keel_host_set_latency_sampling(h(), every)); }
+    /** Watch a plugin directory: load, reload and unload as its folders change. */
+    void watch_dir(std::string_view dir, std::chrono::milliseconds debounce = std::chrono::milliseconds(500)) const {
+        Error::check(keel_host_watch_dir(h(), api_detail::cstr(dir, "a directory").c_str(),
+                                         static_cast<std::uint64_t>(debounce.count())));
+    }
+    void stop_watching() const { Error::check(keel_host_stop_watching(h())); }
+    /** The watcher's outcomes after sequence number `after_seq` as JSON lines (see keel.h). */
+    std::string watch_events(std::uint64_t after_seq = 0) const {
+        Buffer b;
+        Error::check(keel_host_watch_events(h(), after_seq, b.c_handle()));
+        return b.str();
+    }
+
+    // -- metrics, WASM --
+
+    /** Every loaded plugin's metrics (serve with openmetrics_content_type or
+     *  prometheus_content_type). */
+    std::string metrics_text(MetricsFormat format = MetricsFormat::OpenMetrics) const {
+        Buffer b;
+        Error::check(keel_host_metrics_text_format(h(), static_cast<std::uint32_t>(format), b.c_handle()));
+        return b.str();
+    }
+    /** Configure the WASM runtime (before the first WASM load). */
+    void set_wasm_config(const WasmConfig &config) const {
+        keel_wasm_config c{};
+        c.defaults = config.defaults;
+        c.ceilings = config.ceilings;
+        c.pool_size = config.pool_size;
+        c.metering = config.metering;
+        c.watchdog_tick_us = config.watchdog_tick_us;
+        const std::string dir = api_detail::cstr(config.cache_dir, "a cache directory");
+        c.cache_dir = dir.empty() ? nullptr : dir.c_str();
+        std::memcpy(c.cache_key, config.cache_key.data(), sizeof c.cache_key);
+        Error::check(keel_host_set_wasm_config(h(), &c));
+    }
+    WasmCacheStats wasm_cache_stats() const {
+        WasmCacheStats s{};
+        Error::check(keel_host_wasm_cache_stats(h(), &s));
+        return s;
+    }
+
+    // -- listeners and services --
+
+    /** Register a lifecycle listener; it stays registered while the handle lives. */
+    [[nodiscard]] ListenerHandle add_listener(Listener listener) const {
+        if (!listener) {
+            throw Error::with_message(KEEL_ERR_NULL_POINTER, "empty listener");
+        }
+        auto *heap = new Listener(std::move(listener));
+        std::uint64_t id = 0;
+        const keel_status s =
+            keel_host_add_listener(h(), &api_detail::listener_trampoline, heap, &api_detail::listener_free, &id);
+        if (s != KEEL_OK) {
+            delete heap; // not taken on failure
+        }
+        Error::check(s);
+        return ListenerHandle(h_, id);
+    }
+    /** Define (or replace) the host function ns.name for plugins granted `capability`. The
+     *  std::function is owned by Keel from here on (also when refused). */
+    void define_function(std::string_view ns, std::string_view name, std::string_view capability,
+                         HostFunction f) const {
+        api_detail::define_function(h(), ns, name, capability, std::move(f));
+    }
+    /** Remove a host function (KEEL_ERR_HOST_FN_NOT_FOUND); bound plugins keep it until reload. */
+    void remove_function(std::string_view ns, std::string_view name) const { api_detail::remove_function(h(), ns, name); }
+    /** Plugin log lines go to `sink` (an empty function: back to stderr). */
+    void set_log_sink(LogSink sink) const { api_detail::set_log_sink(h(), std::move(sink)); }
+    /** kv:* and storage:* go to `sink` (nullptr: back to the in-memory map). */
+    void set_storage_sink(std::shared_ptr<StorageSink> sink) const { api_detail::set_storage_sink(h(), std::move(sink)); }
+    /** The registered RPC endpoints, sorted by name (and as keel_host_rpc_list's JSON). */
+    std::vector<RpcEndpoint> rpc_list() const { return api_detail::rpc_list(h()); }
+    std::string rpc_list_json() const { return api_detail::rpc_list_json(h()); }
+    /** Resolve an endpoint once for repeated lock-free calls (KEEL_ERR_RPC_ENDPOINT_NOT_FOUND). */
+    RpcTarget rpc_resolve(std::string_view endpoint) const {
+        keel_plugin *p = nullptr;
+        keel_function f = 0;
+        Error::check(keel_host_rpc_resolve(h(), api_detail::cstr(endpoint, "an endpoint").c_str(), &p, &f));
+        return RpcTarget{Plugin(p), f};
+    }
+    /** Invoke an endpoint with `input` (the result into `out`, or returned). */
+    void rpc_call(std::string_view endpoint, ByteView input, Buffer &out) const {
+        api_detail::rpc_call(h(), endpoint, input, out);
+    }
+    std::string rpc_call(std::string_view endpoint, ByteView input) const {
+        Buffer out;
+        api_detail::rpc_call(h(), endpoint, input, out);
+        return out.str();
+    }
+
+private:
+    keel_host *h() const {
+        if (!h_) {
+            throw Error::with_message(KEEL_ERR_NULL_POINTER, "empty keel::Host (moved from)");
+        }
+        return h_.get();
+    }
+    std::shared_ptr<keel_host> h_;
+};
+
+inline HostRef::HostRef(const Host &host) noexcept : h_(host.c_handle()) {}
+
+// ---- free-function forms (older blocks; keel::Host has the same as methods) ----
+
+/** Host::set_log_sink for any host (keel::Host or the legacy bridge host). */
+inline void set_log_sink(HostRef host, LogSink sink) { api_detail::set_log_sink(host.get(), std::move(sink)); }
+/** Host::set_storage_sink for any host. */
+inline void set_storage_sink(HostRef host, std::shared_ptr<StorageSink> sink) {
+    api_detail::set_storage_sink(host.get(), std::move(sink));
+}
+/** Host::rpc_list_json / rpc_list / rpc_call for any host. */
+inline std::string rpc_list_json(HostRef host) { return api_detail::rpc_list_json(host.get()); }
+inline std::vector<RpcEndpoint> rpc_list(HostRef host) { return api_detail::rpc_list(host.get()); }
+inline std::string rpc_call(HostRef host, std::string_view endpoint, ByteView input) {
+    Buffer out;
+    api_detail::rpc_call(host.get(), endpoint, input, out);
+    return out.str();
+}
+/** Host::define_function / remove_function for any host. */
+inline void define_host_function(HostRef host, std::string_view ns, std::string_view name,
+                                 std::string_view capability, HostFunction f) {
+    api_detail::define_function(host.get(), ns, name, capability, std::move(f));
+}
+inline void remove_host_function(HostRef host, std::string_view ns, std::string_view name) {
+    api_detail::remove_function(host.get(), ns, name);
+}
+
+// ---- legacy: the cxx bridge (src/bridge/mod.rs) ----
+// rust::Box<keel::bridge::Host> keel::new_host(); Host: load, load_dir, reload, unload, get,
+// set_trust_store_file/bytes, set_require_signature, metrics_text, c_handle; Plugin: function,
+// call(fn, rust::Slice<const uint8_t>, rust::Vec<uint8_t>&), name, generation. Errors are
+// rust::Error with what() "<status name> (<code>): <message>" (keel::error_status()). Kept for
+// existing users; the classes above cover all of it with std types.
+
+using bridge::new_host;
+
+/** The bytes of `s` as a bridge call input (borrowed: `s` must outlive the call). */
+inline rust::Slice<const std::uint8_t> bytes(std::string_view s) noexcept {
+    return rust::Slice<const std::uint8_t>(reinterpret_cast<const std::uint8_t *>(s.data()), s.size());
+}
+
+/** The bytes of a bridge call's output viewed as characters (valid until `out` changes). */
+inline std::string_view view(const rust::Vec<std::uint8_t> &out) noexcept {
+    return std::string_view(reinterpret_cast<const char *>(out.data()), out.size());
+}
+
+/** The keel_status of a rust::Error thrown by the bridge: the number in parentheses after the
+ *  status name at the start of what(). KEEL_ERR_INTERNAL if what() has no such code. */
+inline keel_status error_status(const rust::Error &e) noexcept {
+    const std::string_view what(e.what());
+    const auto open = what.find(" (");
+    const auto close = what.find("): ");
+    if (open == std::string_view::npos || close == std::string_view::npos || close <= open + 2) {
+        return KEEL_ERR_INTERNAL;
+    }
+    std::uint32_t code = 0;
+    for (std::size_t i = open + 2; i < close; i++) {
+        const char c = what[i];
+        if (c < '0' || c > '9' || code > 100000) {
+            return KEEL_ERR_INTERNAL;
+        }
+        code = code * 10 + static_cast<std::uint32_t>(c - '0');
+    }
+    return static_cast<keel_status>(code);
+}
+
+/** The bridge host as a borrowed C handle (valid while `host` lives; never keel_host_free it). */
+inline keel_host *c_host(const bridge::Host &host) noexcept { return reinterpret_cast<keel_host *>(host.c_handle()); }
+/** keel::Host's C handle (the same as host.c_handle()). */
+inline keel_host *c_host(const Host &host) noexcept { return host.c_handle(); }
 
 } // namespace keel
 

@@ -1,12 +1,14 @@
-//! The C++ API: a cxx bridge (the `cxx` crate) over [`crate::host::Host`] and
+//! The legacy C++ API: a cxx bridge (the `cxx` crate) over [`crate::host::Host`] and
 //! [`crate::registry::Slot`]. Thin: convert arguments, call the host or the slot, map errors.
+//! The main C++ API (`keel::Host`, `keel::Plugin` of `include/keel/keel.hpp`) is header-only
+//! over the C ABI; this bridge stays for existing users, in namespace `keel::bridge`.
 //!
-//! C++ sees (namespace `keel`, header `include/keel/keel.hpp`):
-//! - `rust::Box<keel::Host> keel::new_host()`, and on `Host`: `load`, `load_dir`, `reload`,
-//!   `unload`, `get`, `set_trust_store_file`, `set_trust_store_bytes`,
-//!   `set_require_signature`, `metrics_text`;
-//! - `keel::Plugin` (a handle on one plugin's slot, valid across reloads): `function`, `call`,
-//!   `name`, `generation`.
+//! C++ sees (namespace `keel::bridge`, declared through `include/keel/keel.hpp`):
+//! - `rust::Box<keel::bridge::Host> keel::new_host()` (also `keel::bridge::new_host()`), and on
+//!   `Host`: `load`, `load_dir`, `reload`, `unload`, `get`, `set_trust_store_file`,
+//!   `set_trust_store_bytes`, `set_require_signature`, `metrics_text`;
+//! - `keel::bridge::Plugin` (a handle on one plugin's slot, valid across reloads): `function`,
+//!   `call`, `name`, `generation`.
 //!
 //! Every fallible function returns `Result`, which cxx turns into a C++ exception
 //! `rust::Error` whose `what()` is `"<KEEL_STATUS_NAME> (<code>): <message>"`, e.g.
@@ -24,7 +26,7 @@ use crate::err;
 use crate::error::{Error, Result};
 use crate::registry::Slot;
 
-#[cxx::bridge(namespace = "keel")]
+#[cxx::bridge(namespace = "keel::bridge")]
 mod ffi {
     extern "Rust" {
         /// A Keel host: owns every loaded plugin. Dropping it unloads them all.

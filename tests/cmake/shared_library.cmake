@@ -2,7 +2,7 @@
 #   - its SONAME is libkeel.so.<SOVERSION>, with the SONAME link and the development link
 #     (libkeel.so) next to it;
 #   - it exports only the C ABI (keel_*) and the Rust half of the cxx bridge that
-#     libkeel_cxx.a calls (keel$cxxbridge1$*, cxxbridge1$*): any other defined dynamic symbol
+#     libkeel_cxx.a calls (keel$bridge$cxxbridge1$*, cxxbridge1$*): any other defined dynamic symbol
 #     (wasmer's, Rust std's, the C++ shim's) fails the test;
 #   - a C program linked with Keel::keel needs libkeel.so.<SOVERSION> and not libstdc++.
 #   cmake -DLIBRARY=... -DSONAME=... -DLINKER_NAME=... -DC_PROGRAM=... -P shared_library.cmake
@@ -54,7 +54,7 @@ foreach(line IN LISTS lines)
   string(REGEX REPLACE " .*" "" sym "${line}")
   if(sym MATCHES "^keel_")
     math(EXPR keel_count "${keel_count} + 1")
-  elseif(NOT sym MATCHES "^(keel\\$cxxbridge1\\$|cxxbridge1\\$)")
+  elseif(NOT sym MATCHES "^(keel\\$bridge\\$cxxbridge1\\$|cxxbridge1\\$)")
     string(APPEND bad "  ${sym}\n")
   endif()
 endforeach()

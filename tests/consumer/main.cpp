@@ -15,25 +15,25 @@ static int fail(const char *what, keel_status s) {
     return 1;
 }
 
-// The installed C++ API: the same plugin through keel::Host and keel::Plugin.
+// The installed C++ API (keel.hpp, std types only): the same plugin through keel::Host and keel::Plugin.
 static bool cxx_api(const char *manifest) {
     try {
-        rust::Box<keel::Host> host = keel::new_host();
-        host->set_require_signature(false);
-        rust::Box<keel::Plugin> plugin = host->load(manifest);
-        rust::Vec<std::uint8_t> out;
-        plugin->call(plugin->function("echo"), keel::bytes("via keel.hpp"), out);
-        bool ok = keel::view(out) == "via keel.hpp" && plugin->generation() == 1;
+        keel::Host host;
+        host.set_require_signature(false);
+        keel::Plugin plugin = host.load(manifest);
+        keel::Buffer out;
+        plugin.call(plugin.function("echo"), "via keel.hpp", out);
+        bool ok = out.view() == "via keel.hpp" && plugin.generation() == 1;
         try {
-            plugin->call(plugin->function("fail"), keel::bytes("boom"), out);
+            plugin.call(plugin.function("fail"), "boom", out);
             ok = false;
-        } catch (const rust::Error &e) {
-            ok = ok && keel::error_status(e) == KEEL_ERR_CALL_FAILED;
+        } catch (const keel::Error &e) {
+            ok = ok && e.status() == KEEL_ERR_CALL_FAILED;
             std::printf("C++ API error: %s\n", e.what());
         }
-        std::printf("C++ API: %s %s\n", std::string(plugin->name()).c_str(), ok ? "ok" : "WRONG");
+        std::printf("C++ API: %s %s\n", plugin.name().c_str(), ok ? "ok" : "WRONG");
         return ok;
-    } catch (const rust::Error &e) {
+    } catch (const keel::Error &e) {
         std::fprintf(stderr, "C++ API failed: %s\n", e.what());
         return false;
     }

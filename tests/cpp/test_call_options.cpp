@@ -51,9 +51,9 @@ static void wait_until_running(const keel::PluginRef &p) {
 }
 
 static int run(const std::string &dir) {
-    rust::Box<keel::Host> host = keel::new_host();
+    rust::Box<keel::bridge::Host> host = keel::new_host();
     host->set_require_signature(false);
-    rust::Box<keel::Plugin> loaded = host->load(dir + "/cancel_poll/cancel_poll.json");
+    rust::Box<keel::bridge::Plugin> loaded = host->load(dir + "/cancel_poll/cancel_poll.json");
     keel::PluginRef plugin(*host, "cancel_poll");
     const keel_function wait = plugin.function("wait");
     const keel_function finish = plugin.function("finish");

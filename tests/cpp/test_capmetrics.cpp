@@ -19,7 +19,7 @@ static int failures = 0;
         }                                                                                          \
     } while (0)
 
-static std::string call(const keel::Plugin &p, const char *fn, const std::string &input) {
+static std::string call(const keel::bridge::Plugin &p, const char *fn, const std::string &input) {
     rust::Vec<std::uint8_t> out;
     p.call(p.function(fn), keel::bytes(input), out);
     return std::string(keel::view(out));
@@ -28,13 +28,13 @@ static std::string call(const keel::Plugin &p, const char *fn, const std::string
 static bool contains(const std::string &s, const std::string &what) { return s.find(what) != std::string::npos; }
 
 static int run(const std::string &dir) {
-    rust::Box<keel::Host> host = keel::new_host();
+    rust::Box<keel::bridge::Host> host = keel::new_host();
     host->set_require_signature(false);
     // rpc:register is not in the default allowlist.
     const char *allow[] = {"log", "metrics:write", "rpc:register"};
     CHECK(keel_host_set_capability_allowlist(keel::c_host(*host), allow, 3) == KEEL_OK);
 
-    rust::Box<keel::Plugin> p = host->load(dir + "/capmetrics/capmetrics.json");
+    rust::Box<keel::bridge::Plugin> p = host->load(dir + "/capmetrics/capmetrics.json");
     CHECK(call(*p, "caps", "") == "metrics=1 rpc=1");
 
     // ---- metrics:write ----

@@ -63,11 +63,11 @@ static int run(const std::string &dir) {
     }
     const fs::path tmp = tmpl;
 
-    rust::Box<keel::Host> host = keel::new_host();
+    rust::Box<keel::bridge::Host> host = keel::new_host();
     host->set_require_signature(false);
 
     // ---- Load, resolve once, call. ----
-    rust::Box<keel::Plugin> echo = host->load(dir + "/echo/echo.json");
+    rust::Box<keel::bridge::Plugin> echo = host->load(dir + "/echo/echo.json");
     CHECK(str(echo->name()) == "echo");
     CHECK(echo->generation() == 1);
     const std::uint32_t fn_echo = echo->function("echo");
@@ -154,7 +154,7 @@ static int run(const std::string &dir) {
 
     // A tampered binary (the echo manifest next to another binary), on a host of its own.
     {
-        rust::Box<keel::Host> other = keel::new_host();
+        rust::Box<keel::bridge::Host> other = keel::new_host();
         other->set_require_signature(false);
         t = thrown([&] { other->load(dir + "/evil/tampered.json"); });
         CHECK(t.status == KEEL_ERR_DIGEST_MISMATCH);
@@ -167,7 +167,7 @@ static int run(const std::string &dir) {
         CHECK(t.status == KEEL_ERR_POLICY_DOWNGRADE);
         CHECK(starts_with(t.what, "KEEL_ERR_POLICY_DOWNGRADE (411): "));
         // Signatures required (the default) and none present: refused before the digest.
-        rust::Box<keel::Host> strict = keel::new_host();
+        rust::Box<keel::bridge::Host> strict = keel::new_host();
         t = thrown([&] { strict->load(dir + "/echo/echo.json"); });
         CHECK(t.status == KEEL_ERR_NO_SIGNATURE);
     }
@@ -198,7 +198,7 @@ static int run(const std::string &dir) {
     }
 
     // ---- Handles: another handle on the same slot; reload keeps handles and function ids. ----
-    rust::Box<keel::Plugin> again = host->get("echo");
+    rust::Box<keel::bridge::Plugin> again = host->get("echo");
     CHECK(str(again->name()) == "echo");
     CHECK(host->reload("echo") == 2);
     CHECK(echo->generation() == 2 && again->generation() == 2);
@@ -232,7 +232,7 @@ static int run(const std::string &dir) {
         std::vector<std::string> got;
         for (const rust::String &n : names) got.emplace_back(std::string(n));
         CHECK((got == std::vector<std::string>{"echo", "legacy"}));
-        rust::Box<keel::Plugin> e = host->get("echo");
+        rust::Box<keel::bridge::Plugin> e = host->get("echo");
         e->call(e->function("echo"), keel::bytes("from a directory"), out);
         CHECK(keel::view(out) == "from a directory");
         t = thrown([&] { host->load_dir((tmp / "no-such-dir").string()); });
@@ -240,9 +240,9 @@ static int run(const std::string &dir) {
     }
 
     // ---- Destroying the host unloads everything; a handle outliving it stays safe. ----
-    rust::Box<keel::Plugin> survivor = host->get("echo");
+    rust::Box<keel::bridge::Plugin> survivor = host->get("echo");
     const std::uint32_t fn_survivor = survivor->function("echo");
-    { rust::Box<keel::Host> gone = std::move(host); }
+    { rust::Box<keel::bridge::Host> gone = std::move(host); }
     t = thrown([&] { survivor->call(fn_survivor, keel::bytes("x"), out); });
     CHECK(t.status == KEEL_ERR_PLUGIN_UNLOADED);
 

@@ -44,7 +44,7 @@ struct Tracker {
 };
 
 static int run(const std::string &dir) {
-    rust::Box<keel::Host> host = keel::new_host();
+    rust::Box<keel::bridge::Host> host = keel::new_host();
     host->set_require_signature(false);
     const char *allow[] = {"storage:read", "storage:write"};
     CHECK(keel_host_set_capability_allowlist(keel::c_host(*host), allow, 2) == KEEL_OK);
@@ -75,7 +75,7 @@ static int run(const std::string &dir) {
                                    return std::string();
                                });
 
-    rust::Box<keel::Plugin> p = host->load(dir + "/hostfn/hostfn.json");
+    rust::Box<keel::bridge::Plugin> p = host->load(dir + "/hostfn/hostfn.json");
     rust::Vec<std::uint8_t> out;
     const std::uint32_t get = p->function("get"), put = p->function("put"), bound = p->function("bound");
     p->call(bound, keel::bytes(""), out);

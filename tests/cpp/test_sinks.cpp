@@ -76,7 +76,7 @@ struct Line {
     std::string message, trace_id, tenant;
 };
 
-static std::string call(const keel::Plugin &p, const char *fn, const std::string &input, std::string *error = nullptr) {
+static std::string call(const keel::bridge::Plugin &p, const char *fn, const std::string &input, std::string *error = nullptr) {
     rust::Vec<std::uint8_t> out;
     try {
         p.call(p.function(fn), keel::bytes(input), out);
@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const std::string dir = argv[1];
-    rust::Box<keel::Host> host = keel::new_host();
+    rust::Box<keel::bridge::Host> host = keel::new_host();
     host->set_require_signature(false);
     const char *caps[] = {"log", "kv:read", "kv:write", "storage:read", "storage:write"};
     CHECK(keel_host_set_capability_allowlist(keel::c_host(*host), caps, 5) == KEEL_OK);
@@ -119,7 +119,7 @@ int main(int argc, char **argv) {
     });
 
     {
-        rust::Box<keel::Plugin> p = host->load(dir + "/storage/storage.json");
+        rust::Box<keel::bridge::Plugin> p = host->load(dir + "/storage/storage.json");
         auto srv = weak.lock();
         CHECK(srv != nullptr);
         CHECK(call(*p, "get", "orders|o1") == "apples");
@@ -186,7 +186,7 @@ int main(int argc, char **argv) {
 
     // Without storage:* the entries are NULL.
     {
-        rust::Box<keel::Plugin> p = host->load(dir + "/storage_nocap/storage.json");
+        rust::Box<keel::bridge::Plugin> p = host->load(dir + "/storage_nocap/storage.json");
         CHECK(call(*p, "caps", "") ==
               "kv_scan=1 storage_get=0 storage_put=0 storage_delete=0 storage_scan=0 sink_error=1");
     }
