@@ -29,10 +29,8 @@ foreach(link lib/libkeel.so lib/libkeel.so.${SOVERSION})
   endif()
 endforeach()
 
-# A signing key and a trust store trusting it, from the installed CLI.
-run("${prefix}/bin/keel" keygen --out "${WORK_DIR}/signer")
-file(READ "${WORK_DIR}/signer.pub" entry)
-file(WRITE "${WORK_DIR}/trust-store.json" "{\"keel_trust_store\": 1, \"version\": 1, \"keys\": [${entry}]}\n")
+# A trust store and a signing key it trusts, from the installed CLI.
+run("${prefix}/bin/keel" trust init --key "${WORK_DIR}/signer" "${WORK_DIR}/trust-store.json")
 
 # 1. find_package(Keel): the C++ API, the static library, the ThemisDB façade, and plugins
 #    made with keel_add_plugin (C++ native and WASM, signed) loaded by a host.

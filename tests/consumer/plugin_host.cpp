@@ -1,12 +1,12 @@
-// Built against the installed package only: a host (Keel::keel, the C ABI from C++) loading,
-// with keel_host_load_dir and signatures required, the plugins tests/consumer/CMakeLists.txt
-// made with keel_add_plugin — a C++ native plugin and a WASM plugin that depends on it — signed
-// with a key of `keel keygen`, and calling them.
+// Built against the installed package only, with the C++ API (keel.hpp, Keel::keel_cxx) and
+// standard types: a host that requires signatures loads, with load_dir, the plugins
+// tests/consumer/CMakeLists.txt made with keel_add_plugin — a C++ native plugin and a WASM
+// plugin that depends on it — signed with the key `keel trust init --key` made next to the
+// trust store, and calls them.
 //   plugin_host <plugins dir> <trust store>
-#include <keel/keel.h>
+#include <keel/keel.hpp>
 
 #include <cstdio>
-#include <cstring>
 #include <string>
 
 static int failures = 0;
@@ -14,25 +14,21 @@ static int failures = 0;
 #define CHECK(cond)                                                                      \
     do {                                                                                 \
         if (!(cond)) {                                                                   \
-            const char *m_ = "";                                                         \
-            keel_last_error_message(&m_);                                                \
-            std::fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, m_); \
+            std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
             failures++;                                                                  \
         }                                                                                \
     } while (0)
 
-static std::string text(const keel_buffer *b) {
-    const uint8_t *data = nullptr;
-    size_t len = 0;
-    if (keel_buffer_data(b, &data, &len) != KEEL_OK || len == 0) return std::string();
-    return std::string(reinterpret_cast<const char *>(data), len);
-}
-
-static keel_status call(keel_plugin *p, const char *fn, const std::string &in, keel_buffer *out) {
-    keel_function f = 0;
-    keel_status s = keel_plugin_function(p, fn, &f);
-    if (s != KEEL_OK) return s;
-    return keel_call(p, f, reinterpret_cast<const uint8_t *>(in.data()), in.size(), out);
+/** The status a call throws (KEEL_OK if it does not). */
+template <typename F>
+static keel_status status_of(F f, std::string *what = nullptr) {
+    try {
+        f();
+        return KEEL_OK;
+    } catch (const keel::Error &e) {
+        if (what != nullptr) *what = e.what();
+        return e.status();
+    }
 }
 
 int main(int argc, char **argv) {
@@ -40,54 +36,39 @@ int main(int argc, char **argv) {
         std::fprintf(stderr, "usage: %s <plugins dir> <trust store>\n", argv[0]);
         return 2;
     }
-    uint32_t major = 0, minor = 0, patch = 0;
-    CHECK(keel_version(&major, &minor, &patch) == KEEL_OK);
-    CHECK(major == KEEL_VERSION_MAJOR && minor == KEEL_VERSION_MINOR && patch == KEEL_VERSION_PATCH);
+    try {
+        const keel::Version v = keel::version();
+        CHECK(v.major == KEEL_VERSION_MAJOR && v.minor == KEEL_VERSION_MINOR && v.patch == KEEL_VERSION_PATCH);
 
-    keel_host *host = nullptr;
-    keel_buffer *out = nullptr;
-    CHECK(keel_host_new(&host) == KEEL_OK);
-    CHECK(keel_buffer_new(&out) == KEEL_OK);
-    // Signatures are required (the default): without the trust store nothing loads.
-    CHECK(keel_host_load_dir(host, argv[1]) != KEEL_OK);
-    CHECK(keel_host_set_trust_store_file(host, argv[2]) == KEEL_OK);
-    CHECK(keel_host_load_dir(host, argv[1]) == KEEL_OK);
+        keel::Host host;
+        // Signatures are required (the default): without the trust store nothing loads.
+        CHECK(status_of([&] { host.load_dir(argv[1]); }) != KEEL_OK);
+        host.set_trust_store_file(argv[2]);
+        host.load_dir(argv[1]);
 
-    keel_plugin *cxx = nullptr;
-    keel_plugin *wasm = nullptr;
-    CHECK(keel_plugin_get(host, "cxxplugin", &cxx) == KEEL_OK);
-    CHECK(keel_plugin_get(host, "compute", &wasm) == KEEL_OK);
-    if (cxx == nullptr || wasm == nullptr) {
-        std::fprintf(stderr, "plugins not loaded\n");
+        keel::Plugin cxx = host.get("cxxplugin");
+        keel::Plugin wasm = host.get("compute");
+        CHECK(cxx.call(cxx.function("upper"), std::string("from the package")) == "FROM THE PACKAGE");
+        std::string what;
+        CHECK(status_of([&] { (void)cxx.call(cxx.function("throw"), std::string("installed")); }, &what) ==
+              KEEL_ERR_CALL_FAILED);
+        CHECK(what.find("boom: installed") != std::string::npos);
+        CHECK(wasm.call(wasm.function("greet"), std::string("hi")) == "hello");
+
+        // The metrics as a server's own Prometheus endpoint would append them.
+        const std::string prom = host.metrics_text(keel::MetricsFormat::Prometheus);
+        CHECK(prom.find("# TYPE keel_plugin_calls_total counter") != std::string::npos);
+        CHECK(prom.find("keel_plugin_calls_total{plugin=\"cxxplugin\",version=\"1.2.0\"} 2") != std::string::npos);
+        CHECK(prom.find("# EOF") == std::string::npos);
+        CHECK(keel::prometheus_content_type == "text/plain; version=0.0.4; charset=utf-8");
+    } catch (const keel::Error &e) {
+        std::fprintf(stderr, "unexpected keel::Error: %s\n", e.what());
         return 1;
     }
-    CHECK(call(cxx, "upper", "from the package", out) == KEEL_OK);
-    CHECK(text(out) == "FROM THE PACKAGE");
-    CHECK(call(cxx, "throw", "installed", out) == KEEL_ERR_CALL_FAILED);
-    {
-        const char *m = "";
-        keel_last_error_message(&m);
-        CHECK(std::strstr(m, "boom: installed") != nullptr);
-    }
-    CHECK(call(wasm, "greet", "hi", out) == KEEL_OK);
-    CHECK(text(out) == "hello");
-
-    // The metrics as a server's own Prometheus endpoint would append them.
-    CHECK(keel_host_metrics_text_format(host, KEEL_METRICS_FORMAT_PROMETHEUS, out) == KEEL_OK);
-    std::string prom = text(out);
-    CHECK(prom.find("# TYPE keel_plugin_calls_total counter") != std::string::npos);
-    CHECK(prom.find("keel_plugin_calls_total{plugin=\"cxxplugin\",version=\"1.2.0\"} 2") != std::string::npos);
-    CHECK(prom.find("# EOF") == std::string::npos);
-    CHECK(std::strcmp(KEEL_METRICS_CONTENT_TYPE_PROMETHEUS, "text/plain; version=0.0.4; charset=utf-8") == 0);
-
-    keel_plugin_free(cxx);
-    keel_plugin_free(wasm);
-    keel_buffer_free(out);
-    keel_host_free(host);
     if (failures != 0) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
     }
-    std::printf("plugin_host: keel_add_plugin plugins (C++ native, WASM) signed, loaded and called\n");
+    std::printf("plugin_host: keel_add_plugin plugins (C++ native, WASM) signed, loaded and called through keel.hpp\n");
     return 0;
 }
