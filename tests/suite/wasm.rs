@@ -738,6 +738,23 @@ fn cache_entries_written_under_another_key_are_rejected() {
     assert_eq!(u64le(&call(&p, "sum", b"\x01\x02").unwrap()), 3);
 }
 
+// ---- a plugin written in C++ against keel_wasm.h --------------------------------------
+
+#[test]
+fn a_cpp_plugin_builds_against_keel_wasm_h_and_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let wasm = crate::wasm_support::build_cpp_wasm("echo", d.path());
+    let rt = runtime();
+    let p = load_with(&rt, wasm, "echo-cpp", json!({}), HostServices::default()).unwrap();
+    assert_eq!(p.functions(), ["echo", "upper", "fail"]);
+    assert_eq!(call(&p, "echo", b"from C++").unwrap(), b"from C++");
+    assert_eq!(call(&p, "upper", b"from C++").unwrap(), b"FROM C++");
+    let e = call(&p, "fail", b"").unwrap_err();
+    assert_eq!(e.status(), KEEL_ERR_CALL_FAILED);
+    assert!(e.message().contains("asked to fail (C++)"), "{e}");
+    assert_eq!(call(&p, "echo", b"still serving").unwrap(), b"still serving");
+}
+
 // ---- a plugin written in C against keel_wasm.h ----------------------------------------
 
 #[test]

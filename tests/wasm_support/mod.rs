@@ -98,6 +98,25 @@ pub fn build_c_wasm(name: &str, out_dir: &Path) -> Vec<u8> {
     std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()))
 }
 
+/// Build a C++ fixture (tests/fixtures/wasm/cpp/<name>.cpp) for wasm32 with clang++ against
+/// include/keel/keel_wasm.h (C++17, no exceptions, no C++ runtime).
+pub fn build_cpp_wasm(name: &str, out_dir: &Path) -> Vec<u8> {
+    let src = fixture_dir().join("cpp").join(format!("{name}.cpp"));
+    let out = out_dir.join(format!("{name}.wasm"));
+    run(
+        Command::new("clang++")
+            .args(["--target=wasm32", "-nostdlib", "-std=c++17", "-fno-exceptions", "-O2"])
+            .args(["-Wall", "-Wextra", "-Werror", "-Wl,--no-entry", "-Wl,--export-dynamic"])
+            .arg("-I")
+            .arg(repo().join("include"))
+            .arg("-o")
+            .arg(&out)
+            .arg(&src),
+        &format!("building {} for wasm32", src.display()),
+    );
+    std::fs::read(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+}
+
 /// Build a C fixture as a native shared library (cc -O2 -shared -fPIC).
 pub fn build_c_native(name: &str, out_dir: &Path) -> PathBuf {
     let src = fixture_dir().join("c").join(format!("{name}.c"));
