@@ -29,7 +29,10 @@ pub fn run(data: &[u8]) {
         if m.is_unpinned() {
             // A ThemisDB manifest without `expected_hash` is valid (loading it is a policy
             // question); Keel's own format always pins, so only the pin may be what is missing.
-            assert!(v.get("sha256").is_none_or(|p| p.is_null()), "an unpinned manifest with a pin: {v}");
+            assert!(
+                v.get("sha256").is_none_or(|p| p.is_null()),
+                "an unpinned manifest with a pin: {v}"
+            );
             v["sha256"] = serde_json::json!("0".repeat(64));
         }
         if let Err(e) = manifest::validate_keel_schema(&v) {
