@@ -38,6 +38,14 @@ TARGET=$(rustc -vV | sed -n 's/^host: //p')
 LOGDIR=${SOAK_LOGDIR:-$ROOT/target/soak-logs}
 mkdir -p "$LOGDIR"
 declare -a RESULTS=()
+
+# The -Zbuild-std compiler_builtins lacks __negsf2/__negdf2, which wasmer-vm references: see
+# tests/c/soak_softfloat.c. Built once and linked into every sanitized (build-std) binary.
+SOFTFLOAT="$ROOT/target/soak_softfloat.o"
+softfloat() {
+    [ -f "$SOFTFLOAT" ] && [ "$SOFTFLOAT" -nt tests/c/soak_softfloat.c ] && return 0
+    ${CC:-cc} -O2 -fPIC -c -o "$SOFTFLOAT" tests/c/soak_softfloat.c
+}
 status=0
 
 record() { # mode rc logfile
@@ -54,18 +62,21 @@ record() { # mode rc logfile
 rust_soak() { # mode sanitizer(or "")
     local mode=$1 san=$2 log="$LOGDIR/$1.log" rc
     local -a cargo=(cargo) flags=()
+    local link=""
     local growth=${KEEL_SOAK_RSS_GROWTH_MB:-64}
     if [ -n "$san" ]; then
+        softfloat || { record "$mode" 1 /dev/null; return; }
+        link="-Clink-arg=$SOFTFLOAT"
         cargo=(cargo +nightly)
         flags=(-Zbuild-std --target "$TARGET")
         growth=${KEEL_SOAK_RSS_GROWTH_MB:-256}
     fi
     echo "== $mode: building tests/soak.rs ${san:+with -Zsanitizer=$san}" >&2
-    RUSTFLAGS="${san:+-Zsanitizer=$san} ${RUSTFLAGS:-}" RUSTDOCFLAGS="${san:+-Zsanitizer=$san}" \
+    RUSTFLAGS="${san:+-Zsanitizer=$san} $link ${RUSTFLAGS:-}" RUSTDOCFLAGS="${san:+-Zsanitizer=$san}" \
         $NICE "${cargo[@]}" test "${flags[@]}" --target-dir "target/soak-$mode" --test soak --no-run \
         >"$log" 2>&1 || { record "$mode" 1 "$log"; return; }
     echo "== $mode: running ($CALLS calls x 2 threads, $RELOADS reloads)" >&2
-    RUSTFLAGS="${san:+-Zsanitizer=$san} ${RUSTFLAGS:-}" RUSTDOCFLAGS="${san:+-Zsanitizer=$san}" \
+    RUSTFLAGS="${san:+-Zsanitizer=$san} $link ${RUSTFLAGS:-}" RUSTDOCFLAGS="${san:+-Zsanitizer=$san}" \
         KEEL_SOAK_CALLS=$CALLS KEEL_SOAK_RELOADS=$RELOADS KEEL_SOAK_RSS_GROWTH_MB=$growth \
         ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1:quarantine_size_mb=64} \
         TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1} \
@@ -103,7 +114,8 @@ c_host() { # mode
         rc=$?
     else # c-asan
         echo "== c-asan: building libkeel.so with -Zsanitizer=address and soak_host with clang -fsanitize=address" >&2
-        RUSTFLAGS="-Zsanitizer=address ${RUSTFLAGS:-}" $NICE cargo +nightly build -Zbuild-std --target "$TARGET" \
+        softfloat || { record "$mode" 1 /dev/null; return; }
+        RUSTFLAGS="-Zsanitizer=address -Clink-arg=$SOFTFLOAT ${RUSTFLAGS:-}" $NICE cargo +nightly build -Zbuild-std --target "$TARGET" \
             --target-dir target/soak-asan --lib >"$log" 2>&1 || { record "$mode" 1 "$log"; return; }
         libdir=$ROOT/target/soak-asan/$TARGET/debug
         clang -O1 -g -fsanitize=address -std=c11 -Wall -Wextra -Werror -I include -o target/soak_host_asan \
