@@ -6,9 +6,26 @@
 // include/keel/keel.hpp). cxx-build writes the generated header and cxx's own `rust/cxx.h`
 // under `$CARGO_TARGET_DIR/cxxbridge/` (`keel/src/bridge/mod.rs.h`, `rust/cxx.h`), where
 // CMake finds them.
+// All of that is the host's (feature `host`, on by default). A plugin built against the SDK
+// alone (`default-features = false, features = ["sdk"]`, native or wasm32) compiles no C++.
 fn main() {
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkeel.so");
     println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "host")]
+    host();
+}
+
+#[cfg(feature = "host")]
+fn host() {
+    // The target is the crate's (the build script itself runs on the build machine). The host
+    // is native code: a wasm32 build with `host` stops here with what to do instead of in a C++
+    // compiler (unless a host dependency, e.g. wasmer, has failed first).
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("wasm32") {
+        panic!(
+            "keel's `host` feature (on by default) does not build for wasm32: a plugin depends \
+             on keel with `default-features = false, features = [\"sdk\"]` (docs/rust-sdk.md)"
+        );
+    }
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkeel.so");
     for f in [
         "cpp/themis_shim.cpp",
         "cpp/themis_shim.h",

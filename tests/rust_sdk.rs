@@ -1,7 +1,10 @@
 //! The Rust plugin SDK (`keel::sdk`, feature `sdk`): its two examples
 //! (tests/fixtures/rust/native_plugin, a cdylib speaking the vtable ABI, and
-//! tests/fixtures/rust/wasm_plugin, a wasm32-unknown-unknown cdylib speaking the WASM ABI) are
-//! built by this test with cargo (target dir target/sdk-fixtures, reused across runs), loaded
+//! tests/fixtures/rust/wasm_plugin, a wasm32-unknown-unknown cdylib speaking the WASM ABI)
+//! depend on this crate as a plugin author's crate does (a path dependency with
+//! `default-features = false, features = ["sdk"]`: the SDK without the host, which is what
+//! builds for wasm32). They are
+//! built by this test with cargo (offline; target dir target/sdk-fixtures, reused across runs), loaded
 //! into a real host through manifests pinning their SHA-256, called, reloaded with their state,
 //! and made to panic: the panic is a clean error and the host keeps serving. Also: the SDK's
 //! mirror of the ABI structs matches the host's, and host-API entries past `struct_size` are
@@ -75,6 +78,66 @@ fn native_artifact() -> &'static Path {
 fn wasm_artifact() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| build_example("wasm_plugin", true))
+}
+
+/// What cargo resolves for an example: every package and the features it is built with.
+fn resolved(krate: &str) -> Vec<(String, Vec<String>)> {
+    let manifest = common::repo()
+        .join("tests/fixtures/rust")
+        .join(krate)
+        .join("Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--offline", "--format-version", "1", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata for {krate}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut nodes: Vec<(String, Vec<String>)> = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let id = n["id"].as_str().unwrap();
+            let pkg = meta["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == id)
+                .unwrap();
+            let features = n["features"].as_array().unwrap().iter();
+            (
+                pkg["name"].as_str().unwrap().to_owned(),
+                features.map(|f| f.as_str().unwrap().to_owned()).collect(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// A plugin takes the SDK alone: keel with `sdk` and not `host`, and nothing else. A host
+/// dependency that is not optional (behind `host`) would show up here, and in every plugin's
+/// build (wasm32 included, where the host's dependencies do not build).
+#[test]
+fn the_examples_depend_on_keel_with_the_sdk_alone() {
+    for (krate, package) in [
+        ("native_plugin", "keel_rust_native_example"),
+        ("wasm_plugin", "keel_rust_wasm_example"),
+    ] {
+        assert_eq!(
+            resolved(krate),
+            [
+                ("keel".to_owned(), vec!["sdk".to_owned()]),
+                (package.to_owned(), vec![])
+            ],
+            "{krate}"
+        );
+    }
 }
 
 /// Copy `artifact` into a fresh directory and write its manifest (SHA-256 pinned).

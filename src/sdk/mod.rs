@@ -7,11 +7,11 @@
 //!   [`wasm::WasmPlugin`] trait, [`keel_wasm_plugin!`](crate::keel_wasm_plugin) to define the
 //!   exports, the `keel_result` encoding and safe wrappers of the imports from module `"keel"`.
 //!
-//! The SDK imports nothing from the host: these files use only `std` (`core` and `alloc` on
-//! wasm32), so a plugin crate can also compile them on their own — the examples in
-//! `tests/fixtures/rust/` mount this directory as `mod sdk` at their crate root (the macros
-//! refer to `$crate::sdk::...`), which keeps the host's dependencies (wasmer, ...) out of a
-//! plugin build. See docs/rust-sdk.md.
+//! The SDK imports nothing from the host and uses only `std`, so a plugin crate takes it
+//! without the host (feature `host`, default) and its dependencies (wasmer, cxx, ...):
+//! `keel = { path = "...", default-features = false, features = ["sdk"] }`, which builds for
+//! the server's target and for `wasm32-unknown-unknown` alike. The examples in
+//! `tests/fixtures/rust/` depend on keel this way. See docs/rust-sdk.md.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
