@@ -4,10 +4,10 @@
 //! depend on this crate as a plugin author's crate does (a path dependency with
 //! `default-features = false, features = ["sdk"]`: the SDK without the host, which is what
 //! builds for wasm32). They are built by this test with cargo (offline; target dir
-//! target/sdk-fixtures, reused across runs), loaded into a real host through manifests pinning their SHA-256, called, reloaded with their state,
-//! and made to panic: the panic is a clean error and the host keeps serving. Also: the SDK's
-//! mirror of the ABI structs matches the host's, and host-API entries past `struct_size` are
-//! absent.
+//! target/sdk-fixtures, reused across runs), loaded into a real host through manifests pinning
+//! their SHA-256, called, reloaded with their state, and made to panic: the panic is a clean
+//! error and the host keeps serving. Also: the SDK's mirror of the ABI structs matches the
+//! host's, and host-API entries past `struct_size` are absent.
 
 mod common;
 
