@@ -50,7 +50,8 @@ status=0
 
 record() { # mode rc logfile
     local line
-    line=$(grep -h -E '^soak(_host)?:' "$3" | tail -1)
+    # cargo test --nocapture prints the result after "test NAME ... " on the same line
+    line=$(grep -h -o -E '(^|\.\.\. )soak(_host)?: .*' "$3" | sed 's/^\.\.\. //' | tail -1)
     if [ "$2" -eq 0 ]; then
         RESULTS+=("PASS $1: ${line:-(no result line)}")
     else
