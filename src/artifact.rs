@@ -20,7 +20,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Component, Path};
 
 use rustix::fs::{Mode, OFlags, SealFlags};
@@ -254,6 +253,12 @@ pub fn walk_beneath(dirfd: OwnedFd, dir: &Path, rel: &Path) -> Result<(File, u64
 }
 
 /// Copy an opened native binary into a sealed memfd and hash the sealed copy.
+///
+/// The bytes are touched twice: the kernel copies them from the file into the memfd
+/// (`copy_file_range`, or `sendfile` across filesystems: `std::io::copy` between two files),
+/// and after sealing they are hashed straight from a read-only mapping of the memfd (no
+/// copy back into a buffer). The digest is therefore over exactly the sealed content that
+/// `dlopen` later maps.
 fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified> {
     if len > MAX_NATIVE_BYTES {
         bail!(
@@ -283,25 +288,50 @@ fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
     )
     .map_err(|e| err!(KEEL_ERR_IO, "sealing the memfd failed: {e}"))?;
-    // Hash the sealed copy: from here on these bytes cannot change.
-    let mut hasher = digest::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = dst
-            .read_at(&mut buf, off)
-            .map_err(|e| err!(KEEL_ERR_IO, "reading the memfd failed: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
-    }
+    // Hash the sealed copy: from here on these bytes cannot change. Its size is taken from
+    // the memfd itself (sealed: fixed), not from what the copy reported.
+    let sealed_len = rustix::fs::fstat(&dst)
+        .map_err(|e| err!(KEEL_ERR_IO, "fstat of the memfd failed: {e}"))?
+        .st_size as u64;
+    let sha256 = hash_sealed(&dst, sealed_len)?;
     Ok(Unverified {
-        sha256: hasher.finalize(),
-        len: off,
+        sha256,
+        len: sealed_len,
         body: Body::Sealed(OwnedFd::from(dst)),
     })
+}
+
+/// SHA-256 of the first `len` bytes of a sealed memfd, read through a shared read-only
+/// mapping (`MAP_POPULATE`: the pages are mapped in one go instead of faulting one by one).
+fn hash_sealed(memfd: &File, len: u64) -> Result<[u8; 32]> {
+    if len == 0 {
+        return Ok(digest::sha256(&[]));
+    }
+    // SAFETY: a fresh read-only mapping of `len` bytes of a file descriptor we own; the
+    // memfd is sealed against shrinking, so every mapped page stays backed (no SIGBUS).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            memfd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!(
+            KEEL_ERR_IO,
+            "mapping the sealed memfd failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: `p` maps `len` readable bytes (above), valid until the munmap below; sealed
+    // against writes, so nobody changes them while they are read.
+    let sha256 = digest::sha256(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) });
+    // SAFETY: unmaps exactly the mapping made above; nothing refers to it any more.
+    unsafe { libc::munmap(p, len as usize) };
+    Ok(sha256)
 }
 
 /// Read an opened WASM module into memory and hash it.
@@ -419,6 +449,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The sealed copy holds exactly the file's bytes, carries every seal, and its digest is
+    /// theirs: for an empty file (nothing to map), sizes off page and copy-chunk boundaries,
+    /// and a 1 MiB + 1 file.
+    #[test]
+    fn sealed_copy_is_the_file_and_its_digest_is_over_the_sealed_bytes() {
+        let d = tmp("seal");
+        for size in [0usize, 1, 4095, 4097, 65_537, (1 << 20) + 1] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+            let p = d.join(format!("lib{size}.so"));
+            std::fs::write(&p, &bytes).unwrap();
+            let art = read_sealed(&p, "seal-test").unwrap();
+            assert_eq!(art.len(), size as u64);
+            assert_eq!(*art.sha256(), digest::sha256(&bytes), "size {size}");
+            let art = art.verify(&hex::encode(digest::sha256(&bytes)), "t").unwrap();
+            let fd = art.sealed_fd().unwrap();
+            let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
+            assert!(
+                seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL),
+                "{seals:?}"
+            );
+            let mut back = Vec::new();
+            std::fs::File::open(proc_path(fd))
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == bytes, "size {size}: the memfd holds other bytes");
+        }
     }
 
     #[test]
