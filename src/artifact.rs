@@ -6,9 +6,10 @@
 //!    symbolic link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or a component walk
 //!    with `O_NOFOLLOW` where `openat2` is unavailable), opens it `O_NONBLOCK` (a FIFO never
 //!    blocks the loader), checks on the opened descriptor that it is a regular file, and reads
-//!    it into an [`Unverified`] artifact: native binaries are copied into a sealed memfd (no
-//!    write, grow, shrink, or further seals) and the sealed copy is hashed; WASM modules are
-//!    read into memory and hashed.
+//!    it into an [`Unverified`] artifact: native binaries are copied into a memfd, hashed on
+//!    the way (one pass), and the memfd sealed (no write, grow, shrink, or further seals; its
+//!    sealed size must be the number of bytes hashed); WASM modules are read into memory and
+//!    hashed.
 //! 2. [`Unverified::verify`] compares the SHA-256 with the digest the manifest pins and turns
 //!    the artifact into a [`Verified`] one. Runtimes accept only `Verified`.
 //!
@@ -18,7 +19,7 @@
 //! runs. The host's load path and `keel_verify` / `keel verify` both use [`read_verified`].
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path};
 
@@ -252,13 +253,22 @@ pub fn walk_beneath(dirfd: OwnedFd, dir: &Path, rel: &Path) -> Result<(File, u64
     check_regular(fd, &dir.join(rel))
 }
 
-/// Copy an opened native binary into a sealed memfd and hash the sealed copy.
+/// Bytes read from a native binary per step of [`seal`]: small enough to stay in the cache
+/// between hashing and writing them, large enough to keep the system calls few.
+const COPY_CHUNK: usize = 256 << 10;
+
+/// Copy an opened native binary into a sealed memfd, hashing the bytes on the way (one pass
+/// over the data: each chunk is read, hashed while in the cache, and written to the memfd).
 ///
-/// The bytes are touched twice: the kernel copies them from the file into the memfd
-/// (`copy_file_range`, or `sendfile` across filesystems: `std::io::copy` between two files),
-/// and after sealing they are hashed straight from a read-only mapping of the memfd (no
-/// copy back into a buffer). The digest is therefore over exactly the sealed content that
-/// `dlopen` later maps.
+/// The digest is over exactly the sealed content `dlopen` later maps: the memfd is created
+/// here, unnamed and close-on-exec, and until it is sealed no one but this function writes to
+/// it (another process could reach it only through `/proc/<pid>/fd`, which takes ptrace
+/// rights over this process, i.e. the power to change its memory anyway); after the seals
+/// (no write, grow, shrink, or further seals) it cannot change, and its sealed size must
+/// equal the number of bytes hashed. Measured against copying in the kernel
+/// (`copy_file_range`/`sendfile`) and hashing a mapping of the sealed memfd afterwards, this
+/// is about 10 % faster for 1 MiB (`benches/trust.rs`): the cost is the memfd's page
+/// allocation and the hash, not the copy.
 fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified> {
     if len > MAX_NATIVE_BYTES {
         bail!(
@@ -274,64 +284,49 @@ fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified
     )
     .map_err(|e| err!(KEEL_ERR_IO, "memfd_create failed: {e}"))?;
     let mut dst = File::from(memfd);
-    let copied =
-        std::io::copy(&mut (&mut file).take(MAX_NATIVE_BYTES + 1), &mut dst).map_err(|e| Error::io(path, &e))?;
-    if copied > MAX_NATIVE_BYTES {
-        bail!(
-            KEEL_ERR_FILE_TOO_LARGE,
-            "{}: grew past {MAX_NATIVE_BYTES} bytes while being read",
-            path.display()
-        );
+    let mut hasher = digest::Hasher::new();
+    let mut buf = vec![0u8; COPY_CHUNK.min(len as usize + 1).max(4096)];
+    let mut copied = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, &e)),
+        };
+        copied += n as u64;
+        if copied > MAX_NATIVE_BYTES {
+            bail!(
+                KEEL_ERR_FILE_TOO_LARGE,
+                "{}: grew past {MAX_NATIVE_BYTES} bytes while being read",
+                path.display()
+            );
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| err!(KEEL_ERR_IO, "writing the memfd failed: {e}"))?;
     }
     rustix::fs::fcntl_add_seals(
         dst.as_fd(),
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
     )
     .map_err(|e| err!(KEEL_ERR_IO, "sealing the memfd failed: {e}"))?;
-    // Hash the sealed copy: from here on these bytes cannot change. Its size is taken from
-    // the memfd itself (sealed: fixed), not from what the copy reported.
+    // From here on the memfd cannot change; it must hold exactly the bytes hashed.
     let sealed_len = rustix::fs::fstat(&dst)
         .map_err(|e| err!(KEEL_ERR_IO, "fstat of the memfd failed: {e}"))?
         .st_size as u64;
-    let sha256 = hash_sealed(&dst, sealed_len)?;
+    if sealed_len != copied {
+        bail!(
+            KEEL_ERR_IO,
+            "{}: the sealed copy holds {sealed_len} bytes, {copied} were read and hashed",
+            path.display()
+        );
+    }
     Ok(Unverified {
-        sha256,
+        sha256: hasher.finalize(),
         len: sealed_len,
         body: Body::Sealed(OwnedFd::from(dst)),
     })
-}
-
-/// SHA-256 of the first `len` bytes of a sealed memfd, read through a shared read-only
-/// mapping (`MAP_POPULATE`: the pages are mapped in one go instead of faulting one by one).
-fn hash_sealed(memfd: &File, len: u64) -> Result<[u8; 32]> {
-    if len == 0 {
-        return Ok(digest::sha256(&[]));
-    }
-    // SAFETY: a fresh read-only mapping of `len` bytes of a file descriptor we own; the
-    // memfd is sealed against shrinking, so every mapped page stays backed (no SIGBUS).
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len as usize,
-            libc::PROT_READ,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            memfd.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        bail!(
-            KEEL_ERR_IO,
-            "mapping the sealed memfd failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: `p` maps `len` readable bytes (above), valid until the munmap below; sealed
-    // against writes, so nobody changes them while they are read.
-    let sha256 = digest::sha256(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) });
-    // SAFETY: unmaps exactly the mapping made above; nothing refers to it any more.
-    unsafe { libc::munmap(p, len as usize) };
-    Ok(sha256)
 }
 
 /// Read an opened WASM module into memory and hash it.
@@ -452,7 +447,7 @@ mod tests {
     }
 
     /// The sealed copy holds exactly the file's bytes, carries every seal, and its digest is
-    /// theirs: for an empty file (nothing to map), sizes off page and copy-chunk boundaries,
+    /// theirs: for an empty file, sizes off page and copy-chunk boundaries,
     /// and a 1 MiB + 1 file.
     #[test]
     fn sealed_copy_is_the_file_and_its_digest_is_over_the_sealed_bytes() {
