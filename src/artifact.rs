@@ -6,9 +6,10 @@
 //!    symbolic link (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or a component walk
 //!    with `O_NOFOLLOW` where `openat2` is unavailable), opens it `O_NONBLOCK` (a FIFO never
 //!    blocks the loader), checks on the opened descriptor that it is a regular file, and reads
-//!    it into an [`Unverified`] artifact: native binaries are copied into a sealed memfd (no
-//!    write, grow, shrink, or further seals) and the sealed copy is hashed; WASM modules are
-//!    read into memory and hashed.
+//!    it into an [`Unverified`] artifact: native binaries are copied into a memfd, hashed on
+//!    the way (one pass), and the memfd sealed (no write, grow, shrink, or further seals; its
+//!    sealed size must be the number of bytes hashed); WASM modules are read into memory and
+//!    hashed.
 //! 2. [`Unverified::verify`] compares the SHA-256 with the digest the manifest pins and turns
 //!    the artifact into a [`Verified`] one. Runtimes accept only `Verified`.
 //!
@@ -18,9 +19,8 @@
 //! runs. The host's load path and `keel_verify` / `keel verify` both use [`read_verified`].
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Component, Path};
 
 use rustix::fs::{Mode, OFlags, SealFlags};
@@ -253,7 +253,22 @@ pub fn walk_beneath(dirfd: OwnedFd, dir: &Path, rel: &Path) -> Result<(File, u64
     check_regular(fd, &dir.join(rel))
 }
 
-/// Copy an opened native binary into a sealed memfd and hash the sealed copy.
+/// Bytes read from a native binary per step of [`seal`]: small enough to stay in the cache
+/// between hashing and writing them, large enough to keep the system calls few.
+const COPY_CHUNK: usize = 256 << 10;
+
+/// Copy an opened native binary into a sealed memfd, hashing the bytes on the way (one pass
+/// over the data: each chunk is read, hashed while in the cache, and written to the memfd).
+///
+/// The digest is over exactly the sealed content `dlopen` later maps: the memfd is created
+/// here, unnamed and close-on-exec, and until it is sealed no one but this function writes to
+/// it (another process could reach it only through `/proc/<pid>/fd`, which takes ptrace
+/// rights over this process, i.e. the power to change its memory anyway); after the seals
+/// (no write, grow, shrink, or further seals) it cannot change, and its sealed size must
+/// equal the number of bytes hashed. Measured against copying in the kernel
+/// (`copy_file_range`/`sendfile`) and hashing a mapping of the sealed memfd afterwards, this
+/// is about 10 % faster for 1 MiB (`benches/trust.rs`): the cost is the memfd's page
+/// allocation and the hash, not the copy.
 fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified> {
     if len > MAX_NATIVE_BYTES {
         bail!(
@@ -269,37 +284,47 @@ fn seal(mut file: File, len: u64, path: &Path, label: &str) -> Result<Unverified
     )
     .map_err(|e| err!(KEEL_ERR_IO, "memfd_create failed: {e}"))?;
     let mut dst = File::from(memfd);
-    let copied =
-        std::io::copy(&mut (&mut file).take(MAX_NATIVE_BYTES + 1), &mut dst).map_err(|e| Error::io(path, &e))?;
-    if copied > MAX_NATIVE_BYTES {
-        bail!(
-            KEEL_ERR_FILE_TOO_LARGE,
-            "{}: grew past {MAX_NATIVE_BYTES} bytes while being read",
-            path.display()
-        );
+    let mut hasher = digest::Hasher::new();
+    let mut buf = vec![0u8; COPY_CHUNK.min(len as usize + 1).max(4096)];
+    let mut copied = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, &e)),
+        };
+        copied += n as u64;
+        if copied > MAX_NATIVE_BYTES {
+            bail!(
+                KEEL_ERR_FILE_TOO_LARGE,
+                "{}: grew past {MAX_NATIVE_BYTES} bytes while being read",
+                path.display()
+            );
+        }
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])
+            .map_err(|e| err!(KEEL_ERR_IO, "writing the memfd failed: {e}"))?;
     }
     rustix::fs::fcntl_add_seals(
         dst.as_fd(),
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
     )
     .map_err(|e| err!(KEEL_ERR_IO, "sealing the memfd failed: {e}"))?;
-    // Hash the sealed copy: from here on these bytes cannot change.
-    let mut hasher = digest::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = dst
-            .read_at(&mut buf, off)
-            .map_err(|e| err!(KEEL_ERR_IO, "reading the memfd failed: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
+    // From here on the memfd cannot change; it must hold exactly the bytes hashed.
+    let sealed_len = rustix::fs::fstat(&dst)
+        .map_err(|e| err!(KEEL_ERR_IO, "fstat of the memfd failed: {e}"))?
+        .st_size as u64;
+    if sealed_len != copied {
+        bail!(
+            KEEL_ERR_IO,
+            "{}: the sealed copy holds {sealed_len} bytes, {copied} were read and hashed",
+            path.display()
+        );
     }
     Ok(Unverified {
         sha256: hasher.finalize(),
-        len: off,
+        len: sealed_len,
         body: Body::Sealed(OwnedFd::from(dst)),
     })
 }
@@ -419,6 +444,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The sealed copy holds exactly the file's bytes, carries every seal, and its digest is
+    /// theirs: for an empty file, sizes off page and copy-chunk boundaries,
+    /// and a 1 MiB + 1 file.
+    #[test]
+    fn sealed_copy_is_the_file_and_its_digest_is_over_the_sealed_bytes() {
+        let d = tmp("seal");
+        for size in [0usize, 1, 4095, 4097, 65_537, (1 << 20) + 1] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+            let p = d.join(format!("lib{size}.so"));
+            std::fs::write(&p, &bytes).unwrap();
+            let art = read_sealed(&p, "seal-test").unwrap();
+            assert_eq!(art.len(), size as u64);
+            assert_eq!(*art.sha256(), digest::sha256(&bytes), "size {size}");
+            let art = art.verify(&hex::encode(digest::sha256(&bytes)), "t").unwrap();
+            let fd = art.sealed_fd().unwrap();
+            let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
+            assert!(
+                seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL),
+                "{seals:?}"
+            );
+            let mut back = Vec::new();
+            std::fs::File::open(proc_path(fd))
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == bytes, "size {size}: the memfd holds other bytes");
+        }
     }
 
     #[test]

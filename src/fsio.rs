@@ -100,6 +100,59 @@ pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given; `r` is a valid rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return (0, 0);
+    }
+    (r.rlim_cur as u64, r.rlim_max as u64)
+}
+
+/// Raise the soft `RLIMIT_NOFILE` of this process to its hard limit (capped by
+/// `/proc/sys/fs/nr_open` when the hard limit is unlimited), once per process: every native
+/// plugin holds one descriptor (its sealed memfd) for as long as it is mapped, so the common
+/// default soft limit of 1024 would stop a host near 1 000 native plugins. The hard limit is
+/// never changed. Returns what to log on the call that tried: `Ok` (raised) or `Err` (could
+/// not); `None` on every later call and when the soft limit already was the hard one.
+pub fn raise_nofile_limit_once() -> Option<std::result::Result<String, String>> {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut msg = None;
+    ONCE.call_once(|| {
+        let (soft, hard) = nofile_limit();
+        let mut target = hard;
+        if hard == libc::RLIM_INFINITY as u64 {
+            target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(1 << 20);
+        }
+        if soft >= target {
+            return;
+        }
+        let r = libc::rlimit {
+            rlim_cur: target as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct it is given; `r` is a valid rlimit.
+        msg = Some(if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            Ok(format!(
+                "raised the soft open-file limit (RLIMIT_NOFILE) from {soft} to {target}: each loaded native plugin holds one descriptor"
+            ))
+        } else {
+            Err(format!(
+                "could not raise the soft open-file limit (RLIMIT_NOFILE) from {soft} to {target}: {}; each loaded native plugin holds one descriptor, so this process can load fewer than {soft} native plugins",
+                std::io::Error::last_os_error()
+            ))
+        });
+    });
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

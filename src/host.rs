@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::health::{HealthConfig, HealthReport, Monitor};
 use crate::lifecycle::{Handle, Lifecycle};
 use crate::manifest::ManifestFile;
-use crate::metrics::exposition::PluginCollector;
+use crate::metrics::exposition::{self, CustomCollector, ExpositionOptions, PluginCollector, PluginSource};
 use crate::metrics::MetricsSnapshot;
 use crate::registry::Slot;
 use crate::runtime::wasm::{WasmConfig, WasmRuntime};
@@ -47,7 +47,8 @@ pub struct Host {
     trust: Arc<TrustState>,
     /// The runtimes (the WASM one started on the first WASM load); shared with the lifecycle.
     runtimes: Arc<Runtimes>,
-    /// The Prometheus registry holding Keel's scrape-time collector.
+    /// The Prometheus registry holding the scrape-time collector of the plugin-defined
+    /// families (the plugin families are rendered directly, see [`Host::metrics_text`]).
     prometheus: prometheus_client::registry::Registry,
     monitor: Mutex<Option<Monitor>>,
     /// The plugin-directory watcher (see [`crate::watch`]) and its outcome ring.
@@ -69,17 +70,22 @@ impl Host {
         Host::with_services(HostServices::default())
     }
 
+    /// A host lending `services` to its plugins. The first host of a process raises the
+    /// soft open-file limit to the hard one ([`crate::fsio::raise_nofile_limit_once`]: each
+    /// native plugin holds a descriptor) and logs that through `services`' log sink.
     pub fn with_services(services: HostServices) -> Host {
+        match crate::fsio::raise_nofile_limit_once() {
+            Some(Ok(msg)) => services.log("keel", crate::services::LogLevel::Info, &msg),
+            Some(Err(msg)) => services.log("keel", crate::services::LogLevel::Warn, &msg),
+            None => {}
+        }
         let host_fns = services.host_fns.clone();
         let trust = Arc::new(TrustState::new());
         let runtimes = Arc::new(Runtimes::default());
         let custom = services.metrics.clone();
         let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services.clone()));
         let mut prometheus = prometheus_client::registry::Registry::default();
-        prometheus.register_collector(Box::new(PluginCollector::with_custom(
-            lifecycle.registry().clone(),
-            custom,
-        )));
+        prometheus.register_collector(Box::new(CustomCollector(custom)));
         Host {
             lifecycle,
             trust,
@@ -400,8 +406,21 @@ impl Host {
     /// [`crate::metrics::exposition::CONTENT_TYPE`]) of every loaded plugin's counters,
     /// sampled latency histogram and health score, read at this moment; ends with `# EOF`.
     /// Families are listed in [`crate::metrics::exposition`].
+    ///
+    /// The plugin families are written directly from label text rendered at load and bucket
+    /// text rendered once ([`exposition::write_plugin_families`], the same bytes
+    /// [`Host::metrics_collector`] writes through `prometheus-client`); the plugin-defined
+    /// families follow through `prometheus-client`.
     pub fn metrics_text(&self) -> String {
+        self.metrics_text_with(ExpositionOptions::default())
+    }
+
+    /// [`Host::metrics_text`] with `options` (e.g. leave out the histograms of plugins never
+    /// called: [`ExpositionOptions::omit_idle_histograms`]).
+    pub fn metrics_text_with(&self, options: ExpositionOptions) -> String {
+        let rows = self.lifecycle.registry().plugin_rows();
         let mut s = String::new();
+        exposition::write_plugin_families(&mut s, &rows, options);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.prometheus);
         s

@@ -35,6 +35,9 @@
 #define KEEL_METRICS_FORMAT_OPENMETRICS 0u
 /** `format` of keel_host_metrics_text_format(): classic Prometheus text 0.0.4 (no `# EOF`). */
 #define KEEL_METRICS_FORMAT_PROMETHEUS 1u
+/** Flag OR-ed into the `format` of keel_host_metrics_text_format(): leave out the latency
+ *  histogram of every plugin never called since its load. */
+#define KEEL_METRICS_OMIT_IDLE_HISTOGRAMS 0x100u
 /** HTTP Content-Type of KEEL_METRICS_FORMAT_OPENMETRICS output (and of keel_host_metrics_text). */
 #define KEEL_METRICS_CONTENT_TYPE_OPENMETRICS "application/openmetrics-text; version=1.0.0; charset=utf-8"
 /** HTTP Content-Type of KEEL_METRICS_FORMAT_PROMETHEUS output. */
@@ -1846,9 +1849,12 @@ keel_status keel_host_set_storage_sink(const keel_host *host,
  *   output of a server's own `/metrics` endpoint when it serves
  *   `KEEL_METRICS_CONTENT_TYPE_PROMETHEUS` (keep family names unique across both).
  *
+ * Flags OR-ed into `format`: `KEEL_METRICS_OMIT_IDLE_HISTOGRAMS` (no latency histogram for
+ * plugins never called since their load).
+ *
  * Thread-safe (for distinct buffers).
  *
- * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (unknown `format`).
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (unknown format or flag).
  */
 keel_status keel_host_metrics_text_format(const keel_host *host, uint32_t format, keel_buffer *out);
 

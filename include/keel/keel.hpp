@@ -1180,8 +1180,15 @@ public:
     /** Every loaded plugin's metrics (serve with openmetrics_content_type or
      *  prometheus_content_type). */
     std::string metrics_text(MetricsFormat format = MetricsFormat::OpenMetrics) const {
+        return metrics_text(format, false);
+    }
+    /** metrics_text with options: omit_idle_histograms leaves out the latency histogram of
+     *  every plugin never called since its load (KEEL_METRICS_OMIT_IDLE_HISTOGRAMS). */
+    std::string metrics_text(MetricsFormat format, bool omit_idle_histograms) const {
         Buffer b;
-        Error::check(keel_host_metrics_text_format(h(), static_cast<std::uint32_t>(format), b.c_handle()));
+        std::uint32_t f = static_cast<std::uint32_t>(format);
+        if (omit_idle_histograms) f |= KEEL_METRICS_OMIT_IDLE_HISTOGRAMS;
+        Error::check(keel_host_metrics_text_format(h(), f, b.c_handle()));
         return b.str();
     }
     /** Configure the WASM runtime (before the first WASM load). */

@@ -14,6 +14,16 @@ pub const KEEL_METRICS_FORMAT_OPENMETRICS: u32 = 0;
 /// 0.0.4, served as `KEEL_METRICS_CONTENT_TYPE_PROMETHEUS`.
 pub const KEEL_METRICS_FORMAT_PROMETHEUS: u32 = 1;
 
+/// Flag OR-ed into the `format` of [`keel_host_metrics_text_format`]: leave out the
+/// `keel_plugin_call_duration_seconds` series (`_sum`, `_count`, 30 `_bucket` lines, about
+/// 3 KB per plugin) of every plugin that has had no call since it was loaded
+/// (`keel_plugin_calls_total` 0). The family's `# HELP`/`# TYPE` lines and every other series
+/// stay. Either format.
+pub const KEEL_METRICS_OMIT_IDLE_HISTOGRAMS: u32 = 0x100;
+
+/// The `format` bits that select the format; the rest are `KEEL_METRICS_*` flags.
+const FORMAT_MASK: u32 = 0xff;
+
 /// Write the metrics of every loaded plugin (the families of `keel_host_metrics_text`) into
 /// `out` (an output buffer) in the exposition format `format`:
 /// - `KEEL_METRICS_FORMAT_OPENMETRICS` (0): OpenMetrics 1.0 text ending with `# EOF`, exactly
@@ -23,9 +33,12 @@ pub const KEEL_METRICS_FORMAT_PROMETHEUS: u32 = 1;
 ///   output of a server's own `/metrics` endpoint when it serves
 ///   `KEEL_METRICS_CONTENT_TYPE_PROMETHEUS` (keep family names unique across both).
 ///
+/// Flags OR-ed into `format`: `KEEL_METRICS_OMIT_IDLE_HISTOGRAMS` (no latency histogram for
+/// plugins never called since their load).
+///
 /// Thread-safe (for distinct buffers).
 ///
-/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (unknown `format`).
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (unknown format or flag).
 #[no_mangle]
 pub extern "C" fn keel_host_metrics_text_format(
     host: *const keel_host,
@@ -35,7 +48,23 @@ pub extern "C" fn keel_host_metrics_text_format(
     fill_buffer(out, |out| {
         // SAFETY: caller contract.
         let h = unsafe { borrow(host, "host") }?;
-        let text = h.metrics_text();
+        let flags = format & !FORMAT_MASK;
+        if flags & !KEEL_METRICS_OMIT_IDLE_HISTOGRAMS != 0 {
+            bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "metrics format flags {flags:#x} are unknown (known: KEEL_METRICS_OMIT_IDLE_HISTOGRAMS = 0x100)"
+            );
+        }
+        let format = format & FORMAT_MASK;
+        if format > KEEL_METRICS_FORMAT_PROMETHEUS {
+            bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "metrics format {format} is unknown (KEEL_METRICS_FORMAT_OPENMETRICS = 0, KEEL_METRICS_FORMAT_PROMETHEUS = 1)"
+            );
+        }
+        let text = h.metrics_text_with(exposition::ExpositionOptions {
+            omit_idle_histograms: flags & KEEL_METRICS_OMIT_IDLE_HISTOGRAMS != 0,
+        });
         out.clear();
         match format {
             KEEL_METRICS_FORMAT_OPENMETRICS => out.extend_from_slice(text.as_bytes()),

@@ -27,7 +27,7 @@ use crate::capability::Capabilities;
 use crate::deps;
 use crate::error::Result;
 use crate::manifest::{self, ManifestFile};
-use crate::metrics::exposition::{PluginRow, PluginSource};
+use crate::metrics::exposition::{PluginLabels, PluginRow, PluginSource};
 use crate::metrics::DEFAULT_SAMPLE_EVERY;
 use crate::registry::{Registry, Slot};
 use crate::runtime::{HostServices, Runtimes};
@@ -592,9 +592,18 @@ impl PluginSource for Registry {
             .iter()
             .filter_map(|s| {
                 let g = s.current()?;
+                let version = g.manifest.version.to_string();
+                // Rendered when the generation was made; a slot named unlike its manifest
+                // (only in unit tests) gets its own.
+                let labels = if g.labels.is_for(s.name(), &version) {
+                    g.labels.clone()
+                } else {
+                    Arc::new(PluginLabels::new(s.name(), &version))
+                };
                 Some(PluginRow {
                     name: s.name().to_string(),
-                    version: g.manifest.version.to_string(),
+                    version,
+                    labels,
                     generation: g.number,
                     counters: s.metrics.snapshot(),
                     latency: s.metrics.latency.snapshot(),

@@ -170,6 +170,7 @@ pub struct PluginCollector {
     plugins: Arc<dyn PluginSource>,
     /// Plugin-defined metrics, read at every scrape too.
     custom: Option<Arc<MetricRegistry>>,
+    options: ExpositionOptions,
 }
 
 impl fmt::Debug for PluginCollector {
@@ -180,7 +181,11 @@ impl fmt::Debug for PluginCollector {
 
 impl PluginCollector {
     pub fn new(plugins: Arc<dyn PluginSource>) -> PluginCollector {
-        PluginCollector { plugins, custom: None }
+        PluginCollector {
+            plugins,
+            custom: None,
+            options: ExpositionOptions::default(),
+        }
     }
 
     /// A collector that also exports the plugin-defined metrics of `custom`.
@@ -188,7 +193,14 @@ impl PluginCollector {
         PluginCollector {
             plugins,
             custom: Some(custom),
+            options: ExpositionOptions::default(),
         }
+    }
+
+    /// The same collector writing with `options`.
+    pub fn with_options(mut self, options: ExpositionOptions) -> PluginCollector {
+        self.options = options;
+        self
     }
 }
 
@@ -202,6 +214,50 @@ pub struct PluginRow {
     pub latency: LatencySnapshot,
     pub memory_bytes: Option<u64>,
     pub health: HealthReport,
+    /// The label text of `name` and `version`, rendered once when the generation was made.
+    pub labels: Arc<PluginLabels>,
+}
+
+/// Options of an exposition ([`crate::host::Host::metrics_text_with`], the flags of
+/// `keel_host_metrics_text_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpositionOptions {
+    /// Leave out the `keel_plugin_call_duration_seconds` series (its `_sum`, `_count` and 30
+    /// `_bucket` lines, about 3 KB per plugin) of every plugin that has had no call since it
+    /// was loaded (`keel_plugin_calls_total` 0): its histogram is all zeros. The family's
+    /// `HELP`/`TYPE` lines and every other family stay. Default: off (every plugin's
+    /// histogram is written).
+    pub omit_idle_histograms: bool,
+}
+
+/// The constant label text of one plugin's series, rendered once per generation (at load and
+/// at every reload, whose version may differ) instead of at every scrape:
+/// `plugin="<name>",version="<version>"` (Keel's families) and `plugin="<name>"` (the
+/// ThemisDB-compatible gauges). Written exactly as `prometheus-client` writes these labels
+/// (values verbatim: plugin names and versions are restricted to characters that need no
+/// escaping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLabels {
+    name: String,
+    version: String,
+    keel: String,
+    themis: String,
+}
+
+impl PluginLabels {
+    pub fn new(name: &str, version: &str) -> PluginLabels {
+        PluginLabels {
+            name: name.to_string(),
+            version: version.to_string(),
+            keel: format!("plugin=\"{name}\",version=\"{version}\""),
+            themis: format!("plugin=\"{name}\""),
+        }
+    }
+
+    /// Whether this is the label text of `name` at `version`.
+    pub fn is_for(&self, name: &str, version: &str) -> bool {
+        self.name == name && self.version == version
+    }
 }
 
 impl PluginRow {
@@ -273,75 +329,138 @@ fn gauge(
     Ok(())
 }
 
+type CounterFamily = (&'static str, &'static str, fn(&PluginRow) -> u64);
+type GaugeFamily = (&'static str, &'static str, fn(&PluginRow) -> Option<Value>);
+
+/// Keel's counter families: name (without `_total`), help, value.
+const KEEL_COUNTERS: [CounterFamily; 7] = [
+    ("keel_plugin_calls", "Calls into the plugin.", |r| r.counters.calls),
+    ("keel_plugin_errors", "Calls that returned an error.", |r| {
+        r.counters.errors
+    }),
+    ("keel_plugin_loads", "Successful loads of the plugin.", |r| {
+        r.counters.loads
+    }),
+    (
+        "keel_plugin_reloads",
+        "Successful hot reloads (health-monitor restarts included).",
+        |r| r.counters.reloads,
+    ),
+    ("keel_plugin_reload_failures", "Hot reloads rolled back.", |r| {
+        r.counters.reload_failures
+    }),
+    (
+        "keel_plugin_drain_timeouts",
+        "Unloads and reloads whose old generation still had calls in flight at the drain timeout.",
+        |r| r.counters.drain_timeouts,
+    ),
+    (
+        "keel_plugin_health_restarts",
+        "Restarts performed by the health monitor.",
+        |r| r.health.restarts,
+    ),
+];
+
+const LOAD_DURATION_HELP: &str = "Duration of the last (re)load.";
+const GENERATION_HELP: &str = "Current generation number (1 after load, +1 per reload).";
+const CALL_DURATION_HELP: &str = "Latency of sampled calls (one call in N per thread is timed).";
+
+fn load_duration(r: &PluginRow) -> Option<Value> {
+    Some(Value::Float(r.counters.last_load_nanos as f64 / 1e9))
+}
+
+fn generation(r: &PluginRow) -> Option<Value> {
+    Some(Value::Int(r.generation))
+}
+
+/// The ThemisDB-compatible gauges (PluginMetricsCollector, PluginHealthMonitor): name, help,
+/// value (none: no sample for that plugin).
+const THEMIS_GAUGES: [GaugeFamily; 9] = [
+    (
+        "plugin_function_calls",
+        "Function calls (ThemisDB-compatible gauge).",
+        |r| Some(Value::Int(r.counters.calls)),
+    ),
+    (
+        "plugin_errors",
+        "Calls that returned an error (ThemisDB-compatible gauge).",
+        |r| Some(Value::Int(r.counters.errors)),
+    ),
+    (
+        "plugin_reload_count",
+        "Successful hot reloads (ThemisDB-compatible gauge).",
+        |r| Some(Value::Int(r.counters.reloads)),
+    ),
+    (
+        "plugin_load_time_ms",
+        "Duration of the last (re)load in milliseconds (ThemisDB-compatible gauge).",
+        |r| Some(Value::Float(r.counters.last_load_nanos as f64 / NANOS_PER_MS)),
+    ),
+    (
+        "plugin_call_latency_avg_ms",
+        "Mean latency of sampled calls in milliseconds (ThemisDB-compatible gauge).",
+        |r| r.latency.mean_nanos().map(|n| Value::Float(n / NANOS_PER_MS)),
+    ),
+    (
+        "plugin_call_latency_p95_ms",
+        "95th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
+        |r| r.latency.quantile_nanos(0.95).map(|n| Value::Float(n / NANOS_PER_MS)),
+    ),
+    (
+        "plugin_call_latency_p99_ms",
+        "99th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
+        |r| r.latency.quantile_nanos(0.99).map(|n| Value::Float(n / NANOS_PER_MS)),
+    ),
+    (
+        "plugin_memory_bytes",
+        "Memory the plugin's runtime reports for it (WASM linear memory); absent when unknown.",
+        |r| r.memory_bytes.map(Value::Int),
+    ),
+    (
+        "plugin_health_score",
+        "Health score in [0,1] from the last health check (ThemisDB-compatible gauge).",
+        |r| (r.health.checks > 0).then_some(Value::Float(r.health.score)),
+    ),
+];
+
 impl Collector for PluginCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let rows = self.plugins.plugin_rows();
         let e = &mut enc;
 
         // Keel's own families.
-        counter(e, "keel_plugin_calls", "Calls into the plugin.", &rows, |r| {
-            r.counters.calls
-        })?;
-        counter(e, "keel_plugin_errors", "Calls that returned an error.", &rows, |r| {
-            r.counters.errors
-        })?;
-        counter(e, "keel_plugin_loads", "Successful loads of the plugin.", &rows, |r| {
-            r.counters.loads
-        })?;
-        counter(
-            e,
-            "keel_plugin_reloads",
-            "Successful hot reloads (health-monitor restarts included).",
-            &rows,
-            |r| r.counters.reloads,
-        )?;
-        counter(
-            e,
-            "keel_plugin_reload_failures",
-            "Hot reloads rolled back.",
-            &rows,
-            |r| r.counters.reload_failures,
-        )?;
-        counter(
-            e,
-            "keel_plugin_drain_timeouts",
-            "Unloads and reloads whose old generation still had calls in flight at the drain timeout.",
-            &rows,
-            |r| r.counters.drain_timeouts,
-        )?;
-        counter(
-            e,
-            "keel_plugin_health_restarts",
-            "Restarts performed by the health monitor.",
-            &rows,
-            |r| r.health.restarts,
-        )?;
+        for (name, help, value) in KEEL_COUNTERS {
+            counter(e, name, help, &rows, value)?;
+        }
         gauge(
             e,
             "keel_plugin_load_duration",
-            "Duration of the last (re)load.",
+            LOAD_DURATION_HELP,
             Some(&Unit::Seconds),
             Labels::Keel,
             &rows,
-            |r| Some(Value::Float(r.counters.last_load_nanos as f64 / 1e9)),
+            load_duration,
         )?;
         gauge(
             e,
             "keel_plugin_generation",
-            "Current generation number (1 after load, +1 per reload).",
+            GENERATION_HELP,
             None,
             Labels::Keel,
             &rows,
-            |r| Some(Value::Int(r.generation)),
+            generation,
         )?;
         {
             let mut m = e.encode_descriptor(
                 "keel_plugin_call_duration",
-                "Latency of sampled calls (one call in N per thread is timed).",
+                CALL_DURATION_HELP,
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
             for r in &rows {
+                if self.options.omit_idle_histograms && r.counters.calls == 0 {
+                    continue;
+                }
                 let labels = r.keel_labels();
                 let buckets = r.latency.prometheus_buckets();
                 m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
@@ -354,93 +473,201 @@ impl Collector for PluginCollector {
         }
 
         // ThemisDB-compatible gauges (PluginMetricsCollector, PluginHealthMonitor).
-        gauge(
-            e,
-            "plugin_function_calls",
-            "Function calls (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| Some(Value::Int(r.counters.calls)),
-        )?;
-        gauge(
-            e,
-            "plugin_errors",
-            "Calls that returned an error (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| Some(Value::Int(r.counters.errors)),
-        )?;
-        gauge(
-            e,
-            "plugin_reload_count",
-            "Successful hot reloads (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| Some(Value::Int(r.counters.reloads)),
-        )?;
-        gauge(
-            e,
-            "plugin_load_time_ms",
-            "Duration of the last (re)load in milliseconds (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| Some(Value::Float(r.counters.last_load_nanos as f64 / NANOS_PER_MS)),
-        )?;
-        gauge(
-            e,
-            "plugin_call_latency_avg_ms",
-            "Mean latency of sampled calls in milliseconds (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| r.latency.mean_nanos().map(|n| Value::Float(n / NANOS_PER_MS)),
-        )?;
-        gauge(
-            e,
-            "plugin_call_latency_p95_ms",
-            "95th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| r.latency.quantile_nanos(0.95).map(|n| Value::Float(n / NANOS_PER_MS)),
-        )?;
-        gauge(
-            e,
-            "plugin_call_latency_p99_ms",
-            "99th percentile of sampled call latencies in milliseconds (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| r.latency.quantile_nanos(0.99).map(|n| Value::Float(n / NANOS_PER_MS)),
-        )?;
-        gauge(
-            e,
-            "plugin_memory_bytes",
-            "Memory the plugin's runtime reports for it (WASM linear memory); absent when unknown.",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| r.memory_bytes.map(Value::Int),
-        )?;
-        gauge(
-            e,
-            "plugin_health_score",
-            "Health score in [0,1] from the last health check (ThemisDB-compatible gauge).",
-            None,
-            Labels::Themis,
-            &rows,
-            |r| (r.health.checks > 0).then_some(Value::Float(r.health.score)),
-        )?;
+        for (name, help, value) in THEMIS_GAUGES {
+            gauge(e, name, help, None, Labels::Themis, &rows, value)?;
+        }
         if let Some(custom) = &self.custom {
             for f in custom.snapshot() {
                 custom_family(e, &f)?;
             }
         }
         Ok(())
+    }
+}
+
+/// Writes only the plugin-defined families of a [`MetricRegistry`] (what
+/// [`PluginCollector::with_custom`] writes after the plugin families): the host renders its
+/// plugin families with [`write_plugin_families`] and these through `prometheus-client`.
+pub struct CustomCollector(pub Arc<MetricRegistry>);
+
+impl fmt::Debug for CustomCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for CustomCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        for f in self.0.snapshot() {
+            custom_family(&mut enc, &f)?;
+        }
+        Ok(())
+    }
+}
+
+// --- The plugin families, rendered directly ------------------------------------------------
+//
+// `write_plugin_families` writes the same bytes as `PluginCollector` encoding its plugin
+// families through `prometheus-client` (a test compares the two), without its per-sample
+// costs: label sets are copied from each generation's pre-rendered `PluginLabels`, histogram
+// bucket bounds from text rendered once per process, and numbers are formatted with the
+// formatters prometheus-client uses (itoa, dtoa).
+
+/// `# HELP`, `# TYPE` and (with a unit) `# UNIT` of one family, as prometheus-client writes
+/// them; `name` already carries the unit suffix.
+fn write_header(out: &mut String, name: &str, help: &str, typ: &str, unit: Option<&str>) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(typ);
+    out.push('\n');
+    if let Some(unit) = unit {
+        out.push_str("# UNIT ");
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(unit);
+        out.push('\n');
+    }
+}
+
+fn push_u64(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+fn push_f64(out: &mut String, v: f64) {
+    out.push_str(dtoa::Buffer::new().format(v));
+}
+
+/// One sample: `<sample>{<labels>} <value>\n`.
+fn write_sample(out: &mut String, sample: &str, labels: &str, v: Value) {
+    out.push_str(sample);
+    out.push('{');
+    out.push_str(labels);
+    out.push_str("} ");
+    match v {
+        Value::Int(i) => push_u64(out, i),
+        Value::Float(f) => push_f64(out, f),
+    }
+    out.push('\n');
+}
+
+/// `keel_plugin_call_duration_seconds_bucket{le="<bound>",` for every exported bound (the
+/// bounds are the same for every plugin), rendered once.
+fn bucket_prefixes() -> &'static [String] {
+    static PREFIXES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    PREFIXES.get_or_init(|| {
+        let empty = LatencySnapshot {
+            buckets: [0; super::LATENCY_BUCKETS],
+            sum_nanos: 0,
+        };
+        empty
+            .prometheus_buckets()
+            .iter()
+            .map(|(bound, _)| {
+                let le = if *bound == f64::MAX {
+                    "+Inf".to_string()
+                } else {
+                    dtoa::Buffer::new().format(*bound).to_string()
+                };
+                format!("keel_plugin_call_duration_seconds_bucket{{le=\"{le}\",")
+            })
+            .collect()
+    })
+}
+
+/// Write the plugin families of `rows` (everything [`PluginCollector`] writes but the
+/// plugin-defined families), byte for byte what `prometheus-client` writes for them in an
+/// unprefixed registry.
+pub fn write_plugin_families(out: &mut String, rows: &[PluginRow], options: ExpositionOptions) {
+    fn counter(out: &mut String, name: &str, help: &str, rows: &[PluginRow], value: fn(&PluginRow) -> u64) {
+        write_header(out, name, help, "counter", None);
+        let sample = format!("{name}_total");
+        for r in rows {
+            write_sample(out, &sample, &r.labels.keel, Value::Int(value(r)));
+        }
+    }
+    fn gauge(
+        out: &mut String,
+        name: &str,
+        help: &str,
+        unit: Option<&str>,
+        labels: Labels,
+        rows: &[PluginRow],
+        value: fn(&PluginRow) -> Option<Value>,
+    ) {
+        write_header(out, name, help, "gauge", unit);
+        for r in rows {
+            let Some(v) = value(r) else { continue };
+            let l = match labels {
+                Labels::Keel => &r.labels.keel,
+                Labels::Themis => &r.labels.themis,
+            };
+            write_sample(out, name, l, v);
+        }
+    }
+    out.reserve(rows.len() * 4096);
+    for f in KEEL_COUNTERS {
+        counter(out, f.0, f.1, rows, f.2);
+    }
+    gauge(
+        out,
+        "keel_plugin_load_duration_seconds",
+        LOAD_DURATION_HELP,
+        Some("seconds"),
+        Labels::Keel,
+        rows,
+        load_duration,
+    );
+    gauge(
+        out,
+        "keel_plugin_generation",
+        GENERATION_HELP,
+        None,
+        Labels::Keel,
+        rows,
+        generation,
+    );
+    write_header(
+        out,
+        "keel_plugin_call_duration_seconds",
+        CALL_DURATION_HELP,
+        "histogram",
+        Some("seconds"),
+    );
+    let prefixes = bucket_prefixes();
+    for r in rows {
+        if options.omit_idle_histograms && r.counters.calls == 0 {
+            continue;
+        }
+        let labels = &r.labels.keel;
+        write_sample(
+            out,
+            "keel_plugin_call_duration_seconds_sum",
+            labels,
+            Value::Float(r.latency.sum_nanos as f64 / 1e9),
+        );
+        write_sample(
+            out,
+            "keel_plugin_call_duration_seconds_count",
+            labels,
+            Value::Int(r.latency.count()),
+        );
+        let mut cumulative = 0u64;
+        for (prefix, (_, n)) in prefixes.iter().zip(r.latency.prometheus_buckets()) {
+            cumulative += n;
+            out.push_str(prefix);
+            out.push_str(labels);
+            out.push_str("} ");
+            push_u64(out, cumulative);
+            out.push('\n');
+        }
+    }
+    for f in THEMIS_GAUGES {
+        gauge(out, f.0, f.1, None, Labels::Themis, rows, f.2);
     }
 }
 
@@ -505,6 +732,128 @@ keel_plugin_load_duration_seconds{plugin=\"a\",version=\"1.0.0\"} 0.5
 odd_info{plugin=\"a\"} 1
 "
         );
+    }
+
+    struct Rows(Vec<PluginRow>);
+    impl PluginSource for Rows {
+        fn plugin_rows(&self) -> Vec<PluginRow> {
+            self.0.clone()
+        }
+    }
+
+    /// Rows covering every branch: idle and busy plugins, samples in every bucket range and
+    /// past the last, fractional and integral floats, memory and health present or not.
+    fn rows() -> Vec<PluginRow> {
+        let mut out = Vec::new();
+        for (i, name) in ["alpha", "b-2", "themis_plugin", "zz.idle"].iter().enumerate() {
+            let i = i as u64;
+            let mut latency = LatencySnapshot {
+                buckets: [0; super::super::LATENCY_BUCKETS],
+                sum_nanos: 0,
+            };
+            if i != 3 {
+                for (k, ns) in [1u64, 64, 65, 999, 12_345, 1 << 20, 3 << 30, 1 << 40, u64::MAX / 2]
+                    .iter()
+                    .enumerate()
+                {
+                    let b = super::super::latency_bucket(*ns);
+                    latency.buckets[b] += (k as u64 + 1) * (i + 1);
+                    latency.sum_nanos = latency.sum_nanos.wrapping_add(ns.wrapping_mul(k as u64 + 1));
+                }
+            }
+            let mut health = HealthReport::default();
+            if i % 2 == 1 {
+                health.checks = 3;
+                health.score = 0.75;
+                health.restarts = 2;
+            }
+            out.push(PluginRow {
+                name: name.to_string(),
+                version: format!("{i}.2.3-rc.{i}"),
+                generation: i + 1,
+                counters: MetricsSnapshot {
+                    calls: if i == 3 { 0 } else { 1_000_003 * (i + 1) },
+                    errors: i * 7,
+                    loads: 1,
+                    reloads: i,
+                    reload_failures: i / 2,
+                    drain_timeouts: 0,
+                    last_load_nanos: 1_234_567 * (i + 1) + 89,
+                },
+                latency,
+                memory_bytes: (i == 2).then_some(65536 * 17),
+                health,
+                labels: Arc::new(PluginLabels::new(name, &format!("{i}.2.3-rc.{i}"))),
+            });
+        }
+        out
+    }
+
+    /// What prometheus-client writes for the plugin families (an unprefixed registry holding
+    /// only the collector), without the closing `# EOF`.
+    fn through_prometheus_client(rows: Vec<PluginRow>, options: ExpositionOptions) -> String {
+        let mut reg = prometheus_client::registry::Registry::default();
+        reg.register_collector(Box::new(
+            PluginCollector::new(Arc::new(Rows(rows))).with_options(options),
+        ));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut text, &reg).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_direct_renderer_writes_what_prometheus_client_writes() {
+        for omit in [false, true] {
+            let options = ExpositionOptions {
+                omit_idle_histograms: omit,
+            };
+            let expected = through_prometheus_client(rows(), options);
+            let mut direct = String::new();
+            write_plugin_families(&mut direct, &rows(), options);
+            assert_eq!(direct, expected, "omit_idle_histograms={omit}");
+            // The classic format is derived from the same text.
+            assert_eq!(to_prometheus_text(&direct), to_prometheus_text(&expected));
+        }
+        // No rows: the families' headers only, as before.
+        let mut empty = String::new();
+        write_plugin_families(&mut empty, &[], ExpositionOptions::default());
+        assert_eq!(
+            empty,
+            through_prometheus_client(Vec::new(), ExpositionOptions::default())
+        );
+    }
+
+    #[test]
+    fn omitting_idle_histograms_drops_exactly_the_never_called_plugins_histogram() {
+        let mut all = String::new();
+        write_plugin_families(&mut all, &rows(), ExpositionOptions::default());
+        let mut lean = String::new();
+        write_plugin_families(
+            &mut lean,
+            &rows(),
+            ExpositionOptions {
+                omit_idle_histograms: true,
+            },
+        );
+        let idle = "plugin=\"zz.idle\",version=\"3.2.3-rc.3\"";
+        let dropped: Vec<&str> = all.lines().filter(|l| !lean.lines().any(|k| k == *l)).collect();
+        // _sum, _count and 30 buckets of the idle plugin, nothing else.
+        assert_eq!(dropped.len(), 32, "{dropped:#?}");
+        assert!(dropped
+            .iter()
+            .all(|l| l.starts_with("keel_plugin_call_duration_seconds_") && l.contains(idle)));
+        assert!(lean.contains("# TYPE keel_plugin_call_duration_seconds histogram\n"));
+        assert!(lean.contains(&format!("keel_plugin_calls_total{{{idle}}} 0\n")));
+        assert!(lean.contains("keel_plugin_call_duration_seconds_count{plugin=\"alpha\""));
+    }
+
+    #[test]
+    fn plugin_labels_know_their_name_and_version() {
+        let l = PluginLabels::new("db", "1.0.0");
+        assert!(l.is_for("db", "1.0.0"));
+        assert!(!l.is_for("db", "1.0.1") && !l.is_for("d", "1.0.0"));
+        assert_eq!(l.keel, "plugin=\"db\",version=\"1.0.0\"");
+        assert_eq!(l.themis, "plugin=\"db\"");
     }
 
     #[test]

@@ -81,6 +81,7 @@ use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
 use crate::health_state::HealthCell;
 use crate::manifest::Manifest;
+use crate::metrics::exposition::PluginLabels;
 use crate::metrics::PluginMetrics;
 use crate::runtime::Instance;
 use crate::services::call::{self, CallOptions};
@@ -100,6 +101,9 @@ pub struct Generation {
     /// The frozen, granted capability set.
     pub granted: Capabilities,
     pub instance: Box<dyn Instance>,
+    /// The label text of this generation's metric series (name and version), rendered once
+    /// here rather than at every scrape.
+    pub labels: Arc<PluginLabels>,
     /// slot function id → this instance's function index (or UNRESOLVED).
     fn_map: Box<[AtomicU32]>,
 }
@@ -114,6 +118,7 @@ impl Generation {
     ) -> Generation {
         Generation {
             number,
+            labels: Arc::new(PluginLabels::new(&manifest.name, &manifest.version.to_string())),
             manifest,
             binary_sha256,
             granted,

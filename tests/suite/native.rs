@@ -695,3 +695,180 @@ fn stateful_reload_holds_calls_and_loses_no_update() {
     );
     assert!(ok.load(Ordering::Relaxed) > 0);
 }
+
+/// The test named `name` of this module run alone in a child copy of this test binary, with
+/// `KEEL_TEST_CHILD` set and the soft open-file limit lowered to `soft` (the hard limit kept):
+/// the limit and the once-per-process raise belong to the whole process, so they are tested
+/// in a process of their own.
+fn run_in_child_with_soft_nofile(name: &str, soft: u64) {
+    use std::os::unix::process::CommandExt;
+    let test = format!("{}::{name}", module_path!().split_once("::").map_or("", |p| p.1));
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        test.as_str(),
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env("KEEL_TEST_CHILD", "1");
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe getrlimit/setrlimit.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            r.rlim_cur = soft as libc::rlim_t;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child test {test} failed:\n{text}");
+    assert!(text.contains("1 passed"), "child test {test} did not run:\n{text}");
+}
+
+/// The first host of a process raises the soft open-file limit to the hard one and says so
+/// through the log sink it was given; later hosts leave it alone and log nothing.
+#[test]
+fn the_first_host_raises_the_soft_open_file_limit_and_logs_it() {
+    if std::env::var_os("KEEL_TEST_CHILD").is_none() {
+        let (_, hard) = keel::fsio::nofile_limit();
+        if hard <= 64 {
+            eprintln!("skipped: hard RLIMIT_NOFILE {hard} leaves nothing to raise");
+            return;
+        }
+        return run_in_child_with_soft_nofile("the_first_host_raises_the_soft_open_file_limit_and_logs_it", 64);
+    }
+    let (soft, hard) = keel::fsio::nofile_limit();
+    assert_eq!(soft, 64, "the parent lowered the soft limit");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sink_lines = lines.clone();
+    let services = keel::runtime::HostServices::default();
+    services.set_log_sink(Some(std::sync::Arc::new(
+        move |who: &str, _level: keel::services::LogLevel, msg: &str| {
+            sink_lines.lock().unwrap().push((who.to_string(), msg.to_string()));
+        },
+    )));
+    let host = keel::Host::with_services(services);
+    let (now, _) = keel::fsio::nofile_limit();
+    let expect = if hard == libc::RLIM_INFINITY as u64 {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    } else {
+        hard
+    };
+    assert_eq!(now, expect, "soft limit after the first host");
+    let logged = lines.lock().unwrap().clone();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].0, "keel");
+    assert!(logged[0].1.contains(&format!("from 64 to {expect}")), "{logged:?}");
+    drop(host);
+    // Once per process: a second host neither logs nor touches the limit.
+    let again = keel::runtime::HostServices::default();
+    let sink_lines = lines.clone();
+    again.set_log_sink(Some(std::sync::Arc::new(
+        move |who: &str, _level: keel::services::LogLevel, msg: &str| {
+            sink_lines.lock().unwrap().push((who.to_string(), msg.to_string()));
+        },
+    )));
+    let _second = keel::Host::with_services(again);
+    assert_eq!(lines.lock().unwrap().len(), 1);
+}
+
+/// How many native plugins [`five_thousand_native_plugins_load_in_one_host`] loads: 5 000,
+/// or fewer where the hard open-file limit does not leave room for them.
+fn many_plugins_target() -> usize {
+    let (_, hard) = keel::fsio::nofile_limit();
+    (hard.saturating_sub(200) as usize).min(5000)
+}
+
+/// 100 native plugins load, answer and unload in a process started with a soft open-file
+/// limit of 64: possible only because the host raised it (each plugin holds its memfd).
+#[test]
+fn native_plugins_load_past_a_low_soft_open_file_limit() {
+    if std::env::var_os("KEEL_TEST_CHILD").is_none() {
+        if keel::fsio::nofile_limit().1 < 400 {
+            eprintln!("skipped: the hard RLIMIT_NOFILE leaves no room for 100 plugins");
+            return;
+        }
+        return run_in_child_with_soft_nofile("native_plugins_load_past_a_low_soft_open_file_limit", 64);
+    }
+    load_many_native_plugins("few-native", 100, 64);
+}
+
+/// 5 000 native plugins (the echo fixture under 5 000 names) load into one host started with
+/// a soft open-file limit of 1024 (each holds its sealed memfd), all answer, and all unload.
+/// Ignored: about two minutes of CPU in a debug build (see docs/testing.md);
+/// [`native_plugins_load_past_a_low_soft_open_file_limit`] checks the same with 100 plugins.
+#[test]
+#[ignore]
+fn five_thousand_native_plugins_load_in_one_host() {
+    if std::env::var_os("KEEL_TEST_CHILD").is_none() {
+        if many_plugins_target() <= 1100 {
+            eprintln!("skipped: the hard RLIMIT_NOFILE leaves no room for more than 1 000 plugins");
+            return;
+        }
+        return run_in_child_with_soft_nofile("five_thousand_native_plugins_load_in_one_host", 1024);
+    }
+    load_many_native_plugins("many-native", many_plugins_target(), 1024);
+}
+
+/// In a child of [`run_in_child_with_soft_nofile`]: load `n` copies of the echo fixture under
+/// distinct names, call the first, middle and last, reload one, unload them all.
+fn load_many_native_plugins(tag: &str, n: usize, lowered_soft: u64) {
+    let dir = common::tempdir(tag);
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let digest = common::sha256_file(&so);
+    let host = keel::Host::new();
+    host.trust().set_require_signature(false).unwrap();
+    let mut slots = Vec::with_capacity(n);
+    for i in 0..n {
+        let m = dir.join(format!("p{i}.json"));
+        std::fs::write(
+            &m,
+            serde_json::json!({
+                "manifest_version": 1, "name": format!("p{i}"), "version": "1.0.0",
+                "runtime": "native", "binary": {"linux": "libecho.so"}, "sha256": digest
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let slot = host
+            .load(&m)
+            .unwrap_or_else(|e| panic!("plugin {i} of {n} did not load: {e}"));
+        slots.push(slot);
+    }
+    assert!(
+        n as u64 > lowered_soft,
+        "{n} plugins are not past the lowered soft limit"
+    );
+    for i in [0, n / 2, n - 1] {
+        let slot = &slots[i];
+        let id = slot.resolve("echo").unwrap();
+        let mut out = Vec::new();
+        slot.call(id, b"hello", &mut out).unwrap();
+        assert_eq!(out, b"hello", "plugin {i}");
+    }
+    // One more reload and unload each, then everything goes.
+    assert_eq!(host.reload(&format!("p{}", n - 1)).unwrap(), 2);
+    host.unload("p0").unwrap();
+    drop(slots);
+    host.unload_all().unwrap();
+    assert!(host.plugin_names().is_empty());
+}

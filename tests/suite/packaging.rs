@@ -87,6 +87,10 @@ fn keel_h_metrics_constants_are_the_librarys() {
         define(&h, "KEEL_METRICS_FORMAT_PROMETHEUS"),
         format!("{KEEL_METRICS_FORMAT_PROMETHEUS}u")
     );
+    assert_eq!(
+        define(&h, "KEEL_METRICS_OMIT_IDLE_HISTOGRAMS"),
+        format!("{KEEL_METRICS_OMIT_IDLE_HISTOGRAMS:#x}u")
+    );
 }
 
 /// The classic Prometheus text format 0.0.4 (what Prometheus' own text parser accepts):
@@ -232,6 +236,79 @@ fn metrics_in_openmetrics_and_classic_prometheus_text() {
 
     assert_eq!(keel_buffer_free(out), KEEL_OK);
     assert_eq!(keel_plugin_free(plugin), KEEL_OK);
+    assert_eq!(keel_host_free(host), KEEL_OK);
+}
+
+/// `KEEL_METRICS_OMIT_IDLE_HISTOGRAMS` in either format: the never-called plugin's histogram
+/// series go, everything else stays; unknown flag bits are refused.
+#[test]
+fn idle_plugins_histograms_can_be_left_out() {
+    let mut host = std::ptr::null_mut();
+    assert_eq!(keel_host_new(&mut host), KEEL_OK);
+    common::allow_unsigned(host);
+    let dir = common::tempdir("packaging-idle");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let mut plugins = Vec::new();
+    for name in ["busy", "idle"] {
+        let m = common::write_manifest(&dir, name, "1.0.0", &so, serde_json::json!({}));
+        let path = CString::new(m.to_str().unwrap()).unwrap();
+        let mut plugin = std::ptr::null_mut();
+        assert_eq!(keel_host_load(host, path.as_ptr(), &mut plugin), KEEL_OK);
+        plugins.push(plugin);
+    }
+    let mut fid = 0;
+    assert_eq!(keel_plugin_function(plugins[0], c"echo".as_ptr(), &mut fid), KEEL_OK);
+    let mut out = std::ptr::null_mut();
+    assert_eq!(keel_buffer_new(&mut out), KEEL_OK);
+    assert_eq!(keel_call(plugins[0], fid, b"x".as_ptr(), 1, out), KEEL_OK);
+    let histogram_of = |text: &str, plugin: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("keel_plugin_call_duration_seconds_") && l.contains(&format!("plugin=\"{plugin}\""))
+            })
+            .count()
+    };
+    for format in [KEEL_METRICS_FORMAT_OPENMETRICS, KEEL_METRICS_FORMAT_PROMETHEUS] {
+        assert_eq!(keel_host_metrics_text_format(host, format, out), KEEL_OK);
+        let full = buffer(out);
+        assert_eq!(
+            keel_host_metrics_text_format(host, format | KEEL_METRICS_OMIT_IDLE_HISTOGRAMS, out),
+            KEEL_OK
+        );
+        let lean = buffer(out);
+        // _sum, _count, 29 bounds and +Inf.
+        assert_eq!((histogram_of(&full, "busy"), histogram_of(&full, "idle")), (32, 32));
+        assert_eq!((histogram_of(&lean, "busy"), histogram_of(&lean, "idle")), (32, 0));
+        let rest = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !(l.starts_with("keel_plugin_call_duration_seconds_") && l.contains("plugin=\"idle\"")))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            rest(&full),
+            rest(&lean),
+            "format {format}: only the idle histogram differs"
+        );
+        assert!(lean.contains("plugin_function_calls{plugin=\"idle\"} 0"), "{lean}");
+    }
+    // Unknown flag bits, alone or with a known one: refused, nothing written.
+    for bad in [
+        0x200,
+        KEEL_METRICS_OMIT_IDLE_HISTOGRAMS | 0x8000_0000,
+        2 | KEEL_METRICS_OMIT_IDLE_HISTOGRAMS,
+    ] {
+        assert_eq!(
+            keel_host_metrics_text_format(host, bad, out),
+            KEEL_ERR_INVALID_ARGUMENT,
+            "{bad:#x}"
+        );
+        assert_eq!(buffer(out), "");
+    }
+    assert_eq!(keel_buffer_free(out), KEEL_OK);
+    for p in plugins {
+        assert_eq!(keel_plugin_free(p), KEEL_OK);
+    }
     assert_eq!(keel_host_free(host), KEEL_OK);
 }
 
