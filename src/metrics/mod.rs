@@ -14,7 +14,7 @@
 
 pub mod exposition;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,21 @@ struct ShardClaim {
 /// One bit per exclusively owned shard (the overflow shard is never owned).
 static CLAIMED: AtomicU64 = AtomicU64::new(1u64 << OVERFLOW);
 
+/// One past the highest shard index any thread has ever claimed exclusively. Threads claim
+/// the lowest free index, so a process with N caller threads uses shards `0..N` (plus the
+/// overflow shard); readers sum only those instead of all 64 cache lines. Never decreases:
+/// a released shard keeps its counts. A thread raises it before its first increment.
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+/// The shards a reader must sum: `0..HIGH` and the overflow shard.
+#[inline]
+fn shards_in_use() -> impl Iterator<Item = usize> {
+    // Acquire pairs with the Release in `claim`: a shard's index is visible before anything
+    // its owner wrote into it.
+    let high = HIGH.load(Ordering::Acquire).min(OVERFLOW);
+    (0..high).chain(std::iter::once(OVERFLOW))
+}
+
 impl ShardClaim {
     fn claim() -> ShardClaim {
         let mut cur = CLAIMED.load(Ordering::Relaxed);
@@ -48,7 +63,10 @@ impl ShardClaim {
             }
             let idx = free.trailing_zeros() as usize;
             match CLAIMED.compare_exchange_weak(cur, cur | (1 << idx), Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return ShardClaim { idx, exclusive: true },
+                Ok(_) => {
+                    HIGH.fetch_max(idx + 1, Ordering::Release);
+                    return ShardClaim { idx, exclusive: true };
+                }
                 Err(now) => cur = now,
             }
         }
@@ -128,9 +146,8 @@ impl ShardedCounter {
     }
 
     pub fn get(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
+        shards_in_use()
+            .map(|i| self.shards[i].0.load(Ordering::Relaxed))
             .fold(0u64, u64::wrapping_add)
     }
 }
@@ -245,7 +262,7 @@ impl LatencyHistogram {
             buckets: [0; LATENCY_BUCKETS],
             sum_nanos: 0,
         };
-        for row in self.rows.iter().filter_map(OnceLock::get) {
+        for row in shards_in_use().filter_map(|i| self.rows[i].get()) {
             for (acc, b) in s.buckets.iter_mut().zip(row.buckets.iter()) {
                 *acc = acc.wrapping_add(b.load(Ordering::Relaxed));
             }
@@ -466,6 +483,34 @@ mod tests {
             .collect();
         hs.into_iter().for_each(|h| h.join().unwrap());
         assert_eq!(c.get(), 100_000, "exact across exclusive and overflow shards");
+    }
+
+    #[test]
+    fn readers_sum_every_claimed_shard() {
+        // Readers sum shards 0..HIGH and the overflow shard only; every thread's shard must
+        // be among them from its first increment on, and the sum stays exact.
+        let c = std::sync::Arc::new(ShardedCounter::default());
+        let h = LatencyHistogram::default();
+        let idxs: Vec<usize> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    let c = c.clone();
+                    let h = &h;
+                    s.spawn(move || {
+                        c.add(3);
+                        h.record(Duration::from_micros(5));
+                        let mine = my_shard().idx;
+                        assert!(shards_in_use().any(|i| i == mine), "shard {mine} not read");
+                        mine
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(c.get(), 24);
+        assert_eq!(h.snapshot().count(), 8);
+        let high = HIGH.load(Ordering::Acquire);
+        assert!(idxs.iter().all(|&i| i == OVERFLOW || i < high), "{idxs:?} vs {high}");
     }
 
     #[test]
