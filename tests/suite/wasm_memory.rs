@@ -182,7 +182,9 @@ fn the_memory_mode_through_the_c_abi() {
     assert_eq!(m, keel_wasm_memory_mode::KEEL_WASM_MEMORY_STATIC as u32);
 
     let manifest = write_plugin(&dir, "bounds", &wat_fixture("bounds"));
-    let p = h.load_plugin(&manifest).unwrap_or_else(|s| panic!("{s}: {}", last_error()));
+    let p = h
+        .load_plugin(&manifest)
+        .unwrap_or_else(|s| panic!("{s}: {}", last_error()));
     let out = Buf::new();
     let input = [4u8, 0, 0, 0];
     assert_eq!(capi::call(p.0, p.function("read").unwrap(), &input, &out), KEEL_OK);
@@ -342,7 +344,9 @@ fn address_space_limit_child() {
             i
         }
     };
-    println!("AS-LIMIT-CHILD capped_loaded={loaded} static_loaded={static_loaded} vsz_kib={vsz} rss_kib={rss} maps={maps}");
+    println!(
+        "AS-LIMIT-CHILD capped_loaded={loaded} static_loaded={static_loaded} vsz_kib={vsz} rss_kib={rss} maps={maps}"
+    );
 }
 
 #[test]
