@@ -184,8 +184,8 @@ impl Tunables for CappedTunables {
     fn create_host_memory(&self, ty: &MemoryType, style: &MemoryStyle) -> Result<VMMemory, MemoryError> {
         let ty = self.adjust_memory(ty);
         self.validate_memory(&ty)?;
-        let inner = match (self.mode, style) {
-            (MemoryMode::Capped, MemoryStyle::Dynamic { offset_guard_size }) => {
+        let inner = match style {
+            MemoryStyle::Dynamic { offset_guard_size } if self.mode.fixed_base() => {
                 VMMemory(Box::new(ReservedMemory::new(&ty, *offset_guard_size, None)?))
             }
             _ => self.base.create_host_memory(&ty, style)?,
@@ -201,10 +201,12 @@ impl Tunables for CappedTunables {
     ) -> Result<VMMemory, MemoryError> {
         let ty = self.adjust_memory(ty);
         self.validate_memory(&ty)?;
-        let inner = match (self.mode, style) {
-            // The style comes from the compiled artifact; Capped code is always dynamic-style
-            // (the cache key names the style), a static artifact gets wasmer's static memory.
-            (MemoryMode::Capped, MemoryStyle::Dynamic { offset_guard_size }) => VMMemory(Box::new(
+        let inner = match style {
+            // The style comes from the compiled artifact (the cache key names it: it is the
+            // mode's). Dynamic-style code where bases must not move (Capped; Static never
+            // compiles it) gets a memory that reserves its cap; static-style code gets wasmer's
+            // static memory, which never moves either; Dynamic gets wasmer's moving memory.
+            MemoryStyle::Dynamic { offset_guard_size } if self.mode.fixed_base() => VMMemory(Box::new(
                 ReservedMemory::new(&ty, *offset_guard_size, Some(vm_definition_location))?,
             )),
             // SAFETY: forwarded unchanged from the caller's contract.
