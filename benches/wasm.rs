@@ -36,7 +36,7 @@ struct Raw {
 impl Raw {
     fn new(metering: bool) -> Raw {
         let engine = if metering {
-            engine::compiling(wasmer::Pages(1024), true)
+            engine::compiling(wasmer::Pages(1024), true, keel::runtime::wasm::MemoryMode::Static)
         } else {
             wasmer::Engine::from(wasmer::sys::Cranelift::new())
         };

@@ -28,7 +28,7 @@ use crate::manifest::ManifestFile;
 use crate::metrics::exposition::{self, CustomCollector, ExpositionOptions, PluginCollector, PluginSource};
 use crate::metrics::MetricsSnapshot;
 use crate::registry::Slot;
-use crate::runtime::wasm::{WasmConfig, WasmRuntime};
+use crate::runtime::wasm::{MemoryMode, WasmConfig, WasmRuntime};
 use crate::runtime::{HostServices, Runtimes};
 use crate::services::hostfn::{CallContext, HostFunctions, HostOutput};
 use crate::services::rpc::EndpointInfo;
@@ -222,6 +222,23 @@ impl Host {
     /// compiled-module cache). Only before the first WASM plugin is loaded.
     pub fn set_wasm_config(&self, config: WasmConfig) -> Result<()> {
         self.runtimes.set_wasm_config(config)
+    }
+
+    /// Change the WASM settings in place (same rules as [`Host::set_wasm_config`]).
+    pub fn update_wasm_config(&self, f: impl FnOnce(&mut WasmConfig)) -> Result<()> {
+        self.runtimes.update_wasm_config(f)
+    }
+
+    /// How WASM instance memories use the address space ([`MemoryMode`]; default
+    /// [`MemoryMode::Capped`]). Only before the first WASM plugin is loaded
+    /// (`KEEL_ERR_INVALID_ARGUMENT` after that).
+    pub fn set_wasm_memory_mode(&self, mode: MemoryMode) -> Result<()> {
+        self.runtimes.update_wasm_config(|c| c.memory = mode)
+    }
+
+    /// The WASM settings in force (or that the runtime will start with).
+    pub fn wasm_config(&self) -> WasmConfig {
+        self.runtimes.wasm_config()
     }
 
     /// The WASM runtime, once a WASM plugin has been loaded (cache statistics, live instances).

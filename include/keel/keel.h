@@ -492,6 +492,39 @@ typedef uint32_t keel_lifecycle_state;
 #endif // __cplusplus
 
 /**
+ * How WASM instance memories use the address space (`mode` of
+ * `keel_host_set_wasm_memory_mode`; see docs/wasm.md for the reservation and the per-call
+ * cost of each).
+ */
+enum keel_wasm_memory_mode
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The default. Each instance reserves its memory cap + 64 KiB of address space; the
+   * compiled code checks bounds explicitly; memories grow in place.
+   */
+  KEEL_WASM_MEMORY_CAPPED = 0,
+  /**
+   * Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+   */
+  KEEL_WASM_MEMORY_STATIC = 1,
+  /**
+   * Each instance reserves its current memory size + 64 KiB; bounds checks as CAPPED;
+   * growing maps a larger region and copies the memory.
+   */
+  KEEL_WASM_MEMORY_DYNAMIC = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_wasm_memory_mode keel_wasm_memory_mode;
+#else
+typedef uint32_t keel_wasm_memory_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A growable byte buffer that receives results (see "Output buffers" at the top of this
  * header). Owned by the caller (`keel_buffer_new` / `keel_buffer_free`) and reused across
  * calls: its memory is kept, so steady-state calls allocate nothing. Not thread-safe: use
@@ -1488,6 +1521,28 @@ keel_status keel_wasm_config_default(keel_wasm_config *out);
  * `KEEL_ERR_INVALID_ARGUMENT` (a setting no runtime can honour, or the runtime already runs).
  */
 keel_status keel_host_set_wasm_config(const keel_host *host, const keel_wasm_config *config);
+
+/**
+ * Choose how WASM instance memories use the address space: `mode` is a
+ * `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
+ * thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+ * `keel_host_set_wasm_config` keeps the mode set here.
+ *
+ * Must be called before the first WASM plugin is loaded; afterwards it fails with
+ * `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a
+ * `keel_wasm_memory_mode` value, or the runtime already runs).
+ */
+keel_status keel_host_set_wasm_memory_mode(const keel_host *host, uint32_t mode);
+
+/**
+ * The host's WASM memory mode (a `keel_wasm_memory_mode` value) into `*out`: the one in
+ * force, or the one the runtime will start with. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_host_wasm_memory_mode(const keel_host *host, uint32_t *out);
 
 /**
  * The compiled-module cache counters of the host's WASM runtime (all zero before the first

@@ -382,6 +382,16 @@ enum class MetricsFormat : std::uint32_t {
 inline constexpr std::string_view openmetrics_content_type = KEEL_METRICS_CONTENT_TYPE_OPENMETRICS;
 inline constexpr std::string_view prometheus_content_type = KEEL_METRICS_CONTENT_TYPE_PROMETHEUS;
 
+/** How WASM instance memories use the address space (Host::set_wasm_memory_mode; docs/wasm.md). */
+enum class WasmMemoryMode : std::uint32_t {
+    /** Default: the memory cap + 64 KiB reserved per instance, explicit bounds checks. */
+    Capped = KEEL_WASM_MEMORY_CAPPED,
+    /** 8 GiB reserved per instance, no bounds checks. */
+    Static = KEEL_WASM_MEMORY_STATIC,
+    /** The current size + 64 KiB reserved; growth moves (copies) the memory. */
+    Dynamic = KEEL_WASM_MEMORY_DYNAMIC,
+};
+
 /** Settings of the host's WASM runtime (Host::set_wasm_config). Default-constructed with
  *  Keel's defaults (keel_wasm_config_default, no module cache): change what you need. */
 struct WasmConfig {
@@ -1203,6 +1213,16 @@ public:
         c.cache_dir = dir.empty() ? nullptr : dir.c_str();
         std::memcpy(c.cache_key, config.cache_key.data(), sizeof c.cache_key);
         Error::check(keel_host_set_wasm_config(h(), &c));
+    }
+    /** How WASM memories use the address space (before the first WASM load; kept by
+     *  set_wasm_config). */
+    void set_wasm_memory_mode(WasmMemoryMode mode) const {
+        Error::check(keel_host_set_wasm_memory_mode(h(), static_cast<std::uint32_t>(mode)));
+    }
+    WasmMemoryMode wasm_memory_mode() const {
+        std::uint32_t m = 0;
+        Error::check(keel_host_wasm_memory_mode(h(), &m));
+        return static_cast<WasmMemoryMode>(m);
     }
     WasmCacheStats wasm_cache_stats() const {
         WasmCacheStats s{};

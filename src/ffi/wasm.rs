@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::host::keel_host;
 use super::{arg_str, borrow, boundary, Out};
 use crate::error::keel_status;
-use crate::runtime::wasm::{CacheConfig, WasmConfig, WasmLimits};
+use crate::runtime::wasm::{CacheConfig, MemoryMode, WasmConfig, WasmLimits};
 
 /// Limits of one WASM call or instance.
 #[repr(C)]
@@ -116,14 +116,106 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        h.set_wasm_config(WasmConfig {
-            defaults: limits_from_c(&c.defaults),
-            ceilings: limits_from_c(&c.ceilings),
-            pool_size: c.pool_size as usize,
-            metering: c.metering,
-            watchdog_tick: Duration::from_micros(u64::from(c.watchdog_tick_us)),
-            cache,
+        // The memory mode has its own setter (keel_host_set_wasm_memory_mode): kept as it is.
+        h.update_wasm_config(|cur| {
+            *cur = WasmConfig {
+                defaults: limits_from_c(&c.defaults),
+                ceilings: limits_from_c(&c.ceilings),
+                pool_size: c.pool_size as usize,
+                metering: c.metering,
+                watchdog_tick: Duration::from_micros(u64::from(c.watchdog_tick_us)),
+                cache,
+                memory: cur.memory,
+            }
         })
+    })
+}
+
+/// How WASM instance memories use the address space (`mode` of
+/// `keel_host_set_wasm_memory_mode`; see docs/wasm.md for the reservation and the per-call
+/// cost of each).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum keel_wasm_memory_mode {
+    /// The default. Each instance reserves its memory cap + 64 KiB of address space; the
+    /// compiled code checks bounds explicitly; memories grow in place.
+    KEEL_WASM_MEMORY_CAPPED = 0,
+    /// Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+    KEEL_WASM_MEMORY_STATIC = 1,
+    /// Each instance reserves its current memory size + 64 KiB; bounds checks as CAPPED;
+    /// growing maps a larger region and copies the memory.
+    KEEL_WASM_MEMORY_DYNAMIC = 2,
+}
+
+impl keel_wasm_memory_mode {
+    fn from_raw(v: u32) -> Option<keel_wasm_memory_mode> {
+        use keel_wasm_memory_mode::*;
+        [
+            KEEL_WASM_MEMORY_CAPPED,
+            KEEL_WASM_MEMORY_STATIC,
+            KEEL_WASM_MEMORY_DYNAMIC,
+        ]
+        .into_iter()
+        .find(|m| *m as u32 == v)
+    }
+}
+
+impl From<keel_wasm_memory_mode> for MemoryMode {
+    fn from(m: keel_wasm_memory_mode) -> MemoryMode {
+        match m {
+            keel_wasm_memory_mode::KEEL_WASM_MEMORY_CAPPED => MemoryMode::Capped,
+            keel_wasm_memory_mode::KEEL_WASM_MEMORY_STATIC => MemoryMode::Static,
+            keel_wasm_memory_mode::KEEL_WASM_MEMORY_DYNAMIC => MemoryMode::Dynamic,
+        }
+    }
+}
+
+impl From<MemoryMode> for keel_wasm_memory_mode {
+    fn from(m: MemoryMode) -> keel_wasm_memory_mode {
+        match m {
+            MemoryMode::Capped => keel_wasm_memory_mode::KEEL_WASM_MEMORY_CAPPED,
+            MemoryMode::Static => keel_wasm_memory_mode::KEEL_WASM_MEMORY_STATIC,
+            MemoryMode::Dynamic => keel_wasm_memory_mode::KEEL_WASM_MEMORY_DYNAMIC,
+        }
+    }
+}
+
+/// Choose how WASM instance memories use the address space: `mode` is a
+/// `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
+/// thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+/// `keel_host_set_wasm_config` keeps the mode set here.
+///
+/// Must be called before the first WASM plugin is loaded; afterwards it fails with
+/// `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a
+/// `keel_wasm_memory_mode` value, or the runtime already runs).
+#[no_mangle]
+pub extern "C" fn keel_host_set_wasm_memory_mode(host: *const keel_host, mode: u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `host`.
+        let h = unsafe { borrow(host, "host") }?;
+        let Some(m) = keel_wasm_memory_mode::from_raw(mode) else {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "{mode} is not a keel_wasm_memory_mode (0 capped, 1 static, 2 dynamic)"
+            );
+        };
+        h.set_wasm_memory_mode(m.into())
+    })
+}
+
+/// The host's WASM memory mode (a `keel_wasm_memory_mode` value) into `*out`: the one in
+/// force, or the one the runtime will start with. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn keel_host_wasm_memory_mode(host: *const keel_host, out: *mut u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::new(out, "out")?) };
+        out.set(keel_wasm_memory_mode::from(h.wasm_config().memory) as u32);
+        Ok(())
     })
 }
 

@@ -159,6 +159,32 @@ impl Runtimes {
         Ok(())
     }
 
+    /// Change the settings of the WASM runtime in place (e.g. only its memory mode), under
+    /// the same rules as [`Runtimes::set_wasm_config`]: only before the runtime has started,
+    /// and the result must validate (nothing changes otherwise).
+    pub fn update_wasm_config(&self, f: impl FnOnce(&mut WasmConfig)) -> Result<()> {
+        let mut current = self.wasm_config.lock();
+        let mut next = current.clone();
+        f(&mut next);
+        next.validate()?;
+        if self.wasm.get().is_some() {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "the WASM runtime is already running; configure it before loading WASM plugins"
+            );
+        }
+        *current = next;
+        Ok(())
+    }
+
+    /// The WASM settings: those of the running runtime, or those it will start with.
+    pub fn wasm_config(&self) -> WasmConfig {
+        match self.wasm.get() {
+            Some(rt) => rt.config().clone(),
+            None => self.wasm_config.lock().clone(),
+        }
+    }
+
     /// The WASM runtime, once a WASM plugin has been loaded.
     pub fn wasm(&self) -> Option<&WasmRuntime> {
         self.wasm.get()

@@ -355,11 +355,18 @@ static int run(const std::string &dir) {
         keel::WasmConfig zero = cfg;
         zero.cache_key.fill(0);
         CHECK(status_of([&] { h.set_wasm_config(zero); }) == KEEL_ERR_INVALID_ARGUMENT);
+        CHECK(h.wasm_memory_mode() == keel::WasmMemoryMode::Capped); // the default
+        h.set_wasm_memory_mode(keel::WasmMemoryMode::Dynamic);
+        CHECK(status_of([&] { h.set_wasm_memory_mode(static_cast<keel::WasmMemoryMode>(7)); }) ==
+              KEEL_ERR_INVALID_ARGUMENT);
         h.set_wasm_config(cfg);
+        CHECK(h.wasm_memory_mode() == keel::WasmMemoryMode::Dynamic); // kept by set_wasm_config
         keel::Plugin compute = h.load(dir + "/compute/compute.json");
         CHECK(compute.call(compute.function("greet"), "wasm") == "hello");
         CHECK(h.wasm_cache_stats().compiles + h.wasm_cache_stats().hits == 1);
         CHECK(status_of([&] { h.set_wasm_config(cfg); }) == KEEL_ERR_INVALID_ARGUMENT); // runtime runs
+        CHECK(status_of([&] { h.set_wasm_memory_mode(keel::WasmMemoryMode::Static); }) ==
+              KEEL_ERR_INVALID_ARGUMENT);
         CHECK(keel::wasm_signal_counters().routing_active);
     }
 

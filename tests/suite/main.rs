@@ -33,4 +33,5 @@ mod themis_manifest;
 mod trust;
 mod wasm;
 mod wasm_config;
+mod wasm_memory;
 mod watch;

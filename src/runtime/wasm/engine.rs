@@ -14,7 +14,7 @@ use wasmer::wasmparser::Operator;
 use wasmer::{Engine, Pages};
 use wasmer_middlewares::Metering;
 
-use super::tunables::CappedTunables;
+use super::tunables::{CappedTunables, MemoryMode};
 
 /// Names the cost function below; part of the compiled-module cache key. Change it whenever
 /// [`operator_cost`] changes.
@@ -49,8 +49,8 @@ fn cranelift() -> Cranelift {
 }
 
 /// An engine that compiles: Cranelift (optimised for speed), metering when `metering` is on,
-/// memories capped at `cap`.
-pub fn compiling(cap: Pages, metering: bool) -> Engine {
+/// memories capped at `cap` and laid out as `mode` says.
+pub fn compiling(cap: Pages, metering: bool, mode: MemoryMode) -> Engine {
     let mut compiler = cranelift();
     if metering {
         // Initial limit 0: no guest code can run before the host sets the budget (Keel refuses
@@ -59,24 +59,29 @@ pub fn compiling(cap: Pages, metering: bool) -> Engine {
         compiler.push_middleware(Arc::new(Metering::new(0, operator_cost)));
     }
     let mut engine: Engine = EngineBuilder::new(compiler).into();
-    engine.set_tunables(CappedTunables::new(cap));
+    engine.set_tunables(CappedTunables::new(cap, mode));
     engine
 }
 
 /// An engine without a compiler, for modules deserialized from the cache.
-pub fn headless(cap: Pages) -> Engine {
+pub fn headless(cap: Pages, mode: MemoryMode) -> Engine {
     let mut engine = <Engine as NativeEngineExt>::headless();
-    engine.set_tunables(CappedTunables::new(cap));
+    engine.set_tunables(CappedTunables::new(cap, mode));
     engine
 }
 
 /// What the compiled code depends on besides the module's bytes: wasmer's version, the
-/// compiler and its settings, the cost function, the memory cap (memory styles are fixed at
-/// compile time) and the host target with its CPU features. Part of the cache key.
-pub fn engine_key(cap: Pages, metering: bool) -> String {
+/// compiler and its settings, the cost function, the memory cap and the memory style (fixed
+/// at compile time: code compiled for static memories has no bounds checks and must never
+/// run on a dynamic one) and the host target with its CPU features. Part of the cache key.
+pub fn engine_key(cap: Pages, metering: bool, mode: MemoryMode) -> String {
     let target = Target::default();
+    let style = match mode.style() {
+        wasmer::sys::vm::MemoryStyle::Static => "static".to_string(),
+        wasmer::sys::vm::MemoryStyle::Dynamic { offset_guard_size } => format!("dynamic-guard-{offset_guard_size}"),
+    };
     format!(
-        "keel-wasm/1 wasmer-vm/{} cranelift/opt-speed metering/{} cap-pages/{} target/{} cpu/{:?}",
+        "keel-wasm/1 wasmer-vm/{} cranelift/opt-speed metering/{} cap-pages/{} memory/{style} target/{} cpu/{:?}",
         wasmer::sys::vm::VERSION,
         if metering { METERING_ID } else { "off" },
         cap.0,
@@ -98,10 +103,15 @@ mod tests {
 
     #[test]
     fn engine_key_names_what_code_depends_on() {
-        let a = engine_key(Pages(16), true);
+        let a = engine_key(Pages(16), true, MemoryMode::Capped);
         assert!(a.contains(wasmer::sys::vm::VERSION) && a.contains(METERING_ID) && a.contains("cap-pages/16"));
-        assert_ne!(a, engine_key(Pages(17), true));
-        assert_ne!(a, engine_key(Pages(16), false));
+        assert_ne!(a, engine_key(Pages(17), true, MemoryMode::Capped));
+        assert_ne!(a, engine_key(Pages(16), false, MemoryMode::Capped));
+        // Static code has no bounds checks: never shared with the dynamic style.
+        assert_ne!(a, engine_key(Pages(16), true, MemoryMode::Static));
+        assert!(a.contains("memory/dynamic-guard-65536"));
+        // Capped and Dynamic run the same code (same style), so they may share entries.
+        assert_eq!(a, engine_key(Pages(16), true, MemoryMode::Dynamic));
     }
 
     #[test]
@@ -109,7 +119,7 @@ mod tests {
         // A compiling engine compiles one module; each plugin gets its own engine.
         let wasm = wat::parse_str("(module (func (export \"f\") (result i32) i32.const 1))").unwrap();
         for _ in 0..2 {
-            let e = compiling(Pages(1), true);
+            let e = compiling(Pages(1), true, MemoryMode::Capped);
             let m = wasmer::Module::new(&e, &wasm).unwrap();
             assert!(m.exports().any(|x| x.name() == "wasmer_metering_remaining_points"));
         }

@@ -45,6 +45,7 @@ use crate::{bail, err};
 
 pub use cache::{CacheConfig, ModuleCache};
 pub use plugin::{EffectiveLimits, WasmPlugin};
+pub use tunables::MemoryMode;
 
 use cache::Lookup;
 use plugin::{OptionalExports, PluginShared};
@@ -94,6 +95,9 @@ pub struct WasmConfig {
     pub watchdog_tick: Duration,
     /// Compiled-module cache; `None` compiles every load.
     pub cache: Option<CacheConfig>,
+    /// How instance memories use the address space (see [`MemoryMode`] and docs/wasm.md).
+    /// Default [`MemoryMode::Capped`]: the plugin's memory cap + 64 KiB reserved per instance.
+    pub memory: MemoryMode,
 }
 
 impl Default for WasmConfig {
@@ -115,6 +119,7 @@ impl Default for WasmConfig {
             metering: true,
             watchdog_tick: Duration::from_millis(1),
             cache: None,
+            memory: MemoryMode::default(),
         }
     }
 }
@@ -262,6 +267,7 @@ impl WasmRuntime {
         };
         let limits = WasmLimits::resolve(m.limits.as_ref(), &self.config.defaults, &self.config.ceilings);
         let (engine, module) = self.module(name, artifact.sha256(), bytes, Pages(limits.memory_pages), ctx)?;
+        let memory_mode = self.config.memory;
         let (used_imports, exports) = check_module(name, &module, ctx, &limits)?;
         let pooled = m.instances.unwrap_or_default() == InstanceMode::Pooled;
         let shared = PluginShared {
@@ -285,6 +291,7 @@ impl WasmRuntime {
             restored_version: Mutex::new(ctx.restored_state_version.map(Arc::from)),
             epoch: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
+            fixed_base: memory_mode.fixed_base(),
         };
         WasmPlugin::start(shared, self.config.pool_size)
     }
@@ -299,11 +306,12 @@ impl WasmRuntime {
         cap: Pages,
         ctx: &LoadContext<'_>,
     ) -> Result<(Engine, Module)> {
-        let key = engine::engine_key(cap, self.config.metering);
+        let mode = self.config.memory;
+        let key = engine::engine_key(cap, self.config.metering, mode);
         if let Some(cache) = &self.cache {
             match cache.load(sha256, &key) {
                 Lookup::Hit(serialized) => {
-                    let engine = engine::headless(cap);
+                    let engine = engine::headless(cap, mode);
                     // SAFETY: the bytes carry a valid HMAC under this node's key over this
                     // module's digest and engine key: this node wrote them from
                     // `Module::serialize` of the same module and engine configuration.
@@ -334,7 +342,7 @@ impl WasmRuntime {
                 Lookup::Miss => {}
             }
         }
-        let engine = engine::compiling(cap, self.config.metering);
+        let engine = engine::compiling(cap, self.config.metering, mode);
         let module = Module::from_binary(&engine, bytes).map_err(|e| {
             err!(
                 KEEL_ERR_WASM_COMPILE,

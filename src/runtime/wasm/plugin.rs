@@ -78,6 +78,9 @@ pub struct PluginShared {
     /// adds its size when created and after every entry whose memory grew, and subtracts what
     /// it added when dropped.
     pub memory_bytes: AtomicU64,
+    /// The memories' base addresses never move (the node's memory mode reserves the whole
+    /// memory up front: `MemoryMode::fixed_base`); when false, growth may move a memory.
+    pub fixed_base: bool,
 }
 
 /// Decode a `keel_result`: (error flag, pointer, length).
@@ -673,13 +676,18 @@ impl Guest {
         output: &mut Vec<u8>,
         per_call: Option<&PerCall<'_>>,
     ) -> Result<()> {
-        let (ptr, (base, mapped_len)) = self.stage_mapped(input)?;
+        let (ptr, (mut base, mut mapped_len)) = self.stage_mapped(input)?;
         let what = |n: &str| format!("plugin '{n}' function '{fname}'");
         let Guest { store, fns, ctl, .. } = self;
         let r = ctl.enter_with(store, &what, per_call, |s| {
             fns.call.call(s, function as i32, ptr as i32, input.len() as i32)
         })?;
         let (is_err, p, l) = decode_result(r);
+        if !ctl.shared.fixed_base {
+            // Dynamic memories move when they grow: take the memory as it is now.
+            let view = ctl.memory.view(store);
+            (base, mapped_len) = (view.data_ptr() as *const u8, view.data_size());
+        }
         if !is_err {
             let max = ctl.shared.limits.max_output_bytes;
             if l as usize > max {
@@ -690,10 +698,11 @@ impl Guest {
                 ));
             }
             if p as u64 + l as u64 <= mapped_len {
-                // SAFETY: `base..base+mapped_len` was this instance's memory when the input was
-                // staged. Keel's memories are MemoryStyle::Static (see CappedTunables): their
-                // base never moves and they never shrink, and this thread has the instance to
-                // itself (no shared memories), so the range is still valid and initialised.
+                // SAFETY: `base..base+mapped_len` is this instance's memory: as it was when the
+                // input was staged when `fixed_base` holds (Static and Capped memories reserve
+                // everything up front: their base never moves and they never shrink), or as it
+                // is after the call otherwise (re-read above). This thread has the instance to
+                // itself (no shared memories), so the range is valid and initialised.
                 output.extend_from_slice(unsafe { std::slice::from_raw_parts(base.add(p as usize), l as usize) });
                 return Ok(());
             }

@@ -67,6 +67,7 @@ fn fixture() -> &'static Fixture {
             metering: true,
             watchdog_tick: Duration::from_millis(1),
             cache: None,
+            memory: Default::default(),
         };
         let manifest = manifest::parse_keel_value(serde_json::json!({
             "manifest_version": 1,
