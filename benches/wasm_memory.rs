@@ -23,6 +23,9 @@ use keel::runtime::{HostServices, Instance};
 use serde_json::json;
 use wasm_support::*;
 
+/// (label, module bytes, function, input, fuel, expected output)
+type Case<'a> = (&'a str, &'a [u8], &'a str, &'a [u8], u64, Vec<u8>);
+
 const MODES: [MemoryMode; 3] = [MemoryMode::Static, MemoryMode::Capped, MemoryMode::Dynamic];
 
 fn load(rt: &WasmRuntime, name: &str, wasm: &[u8]) -> WasmPlugin {
@@ -77,7 +80,7 @@ fn main() {
                 .unwrap()
             })
             .collect();
-        let cases: [(&str, &[u8], &str, &[u8], u64, Vec<u8>); 3] = [
+        let cases: [Case; 3] = [
             (
                 "trivial add",
                 &echo,

@@ -110,6 +110,8 @@ pub fn nofile_limit() -> (u64, u64) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return (0, 0);
     }
+    // rlim_t is u64 on 64-bit Linux but not on every target libc supports.
+    #[allow(clippy::unnecessary_cast)]
     (r.rlim_cur as u64, r.rlim_max as u64)
 }
 
@@ -125,6 +127,7 @@ pub fn raise_nofile_limit_once() -> Option<std::result::Result<String, String>> 
     ONCE.call_once(|| {
         let (soft, hard) = nofile_limit();
         let mut target = hard;
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
         if hard == libc::RLIM_INFINITY as u64 {
             target = std::fs::read_to_string("/proc/sys/fs/nr_open")
                 .ok()

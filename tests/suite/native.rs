@@ -764,7 +764,7 @@ fn the_first_host_raises_the_soft_open_file_limit_and_logs_it() {
     )));
     let host = keel::Host::with_services(services);
     let (now, _) = keel::fsio::nofile_limit();
-    let expect = if hard == libc::RLIM_INFINITY as u64 {
+    let expect = if hard == libc::RLIM_INFINITY {
         std::fs::read_to_string("/proc/sys/fs/nr_open")
             .unwrap()
             .trim()
