@@ -137,12 +137,16 @@ struct Lane {
 /// Every thread's lane (registered at its first guest call, removed when it exits).
 static LANES: Mutex<Vec<Arc<Lane>>> = Mutex::new(Vec::new());
 
-/// Unregisters the thread's lane when the thread exits.
-struct LaneHandle(Arc<Lane>);
+/// The thread's lane and its depth (the thread's own copy: no atomic read-modify-write);
+/// unregisters the lane when the thread exits.
+struct LaneHandle {
+    lane: Arc<Lane>,
+    depth: Cell<u32>,
+}
 
 impl Drop for LaneHandle {
     fn drop(&mut self) {
-        LANES.lock().retain(|l| !Arc::ptr_eq(l, &self.0));
+        LANES.lock().retain(|l| !Arc::ptr_eq(l, &self.lane));
     }
 }
 
@@ -150,14 +154,15 @@ impl LaneHandle {
     fn new() -> LaneHandle {
         let lane = Arc::new(Lane::default());
         LANES.lock().push(lane.clone());
-        LaneHandle(lane)
+        LaneHandle {
+            lane,
+            depth: Cell::new(0),
+        }
     }
 }
 
 thread_local! {
     static LANE: LaneHandle = LaneHandle::new();
-    /// The depth this thread's lane is at (the thread's own copy: no atomic read-modify-write).
-    static LANE_DEPTH_HERE: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Calls armed on a thread whose lane is gone (a call from a thread-local destructor while
@@ -172,18 +177,15 @@ impl Watch {
     #[inline]
     pub fn arm(&self, seq: u64) {
         self.thread.store(signals::current_thread(), Ordering::Relaxed);
-        let d = LANE_DEPTH_HERE.with(|c| {
-            let d = c.get();
-            c.set(d + 1);
-            d
-        });
         let laned = LANE.try_with(|l| {
-            if let Some(f) = l.0.frames.get(d as usize) {
+            let d = l.depth.get();
+            l.depth.set(d + 1);
+            if let Some(f) = l.lane.frames.get(d as usize) {
                 f.dog.store(self.dog_id, Ordering::Relaxed);
                 f.entry.store(self.entry as u64, Ordering::Relaxed);
                 f.id.store(self.id, Ordering::Relaxed);
             }
-            l.0.depth.store(d + 1, Ordering::Release);
+            l.lane.depth.store(d + 1, Ordering::Release);
         });
         if laned.is_err() {
             self.unlaned();
@@ -200,12 +202,12 @@ impl Watch {
     #[inline]
     pub fn disarm(&self, seq: u64) -> bool {
         self.armed.store(0, Ordering::Release);
-        let d = LANE_DEPTH_HERE.with(|c| {
-            let d = c.get().saturating_sub(1);
-            c.set(d);
-            d
+        let popped = LANE.try_with(|l| {
+            let d = l.depth.get().saturating_sub(1);
+            l.depth.set(d);
+            l.lane.depth.store(d, Ordering::Release);
         });
-        if LANE.try_with(|l| l.0.depth.store(d, Ordering::Release)).is_err() {
+        if popped.is_err() {
             UNLANED.fetch_sub(1, Ordering::SeqCst);
         }
         barrier::light();
