@@ -656,6 +656,40 @@ mod tests {
     }
 
     #[test]
+    fn a_call_nested_deeper_than_the_lane_still_gets_its_deadline() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let stores: Vec<_> = (0..LANE_DEPTH + 1).map(|_| interrupter()).collect();
+        let watches: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(n, (_, i))| {
+                // Only the innermost, which has no frame, has a short deadline.
+                let t = if n == LANE_DEPTH { 5 } else { 3_600_000 };
+                dog.register(i.clone(), Duration::from_millis(t))
+            })
+            .collect();
+        for w in &watches {
+            w.arm(1);
+        }
+        let inner = &watches[LANE_DEPTH];
+        // Bounded (not a timing assertion: a working watchdog fires within a few ticks).
+        for _ in 0..10_000 {
+            if inner.fired.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            inner.fired.load(Ordering::Acquire),
+            1,
+            "the unlaned call was never interrupted"
+        );
+        for w in watches.iter().rev() {
+            assert_eq!(w.disarm(1), std::ptr::eq(w, inner));
+        }
+    }
+
+    #[test]
     fn a_per_call_deadline_replaces_the_plugins_for_that_call_only() {
         let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
         let (_store, i) = interrupter();
