@@ -335,6 +335,15 @@ impl Host {
         self.lifecycle.loaded_graph()
     }
 
+    /// Diagnostic: how many dependency-graph nodes the lifecycle's checks (load, reload,
+    /// unload) have looked at since this host was made. Loading a plugin with d dependencies
+    /// adds at most 1 + d, however many plugins are loaded (tests use it to catch work that
+    /// grows with the number loaded); unload-all adds the number loaded, once.
+    #[doc(hidden)]
+    pub fn dependency_nodes_visited(&self) -> u64 {
+        self.lifecycle.graph_nodes_visited()
+    }
+
     /// Load every plugin of a plugin directory (one folder per plugin, `keel.json` or
     /// ThemisDB `plugin.json`; see [`crate::deps::discover`] for what is skipped) as one
     /// all-or-nothing set, in dependency order. A plugin that is already loaded makes the

@@ -30,6 +30,7 @@
 //!   in a manifest (ThemisDB's array-form dependencies become `*`).
 
 pub mod discover;
+pub mod index;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};

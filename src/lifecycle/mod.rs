@@ -102,6 +102,9 @@ pub(crate) struct Lifecycle {
     lock: Mutex<()>,
     /// Where each loaded plugin's manifest came from (for reload).
     sources: Mutex<HashMap<String, PathBuf>>,
+    /// The loaded plugins' dependency graph, kept up to date per plugin (loads, reloads and
+    /// unloads read views of the part they can involve instead of rebuilding it).
+    index: Mutex<deps::index::LoadedIndex>,
     options: RwLock<HostOptions>,
     listeners: Listeners,
     /// Latency sampling period given to every slot (see [`Lifecycle::set_latency_sampling`]).
@@ -129,6 +132,7 @@ impl Lifecycle {
             registry: Arc::new(Registry::default()),
             lock: Mutex::new(()),
             sources: Mutex::new(HashMap::new()),
+            index: Mutex::new(deps::index::LoadedIndex::default()),
             options: RwLock::new(HostOptions::default()),
             listeners: Listeners::default(),
             sample_every: AtomicU32::new(DEFAULT_SAMPLE_EVERY),
@@ -222,6 +226,37 @@ impl Lifecycle {
             .collect()
     }
 
+    /// Dependency-graph nodes the lifecycle's checks have looked at since the host was made
+    /// (loading a plugin with d dependencies adds at most 1 + d, however many are loaded).
+    pub(crate) fn graph_nodes_visited(&self) -> u64 {
+        self.index.lock().visited()
+    }
+
+    /// Whether a plugin of that name is loaded, by the dependency index.
+    fn is_loaded_plugin(&self, name: &str) -> bool {
+        self.index.lock().contains(name)
+    }
+
+    /// The part of the loaded graph a load set's plan reads: the loaded plugins among the
+    /// set's names and direct dependencies (a loaded plugin never depends on one that is not
+    /// loaded, so a cycle can only run through the set).
+    fn graph_for_set(&self, files: &[ManifestFile]) -> deps::LoadedGraph {
+        let names = files.iter().flat_map(|f| {
+            std::iter::once(f.manifest.name.as_str()).chain(f.manifest.dependencies.keys().map(String::as_str))
+        });
+        self.index.lock().view(names)
+    }
+
+    fn index_insert(&self, m: &crate::manifest::Manifest) {
+        self.index.lock().insert(
+            &m.name,
+            deps::LoadedNode {
+                version: m.version.clone(),
+                dependencies: m.dependencies.clone(),
+            },
+        );
+    }
+
     pub(crate) fn load_set(&self, manifest_paths: &[PathBuf]) -> Result<Vec<Arc<Slot>>> {
         let files = manifest_paths
             .iter()
@@ -258,6 +293,7 @@ impl Lifecycle {
                         .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     slot.install(gen);
                     self.registry.insert(slot.clone());
+                    self.index_insert(&a.file.manifest);
                     self.sources
                         .lock()
                         .insert(a.file.manifest.name.clone(), a.file.path.clone());
@@ -303,9 +339,9 @@ impl Lifecycle {
         }
         // ThemisDB array-form dependencies: plugin or library, decided by this set and the
         // loaded plugins; the generations record the resolved dependencies.
-        let graph = self.loaded_graph();
-        self.pipeline.resolve_weak_dependencies(files, &graph);
-        Ok(graph)
+        self.pipeline
+            .resolve_weak_dependencies(files, &|d| self.is_loaded_plugin(d));
+        Ok(self.graph_for_set(files))
     }
 
     /// The second half of the checks of a set (after `prepare_set`): admit every manifest,
@@ -357,8 +393,9 @@ impl Lifecycle {
     /// dependency plan of the manifests found (no signature, capability or binary check).
     pub(crate) fn plan_dir(&self, dir: &Path) -> Result<DirPlan> {
         let (mut files, skipped) = read_dir_manifests(dir)?;
-        let graph = self.loaded_graph();
-        self.pipeline.resolve_weak_dependencies(&mut files, &graph);
+        self.pipeline
+            .resolve_weak_dependencies(&mut files, &|d| self.is_loaded_plugin(d));
+        let graph = self.graph_for_set(&files);
         let order = pipeline::plan(&files, &graph)?;
         let mut slots: Vec<Option<ManifestFile>> = files.into_iter().map(Some).collect();
         let manifests = order.into_iter().filter_map(|i| slots[i].take()).collect();
@@ -369,6 +406,7 @@ impl Lifecycle {
     fn roll_back(&self, installed: &[Arc<Slot>]) {
         for s in installed.iter().rev() {
             self.registry.remove(s.name());
+            self.index.lock().remove(s.name());
             self.sources.lock().remove(s.name());
             if let Some(g) = s.take() {
                 let _ = s.drain(g, self.options().drain_timeout);
@@ -389,7 +427,7 @@ impl Lifecycle {
         let result = (|| {
             let mut f = manifest::read_file(&path)?;
             self.pipeline
-                .resolve_weak_dependencies(std::slice::from_mut(&mut f), &self.loaded_graph());
+                .resolve_weak_dependencies(std::slice::from_mut(&mut f), &|d| self.is_loaded_plugin(d));
             if f.manifest.name != name {
                 bail!(
                     KEEL_ERR_MANIFEST_INVALID,
@@ -398,7 +436,11 @@ impl Lifecycle {
                 );
             }
             let a = self.pipeline.admit(&f)?;
-            deps::check_replacement(&pipeline::candidate(&f), &self.loaded_graph())?;
+            let graph = self
+                .index
+                .lock()
+                .view_for_replacement(name, f.manifest.dependencies.keys().map(String::as_str));
+            deps::check_replacement(&pipeline::candidate(&f), &graph)?;
             let old = slot
                 .current()
                 .ok_or_else(|| err!(KEEL_ERR_PLUGIN_UNLOADED, "plugin '{name}' is not loaded"))?;
@@ -431,6 +473,9 @@ impl Lifecycle {
             Ok(Reloaded::Built(g)) => *g,
             Ok(Reloaded::Held((number, old))) => {
                 // Already swapped (calls were held from the save to the swap).
+                if let Some(g) = slot.current() {
+                    self.index_insert(&g.manifest);
+                }
                 self.pipeline.services().rpc.commit(name, number);
                 self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
                 slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
@@ -460,7 +505,9 @@ impl Lifecycle {
         };
         let number = gen.number;
         self.listeners.queue(name, LifecycleEvent::BeforeSwap, number);
+        let manifest = gen.manifest.clone();
         let old = slot.install(gen);
+        self.index_insert(&manifest);
         // Published: endpoints only older generations registered are removed.
         self.pipeline.services().rpc.commit(name, number);
         slot.metrics.reloads.fetch_add(1, Ordering::Relaxed);
@@ -523,14 +570,16 @@ impl Lifecycle {
     pub(crate) fn unload(&self, name: &str) -> Result<()> {
         let _op = self.op();
         self.get(name)?;
-        deps::check_unload(name, &self.loaded_graph())?;
+        let graph = self.index.lock().view_for_unload(name);
+        deps::check_unload(name, &graph)?;
         self.unload_locked(name)
     }
 
     pub(crate) fn unload_cascade(&self, name: &str) -> Result<Vec<String>> {
         let _op = self.op();
         self.get(name)?;
-        let order = deps::cascade_unload_order(name, &self.loaded_graph());
+        let graph = self.index.lock().view_for_cascade(name);
+        let order = deps::cascade_unload_order(name, &graph);
         let mut first = None;
         for n in &order {
             if let Err(e) = self.unload_locked(n) {
@@ -543,7 +592,9 @@ impl Lifecycle {
     pub(crate) fn unload_all(&self) -> Result<()> {
         let _op = self.op();
         let mut first = None;
-        for name in deps::unload_all_order(&self.loaded_graph()) {
+        // One order for all of them (O(n log n)); each unload is then O(log n + its edges).
+        let graph = self.index.lock().view_all();
+        for name in deps::unload_all_order(&graph) {
             if let Err(e) = self.unload_locked(&name) {
                 first.get_or_insert(e);
             }
@@ -556,6 +607,7 @@ impl Lifecycle {
         let slot = self.get(name)?;
         let _sl = slot.lifecycle.lock();
         self.registry.remove(name);
+        self.index.lock().remove(name);
         self.sources.lock().remove(name);
         let old = slot.take();
         // Its endpoints and metric series go with it (calls still draining may update series

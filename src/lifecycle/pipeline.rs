@@ -150,12 +150,10 @@ impl Pipeline {
     /// [`crate::manifest::Manifest::resolve_weak_dependencies`]) against the set itself and the
     /// loaded plugins: names of plugins become plugin dependencies (`*`) in the manifests that
     /// are planned and recorded by the generations; the rest are library dependencies, logged.
-    pub(crate) fn resolve_weak_dependencies(&self, files: &mut [ManifestFile], loaded: &deps::LoadedGraph) {
+    pub(crate) fn resolve_weak_dependencies(&self, files: &mut [ManifestFile], loaded: &dyn Fn(&str) -> bool) {
         let names: std::collections::BTreeSet<String> = files.iter().map(|f| f.manifest.name.clone()).collect();
         for f in files.iter_mut() {
-            let libs = f
-                .manifest
-                .resolve_weak_dependencies(|d| names.contains(d) || loaded.contains_key(d));
+            let libs = f.manifest.resolve_weak_dependencies(|d| names.contains(d) || loaded(d));
             if !libs.is_empty() {
                 self.services.log(
                     &f.manifest.name,

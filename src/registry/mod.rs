@@ -10,6 +10,7 @@
 
 pub(crate) mod cell;
 mod hazard;
+mod pmap;
 
 /// The gate a stateful reload closes. `seq` is odd while a hold is in force: it is bumped
 /// before the generation is unpublished and again after the new one is published, so a call
@@ -69,7 +70,6 @@ mod tests;
 
 pub use cell::Unpublished;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -497,11 +497,12 @@ impl Slot {
     }
 }
 
-/// Name → slot, copy-on-write. Mutations must be serialised by the caller (the host's
-/// lifecycle lock); reads are lock-free.
+/// Name → slot, copy-on-write: a persistent hash trie ([`pmap`]) published through an
+/// `ArcSwap`, so an insert or a removal copies O(log n) nodes, not the map. Mutations must be
+/// serialised by the caller (the host's lifecycle lock); reads are lock-free.
 #[derive(Default)]
 pub struct Registry {
-    map: ArcSwap<HashMap<String, Arc<Slot>>>,
+    map: ArcSwap<pmap::PMap<Arc<Slot>>>,
 }
 
 impl Registry {
@@ -510,13 +511,15 @@ impl Registry {
     }
 
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.map.load().keys().cloned().collect();
+        let mut v: Vec<String> = Vec::with_capacity(self.len());
+        self.map.load().for_each(|k, _| v.push(k.to_string()));
         v.sort();
         v
     }
 
     pub fn slots(&self) -> Vec<Arc<Slot>> {
-        let mut v: Vec<Arc<Slot>> = self.map.load().values().cloned().collect();
+        let mut v: Vec<Arc<Slot>> = Vec::with_capacity(self.len());
+        self.map.load().for_each(|_, s| v.push(s.clone()));
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -531,16 +534,16 @@ impl Registry {
 
     /// Insert a slot. Caller holds the host's lifecycle lock.
     pub fn insert(&self, slot: Arc<Slot>) {
-        let mut m = HashMap::clone(&self.map.load());
-        m.insert(slot.name.clone(), slot);
+        let m = self.map.load().insert(slot.name.clone(), slot);
         self.map.store(Arc::new(m));
     }
 
     /// Remove a slot by name. Caller holds the host's lifecycle lock.
     pub fn remove(&self, name: &str) -> Option<Arc<Slot>> {
-        let mut m = HashMap::clone(&self.map.load());
-        let r = m.remove(name);
-        self.map.store(Arc::new(m));
+        let (m, r) = self.map.load().remove(name);
+        if r.is_some() {
+            self.map.store(Arc::new(m));
+        }
         r
     }
 }

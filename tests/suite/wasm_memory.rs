@@ -380,3 +380,70 @@ fn ten_thousand_wasm_plugins_load_in_one_default_host() {
     );
     host.unload_all().unwrap();
 }
+
+/// Loading one more plugin must not redo work over every plugin already loaded (it did: the
+/// whole dependency graph was rebuilt per load, which made a 10 000-plugin fleet quadratic).
+/// Counted, not timed: the dependency checks of the Nth load look at 1 + its dependencies
+/// nodes, whatever N; unloading a leaf looks at that plugin; unload-all looks at each once.
+#[test]
+fn loading_the_nth_plugin_does_dependency_work_for_its_own_dependencies_only() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let host = keel::Host::new();
+    host.trust().set_require_signature(false).unwrap();
+    host.update_wasm_config(|c| {
+        c.cache = Some(CacheConfig {
+            dir: dir.join("cache"),
+            key: [9u8; 32],
+        });
+    })
+    .unwrap();
+    let wasm = wat_fixture("echo");
+    let write = |name: &str, deps: serde_json::Value| {
+        std::fs::write(dir.join(format!("{name}.wasm")), &wasm).unwrap();
+        let m = json!({
+            "manifest_version": 1, "name": name, "version": "1.0.0", "runtime": "wasm",
+            "binary": {"wasm32": format!("{name}.wasm")},
+            "sha256": keel::trust::digest::sha256_hex(&wasm),
+            "dependencies": deps,
+        });
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, m.to_string()).unwrap();
+        path
+    };
+    host.load(&write("base", json!({}))).unwrap();
+    const N: usize = 150;
+    let mut per_load = Vec::new();
+    for i in 0..N {
+        // Every plugin depends on `base`; every other one also on the previous plugin.
+        let deps = if i % 2 == 1 {
+            json!({"base": "^1", format!("p{}", i - 1): "^1"})
+        } else {
+            json!({"base": "^1"})
+        };
+        let path = write(&format!("p{i}"), deps);
+        let before = host.dependency_nodes_visited();
+        host.load(&path).unwrap();
+        per_load.push((i, host.dependency_nodes_visited() - before));
+    }
+    for (i, visited) in per_load {
+        let deps = if i % 2 == 1 { 2 } else { 1 };
+        assert!(
+            visited <= deps,
+            "load of p{i} (of {N}) looked at {visited} graph nodes; its dependencies are {deps}"
+        );
+    }
+    // An unload refused for a dependent, and a leaf's unload: the plugin and its dependents.
+    let before = host.dependency_nodes_visited();
+    assert_eq!(host.unload("p0").unwrap_err().status(), KEEL_ERR_HAS_DEPENDENTS);
+    host.unload("p1").unwrap();
+    assert!(host.dependency_nodes_visited() - before <= 3);
+    // Cascade from p2: p3 depends on it.
+    assert_eq!(host.unload_cascade("p2").unwrap(), ["p3", "p2"]);
+    // Unload-all: one order for all, each plugin looked at once.
+    let left = host.plugin_names().len() as u64;
+    let before = host.dependency_nodes_visited();
+    host.unload_all().unwrap();
+    assert_eq!(host.dependency_nodes_visited() - before, left);
+    assert!(host.plugin_names().is_empty());
+}

@@ -10,6 +10,19 @@
 //! An interrupt that lands while the thread is in host code has no effect, so the watchdog
 //! repeats it every tick until the call leaves the guest.
 //!
+//! ## Which calls the watchdog looks at
+//!
+//! The watchdog does not walk every instance it watches: each thread that enters a guest
+//! has a *lane* (allocated and registered once per thread, in a process-wide list), and
+//! arming pushes "watchdog d, entry i, watch id w" onto the lane's small stack (a nested
+//! call, through a host function, pushes a second frame) with plain stores. A scan reads the
+//! lanes — one per thread that ever called WASM, not one per instance — and looks up only
+//! the entries named there (checking the watch id, so a reused entry is never mistaken for
+//! the one armed). The watch's own `armed` word stays the authority: a stale or torn frame
+//! only makes the scan look at an idle watch. A lane pushed past [`LANE_DEPTH`] frames makes
+//! the scan fall back to every entry while it lasts. The list of entries (changed when an
+//! instance is made or dropped) is locked only to look up those few entries.
+//!
 //! ## Per-call deadlines and cancellation
 //!
 //! A call made with options may carry a shorter deadline and a cancel token. The call path
@@ -39,7 +52,8 @@
 //! thread of the process execute a full memory barrier, so whichever store came first is
 //! seen by the other side. Where `membarrier` is unavailable both sides use `SeqCst` fences.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -94,13 +108,88 @@ pub struct Watch {
     cancel: ArcSwapOption<CancelState>,
     interrupter: Interrupter,
     flags: Arc<Flags>,
+    /// Which watchdog, which of its entries, and this watch's unique id: what arming writes
+    /// into the thread's lane.
+    dog_id: u64,
+    entry: usize,
+    id: u64,
 }
+
+/// Frames a lane holds; deeper nesting makes scans fall back to every entry.
+pub const LANE_DEPTH: usize = 8;
+
+/// One frame of a lane: the watch armed at that nesting depth.
+#[derive(Default)]
+struct Frame {
+    dog: AtomicU64,
+    entry: AtomicU64,
+    id: AtomicU64,
+}
+
+/// The calls in a guest on one thread (outermost first). Written only by its thread, with
+/// plain stores; read by the watchdogs.
+#[derive(Default)]
+struct Lane {
+    depth: AtomicU32,
+    frames: [Frame; LANE_DEPTH],
+}
+
+/// Every thread's lane (registered at its first guest call, removed when it exits).
+static LANES: Mutex<Vec<Arc<Lane>>> = Mutex::new(Vec::new());
+
+/// The thread's lane and its depth (the thread's own copy: no atomic read-modify-write);
+/// unregisters the lane when the thread exits.
+struct LaneHandle {
+    lane: Arc<Lane>,
+    depth: Cell<u32>,
+}
+
+impl Drop for LaneHandle {
+    fn drop(&mut self) {
+        LANES.lock().retain(|l| !Arc::ptr_eq(l, &self.lane));
+    }
+}
+
+impl LaneHandle {
+    fn new() -> LaneHandle {
+        let lane = Arc::new(Lane::default());
+        LANES.lock().push(lane.clone());
+        LaneHandle {
+            lane,
+            depth: Cell::new(0),
+        }
+    }
+}
+
+thread_local! {
+    static LANE: LaneHandle = LaneHandle::new();
+}
+
+/// Calls armed on a thread whose lane is gone (a call from a thread-local destructor while
+/// the thread exits): while non-zero, scans look at every entry.
+static UNLANED: AtomicU32 = AtomicU32::new(0);
+
+static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_DOG_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Watch {
     /// Enter the guest with call number `seq` (non-zero, increasing per watch).
     #[inline]
     pub fn arm(&self, seq: u64) {
         self.thread.store(signals::current_thread(), Ordering::Relaxed);
+        let laned = LANE.try_with(|l| {
+            let d = l.depth.get();
+            l.depth.set(d + 1);
+            if let Some(f) = l.lane.frames.get(d as usize) {
+                f.dog.store(self.dog_id, Ordering::Relaxed);
+                f.entry.store(self.entry as u64, Ordering::Relaxed);
+                f.id.store(self.id, Ordering::Relaxed);
+            }
+            l.lane.depth.store(d + 1, Ordering::Release);
+        });
+        if laned.is_err() {
+            self.unlaned();
+        }
         self.armed.store(seq, Ordering::Release);
         barrier::light();
         if self.flags.idle.load(Ordering::Relaxed) {
@@ -113,6 +202,14 @@ impl Watch {
     #[inline]
     pub fn disarm(&self, seq: u64) -> bool {
         self.armed.store(0, Ordering::Release);
+        let popped = LANE.try_with(|l| {
+            let d = l.depth.get().saturating_sub(1);
+            l.depth.set(d);
+            l.lane.depth.store(d, Ordering::Release);
+        });
+        if popped.is_err() {
+            UNLANED.fetch_sub(1, Ordering::SeqCst);
+        }
         barrier::light();
         if self.target.load(Ordering::Acquire) != seq {
             return false;
@@ -151,6 +248,11 @@ impl Watch {
     }
 
     #[cold]
+    fn unlaned(&self) {
+        UNLANED.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[cold]
     fn wait_for_watchdog(&self, seq: u64) -> bool {
         while self.done.load(Ordering::Acquire) != seq {
             std::hint::spin_loop();
@@ -169,9 +271,21 @@ struct Entry {
     seen_at: Instant,
 }
 
+/// The watched instances: a slab (an instance keeps its index until it is dropped).
+#[derive(Default)]
+struct Entries {
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    live: usize,
+    /// Entries looked at by scans (a diagnostic: scans must not grow with idle instances).
+    examined: u64,
+    scans: u64,
+}
+
 /// The watchdog thread and its list of watches.
 pub struct Watchdog {
-    entries: Arc<Mutex<Vec<Entry>>>,
+    id: u64,
+    entries: Arc<Mutex<Entries>>,
     flags: Arc<Flags>,
     thread: Option<JoinHandle<()>>,
 }
@@ -184,17 +298,19 @@ impl Watchdog {
             stop: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
         });
-        let entries = Arc::new(Mutex::new(Vec::new()));
+        let entries = Arc::new(Mutex::new(Entries::default()));
+        let id = NEXT_DOG_ID.fetch_add(1, Ordering::Relaxed);
         let waker: Arc<dyn CancelWaker> = flags.clone();
         crate::services::call::register_cancel_waker(Arc::downgrade(&waker));
         let (f, e) = (flags.clone(), entries.clone());
         let tick = tick.max(Duration::from_micros(100));
         let thread = std::thread::Builder::new()
             .name("keel-wasm-watchdog".into())
-            .spawn(move || run(&f, &e, tick))?;
+            .spawn(move || run(id, &f, &e, tick))?;
         let _ = flags.thread.set(thread.thread().clone());
         flags.wake();
         Ok(Watchdog {
+            id,
             entries,
             flags,
             thread: Some(thread),
@@ -208,6 +324,14 @@ impl Watchdog {
 
     /// Watch a store; `timeout` is the plugin's deadline per call.
     pub fn register(&self, interrupter: Interrupter, timeout: Duration) -> Arc<Watch> {
+        let mut entries = self.entries.lock();
+        let entry = match entries.free.pop() {
+            Some(i) => i,
+            None => {
+                entries.slots.push(None);
+                entries.slots.len() - 1
+            }
+        };
         let watch = Arc::new(Watch {
             armed: AtomicU64::new(0),
             thread: AtomicU64::new(0),
@@ -219,26 +343,41 @@ impl Watchdog {
             cancel: ArcSwapOption::empty(),
             interrupter,
             flags: self.flags.clone(),
+            dog_id: self.id,
+            entry,
+            id: NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed),
         });
-        self.entries.lock().push(Entry {
+        entries.slots[entry] = Some(Entry {
             watch: watch.clone(),
             seen_seq: 0,
             seen_at: Instant::now(),
         });
+        entries.live += 1;
         watch
     }
 
     /// Stop watching (the instance is being dropped).
     pub fn unregister(&self, watch: &Arc<Watch>) {
         let mut e = self.entries.lock();
-        if let Some(i) = e.iter().position(|x| Arc::ptr_eq(&x.watch, watch)) {
-            e.swap_remove(i);
+        let mine = matches!(e.slots.get(watch.entry), Some(Some(x)) if Arc::ptr_eq(&x.watch, watch));
+        if mine {
+            e.slots[watch.entry] = None;
+            e.free.push(watch.entry);
+            e.live -= 1;
         }
     }
 
     /// How many instances are watched (for tests and diagnostics).
     pub fn watched(&self) -> usize {
-        self.entries.lock().len()
+        self.entries.lock().live
+    }
+
+    /// Entries the scans have looked at so far (a diagnostic: a scan looks at the calls in
+    /// progress, not at every instance).
+    /// And how many scans there were: `(scans, entries examined)`.
+    pub fn examined(&self) -> (u64, u64) {
+        let e = self.entries.lock();
+        (e.scans, e.examined)
     }
 }
 
@@ -252,16 +391,46 @@ impl Drop for Watchdog {
     }
 }
 
+/// The entries of watchdog `dog` named by the lanes (entry index, watch id); `None` if a
+/// lane is nested deeper than its frames (then every entry must be looked at).
+fn armed_in_lanes(dog: u64, out: &mut Vec<(usize, u64)>) -> Option<()> {
+    out.clear();
+    if UNLANED.load(Ordering::SeqCst) != 0 {
+        return None;
+    }
+    let lanes = LANES.lock();
+    for lane in lanes.iter() {
+        let depth = lane.depth.load(Ordering::Acquire) as usize;
+        if depth > LANE_DEPTH {
+            return None;
+        }
+        for f in &lane.frames[..depth] {
+            if f.dog.load(Ordering::Relaxed) == dog {
+                out.push((f.entry.load(Ordering::Relaxed) as usize, f.id.load(Ordering::Relaxed)));
+            }
+        }
+    }
+    Some(())
+}
+
 /// One scan: interrupt overdue and cancelled calls. Returns whether any watch is armed.
-fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bool {
+fn scan(
+    dog: u64,
+    entries: &Mutex<Entries>,
+    named: &mut Vec<(usize, u64)>,
+    overdue: &mut Vec<(Arc<Watch>, u64)>,
+) -> bool {
+    let everything = armed_in_lanes(dog, named).is_none();
     let now = Instant::now();
     let mut any = false;
     {
         let mut entries = entries.lock();
-        for e in entries.iter_mut() {
+        let entries = &mut *entries;
+        entries.scans += 1;
+        let mut visit = |e: &mut Entry| {
             let seq = e.watch.armed.load(Ordering::Acquire);
             if seq == 0 {
-                continue;
+                return;
             }
             any = true;
             // Read after `armed` (Acquire): the token of this call or of a later one.
@@ -270,12 +439,27 @@ fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bo
                 e.seen_seq = seq;
                 e.seen_at = now;
                 if !cancelled {
-                    continue;
+                    return;
                 }
             }
             if cancelled || now.duration_since(e.seen_at) >= e.watch.timeout_now() {
                 e.watch.target.store(seq, Ordering::Release);
                 overdue.push((e.watch.clone(), seq));
+            }
+        };
+        if everything {
+            entries.examined += entries.live as u64;
+            entries.slots.iter_mut().flatten().for_each(&mut visit);
+        } else {
+            named.sort_unstable();
+            named.dedup();
+            for &(i, id) in named.iter() {
+                if let Some(Some(e)) = entries.slots.get_mut(i) {
+                    if e.watch.id == id {
+                        entries.examined += 1;
+                        visit(e);
+                    }
+                }
             }
         }
     }
@@ -309,11 +493,12 @@ fn scan(entries: &Mutex<Vec<Entry>>, overdue: &mut Vec<(Arc<Watch>, u64)>) -> bo
 /// Empty scans in a row before the watchdog parks until the next arm.
 const EMPTY_SCANS_BEFORE_PARKING: u32 = 64;
 
-fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
+fn run(dog: u64, flags: &Flags, entries: &Mutex<Entries>, tick: Duration) {
     let mut overdue = Vec::new();
+    let mut named = Vec::new();
     let mut empty = 0u32;
     while !flags.stop.load(Ordering::SeqCst) {
-        if scan(entries, &mut overdue) {
+        if scan(dog, entries, &mut named, &mut overdue) {
             empty = 0;
         } else {
             empty += 1;
@@ -327,7 +512,7 @@ fn run(flags: &Flags, entries: &Mutex<Vec<Entry>>, tick: Duration) {
         flags.idle.store(true, Ordering::Relaxed);
         // Without a successful barrier an arm may not have seen `idle`: do not park long.
         let fenced = barrier::heavy().is_ok();
-        if !scan(entries, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
+        if !scan(dog, entries, &mut named, &mut overdue) && !flags.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(if fenced { Duration::from_secs(1) } else { tick });
         }
         flags.idle.store(false, Ordering::Relaxed);
@@ -421,6 +606,87 @@ mod tests {
         w.arm(2);
         assert!(!w.disarm(2));
         assert!(w.cancel.load().is_none());
+    }
+
+    #[test]
+    fn a_scan_looks_at_the_calls_in_progress_not_at_every_instance() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let stores: Vec<_> = (0..500).map(|_| interrupter()).collect();
+        let idle: Vec<_> = stores
+            .iter()
+            .map(|(_, i)| dog.register(i.clone(), Duration::from_secs(3600)))
+            .collect();
+        let (_store, i) = interrupter();
+        let w = dog.register(i, Duration::from_millis(20));
+        // Let the other 500 be armed and disarmed once: they are idle, not forgotten.
+        for (n, x) in idle.iter().enumerate() {
+            x.arm(n as u64 + 1);
+            assert!(!x.disarm(n as u64 + 1));
+        }
+        let start = dog.examined();
+        w.arm(1);
+        while w.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(w.disarm(1));
+        let end = dog.examined();
+        let (scans, examined) = (end.0 - start.0, end.1 - start.1);
+        assert!(scans >= 2, "the deadline needs at least two scans ({scans})");
+        // One call in progress: one entry per scan (the old scan looked at all 501).
+        assert!(examined <= scans, "{scans} scans looked at {examined} entries");
+        // Nested calls on one thread are both watched: the inner one fires first, then the
+        // outer one once the inner has left.
+        let (_s2, i2) = interrupter();
+        let inner = dog.register(i2, Duration::from_millis(5));
+        let outer = &idle[0];
+        outer.arm(1000);
+        inner.arm(1);
+        while inner.fired.load(Ordering::Acquire) != 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(inner.disarm(1));
+        assert_ne!(outer.fired.load(Ordering::Acquire), 1000, "outer deadline is an hour");
+        assert!(!outer.disarm(1000));
+        for x in &idle {
+            dog.unregister(x);
+        }
+        dog.unregister(&w);
+        dog.unregister(&inner);
+        assert_eq!(dog.watched(), 0);
+    }
+
+    #[test]
+    fn a_call_nested_deeper_than_the_lane_still_gets_its_deadline() {
+        let dog = Watchdog::start(Duration::from_millis(1)).unwrap();
+        let stores: Vec<_> = (0..LANE_DEPTH + 1).map(|_| interrupter()).collect();
+        let watches: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(n, (_, i))| {
+                // Only the innermost, which has no frame, has a short deadline.
+                let t = if n == LANE_DEPTH { 5 } else { 3_600_000 };
+                dog.register(i.clone(), Duration::from_millis(t))
+            })
+            .collect();
+        for w in &watches {
+            w.arm(1);
+        }
+        let inner = &watches[LANE_DEPTH];
+        // Bounded (not a timing assertion: a working watchdog fires within a few ticks).
+        for _ in 0..10_000 {
+            if inner.fired.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            inner.fired.load(Ordering::Acquire),
+            1,
+            "the unlaned call was never interrupted"
+        );
+        for w in watches.iter().rev() {
+            assert_eq!(w.disarm(1), std::ptr::eq(w, inner));
+        }
     }
 
     #[test]
