@@ -116,6 +116,20 @@ impl Histogram {
     }
 }
 
+/// This thread's minor faults, voluntary and involuntary context switches.
+fn thread_usage() -> [u64; 3] {
+    // SAFETY: getrusage writes the struct it is given; all-zero is a valid `rusage`.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        [u.ru_minflt as u64, u.ru_nvcsw as u64, u.ru_nivcsw as u64]
+    }
+}
+
+fn usage_delta(before: [u64; 3], after: [u64; 3]) -> [u64; 3] {
+    [after[0] - before[0], after[1] - before[1], after[2] - before[2]]
+}
+
 /// Ticks: rdtsc on x86_64 (invariant TSC), else nanoseconds from a fixed origin.
 #[inline(always)]
 fn ticks() -> u64 {
@@ -156,17 +170,31 @@ fn build_echo(dir: &Path, tag: &str) -> String {
     keel::trust::digest::sha256_hex(&std::fs::read(&so).unwrap())
 }
 
-/// Write the manifest of version `v` (0 or 1) atomically (rename), so a reload reads it whole.
+/// Write the manifest of version `v` (0 or 1). Both versions have the same length and the
+/// file is overwritten in place (no truncation, no rename): replacing the file would free its
+/// blocks, and ext4's discard of freed blocks blocks the writing thread on I/O — a stall of the
+/// bench's own making that would wake the reloading thread once per reload. Only the reloading
+/// thread writes and reads it, in turn.
 fn write_manifest(path: &Path, v: usize, digests: &[String; 2]) {
+    use std::io::Write;
     let tag = ["v1", "v2"][v];
     let text = serde_json::json!({
         "manifest_version": 1, "name": "echo", "version": format!("1.0.{v}"), "runtime": "native",
         "binary": {"linux": format!("libecho_{tag}.so")}, "sha256": digests[v]
     })
     .to_string();
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        text.len() as u64,
+        "both manifests have one length"
+    );
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -178,6 +206,10 @@ enum Phase {
 
 struct Run {
     hist: [Histogram; 3],
+    /// Per phase: callers' minor faults, voluntary and involuntary switches (summed).
+    callers: [[u64; 3]; 3],
+    /// Per phase: the third thread's (burner or reloader).
+    third: [[u64; 3]; 3],
     reload_ms: Vec<f64>,
     wall: [Duration; 3],
 }
@@ -195,7 +227,10 @@ fn phase(
     length: Duration,
     hists: &mut [Histogram; 2],
     reload_ms: &mut Vec<f64>,
+    callers: &mut [u64; 3],
+    third: &mut [u64; 3],
 ) -> Duration {
+    let usage = std::sync::Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let stop_burn = AtomicBool::new(false);
     let first_version = *next_version;
@@ -204,8 +239,10 @@ fn phase(
     std::thread::scope(|s| {
         for h in hists.iter_mut() {
             let stop = &stop;
+            let usage = &usage;
             s.spawn(move || {
                 let buf = Buffer::new();
+                let u0 = thread_usage();
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = ticks();
                     let rc = keel.call(INPUT, buf.0);
@@ -214,6 +251,7 @@ fn phase(
                     std::hint::black_box(rc);
                     h.record(t1.wrapping_sub(t0));
                 }
+                usage.lock().unwrap().push(usage_delta(u0, thread_usage()));
             });
         }
         // Let the callers start before the third thread.
@@ -221,19 +259,23 @@ fn phase(
         match p {
             Phase::Idle => std::thread::sleep(length),
             Phase::Burn => {
-                s.spawn(|| {
+                let t = s.spawn(|| {
+                    let u0 = thread_usage();
                     let mut x = 1u64;
                     while !stop_burn.load(Ordering::Relaxed) {
                         for _ in 0..1000 {
                             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                         }
                     }
+                    usage_delta(u0, thread_usage())
                 });
                 std::thread::sleep(length);
                 stop_burn.store(true, Ordering::Relaxed);
+                *third = t.join().unwrap();
             }
             Phase::Reload => {
                 let t = s.spawn(|| {
+                    let u0 = thread_usage();
                     let mut ms = Vec::with_capacity(reloads);
                     let mut v = first_version;
                     for _ in 0..reloads {
@@ -245,9 +287,10 @@ fn phase(
                         assert_eq!(rc, KEEL_OK, "reload failed");
                         v ^= 1;
                     }
-                    (ms, v)
+                    (ms, v, usage_delta(u0, thread_usage()))
                 });
-                let (ms, v) = t.join().unwrap();
+                let (ms, v, u) = t.join().unwrap();
+                *third = u;
                 reload_ms.extend(ms);
                 last_version = v;
             }
@@ -255,6 +298,11 @@ fn phase(
         stop.store(true, Ordering::Relaxed);
     });
     *next_version = last_version;
+    for u in usage.into_inner().unwrap() {
+        for i in 0..3 {
+            callers[i] += u[i];
+        }
+    }
     start.elapsed()
 }
 
@@ -270,6 +318,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let digests = [build_echo(&dir, "v1"), build_echo(&dir, "v2")];
     let manifest = dir.join("echo.json");
+    let _ = std::fs::remove_file(&manifest);
     write_manifest(&manifest, 0, &digests);
     let keel = Loaded::new(&manifest, c"echo");
     let name = CString::new("echo").unwrap();
@@ -282,6 +331,8 @@ fn main() {
             Histogram::new(slow_ticks),
         ],
         reload_ms: Vec::with_capacity(reloads),
+        callers: [[0; 3]; 3],
+        third: [[0; 3]; 3],
         wall: [Duration::ZERO; 3],
     };
     let phases = [Phase::Idle, Phase::Burn, Phase::Reload];
@@ -298,6 +349,7 @@ fn main() {
         }
         for p in order {
             let mut hists = [Histogram::new(slow_ticks), Histogram::new(slow_ticks)];
+            let (mut callers, mut third) = ([0u64; 3], [0u64; 3]);
             let d = phase(
                 p,
                 &keel,
@@ -309,7 +361,13 @@ fn main() {
                 length,
                 &mut hists,
                 &mut run.reload_ms,
+                &mut callers,
+                &mut third,
             );
+            for k in 0..3 {
+                run.callers[p as usize][k] += callers[k];
+                run.third[p as usize][k] += third[k];
+            }
             if p == Phase::Reload {
                 length = d;
             }
@@ -341,6 +399,12 @@ fn main() {
             ns(h.max) / 1e3,
             h.slow,
             per_million[i]
+        );
+        let (c, t) = (run.callers[i], run.third[i]);
+        println!(
+            "USAGE {:?}: callers: minor faults {}, voluntary switches {}, involuntary switches {}; \
+             third thread: minor faults {}, voluntary {}, involuntary {}",
+            p, c[0], c[1], c[2], t[0], t[1], t[2]
         );
     }
     let (_, med) = common::min_median(&run.reload_ms);
