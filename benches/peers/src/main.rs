@@ -78,7 +78,7 @@ fn wasmer_instantiate(store: &mut wasmer::Store, module: &wasmer::Module) -> was
     let instance = wasmer::Instance::new(store, module, &imports).unwrap();
     if let Ok(init) = instance
         .exports
-        .get_typed_function::<(i32, i32), i64>(store, "keel_init")
+        .get_typed_function::<(i32, i32), i64>(&*store, "keel_init")
     {
         unpack(init.call(store, 0, 0).unwrap());
     }
