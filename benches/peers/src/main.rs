@@ -508,7 +508,11 @@ fn main() {
         }
     };
     let wasmer_eng = wasmer_engine(true);
-    let wasmer_bytes = wasmer::Module::new(&wasmer_eng, &big).unwrap().serialize().unwrap();
+    // wasmer's `Metering` may compile one module only: a fresh engine per compile.
+    let wasmer_bytes = wasmer::Module::new(&wasmer_engine(true), &big)
+        .unwrap()
+        .serialize()
+        .unwrap();
     let wt_eng = wasmtime_engine(Wt::Fuel);
     let wt_bytes = wasmtime::Module::new(&wt_eng, &big).unwrap().serialize().unwrap();
     let ms = |f: &mut dyn FnMut()| {
@@ -531,7 +535,7 @@ fn main() {
             }),
             ("wasmer_compile", &mut || {
                 ms(&mut || {
-                    let mut store = wasmer::Store::new(wasmer_eng.clone());
+                    let mut store = wasmer::Store::new(wasmer_engine(true));
                     let m = wasmer::Module::new(&store, &big).unwrap();
                     std::hint::black_box(wasmer_instantiate(&mut store, &m));
                 })
