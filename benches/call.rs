@@ -6,17 +6,16 @@
 //! - 2 threads: A = two threads making direct calls at once (what the machine gives two
 //!   threads), B = two threads calling `keel_call` on the same plugin at once.
 //!
-//! Each round times `CALLS` calls of A and of B (the order alternates per round) and
-//! records B/A; the bench prints the min and the median of the per-round ratios, and the
-//! per-call times of the median round for orientation. `KEEL_BENCH_ROUNDS` and
+//! All four variants (direct and keel_call, 1 and 2 threads) run in the same interleaved
+//! rounds (benches/common: order rotating per round); every ratio is per round, printed as
+//! min and median (`RATIO ...` lines), plus the scaling of each side. `KEEL_BENCH_ROUNDS` and
 //! `KEEL_BENCH_CALLS` override the defaults. Run: `cargo bench --bench call`.
 
 mod common;
 
 use std::ffi::c_void;
 use std::path::Path;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use common::{Buffer, Loaded};
 use keel::runtime::native::{with_output, RawVtable};
@@ -68,79 +67,6 @@ impl Direct {
     }
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Time `calls` calls of `f` on each of `threads` threads started together; wall time.
-fn timed<F: Fn() + Sync>(threads: usize, calls: u64, f: &F) -> Duration {
-    let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                barrier.wait();
-                for _ in 0..calls {
-                    f();
-                }
-                barrier.wait();
-            });
-        }
-        barrier.wait();
-        let start = Instant::now();
-        barrier.wait();
-        start.elapsed()
-    })
-}
-
-struct Figures {
-    ratios: Vec<f64>,
-    a: Vec<f64>,
-    b: Vec<f64>,
-}
-
-impl Figures {
-    fn report(mut self, what: &str) {
-        let mut order: Vec<usize> = (0..self.ratios.len()).collect();
-        order.sort_by(|&i, &j| self.ratios[i].total_cmp(&self.ratios[j]));
-        let med = order[order.len() / 2];
-        self.ratios.sort_by(f64::total_cmp);
-        println!(
-            "KEEL-CALL-FIGURES {what}: B/A min={:.3} median={:.3} over {} rounds (median round: A={:.1} ns/call, B={:.1} ns/call)",
-            self.ratios[0],
-            self.ratios[self.ratios.len() / 2],
-            self.ratios.len(),
-            self.a[med],
-            self.b[med]
-        );
-    }
-}
-
-/// Interleaved rounds of A and B, `threads` threads each, `calls` calls per thread.
-fn rounds(rounds: u64, calls: u64, threads: usize, a: &(impl Fn() + Sync), b: &(impl Fn() + Sync)) -> Figures {
-    let per_call = |d: Duration| d.as_nanos() as f64 / calls as f64;
-    let mut f = Figures {
-        ratios: Vec::new(),
-        a: Vec::new(),
-        b: Vec::new(),
-    };
-    // Warm-up (not recorded).
-    timed(threads, calls / 4 + 1, a);
-    timed(threads, calls / 4 + 1, b);
-    for r in 0..rounds {
-        let (ta, tb) = if r % 2 == 0 {
-            let ta = timed(threads, calls, a);
-            (ta, timed(threads, calls, b))
-        } else {
-            let tb = timed(threads, calls, b);
-            (timed(threads, calls, a), tb)
-        };
-        f.a.push(per_call(ta));
-        f.b.push(per_call(tb));
-        f.ratios.push(per_call(tb) / per_call(ta));
-    }
-    f
-}
-
 thread_local! {
     static VBUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(64));
     static KBUF: Buffer = Buffer::new();
@@ -150,8 +76,8 @@ fn main() {
     let (so, manifest) = common::echo_fixture("bench-call");
     let direct = Direct::new(&so);
     let keel = Arc::new(Loaded::new(&manifest, c"echo"));
-    let n_rounds = env("KEEL_BENCH_ROUNDS", 21);
-    let calls = env("KEEL_BENCH_CALLS", 1_000_000);
+    let n_rounds = common::rounds();
+    let calls = common::env_u64("KEEL_BENCH_CALLS", 1_000_000);
 
     let a = || {
         VBUF.with(|b| std::hint::black_box(direct.call(&mut b.borrow_mut())));
@@ -159,10 +85,45 @@ fn main() {
     let b = || {
         KBUF.with(|b| std::hint::black_box(keel.call(INPUT, b.0)));
     };
-    println!(
-        "call bench: {n_rounds} interleaved rounds x {calls} calls per thread, {} cores available",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    println!("{}", common::conditions());
+    println!("call bench: {n_rounds} interleaved rounds x {calls} calls per thread per variant");
+    // One set of rounds with all four variants, so the 1-thread overhead and both 2-thread
+    // scalings come from the same moments.
+    let r = common::interleave(
+        n_rounds,
+        &mut [
+            ("direct_1t", &mut || common::ns_per_call_threads(1, calls, &a)),
+            ("keel_1t", &mut || common::ns_per_call_threads(1, calls, &b)),
+            ("direct_2t", &mut || common::ns_per_call_threads(2, calls, &a)),
+            ("keel_2t", &mut || common::ns_per_call_threads(2, calls, &b)),
+        ],
     );
-    rounds(n_rounds, calls, 1, &a, &b).report("1 thread (A=direct fn ptr, B=keel_call)");
-    rounds(n_rounds, calls, 2, &a, &b).report("2 threads (A=2x direct fn ptr, B=2x keel_call)");
+    r.ratio("keel_call / direct call, 1 thread", "keel_1t", "direct_1t", "ns/call");
+    let over: Vec<f64> = r
+        .of("keel_1t")
+        .iter()
+        .zip(r.of("direct_1t"))
+        .map(|(k, d)| k - d)
+        .collect();
+    let (mn, md) = common::min_median(&over);
+    println!(
+        "DIFF keel_call - direct call, 1 thread: min {mn:.2} median {md:.2} ns/call (rounds {}) (goal <= 10 ns median)",
+        over.len()
+    );
+    // Scaling = throughput of 2 threads / throughput of 1 thread = 2 * t1 / t2 (t: wall ns
+    // per call per thread).
+    let scaling =
+        |one: &[f64], two: &[f64]| -> Vec<f64> { one.iter().zip(two).map(|(t1, t2)| 2.0 * t1 / t2).collect() };
+    let ds = scaling(r.of("direct_1t"), r.of("direct_2t"));
+    let ks = scaling(r.of("keel_1t"), r.of("keel_2t"));
+    common::report_ratio("2-thread scaling of direct calls (what the machine gives)", &ds, &[]);
+    common::report_ratio("2-thread scaling of keel_call", &ks, &[]);
+    let rel: Vec<f64> = ks.iter().zip(&ds).map(|(k, d)| k / d).collect();
+    common::report_ratio("keel_call scaling / direct scaling (goal >= 0.9)", &rel, &[]);
+    r.ratio(
+        "keel_call / direct call, 2 threads",
+        "keel_2t",
+        "direct_2t",
+        "ns/call/thread",
+    );
 }

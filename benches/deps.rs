@@ -9,8 +9,10 @@
 //!   baseline: `serde_json::from_slice` of the same bytes into a `Value`.
 //!   Target: ≤ 100 µs per manifest.
 //!
-//! The last lines (`KEEL-DEPS-FIGURES`) are absolute times and ratios from one interleaved
-//! measurement in this run (best of several rounds).
+//! The last lines (`ABS`, `RATIO`) are absolute medians and per-round ratios from interleaved
+//! rounds in this run (benches/common).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -180,47 +182,61 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    // The figures the issue names, from one interleaved measurement in this run.
-    println!();
+    // The figures the issue names: interleaved rounds (benches/common), per-round ratios.
+    println!("\n{}", common::conditions());
     for (n, cands, graph, edges) in &sets {
         let iters = if *n > 1000 { 5 } else { 500 };
-        let mut plan_t = Duration::MAX;
-        let mut topo_t = Duration::MAX;
-        for _ in 0..5 {
-            plan_t = plan_t.min(best(1, iters, || {
-                std::hint::black_box(deps::plan(cands, &none).unwrap());
-            }));
-            topo_t = topo_t.min(best(1, iters, || {
-                std::hint::black_box(petgraph::algo::toposort(graph, None).unwrap());
-            }));
-        }
+        let us = |f: &mut dyn FnMut()| best(1, iters, f).as_secs_f64() * 1e6;
+        let r = common::interleave(
+            common::rounds(),
+            &mut [
+                ("plan", &mut || {
+                    us(&mut || {
+                        std::hint::black_box(deps::plan(cands, &none).unwrap());
+                    })
+                }),
+                ("toposort", &mut || {
+                    us(&mut || {
+                        std::hint::black_box(petgraph::algo::toposort(graph, None).unwrap());
+                    })
+                }),
+            ],
+        );
         let target = if *n > 1000 { 50_000.0 } else { 1_000.0 };
-        println!(
-            "KEEL-DEPS-FIGURES plan n={n} edges={edges}: {:.1} us (target <= {target:.0} us); \
-             petgraph toposort of the prebuilt index graph {:.1} us; ratio {:.1}x",
-            plan_t.as_secs_f64() * 1e6,
-            topo_t.as_secs_f64() * 1e6,
-            plan_t.as_secs_f64() / topo_t.as_secs_f64()
+        r.absolute("plan", &format!("us, n={n} edges={edges} (goal <= {target:.0} us)"));
+        r.ratio(
+            &format!("load order n={n}: keel deps::plan / petgraph toposort of the prebuilt graph"),
+            "plan",
+            "toposort",
+            "us",
         );
     }
     for (label, bytes) in [("keel", &keel_bytes), ("themisdb", &themis_bytes)] {
-        let mut parse_t = Duration::MAX;
-        let mut json_t = Duration::MAX;
-        for _ in 0..5 {
-            parse_t = parse_t.min(best(1, 2000, || {
-                std::hint::black_box(keel::manifest::parse(bytes).unwrap());
-            }));
-            json_t = json_t.min(best(1, 2000, || {
-                std::hint::black_box(serde_json::from_slice::<serde_json::Value>(bytes).unwrap());
-            }));
-        }
-        println!(
-            "KEEL-DEPS-FIGURES manifest {label} ({} bytes): parse+validate {:.1} us (target <= 100 us); \
-             serde_json::from_slice to Value {:.1} us; ratio {:.1}x",
-            bytes.len(),
-            parse_t.as_secs_f64() * 1e6,
-            json_t.as_secs_f64() * 1e6,
-            parse_t.as_secs_f64() / json_t.as_secs_f64()
+        let us = |f: &mut dyn FnMut()| best(1, 2000, f).as_secs_f64() * 1e6;
+        let r = common::interleave(
+            common::rounds(),
+            &mut [
+                ("parse", &mut || {
+                    us(&mut || {
+                        std::hint::black_box(keel::manifest::parse(bytes).unwrap());
+                    })
+                }),
+                ("json", &mut || {
+                    us(&mut || {
+                        std::hint::black_box(serde_json::from_slice::<serde_json::Value>(bytes).unwrap());
+                    })
+                }),
+            ],
+        );
+        r.absolute(
+            "parse",
+            &format!("us, {label} manifest of {} bytes (goal <= 100 us)", bytes.len()),
+        );
+        r.ratio(
+            &format!("manifest {label}: parse + validate / serde_json::from_slice to Value"),
+            "parse",
+            "json",
+            "us",
         );
     }
 }

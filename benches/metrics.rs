@@ -69,22 +69,32 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    // The figure: interleaved rounds, best of each, in this run.
-    const N: u64 = 2_000_000;
-    let (mut off, mut sampled, mut every) = (f64::MAX, f64::MAX, f64::MAX);
-    for _ in 0..7 {
-        s.sampling(0);
-        off = off.min(s.per_call(N));
-        s.sampling(64);
-        sampled = sampled.min(s.per_call(N));
-        s.sampling(1);
-        every = every.min(s.per_call(N));
-    }
-    println!(
-        "\nKEEL-METRICS-FIGURES keel_call sampling_off={off:.1}ns sampled_1_in_64={sampled:.1}ns \
-         ratio={:.3} (target <= 1.1) every_call={every:.1}ns (ratio {:.2})",
-        sampled / off,
-        every / off
+    // The figure: interleaved rounds (benches/common), per-round ratios, in this run.
+    const N: u64 = 1_000_000;
+    println!("\n{}", common::conditions());
+    let run = |every: u32| {
+        s.sampling(every);
+        s.per_call(N)
+    };
+    let r = common::interleave(
+        common::rounds(),
+        &mut [
+            ("sampling_off", &mut || run(0)),
+            ("sampled_1_in_64", &mut || run(64)),
+            ("every_call", &mut || run(1)),
+        ],
+    );
+    r.ratio(
+        "keel_call with 1-in-64 latency sampling / without (goal <= 1.1)",
+        "sampled_1_in_64",
+        "sampling_off",
+        "ns",
+    );
+    r.ratio(
+        "keel_call timing every call / without",
+        "every_call",
+        "sampling_off",
+        "ns",
     );
     scrape();
 }

@@ -107,3 +107,181 @@ impl Drop for Buffer {
         keel_buffer_free(self.0);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The interleaved method: every ratio a bench reports comes from here.
+//
+// Each round runs every variant once (one timed batch each), in an order that rotates from
+// round to round (A B C, B C A, C A B, ...), so slow drifts of the machine (other jobs,
+// frequency, page cache) hit all variants alike. A ratio is computed per round (B/A of that
+// round) and reported as the min and the median over the rounds, next to the median of the
+// absolute figures. Never compare best-of-N runs taken at different moments.
+// ---------------------------------------------------------------------------------------
+
+/// An unsigned integer from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Rounds of the interleaved benches: `KEEL_BENCH_ROUNDS`, at least 15.
+pub fn rounds() -> usize {
+    env_u64("KEEL_BENCH_ROUNDS", 21).max(15) as usize
+}
+
+/// The per-round figures of `k` variants (one value per variant per round, e.g. ns/op).
+pub struct Rounds {
+    pub names: Vec<String>,
+    /// `values[v][r]`: variant `v` in round `r`.
+    pub values: Vec<Vec<f64>>,
+}
+
+/// Run `rounds` interleaved rounds of the variants (after one warm-up round that is not
+/// recorded). Each closure runs one timed batch and returns its figure (e.g. ns per op).
+pub fn interleave(rounds: usize, variants: &mut [(&str, &mut dyn FnMut() -> f64)]) -> Rounds {
+    let k = variants.len();
+    for (_, f) in variants.iter_mut() {
+        f();
+    }
+    let mut values = vec![Vec::with_capacity(rounds); k];
+    for r in 0..rounds {
+        let mut this = vec![0.0; k];
+        for i in 0..k {
+            let v = (r + i) % k;
+            this[v] = (variants[v].1)();
+        }
+        for v in 0..k {
+            values[v].push(this[v]);
+        }
+    }
+    Rounds {
+        names: variants.iter().map(|(n, _)| n.to_string()).collect(),
+        values,
+    }
+}
+
+/// Min and median of `xs` (sorted copy; NaN-free input).
+pub fn min_median(xs: &[f64]) -> (f64, f64) {
+    let mut s = xs.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[0], median_sorted(&s))
+}
+
+fn median_sorted(s: &[f64]) -> f64 {
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    min_median(xs).1
+}
+
+impl Rounds {
+    fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no variant {name}"))
+    }
+
+    /// Per-round values of a variant.
+    pub fn of(&self, name: &str) -> &[f64] {
+        &self.values[self.index(name)]
+    }
+
+    /// Per-round ratios `num / den` (same round).
+    pub fn ratios(&self, num: &str, den: &str) -> Vec<f64> {
+        let (n, d) = (self.of(num), self.of(den));
+        n.iter().zip(d).map(|(a, b)| a / b).collect()
+    }
+
+    /// Print `RATIO <what>: min X median Y (rounds N) ...` for `num / den` and return
+    /// (min, median).
+    pub fn ratio(&self, what: &str, num: &str, den: &str, unit: &str) -> (f64, f64) {
+        let r = self.ratios(num, den);
+        report_ratio(
+            what,
+            &r,
+            &[(num, median(self.of(num)), unit), (den, median(self.of(den)), unit)],
+        )
+    }
+
+    /// Print the median and min of a variant's absolute figure.
+    pub fn absolute(&self, name: &str, unit: &str) -> (f64, f64) {
+        let (mn, md) = min_median(self.of(name));
+        println!(
+            "ABS {name}: min {mn:.3} median {md:.3} {unit} (rounds {})",
+            self.of(name).len()
+        );
+        (mn, md)
+    }
+}
+
+/// Print a ratio line from per-round ratios (and the absolute medians it came from).
+pub fn report_ratio(what: &str, per_round: &[f64], abs: &[(&str, f64, &str)]) -> (f64, f64) {
+    let (mn, md) = min_median(per_round);
+    let abs: Vec<String> = abs.iter().map(|(n, v, u)| format!("{n} {v:.3} {u}")).collect();
+    println!(
+        "RATIO {what}: min {mn:.3} median {md:.3} (rounds {}) [medians: {}]",
+        per_round.len(),
+        abs.join(", ")
+    );
+    (mn, md)
+}
+
+/// Nanoseconds per call of `calls` calls of `f` on this thread.
+#[inline(never)]
+pub fn ns_per_call(calls: u64, f: &mut dyn FnMut()) -> f64 {
+    let t = std::time::Instant::now();
+    for _ in 0..calls {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// Wall time of `calls` calls of `f` on each of `threads` threads started together (the
+/// threads are started before the clock and released by a barrier), in ns per call per
+/// thread: throughput of `threads` threads is `threads / value`.
+pub fn ns_per_call_threads<F: Fn() + Sync>(threads: usize, calls: u64, f: &F) -> f64 {
+    use std::sync::Barrier;
+    let barrier = Barrier::new(threads + 1);
+    let d = std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                barrier.wait();
+                for _ in 0..calls {
+                    f();
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = std::time::Instant::now();
+        barrier.wait();
+        start.elapsed()
+    });
+    d.as_nanos() as f64 / calls as f64
+}
+
+/// One line describing the machine and its load, for every bench's output.
+pub fn conditions() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "CONDITIONS cpus={} cpu=\"{cpu}\" loadavg=\"{}\" rounds={}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load.trim(),
+        rounds()
+    )
+}
