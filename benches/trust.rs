@@ -29,8 +29,6 @@ use rand::RngCore as _;
 
 use keel::trust::{digest, store, KeelSignature, TrustState};
 
-mod common;
-
 const FILE_BYTES: usize = 64 << 20;
 
 /// A realistic manifest (~0.5 KB) and a TrustState holding its signer.
