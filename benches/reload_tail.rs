@@ -216,6 +216,7 @@ struct Run {
 
 /// One phase: 2 callers until the third thread is done (reload: `reloads` reloads; idle and
 /// burn: `length`). Returns the phase's wall time.
+#[allow(clippy::too_many_arguments)] // one bench phase: its inputs and the accumulators it fills
 fn phase(
     p: Phase,
     keel: &Loaded,
