@@ -25,7 +25,6 @@ mod common;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -155,19 +154,7 @@ fn calibrate() -> f64 {
 
 /// Build echo.c with tag `tag` into `dir/libecho_<tag>.so`; returns its SHA-256.
 fn build_echo(dir: &Path, tag: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let so = dir.join(format!("libecho_{tag}.so"));
-    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root.join("include"))
-        .arg(format!("-DECHO_TAG=\"{tag}\""))
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("tests/fixtures/native/echo.c"))
-        .status()
-        .expect("run cc");
-    assert!(st.success());
-    keel::trust::digest::sha256_hex(&std::fs::read(&so).unwrap())
+    common::build_echo(&dir.join(format!("libecho_{tag}.so")), &[format!("ECHO_TAG=\"{tag}\"")])
 }
 
 /// Write the manifest of version `v` (0 or 1). Both versions have the same length and the

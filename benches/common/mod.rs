@@ -17,16 +17,7 @@ pub fn echo_fixture(dir_name: &str) -> (PathBuf, PathBuf) {
     let dir = root.join("target").join(dir_name);
     std::fs::create_dir_all(&dir).unwrap();
     let so = dir.join("libecho.so");
-    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root.join("include"))
-        .arg("-o")
-        .arg(&so)
-        .arg(root.join("tests/fixtures/native/echo.c"))
-        .status()
-        .expect("run cc");
-    assert!(st.success());
-    let digest = keel::trust::digest::sha256_hex(&std::fs::read(&so).unwrap());
+    let digest = build_echo(&so, &[]);
     let manifest = dir.join("echo.json");
     std::fs::write(
         &manifest,
@@ -38,6 +29,23 @@ pub fn echo_fixture(dir_name: &str) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     (so, manifest)
+}
+
+/// Build `tests/fixtures/native/echo.c` (-O2, with the given `-D` definitions) into `so`;
+/// returns the library's SHA-256 (hex).
+pub fn build_echo(so: &Path, defines: &[String]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(root.join("include"))
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg("-o")
+        .arg(so)
+        .arg(root.join("tests/fixtures/native/echo.c"))
+        .status()
+        .expect("run cc");
+    assert!(st.success());
+    keel::trust::digest::sha256_hex(&std::fs::read(so).unwrap())
 }
 
 /// A host (unsigned plugins allowed) with the plugin of `manifest` loaded and its function
