@@ -817,7 +817,7 @@ fn native_plugins_load_past_a_low_soft_open_file_limit() {
 /// Ignored: about two minutes of CPU in a debug build (see docs/testing.md);
 /// [`native_plugins_load_past_a_low_soft_open_file_limit`] checks the same with 100 plugins.
 #[test]
-#[ignore]
+#[ignore = "5 000 plugins: about two minutes of CPU in a debug build; run by hand, see docs/testing.md"]
 fn five_thousand_native_plugins_load_in_one_host() {
     if std::env::var_os("KEEL_TEST_CHILD").is_none() {
         if many_plugins_target() <= 1100 {
