@@ -721,39 +721,6 @@ typedef struct {
 } keel_wasm_cache_stats;
 
 /**
- * Counters of the SIGUSR1 routing between wasmer's guest interrupts and the application's
- * own SIGUSR1 handler (process-wide; see docs/wasm.md).
- */
-typedef struct {
-  /**
-   * Keel's handler was installed in front of wasmer's (false before the first WASM load,
-   * or if wasmer was initialised before Keel).
-   */
-  bool routing_active;
-  /**
-   * Keel's handler was not the installed SIGUSR1 handler at the last look (someone called
-   * `sigaction(SIGUSR1)` after Keel: WASM deadlines no longer interrupt guests).
-   */
-  bool handler_overridden;
-  /**
-   * Signals handed to wasmer as guest interrupts.
-   */
-  uint64_t interrupts;
-  /**
-   * Signals handed to the application's disposition.
-   */
-  uint64_t forwarded;
-  /**
-   * Late interrupts swallowed instead of reaching the default action.
-   */
-  uint64_t late_interrupts;
-  /**
-   * Times Keel found its handler replaced (after having seen it in place).
-   */
-  uint64_t handler_overrides;
-} keel_wasm_signal_stats;
-
-/**
  * A lifecycle listener: `plugin` (NUL-terminated UTF-8, borrowed for the call), the event,
  * the generation number, and the `user_data` given at registration. It may be called from
  * any thread that runs a lifecycle operation (the embedder's, the health monitor's, the
@@ -1551,14 +1518,6 @@ keel_status keel_host_wasm_memory_mode(const keel_host *host, uint32_t *out);
  * Errors: `KEEL_ERR_NULL_POINTER`.
  */
 keel_status keel_host_wasm_cache_stats(const keel_host *host, keel_wasm_cache_stats *out);
-
-/**
- * Read the SIGUSR1 routing counters into `*out`; looks whether Keel's handler is still
- * installed first (one `sigaction` query). Thread-safe.
- *
- * Errors: `KEEL_ERR_NULL_POINTER`.
- */
-keel_status keel_wasm_signal_counters(keel_wasm_signal_stats *out);
 
 /**
  * Take a lease on the type-specific object of a ThemisDB legacy plugin's current generation:

@@ -370,7 +370,6 @@ using LifecycleState = keel_lifecycle_state;     ///< KEEL_STATE_*
 using Event = keel_event;                        ///< KEEL_EVENT_*
 using WasmLimits = keel_wasm_limits;             ///< per call / instance limits
 using WasmCacheStats = keel_wasm_cache_stats;    ///< compiled-module cache counters
-using WasmSignalStats = keel_wasm_signal_stats;  ///< SIGUSR1 routing counters (process-wide)
 
 /** Exposition formats of Host::metrics_text. */
 enum class MetricsFormat : std::uint32_t {
@@ -471,13 +470,6 @@ inline std::string manifest_read(std::string_view path) {
     Buffer b;
     Error::check(keel_manifest_read(api_detail::cstr(path, "a manifest path").c_str(), b.c_handle()));
     return b.str();
-}
-
-/** The process-wide SIGUSR1 routing counters of the WASM runtime. Thread-safe. */
-inline WasmSignalStats wasm_signal_counters() {
-    WasmSignalStats s{};
-    Error::check(keel_wasm_signal_counters(&s));
-    return s;
 }
 
 // ---- ThemisDB leases ----

@@ -101,13 +101,6 @@ int main(int argc, char **argv) {
         CHECK(lease == NULL);
         CHECK(keel_themis_lease_free(NULL) == KEEL_OK);
     }
-    {
-        /* Process-wide SIGUSR1 routing counters (no WASM runtime here: routing inactive). */
-        keel_wasm_signal_stats st;
-        memset(&st, 0xff, sizeof st);
-        CHECK(keel_wasm_signal_counters(&st) == KEEL_OK);
-        CHECK(!st.routing_active && st.late_interrupts == 0 && st.handler_overrides == 0);
-    }
     CHECK(keel_host_load(host, path(dir, "does/not/exist.json"), NULL) == KEEL_ERR_FILE_NOT_FOUND);
     f = fopen(path(dir, "malformed.json"), "w");
     CHECK(f != NULL);

@@ -1,6 +1,6 @@
 //! The integration suite as one test binary: every module below used to be its own binary,
 //! each linking wasmer and the whole library again. `tests/cli.rs` (needs the `cli` feature)
-//! and `tests/wasm_signals.rs` (changes process-wide signal dispositions) stay separate.
+//! and `tests/wasm_interrupt.rs` (looks at process-wide signal dispositions) stay separate.
 
 // Test fixtures record tuples of what they saw; naming every such type adds nothing.
 #![allow(clippy::type_complexity)]

@@ -411,7 +411,7 @@ fn compare(what: &str, engines: &mut [(&str, &mut dyn Engine)], f: i32, input: &
         "ns",
     );
     r.ratio(
-        &format!("{what}: keel unmetered (host-interrupt deadline) / wasmtime epoch (goal <= 1)"),
+        &format!("{what}: keel unmetered (stop-check deadline) / wasmtime epoch (goal <= 1)"),
         "keel",
         "wasmtime_epoch",
         "ns",

@@ -14,6 +14,7 @@ use wasmer::wasmparser::Operator;
 use wasmer::{Engine, Pages};
 use wasmer_middlewares::Metering;
 
+use super::interrupt::{StopChecks, STOP_CHECKS_ID};
 use super::tunables::{CappedTunables, MemoryMode};
 
 /// Names the cost function below; part of the compiled-module cache key. Change it whenever
@@ -49,15 +50,18 @@ fn cranelift() -> Cranelift {
 }
 
 /// An engine that compiles: Cranelift (optimised for speed), metering when `metering` is on,
-/// memories capped at `cap` and laid out as `mode` says.
+/// the stop checks always, memories capped at `cap` and laid out as `mode` says.
 pub fn compiling(cap: Pages, metering: bool, mode: MemoryMode) -> Engine {
+    use wasmer::sys::CompilerConfig;
     let mut compiler = cranelift();
     if metering {
         // Initial limit 0: no guest code can run before the host sets the budget (Keel refuses
         // start functions, and sets the points before every entry).
-        use wasmer::sys::CompilerConfig;
         compiler.push_middleware(Arc::new(Metering::new(0, operator_cost)));
     }
+    // Every module gets the stop checks the watchdog's deadlines and cancellation rely on
+    // (see `interrupt`); after metering, so its accounting never sees their operators.
+    compiler.push_middleware(Arc::new(StopChecks::new()));
     let mut engine: Engine = EngineBuilder::new(compiler).into();
     engine.set_tunables(CappedTunables::new(cap, mode));
     engine
@@ -81,7 +85,7 @@ pub fn engine_key(cap: Pages, metering: bool, mode: MemoryMode) -> String {
         wasmer::sys::vm::MemoryStyle::Dynamic { offset_guard_size } => format!("dynamic-guard-{offset_guard_size}"),
     };
     format!(
-        "keel-wasm/1 wasmer-vm/{} cranelift/opt-speed metering/{} cap-pages/{} memory/{style} target/{} cpu/{:?}",
+        "keel-wasm/1 wasmer-vm/{} cranelift/opt-speed metering/{} stops/{STOP_CHECKS_ID} cap-pages/{} memory/{style} target/{} cpu/{:?}",
         wasmer::sys::vm::VERSION,
         if metering { METERING_ID } else { "off" },
         cap.0,

@@ -24,9 +24,9 @@
 pub mod cache;
 pub mod engine;
 pub mod imports;
+pub mod interrupt;
 pub mod plugin;
 pub mod pool;
-pub mod signals;
 pub mod tunables;
 pub mod watchdog;
 
@@ -219,8 +219,6 @@ const EXPORTS: &[(&str, bool, &[Type], &[Type])] = &[
 
 impl WasmRuntime {
     pub fn new(config: WasmConfig) -> Result<WasmRuntime> {
-        // Put Keel's SIGUSR1 router in front of wasmer's interrupt handler (see `signals`).
-        signals::install();
         let cache = config.cache.clone().map(ModuleCache::open).transpose()?;
         let dog = watchdog::Watchdog::start(config.watchdog_tick)
             .map_err(|e| err!(KEEL_ERR_INTERNAL, "starting the WASM watchdog thread failed: {e}"))?;

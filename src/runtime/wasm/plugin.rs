@@ -253,7 +253,7 @@ impl Ctl {
         }
         self.account(store);
         if fired {
-            // A late interrupt signal could hit this store's next call: never reuse it.
+            // The stop flag stays raised: the instance's next call would stop at once.
             self.broken = true;
         }
         match r {
@@ -307,7 +307,7 @@ impl Ctl {
             limits.timeout = pc.timeout;
         }
         let code = e.clone().to_trap();
-        if code == Some(TrapCode::HostInterrupt) {
+        if code == Some(TrapCode::UnreachableCodeReached) && self.watch.stop_raised() {
             if per_call.and_then(|pc| pc.cancel).is_some_and(|c| c.is_cancelled()) {
                 return err!(
                     KEEL_ERR_CANCELLED,
@@ -459,7 +459,9 @@ impl Guest {
             None
         };
         env.as_mut(&mut store).memory = Some(memory.clone());
-        let watch = shared.dog.register(store.interrupter(), shared.limits.timeout);
+        let stop = super::interrupt::StopFlag::of(&mut store, &instance)
+            .ok_or_else(|| instantiate_error(name, "the compiled module has no stop flag"))?;
+        let watch = shared.dog.register(stop, shared.limits.timeout);
         let mut g = Guest {
             store,
             fns,

@@ -4,11 +4,11 @@
 //! n" into it when it enters the guest and 0 when it leaves: no clock is read, no message
 //! sent, no lock taken, and on Linux no atomic read-modify-write or fence instruction either
 //! (see below). The watchdog wakes every `tick` while any watch is armed, notes when it first
-//! saw each call, and once a call has run for longer than its timeout, interrupts the
-//! instance's store through wasmer's `Interrupter` (a signal to the thread running it). A
-//! deadline therefore fires between `timeout` and `timeout + tick` after the call started.
-//! An interrupt that lands while the thread is in host code has no effect, so the watchdog
-//! repeats it every tick until the call leaves the guest.
+//! saw each call, and once a call has run for longer than its timeout, raises the
+//! instance's stop flag ([`super::interrupt`]): the guest traps at its next function entry
+//! or loop head. A deadline therefore fires between `timeout` and `timeout + tick` after the
+//! call started (plus the time the guest spends in a host function before it meets a
+//! check: host code is never interrupted).
 //!
 //! ## Which calls the watchdog looks at
 //!
@@ -36,15 +36,19 @@
 //!
 //! ## The handshake
 //!
-//! The watchdog must never interrupt a call other than the overdue one (the instance may
-//! already be running its next call), and the call path must learn whether a signal was
-//! sent for its call (the instance is then discarded: the signal may still be in flight).
+//! The watchdog must never stop a call other than the overdue one (the instance may
+//! already be running its next call), must never write the flag of an instance that is
+//! gone (the flag lives in the instance's store), and the call path must learn whether the
+//! flag was raised for its call (the instance is then discarded: its flag stays raised).
 //! Both are Dekker-style "store, then load the other side's flag" exchanges:
 //!
 //! - call path, leaving: `armed = 0`; barrier; read `target` (== my call? then wait for
 //!   `done` and read `fired`);
-//! - watchdog: `target = n`; barrier; read `armed` (still n? then interrupt, `fired = n`);
-//!   `done = n`.
+//! - watchdog: `target = n`; barrier; read `armed` (still n? then raise the stop flag,
+//!   `fired = n`); `done = n`.
+//!
+//! A call that sees `target == n` waits for `done == n` before it returns, so the flag is
+//! only ever written while the call that owns the store is still in progress.
 //!
 //! and likewise for waking a parked watchdog (`armed = n`; barrier; read `idle` / `idle =
 //! true`; barrier; scan). The call path's barrier is only a compiler fence: the watchdog's
@@ -58,13 +62,11 @@ use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use parking_lot::Mutex;
-use wasmer::Interrupter;
-
-use super::signals;
+use super::interrupt::StopFlag;
 use crate::barrier;
 use crate::services::call::{CancelState, CancelWaker};
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
 
 /// Flags the call path reads.
 struct Flags {
@@ -92,8 +94,6 @@ impl CancelWaker for Flags {
 pub struct Watch {
     /// Written by the call path: the call number while in the guest, else 0.
     armed: AtomicU64,
-    /// Written by the call path before `armed`: the thread running the call.
-    thread: AtomicU64,
     /// Written by the watchdog: the call it is about to interrupt.
     target: AtomicU64,
     /// Written by the watchdog: the call whose handling it has finished.
@@ -106,7 +106,7 @@ pub struct Watch {
     call_timeout: AtomicU64,
     /// Written by the call path before `armed` (calls with a cancel token only): the token.
     cancel: ArcSwapOption<CancelState>,
-    interrupter: Interrupter,
+    stop: StopFlag,
     flags: Arc<Flags>,
     /// Which watchdog, which of its entries, and this watch's unique id: what arming writes
     /// into the thread's lane.
@@ -176,7 +176,6 @@ impl Watch {
     /// Enter the guest with call number `seq` (non-zero, increasing per watch).
     #[inline]
     pub fn arm(&self, seq: u64) {
-        self.thread.store(signals::current_thread(), Ordering::Relaxed);
         let laned = LANE.try_with(|l| {
             let d = l.depth.get();
             l.depth.set(d + 1);
@@ -197,8 +196,8 @@ impl Watch {
         }
     }
 
-    /// Leave the guest after call `seq`. Returns true if an interrupt was sent for it (the
-    /// instance must then not be reused: the signal may still be on its way).
+    /// Leave the guest after call `seq`. Returns true if the stop flag was raised for it (the
+    /// instance must then not be reused: its flag stays raised).
     #[inline]
     pub fn disarm(&self, seq: u64) -> bool {
         self.armed.store(0, Ordering::Release);
@@ -257,11 +256,12 @@ impl Watch {
         while self.done.load(Ordering::Acquire) != seq {
             std::hint::spin_loop();
         }
-        let fired = self.fired.load(Ordering::Acquire) == seq;
-        if fired {
-            signals::settle(signals::current_thread());
-        }
-        fired
+        self.fired.load(Ordering::Acquire) == seq
+    }
+
+    /// Whether the instance's stop flag is raised (the call path, after a trap).
+    pub fn stop_raised(&self) -> bool {
+        self.stop.is_raised()
     }
 }
 
@@ -323,7 +323,7 @@ impl Watchdog {
     }
 
     /// Watch a store; `timeout` is the plugin's deadline per call.
-    pub fn register(&self, interrupter: Interrupter, timeout: Duration) -> Arc<Watch> {
+    pub fn register(&self, stop: StopFlag, timeout: Duration) -> Arc<Watch> {
         let mut entries = self.entries.lock();
         let entry = match entries.free.pop() {
             Some(i) => i,
@@ -334,14 +334,13 @@ impl Watchdog {
         };
         let watch = Arc::new(Watch {
             armed: AtomicU64::new(0),
-            thread: AtomicU64::new(0),
             target: AtomicU64::new(0),
             done: AtomicU64::new(0),
             fired: AtomicU64::new(0),
             timeout,
             call_timeout: AtomicU64::new(0),
             cancel: ArcSwapOption::empty(),
-            interrupter,
+            stop,
             flags: self.flags.clone(),
             dog_id: self.id,
             entry,
@@ -479,10 +478,8 @@ fn scan(
             w.done.store(seq, Ordering::Release);
             continue;
         }
-        // Record the target thread first so Keel's SIGUSR1 handler passes the signal to
-        // wasmer (see `signals`); if the routing set is full, try again next tick.
-        if w.armed.load(Ordering::Acquire) == seq && signals::expect(w.thread.load(Ordering::Relaxed)) {
-            w.interrupter.interrupt();
+        if w.armed.load(Ordering::Acquire) == seq {
+            w.stop.raise();
             w.fired.store(seq, Ordering::Release);
         }
         w.done.store(seq, Ordering::Release);
@@ -524,10 +521,8 @@ fn run(dog: u64, flags: &Flags, entries: &Mutex<Entries>, tick: Duration) {
 mod tests {
     use super::*;
 
-    fn interrupter() -> (wasmer::Store, Interrupter) {
-        let store = wasmer::Store::default();
-        let i = store.interrupter();
-        (store, i)
+    fn interrupter() -> ((), StopFlag) {
+        ((), StopFlag::detached())
     }
 
     #[test]
@@ -550,6 +545,7 @@ mod tests {
             w.arm(seq);
             assert!(!w.disarm(seq));
         }
+        assert!(!w.stop_raised());
         dog.unregister(&w);
         assert_eq!(dog.watched(), 0);
     }
@@ -560,11 +556,10 @@ mod tests {
         let (_store, i) = interrupter();
         let w = dog.register(i, Duration::from_millis(5));
         w.arm(1);
-        // The store is not running wasm, so the interrupt itself is a no-op; the watch
-        // records that it was sent.
         while w.fired.load(Ordering::Acquire) != 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert!(w.stop_raised(), "fired means the stop flag was raised");
         assert!(w.disarm(1));
         // The next call starts clean.
         w.arm(2);
