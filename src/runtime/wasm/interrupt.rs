@@ -8,7 +8,7 @@
 //! if
 //!   unreachable           ;; the trap the call path turns into a deadline or cancel error
 //! end
-//! i32.const 0
+//! i32.const 0             ;; at loop heads only:
 //! global.set $keel_beat   ;; see below
 //! ```
 //!
@@ -46,7 +46,7 @@ pub const STOP_GLOBAL: &str = "__keel_stop";
 /// The export of the store target (kept exported so nothing removes it).
 pub const BEAT_GLOBAL: &str = "__keel_beat";
 /// Part of the compiled-module cache key: changes whenever the inserted code changes.
-pub const STOP_CHECKS_ID: &str = "keel-stop-v1";
+pub const STOP_CHECKS_ID: &str = "keel-stop-v2";
 
 /// The module middleware: adds the two globals and gives every function a [`FunctionStops`].
 #[derive(Debug, Default)]
@@ -106,7 +106,10 @@ struct FunctionStops {
 }
 
 impl FunctionStops {
-    fn check<'a>(&self, state: &mut MiddlewareReaderState<'a>) {
+    /// The check: trap if the flag is set. At a loop head `beat` adds the store that makes
+    /// every iteration load the flag again (not needed at function entry: nothing loops back
+    /// to it, and every call is a fence for Cranelift's alias analysis).
+    fn check<'a>(&self, state: &mut MiddlewareReaderState<'a>, beat: bool) {
         state.extend(&[
             Operator::GlobalGet {
                 global_index: self.stop,
@@ -116,11 +119,15 @@ impl FunctionStops {
             },
             Operator::Unreachable,
             Operator::End,
-            Operator::I32Const { value: 0 },
-            Operator::GlobalSet {
-                global_index: self.beat,
-            },
         ]);
+        if beat {
+            state.extend(&[
+                Operator::I32Const { value: 0 },
+                Operator::GlobalSet {
+                    global_index: self.beat,
+                },
+            ]);
+        }
     }
 }
 
@@ -134,12 +141,12 @@ impl<'a> FunctionMiddleware<'a> for FunctionStops {
         }
         if !self.entered {
             self.entered = true;
-            self.check(state);
+            self.check(state, false);
         }
         let is_loop = matches!(operator, Operator::Loop { .. });
         state.push_operator(operator);
         if is_loop {
-            self.check(state);
+            self.check(state, true);
         }
         Ok(())
     }
