@@ -158,7 +158,7 @@ fn bench(c: &mut Criterion) {
         "verify one manifest signature / sha256 of the manifest",
         "verify_signature",
         "sha256_manifest",
-        "s",
+        "us",
     );
     let (v_best, h_best) = (
         common::median(r.of("verify_signature")),
@@ -215,8 +215,8 @@ fn bench(c: &mut Criterion) {
     println!(
         "\nKEEL-TRUST-FIGURES verify_per_plugin={:.1}us (median; target <= 100) sha256_manifest={:.2}us ({} bytes) \
          verify/sha256_manifest={:.0}x",
-        v_best * 1e6,
-        h_best * 1e6,
+        v_best,
+        h_best,
         manifest.len(),
         v_best / h_best
     );
