@@ -61,7 +61,7 @@ pub fn compiling(cap: Pages, metering: bool, mode: MemoryMode) -> Engine {
     }
     // Every module gets the stop checks the watchdog's deadlines and cancellation rely on
     // (see `interrupt`); after metering, so its accounting never sees their operators.
-    compiler.push_middleware(Arc::new(StopChecks::new()));
+    compiler.push_middleware(Arc::new(StopChecks::new(!metering)));
     let mut engine: Engine = EngineBuilder::new(compiler).into();
     engine.set_tunables(CappedTunables::new(cap, mode));
     engine

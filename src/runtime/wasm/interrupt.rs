@@ -25,14 +25,14 @@
 //! also registered every store in a process-wide map on every call (tens of nanoseconds),
 //! and took SIGUSR1 from the embedding server.
 //!
-//! Why the store to `$keel_beat`: Cranelift's alias analysis may replace a load by an
-//! earlier load of the same address when no store can have happened in between
-//! (redundant-load elimination), and in a loop that stores nothing the flag could then be
-//! tested with the value read before the loop, forever. The store (to a second global,
-//! never read) puts a store on every path back to the loop head, so the flag is loaded again
-//! on each iteration by construction, whatever the optimiser does. (With the Cranelift of
-//! wasmer 7.4.2 the checks without the store also stopped `tests/wasm_interrupt.rs`'s empty
-//! loop; the store costs about one cycle per iteration.)
+//! Why the store to `$keel_beat`: Cranelift's alias analysis replaces a load by an earlier
+//! load of the same address when no store can have happened in between (redundant-load
+//! elimination). In a loop that stores nothing, the check at the loop head would then test
+//! the value loaded by the function-entry check, forever: `tests/wasm_interrupt.rs`'s empty
+//! loop, compiled without metering and without this store, is never stopped. The store (to
+//! a second global, never read) puts a store on every path back to the loop head, so the
+//! flag is loaded again on each iteration. A metered module does not need it: metering
+//! stores its fuel counter at every branch, so every iteration stores already.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -46,17 +46,24 @@ pub const STOP_GLOBAL: &str = "__keel_stop";
 /// The export of the store target (kept exported so nothing removes it).
 pub const BEAT_GLOBAL: &str = "__keel_beat";
 /// Part of the compiled-module cache key: changes whenever the inserted code changes.
-pub const STOP_CHECKS_ID: &str = "keel-stop-v2";
+pub const STOP_CHECKS_ID: &str = "keel-stop-v3";
 
 /// The module middleware: adds the two globals and gives every function a [`FunctionStops`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StopChecks {
     globals: std::sync::OnceLock<(u32, u32)>,
+    beat: bool,
 }
 
 impl StopChecks {
-    pub fn new() -> StopChecks {
-        StopChecks::default()
+    /// `beat`: add the store at loop heads. Not needed when the module is also metered:
+    /// metering's fuel counter is stored at every branch, so every loop iteration already
+    /// stores (Keel's cost function charges every operator at least 1).
+    pub fn new(beat: bool) -> StopChecks {
+        StopChecks {
+            globals: std::sync::OnceLock::new(),
+            beat,
+        }
     }
 }
 
@@ -68,6 +75,7 @@ impl ModuleMiddleware for StopChecks {
         Box::new(FunctionStops {
             stop,
             beat,
+            beat_at_loops: self.beat,
             entered: false,
         })
     }
@@ -102,6 +110,7 @@ impl ModuleMiddleware for StopChecks {
 struct FunctionStops {
     stop: u32,
     beat: u32,
+    beat_at_loops: bool,
     entered: bool,
 }
 
@@ -146,7 +155,7 @@ impl<'a> FunctionMiddleware<'a> for FunctionStops {
         let is_loop = matches!(operator, Operator::Loop { .. });
         state.push_operator(operator);
         if is_loop {
-            self.check(state, true);
+            self.check(state, self.beat_at_loops);
         }
         Ok(())
     }
