@@ -38,6 +38,14 @@ use crate::watch::{WatchConfig, WatchControl, WatchEvent};
 pub use crate::lifecycle::pipeline::check_capabilities;
 pub use crate::lifecycle::{default_allowlist, DirPlan, HostOptions, LifecycleEvent, Listener, PluginCheck};
 
+/// A plugin loaded from an OCI registry ([`Host::load_oci`]).
+#[derive(Clone)]
+pub struct OciLoad {
+    pub slot: Arc<Slot>,
+    /// The digest the reference resolved to, the cached folder, and whether it was a cache hit.
+    pub pulled: crate::fleet::Pulled,
+}
+
 /// A Keel host: owns every loaded plugin, the health monitor and the directory watcher.
 /// Dropping it stops the watcher and the monitor, then unloads every plugin.
 pub struct Host {
@@ -316,6 +324,29 @@ impl Host {
     pub fn load(&self, manifest_path: &Path) -> Result<Arc<Slot>> {
         let mut v = self.load_set(&[manifest_path.to_path_buf()])?;
         v.pop().ok_or_else(|| Error::internal("load_set returned nothing"))
+    }
+
+    /// Load a plugin from an OCI registry: pull `reference`
+    /// (`[registry/]repository[:tag][@sha256:<hex>]`) into the content-addressed cache
+    /// `cache_dir` ([`crate::fleet::pull_to_cache`]: digests checked, a digest reference that
+    /// is cached never touches the network, a tag is resolved once), then load the cached
+    /// folder exactly as [`Host::load`] loads a local one: signature against this host's trust
+    /// store, binary pin, capabilities, init. The returned [`OciLoad`] names the digest the
+    /// reference resolved to. Reload reads the cached folder again (same digest); to move to
+    /// a new digest, unload and load the new reference.
+    ///
+    /// Errors: the `KEEL_ERR_OCI_*` codes of the pull, then those of [`Host::load`].
+    pub fn load_oci(
+        &self,
+        reference: &str,
+        cache_dir: &Path,
+        options: &crate::fleet::RegistryOptions,
+    ) -> Result<OciLoad> {
+        let pulled = crate::fleet::pull_to_cache(reference, cache_dir, options)?;
+        let slot = self
+            .load(&pulled.manifest_path)
+            .map_err(|e| e.context(format!("'{reference}' ({})", pulled.digest)))?;
+        Ok(OciLoad { slot, pulled })
     }
 
     /// Load several plugins all-or-nothing: every manifest is read and checked first; then

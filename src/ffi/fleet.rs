@@ -1,0 +1,83 @@
+//! C ABI: loading plugins from an OCI registry (see docs/fleet.md).
+
+use std::ffi::c_char;
+use std::path::Path;
+
+use super::host::{keel_buffer, keel_host, keel_plugin};
+use super::{arg_str, borrow, borrow_mut, boundary, new_shared, Out};
+use crate::error::keel_status;
+use crate::fleet::{Credentials, RegistryOptions};
+
+/// Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or
+/// `...@sha256:<64 hex>`) into the content-addressed cache folder `cache_dir` (created if
+/// missing), then load it exactly as `keel_host_load` loads a local folder (signature against
+/// the host's trust store, binary pin, capabilities, init).
+///
+/// Every blob is checked against its digest before it is cached; a reference with a digest
+/// that is already cached does not touch the network; a tag is resolved once per call.
+/// Registries on the loopback interface are spoken to in plain HTTP, all others over TLS.
+/// `bearer` is a bearer token, or NULL (or "") for none. All strings are borrowed for the
+/// call. If `out` is non-NULL it receives a new plugin handle owned by the caller (release
+/// with `keel_plugin_free`). If `digest` is non-NULL the buffer receives the OCI manifest
+/// digest the reference resolved to (`sha256:<hex>`, not NUL-terminated); on failure it is
+/// left empty. On failure nothing is loaded. Thread-safe; blocks while it pulls (never call
+/// it on a thread that serves `keel_call`s with deadlines).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`host`, `reference`, `cache_dir`),
+/// `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`),
+/// `KEEL_ERR_OCI_BAD_REFERENCE`, `KEEL_ERR_OCI_MANIFEST_NOT_FOUND`,
+/// `KEEL_ERR_OCI_DIGEST_MISMATCH`, `KEEL_ERR_OCI_PULL_FAILED`, `KEEL_ERR_OCI_AUTH_FAILED`,
+/// `KEEL_ERR_OCI_NOT_A_PLUGIN`, `KEEL_ERR_IO` (the cache folder), then every code of
+/// `keel_host_load`.
+#[no_mangle]
+pub extern "C" fn keel_host_load_oci(
+    host: *const keel_host,
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    bearer: *const c_char,
+    out: *mut *mut keel_plugin,
+    digest: *mut keel_buffer,
+) -> keel_status {
+    // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
+    let mut digest_buf = if digest.is_null() {
+        None
+    } else {
+        // SAFETY: as above; not NULL.
+        unsafe { borrow_mut(digest, "digest") }.ok()
+    };
+    if let Some(b) = digest_buf.as_mut() {
+        b.clear();
+    }
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(out)) };
+        // SAFETY: caller contract.
+        let reference = unsafe { arg_str(reference, "reference") }?;
+        // SAFETY: caller contract.
+        let cache_dir = unsafe { arg_str(cache_dir, "cache_dir") }?;
+        if cache_dir.is_empty() {
+            crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "cache_dir is empty");
+        }
+        let credentials = if bearer.is_null() {
+            Credentials::Anonymous
+        } else {
+            // SAFETY: caller contract.
+            match unsafe { arg_str(bearer, "bearer") }? {
+                "" => Credentials::Anonymous,
+                t => Credentials::Bearer(t.to_string()),
+            }
+        };
+        let options = RegistryOptions {
+            credentials,
+            ..RegistryOptions::default()
+        };
+        let loaded = h.load_oci(reference, Path::new(cache_dir), &options)?;
+        if let Some(b) = digest_buf.as_mut() {
+            b.extend_from_slice(loaded.pulled.digest.as_bytes());
+        }
+        if let Some(out) = out {
+            out.set(new_shared::<keel_plugin>(loaded.slot));
+        }
+        Ok(())
+    })
+}
