@@ -46,6 +46,15 @@ pub struct OciLoad {
     pub pulled: crate::fleet::Pulled,
 }
 
+impl std::fmt::Debug for OciLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciLoad")
+            .field("plugin", &self.slot.name())
+            .field("pulled", &self.pulled)
+            .finish()
+    }
+}
+
 /// A Keel host: owns every loaded plugin, the health monitor and the directory watcher.
 /// Dropping it stops the watcher and the monitor, then unloads every plugin.
 pub struct Host {
