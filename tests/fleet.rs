@@ -697,3 +697,92 @@ fn an_interrupted_pull_leaves_nothing_a_later_load_trusts() {
     );
     assert_eq!(echo_call(&h, b"whole"), b"whole");
 }
+
+#[test]
+fn keel_oci_pull_fetches_without_loading_and_a_load_of_its_path_verifies() {
+    let reg = Registry::start("fleet-pullonly");
+    let k = key(10);
+    let folder = echo_folder("fleet-pullonly", Some(&k));
+    let digest = push(&folder, &reg.reference("plugins/echo:1"));
+    let cache = common::tempdir("fleet-pullonly-cache");
+    let r = cstr(&reg.reference("plugins/echo:1"));
+    let c = cstr(cache.to_str().unwrap());
+    let (path, d) = (Buf::new(), Buf::new());
+    assert_eq!(
+        keel::ffi::fleet::keel_oci_pull(r.as_ptr(), c.as_ptr(), ptr::null(), path.0, d.0),
+        KEEL_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(d.text(), digest);
+    let manifest = PathBuf::from(path.text());
+    assert!(
+        manifest.starts_with(&cache) && manifest.ends_with("keel.json"),
+        "{manifest:?}"
+    );
+    // Nothing loaded yet; a host that does not trust the signer refuses the path, one that
+    // does loads it.
+    let stranger = host_trusting(&[&key(11)]);
+    assert_eq!(err_status(stranger.load(&manifest)), KEEL_ERR_UNKNOWN_KEY);
+    let h = host_trusting(&[&k]);
+    h.load(&manifest).unwrap();
+    assert_eq!(echo_call(&h, b"pulled"), b"pulled");
+    // NULL manifest_path buffer: refused; bad reference: its code, both buffers empty.
+    assert_eq!(
+        keel::ffi::fleet::keel_oci_pull(r.as_ptr(), c.as_ptr(), ptr::null(), ptr::null_mut(), d.0),
+        KEEL_ERR_NULL_POINTER
+    );
+    let bad = cstr("Bad Ref");
+    assert_eq!(
+        keel::ffi::fleet::keel_oci_pull(bad.as_ptr(), c.as_ptr(), ptr::null(), path.0, d.0),
+        KEEL_ERR_OCI_BAD_REFERENCE
+    );
+    assert!(path.bytes().is_empty() && d.bytes().is_empty());
+}
+
+#[test]
+fn an_artifact_that_is_not_a_keel_plugin_is_refused_before_anything_is_cached() {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    use oci_client::secrets::RegistryAuth;
+    let reg = Registry::start("fleet-foreign");
+    // An ordinary artifact (another tool's media types), pushed with the OCI client itself;
+    // and one whose layer path leaves the plugin folder.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let push = |tag: &str, layer_type: &str, title: &str| {
+        let r: oci_client::Reference = reg.reference(&format!("other/thing:{tag}")).parse().unwrap();
+        let mut ann = std::collections::BTreeMap::new();
+        ann.insert("org.opencontainers.image.title".to_string(), title.to_string());
+        let layer = ImageLayer::new(b"payload".to_vec(), layer_type.to_string(), Some(ann));
+        let config = Config::new(
+            b"{}".to_vec(),
+            "application/vnd.keel.plugin.config.v1+json".into(),
+            None,
+        );
+        rt.block_on(client.push(&r, &[layer], config, &RegistryAuth::Anonymous, None))
+            .unwrap();
+    };
+    push("foreign", "application/vnd.example.layer.v1", "keel.json");
+    push(
+        "escape",
+        "application/vnd.keel.plugin.manifest.v1+json",
+        "../../keel.json",
+    );
+    let cache = common::tempdir("fleet-foreign-cache");
+    let h = Host::new();
+    for tag in ["foreign", "escape"] {
+        let e = h
+            .load_oci(&reg.reference(&format!("other/thing:{tag}")), &cache, &opts())
+            .unwrap_err();
+        assert_eq!(e.status(), KEEL_ERR_OCI_NOT_A_PLUGIN, "{tag}: {e}");
+    }
+    assert!(!cache.join("sha256").exists());
+    assert!(!cache.parent().unwrap().join("keel.json").exists());
+}

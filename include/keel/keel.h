@@ -2072,6 +2072,28 @@ keel_status keel_host_load_oci(const keel_host *host,
                                keel_plugin **out,
                                keel_buffer *digest);
 
+/**
+ * Pull `reference` into the content-addressed cache folder `cache_dir` without loading it
+ * (the first half of `keel_host_load_oci`, for an embedder that loads through its own path,
+ * e.g. ThemisDB's façade `loadPluginFromOci`): same digest checks, same cache rules. The
+ * folder is not verified against a trust store here; loading it (`keel_host_load` of the
+ * returned manifest path) does that.
+ *
+ * `manifest_path` receives the path of the plugin's manifest in the cache (not
+ * NUL-terminated); on failure it is left empty. `digest`, if non-NULL, receives the OCI
+ * manifest digest the reference resolved to. `bearer` as for `keel_host_load_oci`.
+ * Thread-safe; blocks while it pulls.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`reference`, `cache_dir`, `manifest_path`),
+ * `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`), the
+ * `KEEL_ERR_OCI_*` codes of `keel_host_load_oci`, `KEEL_ERR_IO`.
+ */
+keel_status keel_oci_pull(const char *reference,
+                          const char *cache_dir,
+                          const char *bearer,
+                          keel_buffer *manifest_path,
+                          keel_buffer *digest);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use super::host::{keel_buffer, keel_host, keel_plugin};
-use super::{arg_str, borrow, borrow_mut, boundary, new_shared, Out};
+use super::{arg_str, borrow, borrow_mut, boundary, fill_buffer, new_shared, Out};
 use crate::error::keel_status;
 use crate::fleet::{Credentials, RegistryOptions};
 
@@ -38,11 +38,10 @@ pub extern "C" fn keel_host_load_oci(
     out: *mut *mut keel_plugin,
     digest: *mut keel_buffer,
 ) -> keel_status {
-    // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
     let mut digest_buf = if digest.is_null() {
         None
     } else {
-        // SAFETY: as above; not NULL.
+        // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
         unsafe { borrow_mut(digest, "digest") }.ok()
     };
     if let Some(b) = digest_buf.as_mut() {
@@ -55,23 +54,9 @@ pub extern "C" fn keel_host_load_oci(
         let reference = unsafe { arg_str(reference, "reference") }?;
         // SAFETY: caller contract.
         let cache_dir = unsafe { arg_str(cache_dir, "cache_dir") }?;
-        if cache_dir.is_empty() {
-            crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "cache_dir is empty");
-        }
-        let credentials = if bearer.is_null() {
-            Credentials::Anonymous
-        } else {
-            // SAFETY: caller contract.
-            match unsafe { arg_str(bearer, "bearer") }? {
-                "" => Credentials::Anonymous,
-                t => Credentials::Bearer(t.to_string()),
-            }
-        };
-        let options = RegistryOptions {
-            credentials,
-            ..RegistryOptions::default()
-        };
-        let loaded = h.load_oci(reference, Path::new(cache_dir), &options)?;
+        // SAFETY: caller contract.
+        let options = unsafe { options(bearer) }?;
+        let loaded = h.load_oci(reference, non_empty(cache_dir)?, &options)?;
         if let Some(b) = digest_buf.as_mut() {
             b.extend_from_slice(loaded.pulled.digest.as_bytes());
         }
@@ -79,5 +64,81 @@ pub extern "C" fn keel_host_load_oci(
             out.set(new_shared::<keel_plugin>(loaded.slot));
         }
         Ok(())
+    })
+}
+
+/// Pull `reference` into the content-addressed cache folder `cache_dir` without loading it
+/// (the first half of `keel_host_load_oci`, for an embedder that loads through its own path,
+/// e.g. ThemisDB's façade `loadPluginFromOci`): same digest checks, same cache rules. The
+/// folder is not verified against a trust store here; loading it (`keel_host_load` of the
+/// returned manifest path) does that.
+///
+/// `manifest_path` receives the path of the plugin's manifest in the cache (not
+/// NUL-terminated); on failure it is left empty. `digest`, if non-NULL, receives the OCI
+/// manifest digest the reference resolved to. `bearer` as for `keel_host_load_oci`.
+/// Thread-safe; blocks while it pulls.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`reference`, `cache_dir`, `manifest_path`),
+/// `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`), the
+/// `KEEL_ERR_OCI_*` codes of `keel_host_load_oci`, `KEEL_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn keel_oci_pull(
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    bearer: *const c_char,
+    manifest_path: *mut keel_buffer,
+    digest: *mut keel_buffer,
+) -> keel_status {
+    let mut digest_buf = if digest.is_null() {
+        None
+    } else {
+        // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
+        unsafe { borrow_mut(digest, "digest") }.ok()
+    };
+    if let Some(b) = digest_buf.as_mut() {
+        b.clear();
+    }
+    fill_buffer(manifest_path, |out| {
+        // SAFETY: caller contract for every pointer argument.
+        let (reference, cache_dir) = unsafe { (arg_str(reference, "reference")?, arg_str(cache_dir, "cache_dir")?) };
+        // SAFETY: caller contract.
+        let options = unsafe { options(bearer) }?;
+        let pulled = crate::fleet::pull_to_cache(reference, non_empty(cache_dir)?, &options)?;
+        let p = pulled
+            .manifest_path
+            .to_str()
+            .ok_or_else(|| crate::err!(KEEL_ERR_INVALID_UTF8, "the cache path is not UTF-8"))?;
+        out.extend_from_slice(p.as_bytes());
+        if let Some(b) = digest_buf.as_mut() {
+            b.extend_from_slice(pulled.digest.as_bytes());
+        }
+        Ok(())
+    })
+}
+
+fn non_empty(cache_dir: &str) -> crate::error::Result<&Path> {
+    if cache_dir.is_empty() {
+        crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "cache_dir is empty");
+    }
+    Ok(Path::new(cache_dir))
+}
+
+/// Registry options with `bearer` (NULL or "": anonymous).
+///
+/// # Safety
+/// `bearer` is NULL or a NUL-terminated string valid for the call.
+unsafe fn options(bearer: *const c_char) -> crate::error::Result<RegistryOptions> {
+    let credentials = if bearer.is_null() {
+        Credentials::Anonymous
+    } else {
+        // SAFETY: caller contract.
+        match unsafe { arg_str(bearer, "bearer") }? {
+            "" => Credentials::Anonymous,
+            t => Credentials::Bearer(t.to_string()),
+        }
+    };
+    Ok(RegistryOptions {
+        credentials,
+        ..RegistryOptions::default()
     })
 }
