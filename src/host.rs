@@ -74,6 +74,9 @@ pub struct Host {
     services: HostServices,
     /// The embedder's host functions (the same registry the load pipeline's services hold).
     host_fns: Arc<HostFunctions>,
+    /// The trust-store follower, if one runs ([`Host::follow_trust_store`]), and its metrics.
+    trust_follow: Mutex<Option<crate::fleet::TrustFollower>>,
+    follow_metrics: crate::fleet::FollowMetrics,
 }
 
 impl Default for Host {
@@ -103,6 +106,8 @@ impl Host {
         let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services.clone()));
         let mut prometheus = prometheus_client::registry::Registry::default();
         prometheus.register_collector(Box::new(CustomCollector(custom)));
+        let follow_metrics = crate::fleet::FollowMetrics::default();
+        prometheus.register_collector(Box::new(follow_metrics.clone()));
         Host {
             lifecycle,
             trust,
@@ -112,6 +117,8 @@ impl Host {
             watch: WatchControl::new(),
             services,
             host_fns,
+            trust_follow: Mutex::new(None),
+            follow_metrics,
         }
     }
 
@@ -275,6 +282,54 @@ impl Host {
     /// (`set_require_signature(false)`) only before the first load; after that only strengthened.
     pub fn trust(&self) -> &TrustState {
         &self.trust
+    }
+
+    /// Follow a trust store published in an OCI registry (see [`crate::fleet::follow`]):
+    /// check `config.reference` now (the published store must be signed by one of
+    /// `config.roots` and not be older than the store in use), swap it in, then check every
+    /// `config.interval` on a thread of the follower's own. Replaces a follower already
+    /// running once the new one's first check succeeded; on failure the old one (if any)
+    /// keeps running and the store is unchanged. Returns the version in use. While following,
+    /// the metrics carry `keel_trust_store_version`.
+    pub fn follow_trust_store(&self, config: crate::fleet::FollowConfig) -> Result<u64> {
+        let f = crate::fleet::TrustFollower::start(self.trust.clone(), config)?;
+        let v = f.status().version;
+        self.follow_metrics.set(Some(&f));
+        let old = self.trust_follow.lock().replace(f);
+        if let Some(old) = old {
+            old.stop();
+        }
+        Ok(v)
+    }
+
+    /// Check the followed trust-store reference now (on this thread). Returns the version in
+    /// use afterwards. `KEEL_ERR_INVALID_ARGUMENT` if the host follows none; otherwise the
+    /// errors of [`Host::follow_trust_store`] (the store in use stays).
+    pub fn trust_check_now(&self) -> Result<u64> {
+        let g = self.trust_follow.lock();
+        match g.as_ref() {
+            Some(f) => f.check_now(),
+            None => Err(crate::err!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "this host follows no trust-store reference"
+            )),
+        }
+    }
+
+    /// The follower's record, if the host follows a trust-store reference.
+    pub fn trust_follow_status(&self) -> Option<crate::fleet::FollowStatus> {
+        self.trust_follow.lock().as_ref().map(|f| f.status())
+    }
+
+    /// Stop following (the store in use stays). Returns whether a follower ran.
+    pub fn stop_following_trust_store(&self) -> bool {
+        let old = self.trust_follow.lock().take();
+        self.follow_metrics.set(None);
+        let was = old.is_some();
+        if let Some(f) = old {
+            f.stop();
+        }
+        was
     }
 
     pub fn allowlist(&self) -> Capabilities {
@@ -563,6 +618,7 @@ impl Drop for Host {
         // plugins are unloaded.
         self.stop_watching();
         self.stop_health_monitor();
+        self.stop_following_trust_store();
         let _ = self.lifecycle.unload_all();
     }
 }

@@ -786,3 +786,257 @@ fn an_artifact_that_is_not_a_keel_plugin_is_refused_before_anything_is_cached() 
     assert!(!cache.join("sha256").exists());
     assert!(!cache.parent().unwrap().join("keel.json").exists());
 }
+
+#[test]
+fn three_following_hosts_refuse_a_revoked_key_within_one_interval() {
+    use keel::ffi::fleet::{
+        keel_host_follow_trust_store, keel_host_stop_following_trust_store, keel_host_trust_check_now,
+    };
+    use keel::fleet::FollowConfig;
+    const INTERVAL: Duration = Duration::from_millis(1000);
+
+    let reg = Registry::start("fleet-rotate");
+    let dir = common::tempdir("fleet-rotate-keys");
+    let (root, signer, other) = (key(20), key(21), key(22));
+    let root_file = dir.join("root.key");
+    keel::trust::signature::write_secret_key_file(&root_file, &root).unwrap();
+    let roots = trust_store(&[&root]);
+    let store_ref = reg.reference("fleet/trust:current");
+    let store_file = dir.join("store.json");
+    // `keel trust publish`: signed with the root key, pushed; the digest on stdout.
+    let publish = |doc: &[u8]| {
+        std::fs::write(&store_file, doc).unwrap();
+        let (code, out, err) = keel_cli(&[
+            "trust",
+            "publish",
+            store_file.to_str().unwrap(),
+            &store_ref,
+            "--key",
+            root_file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.trim().starts_with("sha256:"), "{out}");
+    };
+    let entry = |k: &SigningKey| store::key_entry(&k.verifying_key(), "signer", &[]).unwrap();
+    let v1 = store::new_document(1, vec![entry(&signer), entry(&other)]).unwrap();
+    publish(&v1);
+
+    let folder = echo_folder("fleet-rotate", Some(&signer));
+    let digest = push(&folder, &reg.reference("plugins/echo:1"));
+    let plugin_ref = reg.reference(&format!("plugins/echo@{digest}"));
+    let config = || FollowConfig {
+        reference: store_ref.clone(),
+        roots: roots.clone(),
+        interval: INTERVAL,
+        registry: opts(),
+    };
+
+    // Two hosts through the Rust API, one through the C ABI: each follows, then loads the
+    // plugin signed by `signer` (trusted by version 1) and runs it.
+    let hosts: Vec<Host> = (0..2).map(|_| Host::new()).collect();
+    let mut manifests = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h.follow_trust_store(config()).unwrap(), 1);
+        let cache = common::tempdir(&format!("fleet-rotate-cache{i}"));
+        let l = h.load_oci(&plugin_ref, &cache, &opts()).unwrap();
+        manifests.push(l.pulled.manifest_path);
+        assert_eq!(echo_call(h, b"v1"), b"v1");
+        assert!(h.metrics_text().contains("keel_trust_store_version 1\n"));
+    }
+    let mut raw = ptr::null_mut();
+    assert_eq!(keel_host_new(&mut raw), KEEL_OK);
+    let c_host = TestHost(raw);
+    let r = cstr(&store_ref);
+    let mut version = 0u64;
+    assert_eq!(
+        keel_host_follow_trust_store(
+            c_host.0,
+            r.as_ptr(),
+            roots.as_ptr(),
+            roots.len(),
+            1000,
+            ptr::null(),
+            &mut version
+        ),
+        KEEL_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(version, 1);
+    let c_cache = common::tempdir("fleet-rotate-cache-c");
+    let (s, _, p) = load_oci_c(&c_host, &plugin_ref, &c_cache, None);
+    assert_eq!(s, KEEL_OK, "{}", last_error());
+    keel_plugin_free(p);
+    // Unloaded again: this host shows "stops loads" (keel_verify runs a load's checks).
+    assert_eq!(c_host.unload("echo"), KEEL_OK);
+    let c_manifest = c_cache
+        .join("sha256")
+        .join(digest.strip_prefix("sha256:").unwrap())
+        .join("keel.json");
+
+    // Revoke `signer` (version 2) and publish; then watch every host until it refuses.
+    let id = keel::trust::signature::key_id_hex(&keel::trust::signature::key_id(&signer.verifying_key()));
+    let v2 = store::revoke_key(
+        &v1,
+        &id,
+        "rotated",
+        std::time::SystemTime::now() - Duration::from_secs(1),
+    )
+    .unwrap();
+    publish(&v2);
+    let t0 = Instant::now();
+    let deadline = t0 + INTERVAL + Duration::from_secs(10);
+    let mut refused_after = Vec::new();
+    for (h, m) in hosts.iter().zip(&manifests) {
+        loop {
+            // The host's own verification (what its load and reload run first).
+            match h.trust().verify_plugin(m) {
+                Err(e) if e.status() == KEEL_ERR_KEY_REVOKED => break,
+                Err(e) => panic!("{e}"),
+                Ok(_) => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a following host still accepts the revoked key"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        refused_after.push(t0.elapsed());
+    }
+    let cm = cstr(c_manifest.to_str().unwrap());
+    loop {
+        if keel::ffi::trust::keel_verify(c_host.0, cm.as_ptr()) == KEEL_ERR_KEY_REVOKED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the C host still accepts the revoked key");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    refused_after.push(t0.elapsed());
+    assert_eq!(c_host.load(&c_manifest).unwrap_err(), KEEL_ERR_KEY_REVOKED);
+    eprintln!("time from publication to refusal (interval {INTERVAL:?}): {refused_after:?}");
+    for t in &refused_after {
+        // Within one interval plus the registry round trip and this loop's granularity.
+        assert!(*t <= INTERVAL + Duration::from_secs(2), "{refused_after:?}");
+    }
+    // A reload is refused too; the running generation keeps serving.
+    for h in &hosts {
+        assert_eq!(err_status(h.reload("echo")), KEEL_ERR_KEY_REVOKED);
+        assert_eq!(echo_call(h, b"still"), b"still");
+        assert!(h.metrics_text().contains("keel_trust_store_version 2\n"));
+        assert_eq!(h.trust_follow_status().unwrap().version, 2);
+    }
+
+    // Rollback: version 1 published again is refused; the node keeps version 2.
+    publish(&v1);
+    for h in &hosts {
+        assert_eq!(err_status(h.trust_check_now()), KEEL_ERR_TRUST_STORE_ROLLBACK);
+        assert_eq!(h.trust().store().version(), 2);
+    }
+    let mut v = 0;
+    assert_eq!(
+        keel_host_trust_check_now(c_host.0, &mut v),
+        KEEL_ERR_TRUST_STORE_ROLLBACK
+    );
+    // A store signed by a key that is not a root (even one the store trusts): refused.
+    let v3 = store::new_document(3, vec![entry(&other)]).unwrap();
+    let forged = KeelSignature::sign(&other, &v3, "not a root").unwrap();
+    keel::fleet::push_trust_store(&v3, forged.to_file_text().as_bytes(), &store_ref, &opts()).unwrap();
+    for h in &hosts {
+        assert_eq!(err_status(h.trust_check_now()), KEEL_ERR_UNKNOWN_KEY);
+        assert_eq!(h.trust().store().version(), 2);
+        let st = h.trust_follow_status().unwrap();
+        assert!(st.failures >= 2 && st.last_error.is_some(), "{st:?}");
+        assert!(h.metrics_text().contains("keel_trust_follow_failures_total"));
+    }
+    // Stop following: the store stays, the families go.
+    assert!(hosts[0].stop_following_trust_store());
+    assert!(!hosts[0].metrics_text().contains("keel_trust_store_version"));
+    assert_eq!(err_status(hosts[0].trust_check_now()), KEEL_ERR_INVALID_ARGUMENT);
+    let mut was = false;
+    assert_eq!(keel_host_stop_following_trust_store(c_host.0, &mut was), KEEL_OK);
+    assert!(was);
+    assert_eq!(
+        keel_host_trust_check_now(c_host.0, ptr::null_mut()),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+}
+
+#[test]
+fn following_refuses_bad_arguments_and_an_unsigned_store_without_changing_anything() {
+    use keel::ffi::fleet::keel_host_follow_trust_store;
+    use keel::fleet::FollowConfig;
+    let reg = Registry::start("fleet-follow-bad");
+    let root = key(30);
+    let roots = trust_store(&[&root]);
+    let store_ref = reg.reference("fleet/trust:current");
+    let h = host_trusting(&[&key(31)]);
+    let cfg = |reference: &str, roots: &[u8], ms: u64| FollowConfig {
+        reference: reference.to_string(),
+        roots: roots.to_vec(),
+        interval: Duration::from_millis(ms),
+        registry: opts(),
+    };
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg(&store_ref, &roots, 10))),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg("Bad Ref", &roots, 1000))),
+        KEEL_ERR_OCI_BAD_REFERENCE
+    );
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg(&store_ref, b"{", 1000))),
+        KEEL_ERR_TRUST_STORE_MALFORMED
+    );
+    let no_roots = store::new_document(1, vec![]).unwrap();
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg(&store_ref, &no_roots, 1000))),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    // Nothing published yet.
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg(&store_ref, &roots, 1000))),
+        KEEL_ERR_OCI_MANIFEST_NOT_FOUND
+    );
+    // Published with a hash-only signature: refused; the host's own store stays.
+    let doc = store::new_document(5, vec![store::key_entry(&key(32).verifying_key(), "x", &[]).unwrap()]).unwrap();
+    let hash_line = format!("{}\n", keel::digest::sha256_hex(&doc));
+    keel::fleet::push_trust_store(&doc, hash_line.as_bytes(), &store_ref, &opts()).unwrap();
+    assert_eq!(
+        err_status(h.follow_trust_store(cfg(&store_ref, &roots, 1000))),
+        KEEL_ERR_HASH_ONLY_SIGNATURE
+    );
+    assert_eq!(h.trust().store().version(), 1);
+    assert!(h.trust_follow_status().is_none());
+    // The C ABI: NULL arguments.
+    let t = TestHost::new();
+    let r = cstr(&store_ref);
+    assert_eq!(
+        keel_host_follow_trust_store(
+            ptr::null(),
+            r.as_ptr(),
+            roots.as_ptr(),
+            roots.len(),
+            1000,
+            ptr::null(),
+            ptr::null_mut()
+        ),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_follow_trust_store(
+            t.0,
+            ptr::null(),
+            roots.as_ptr(),
+            roots.len(),
+            1000,
+            ptr::null(),
+            ptr::null_mut()
+        ),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_follow_trust_store(t.0, r.as_ptr(), ptr::null(), 5, 1000, ptr::null(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+}

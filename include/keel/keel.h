@@ -2094,6 +2094,50 @@ keel_status keel_oci_pull(const char *reference,
                           keel_buffer *manifest_path,
                           keel_buffer *digest);
 
+/**
+ * Follow a trust store published in an OCI registry (`keel trust publish`; docs/fleet.md):
+ * check `reference` now, then every `interval_ms` on a thread of the follower's own. A
+ * published store is swapped in only if it is signed by one of the root keys in `roots`
+ * (`roots_len` bytes: a trust-store document listing them) and its version is not lower
+ * than the store in use (rollback refused); otherwise the store in use stays and the error
+ * is recorded (`keel_host_trust_check_now` returns it). From the swap on, every load and
+ * reload verifies with the new store. Replaces a follower already running once the new one's
+ * first check succeeded. `bearer` as for `keel_host_load_oci`. If `version` is non-NULL it
+ * receives the version in use. While following, the metrics carry
+ * `keel_trust_store_version`. Thread-safe; blocks for the first check.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT`
+ * (`interval_ms` below 100, no root key), `KEEL_ERR_TRUST_STORE_MALFORMED` (roots or the
+ * published store), the `KEEL_ERR_OCI_*` codes of the pull, `KEEL_ERR_UNKNOWN_KEY` (not
+ * signed by a root key), `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_MALFORMED_SIGNATURE`,
+ * `KEEL_ERR_KEY_REVOKED` / `KEEL_ERR_KEY_EXPIRED` (the root key),
+ * `KEEL_ERR_TRUST_STORE_ROLLBACK`.
+ */
+keel_status keel_host_follow_trust_store(const keel_host *host,
+                                         const char *reference,
+                                         const uint8_t *roots,
+                                         size_t roots_len,
+                                         uint64_t interval_ms,
+                                         const char *bearer,
+                                         uint64_t *version);
+
+/**
+ * Check the followed trust-store reference now, on the calling thread, and swap in a newer
+ * published store. If `version` is non-NULL it receives the version in use afterwards.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`), `KEEL_ERR_INVALID_ARGUMENT` (the host follows no
+ * reference), and those of `keel_host_follow_trust_store` (the store in use stays).
+ */
+keel_status keel_host_trust_check_now(const keel_host *host, uint64_t *version);
+
+/**
+ * Stop following the trust-store reference (the store in use stays) and wait for the
+ * follower's thread. If `was_following` is non-NULL it receives whether a follower ran.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`).
+ */
+keel_status keel_host_stop_following_trust_store(const keel_host *host, bool *was_following);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -1126,6 +1126,33 @@ public:
         if (resolved_digest != nullptr) *resolved_digest = digest.str();
         return plugin;
     }
+    /** Follow a trust store published in an OCI registry (keel_host_follow_trust_store): a
+     *  published store signed by one of `roots` (a trust-store document of root keys) and not
+     *  older than the one in use is swapped in now and at every `interval` afterwards. Returns
+     *  the version in use. */
+    std::uint64_t follow_trust_store(std::string_view reference, std::string_view roots,
+                                     std::chrono::milliseconds interval, std::string_view bearer = {}) const {
+        std::uint64_t v = 0;
+        const std::string b = api_detail::cstr(bearer, "a bearer token");
+        Error::check(keel_host_follow_trust_store(h(), api_detail::cstr(reference, "an OCI reference").c_str(),
+                                                  reinterpret_cast<const std::uint8_t *>(roots.data()), roots.size(),
+                                                  static_cast<std::uint64_t>(interval.count()),
+                                                  b.empty() ? nullptr : b.c_str(), &v));
+        return v;
+    }
+    /** Check the followed trust-store reference now (keel_host_trust_check_now); the version
+     *  in use afterwards. */
+    std::uint64_t trust_check_now() const {
+        std::uint64_t v = 0;
+        Error::check(keel_host_trust_check_now(h(), &v));
+        return v;
+    }
+    /** Stop following (keel_host_stop_following_trust_store); whether a follower ran. */
+    bool stop_following_trust_store() const {
+        bool was = false;
+        Error::check(keel_host_stop_following_trust_store(h(), &was));
+        return was;
+    }
     /** A new handle on a loaded plugin (KEEL_ERR_PLUGIN_NOT_FOUND). */
     Plugin get(std::string_view name) const { return Plugin(HostRef(h()), name); }
     /** Hot-reload `name` from its manifest; the new generation. KEEL_ERR_DRAIN_TIMEOUT is

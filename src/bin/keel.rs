@@ -518,6 +518,24 @@ enum TrustCommand {
     /// List a store's keys with their state now (valid, revoked, expired, not-yet-valid).
     #[command(after_help = exit_code_help())]
     List { store: PathBuf },
+    /// Sign a trust store with a root key and publish it to an OCI registry for the nodes
+    /// that follow REFERENCE (keel_host_follow_trust_store; docs/fleet.md). Prints the
+    /// digest. Nodes accept it only if the root key is one of theirs and the version is
+    /// higher than the one they run.
+    #[command(after_help = exit_code_help())]
+    Publish {
+        store: PathBuf,
+        /// [registry/]repository[:tag] the nodes follow.
+        reference: String,
+        /// The root key's secret key file (keel keygen).
+        #[arg(long, value_name = "SECRET")]
+        key: PathBuf,
+        /// A comment stored in the signature.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -745,6 +763,37 @@ fn read_store(path: &Path) -> Result<Vec<u8>> {
 
 fn trust_cmd(cmd: TrustCommand, text: bool) -> Result<Value> {
     match cmd {
+        TrustCommand::Publish {
+            store: path,
+            reference,
+            key,
+            comment,
+            registry,
+        } => {
+            let bytes = manifest::read_capped(&path, store::MAX_TRUST_STORE_BYTES)?;
+            let parsed = TrustStore::from_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+            let root = signature::read_secret_key_file(&key)?;
+            let sig = KeelSignature::sign(&root, &bytes, &comment)?;
+            let p =
+                keel::fleet::push_trust_store(&bytes, sig.to_file_text().as_bytes(), &reference, &registry.options()?)?;
+            let root_id = signature::key_id_hex(&sig.key_id);
+            if text {
+                println!("{}", p.digest);
+                eprintln!(
+                    "published trust store version {} signed by root key {root_id} to {}; pinned: {}",
+                    parsed.version(),
+                    p.reference,
+                    p.pinned
+                );
+            }
+            Ok(json!({
+                "digest": p.digest,
+                "reference": p.reference,
+                "pinned": p.pinned,
+                "version": parsed.version(),
+                "root_key_id": root_id,
+            }))
+        }
         TrustCommand::Init {
             store: path,
             key,

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use super::host::{keel_buffer, keel_host, keel_plugin};
-use super::{arg_str, borrow, borrow_mut, boundary, fill_buffer, new_shared, Out};
+use super::{arg_bytes, arg_str, borrow, borrow_mut, boundary, fill_buffer, new_shared, Out};
 use crate::error::keel_status;
 use crate::fleet::{Credentials, RegistryOptions};
 
@@ -140,5 +140,92 @@ unsafe fn options(bearer: *const c_char) -> crate::error::Result<RegistryOptions
     Ok(RegistryOptions {
         credentials,
         ..RegistryOptions::default()
+    })
+}
+
+/// Follow a trust store published in an OCI registry (`keel trust publish`; docs/fleet.md):
+/// check `reference` now, then every `interval_ms` on a thread of the follower's own. A
+/// published store is swapped in only if it is signed by one of the root keys in `roots`
+/// (`roots_len` bytes: a trust-store document listing them) and its version is not lower
+/// than the store in use (rollback refused); otherwise the store in use stays and the error
+/// is recorded (`keel_host_trust_check_now` returns it). From the swap on, every load and
+/// reload verifies with the new store. Replaces a follower already running once the new one's
+/// first check succeeded. `bearer` as for `keel_host_load_oci`. If `version` is non-NULL it
+/// receives the version in use. While following, the metrics carry
+/// `keel_trust_store_version`. Thread-safe; blocks for the first check.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT`
+/// (`interval_ms` below 100, no root key), `KEEL_ERR_TRUST_STORE_MALFORMED` (roots or the
+/// published store), the `KEEL_ERR_OCI_*` codes of the pull, `KEEL_ERR_UNKNOWN_KEY` (not
+/// signed by a root key), `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_MALFORMED_SIGNATURE`,
+/// `KEEL_ERR_KEY_REVOKED` / `KEEL_ERR_KEY_EXPIRED` (the root key),
+/// `KEEL_ERR_TRUST_STORE_ROLLBACK`.
+#[no_mangle]
+pub extern "C" fn keel_host_follow_trust_store(
+    host: *const keel_host,
+    reference: *const c_char,
+    roots: *const u8,
+    roots_len: usize,
+    interval_ms: u64,
+    bearer: *const c_char,
+    version: *mut u64,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(version)) };
+        // SAFETY: caller contract.
+        let reference = unsafe { arg_str(reference, "reference") }?;
+        // SAFETY: caller contract: `roots` points to `roots_len` readable bytes.
+        let roots = unsafe { arg_bytes(roots, roots_len, "roots") }?;
+        // SAFETY: caller contract.
+        let registry = unsafe { options(bearer) }?;
+        let v = h.follow_trust_store(crate::fleet::FollowConfig {
+            reference: reference.to_string(),
+            roots: roots.to_vec(),
+            interval: std::time::Duration::from_millis(interval_ms),
+            registry,
+        })?;
+        if let Some(out) = out {
+            out.set(v);
+        }
+        Ok(())
+    })
+}
+
+/// Check the followed trust-store reference now, on the calling thread, and swap in a newer
+/// published store. If `version` is non-NULL it receives the version in use afterwards.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`host`), `KEEL_ERR_INVALID_ARGUMENT` (the host follows no
+/// reference), and those of `keel_host_follow_trust_store` (the store in use stays).
+#[no_mangle]
+pub extern "C" fn keel_host_trust_check_now(host: *const keel_host, version: *mut u64) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(version)) };
+        let v = h.trust_check_now()?;
+        if let Some(out) = out {
+            out.set(v);
+        }
+        Ok(())
+    })
+}
+
+/// Stop following the trust-store reference (the store in use stays) and wait for the
+/// follower's thread. If `was_following` is non-NULL it receives whether a follower ran.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`host`).
+#[no_mangle]
+pub extern "C" fn keel_host_stop_following_trust_store(
+    host: *const keel_host,
+    was_following: *mut bool,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(was_following)) };
+        let was = h.stop_following_trust_store();
+        if let Some(out) = out {
+            out.set(was);
+        }
+        Ok(())
     })
 }

@@ -16,13 +16,18 @@
 //! Layering: this module uses `manifest`, `trust` (paths only) and `error`; it never imports
 //! the host.
 
+pub mod follow;
 pub mod oci;
 
 use std::future::Future;
 
 use crate::error::{Error, Result};
 
-pub use oci::{pull_to_cache, pull_to_dir, push_dir, Credentials, OciRef, Pulled, Pushed, RegistryOptions};
+pub use follow::{FollowConfig, FollowMetrics, FollowStatus, TrustFollower};
+pub use oci::{
+    pull_to_cache, pull_to_dir, pull_trust_store, push_dir, push_trust_store, Credentials, OciRef, Pulled, Pushed,
+    RegistryOptions, TrustArtifact,
+};
 
 /// Media types of a Keel plugin artifact (documented in docs/fleet.md).
 pub mod media_type {
@@ -37,6 +42,14 @@ pub mod media_type {
     /// One binary layer per file the manifest names (annotation `dev.keel.platforms` lists
     /// the platform keys that name it).
     pub const BINARY: &str = "application/vnd.keel.plugin.binary.v1";
+    /// A trust store published for following nodes (artifact type).
+    pub const TRUST_ARTIFACT: &str = "application/vnd.keel.trust-store.v1";
+    /// Its config blob: `{"version": N}`.
+    pub const TRUST_CONFIG: &str = "application/vnd.keel.trust-store.config.v1+json";
+    /// The trust store document (docs/trust.md's format).
+    pub const TRUST_STORE: &str = "application/vnd.keel.trust-store.v1+json";
+    /// Its detached Keel signature, made with a root key.
+    pub const TRUST_SIGNATURE: &str = "application/vnd.keel.trust-store.signature.v1";
     /// The OCI image manifest itself.
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 }

@@ -13,7 +13,6 @@
 //! that concurrent pulls of the same digest (threads or processes) download it once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -456,34 +455,64 @@ pub fn push_dir(path: &Path, reference: &str, opts: &RegistryOptions) -> Result<
 
     let name = mf.manifest.name.clone();
     let version = mf.manifest.version.to_string();
-    let config = serde_json::to_vec(&json!({
+    let config = json!({
         "name": name,
         "version": version,
-        "runtime": serde_json::to_value(&mf.manifest.runtime).unwrap_or(Value::Null),
+        "runtime": serde_json::to_value(mf.manifest.runtime).unwrap_or(Value::Null),
         "manifest": manifest_name,
-    }))
-    .map_err(|e| Error::internal(e.to_string()))?;
+    });
+    let (digest, layers) = push_artifact(
+        &r,
+        opts,
+        media_type::ARTIFACT,
+        media_type::CONFIG,
+        &config,
+        &layers,
+        json!({
+            "org.opencontainers.image.title": name,
+            "org.opencontainers.image.version": version,
+        }),
+    )?;
+    Ok(Pushed {
+        pinned: format!("{}/{}@{digest}", r.inner.registry(), r.repository()),
+        digest,
+        reference: reference.to_string(),
+        name,
+        version,
+        layers,
+    })
+}
+
+/// Push `layers` and a JSON config blob as one OCI artifact of `artifact_type` under `r`;
+/// returns the manifest digest and the layers as pushed.
+fn push_artifact(
+    r: &OciRef,
+    opts: &RegistryOptions,
+    artifact_type: &str,
+    config_type: &str,
+    config: &Value,
+    layers: &[Layer],
+    annotations: Value,
+) -> Result<(String, Vec<PushedLayer>)> {
+    let config = serde_json::to_vec(config).map_err(|e| Error::internal(e.to_string()))?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": media_type::OCI_MANIFEST,
-        "artifactType": media_type::ARTIFACT,
-        "config": descriptor(media_type::CONFIG, &config, &BTreeMap::new()),
+        "artifactType": artifact_type,
+        "config": descriptor(config_type, &config, &BTreeMap::new()),
         "layers": layers.iter().map(|l| descriptor(l.media_type, &l.data, &l.annotations)).collect::<Vec<_>>(),
-        "annotations": {
-            "org.opencontainers.image.title": name,
-            "org.opencontainers.image.version": version,
-        },
+        "annotations": annotations,
     });
-    // serde_json's map is sorted: the bytes are canonical for a given folder.
+    // serde_json's map is sorted: the bytes are canonical for the same content.
     let body = serde_json::to_vec(&manifest).map_err(|e| Error::internal(e.to_string()))?;
     let digest = format!("sha256:{}", crate::digest::sha256_hex(&body));
 
-    let client = client(&r, opts)?;
+    let client = client(r, opts)?;
     let auth = opts.credentials.auth();
     let what = format!("push to '{}'", r.whole());
     block_on(async {
         client.store_auth_if_needed(r.registry(), &auth).await;
-        for l in &layers {
+        for l in layers {
             let d = format!("sha256:{}", crate::digest::sha256_hex(&l.data));
             client
                 .push_blob(&r.inner, l.data.clone(), &d)
@@ -505,22 +534,152 @@ pub fn push_dir(path: &Path, reference: &str, opts: &RegistryOptions) -> Result<
             .map_err(|e| oci_error(e, &format!("{what}: manifest"), Op::Push))?;
         Ok::<(), Error>(())
     })??;
+    let pushed = layers
+        .iter()
+        .map(|l| PushedLayer {
+            title: l.title.clone(),
+            media_type: l.media_type,
+            digest: format!("sha256:{}", crate::digest::sha256_hex(&l.data)),
+            size: l.data.len() as u64,
+        })
+        .collect();
+    Ok((digest, pushed))
+}
+
+// --- trust-store artifacts ------------------------------------------------------------------
+
+/// File name of the trust-store layer (and, with `.sig`, of its signature layer).
+pub const TRUST_STORE_TITLE: &str = "trust-store.json";
+
+/// Publish a trust store document and its detached Keel signature (made with a root key:
+/// `keel trust publish`) under `reference` (a tag). Nothing is verified here beyond the
+/// document parsing as a trust store: each following node checks the signature against its
+/// own root keys and the version against the store it runs.
+///
+/// Errors: `KEEL_ERR_OCI_BAD_REFERENCE`, `KEEL_ERR_TRUST_STORE_MALFORMED`,
+/// `KEEL_ERR_MALFORMED_SIGNATURE`, `KEEL_ERR_OCI_AUTH_FAILED`, `KEEL_ERR_OCI_PUSH_FAILED`.
+pub fn push_trust_store(store: &[u8], signature: &[u8], reference: &str, opts: &RegistryOptions) -> Result<Pushed> {
+    let r = OciRef::parse(reference)?;
+    if r.digest().is_some() {
+        bail!(
+            KEEL_ERR_OCI_BAD_REFERENCE,
+            "OCI reference '{reference}': push to a tag; the digest is what the push returns"
+        );
+    }
+    let parsed = crate::trust::TrustStore::from_bytes(store)?;
+    crate::trust::signature::parse(signature)?;
+    let title = |t: &str| {
+        let mut a = BTreeMap::new();
+        a.insert(ANNOTATION_TITLE.to_string(), t.to_string());
+        a
+    };
+    let layers = vec![
+        Layer {
+            title: TRUST_STORE_TITLE.to_string(),
+            media_type: media_type::TRUST_STORE,
+            data: store.to_vec(),
+            annotations: title(TRUST_STORE_TITLE),
+        },
+        Layer {
+            title: format!("{TRUST_STORE_TITLE}.sig"),
+            media_type: media_type::TRUST_SIGNATURE,
+            data: signature.to_vec(),
+            annotations: title(&format!("{TRUST_STORE_TITLE}.sig")),
+        },
+    ];
+    let version = parsed.version().to_string();
+    let (digest, layers) = push_artifact(
+        &r,
+        opts,
+        media_type::TRUST_ARTIFACT,
+        media_type::TRUST_CONFIG,
+        &json!({"version": parsed.version()}),
+        &layers,
+        json!({"org.opencontainers.image.version": version}),
+    )?;
     Ok(Pushed {
         pinned: format!("{}/{}@{digest}", r.inner.registry(), r.repository()),
         digest,
         reference: reference.to_string(),
-        name,
+        name: "trust-store".to_string(),
         version,
-        layers: layers
-            .iter()
-            .map(|l| PushedLayer {
-                title: l.title.clone(),
-                media_type: l.media_type,
-                digest: format!("sha256:{}", crate::digest::sha256_hex(&l.data)),
-                size: l.data.len() as u64,
-            })
-            .collect(),
+        layers,
     })
+}
+
+/// A trust-store artifact as pulled: digests checked, signature not yet (see
+/// [`crate::fleet::follow`]).
+#[derive(Debug, Clone)]
+pub struct TrustArtifact {
+    pub digest: String,
+    pub store: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Pull the trust-store artifact `reference` (one manifest request: a tag is resolved here).
+/// `None` when it resolves to `known_digest` (nothing downloaded). Every blob is checked
+/// against its digest and a size cap.
+pub fn pull_trust_store(
+    reference: &str,
+    opts: &RegistryOptions,
+    known_digest: Option<&str>,
+) -> Result<Option<TrustArtifact>> {
+    let r = OciRef::parse(reference)?;
+    let client = client(&r, opts)?;
+    let auth = opts.credentials.auth();
+    let what = format!("pull of trust store '{}'", r.whole());
+    block_on(async {
+        client.store_auth_if_needed(r.registry(), &auth).await;
+        let (m, digest) = pull_manifest(&client, &r, &auth, &what).await?;
+        if known_digest == Some(digest.as_str()) {
+            return Ok(None);
+        }
+        let not_it = |why: String| {
+            err!(
+                KEEL_ERR_OCI_NOT_A_PLUGIN,
+                "{what}: not a Keel trust-store artifact: {why}"
+            )
+        };
+        if m.config.media_type != media_type::TRUST_CONFIG {
+            return Err(not_it(format!("config media type '{}'", m.config.media_type)));
+        }
+        let find = |t: &str| {
+            let mut it = m.layers.iter().filter(|l| l.media_type == t);
+            match (it.next(), it.next()) {
+                (Some(l), None) => Ok(l.clone()),
+                _ => Err(not_it(format!("not exactly one layer of media type {t}"))),
+            }
+        };
+        let (store_desc, sig_desc) = (find(media_type::TRUST_STORE)?, find(media_type::TRUST_SIGNATURE)?);
+        let pinned = r.at(&digest);
+        let fetch = async |d: &oci_client::manifest::OciDescriptor, cap: u64, name: &str| {
+            if d.size < 0 || d.size as u64 > cap {
+                return Err(not_it(format!("{name} of {} bytes (at most {cap})", d.size)));
+            }
+            let mut w = Capped::new(Vec::new(), d.size as u64);
+            let res = client.pull_blob(&pinned, d, &mut w).await;
+            if w.overflow {
+                bail!(
+                    KEEL_ERR_OCI_DIGEST_MISMATCH,
+                    "{what}: {name} is longer than its descriptor says"
+                );
+            }
+            res.map_err(|e| oci_error(e, &format!("{what}: {name}"), Op::Blob))?;
+            Ok(w.sink)
+        };
+        let store = fetch(&store_desc, crate::trust::store::MAX_TRUST_STORE_BYTES, "trust store").await?;
+        let signature = fetch(
+            &sig_desc,
+            crate::trust::signature::MAX_SIGNATURE_FILE_BYTES,
+            "signature",
+        )
+        .await?;
+        Ok(Some(TrustArtifact {
+            digest,
+            store,
+            signature,
+        }))
+    })?
 }
 
 // --- pull -------------------------------------------------------------------------------
@@ -540,21 +699,32 @@ pub struct Pulled {
 }
 
 /// A writer for one blob: refuses to grow past the size its descriptor announced.
-struct CappedFile {
-    file: std::fs::File,
+struct Capped<W> {
+    sink: W,
     written: u64,
     cap: u64,
     overflow: bool,
 }
 
-impl tokio::io::AsyncWrite for CappedFile {
+impl<W> Capped<W> {
+    fn new(sink: W, cap: u64) -> Capped<W> {
+        Capped {
+            sink,
+            written: 0,
+            cap,
+            overflow: false,
+        }
+    }
+}
+
+impl<W: std::io::Write + Unpin> tokio::io::AsyncWrite for Capped<W> {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         if this.written + buf.len() as u64 > this.cap {
             this.overflow = true;
             return Poll::Ready(Err(std::io::Error::other("blob is larger than its descriptor says")));
         }
-        let r = this.file.write(buf);
+        let r = this.sink.write(buf);
         if let Ok(n) = r {
             this.written += n as u64;
         }
@@ -873,12 +1043,7 @@ async fn download(
             .create_new(true)
             .open(&p)
             .map_err(|e| Error::io(&p, &e))?;
-        let mut w = CappedFile {
-            file,
-            written: 0,
-            cap: l.desc.size as u64,
-            overflow: false,
-        };
+        let mut w = Capped::new(file, l.desc.size as u64);
         let title = l.path.display();
         let res = client.pull_blob(&pinned, &l.desc, &mut w).await;
         if w.overflow {
@@ -897,7 +1062,7 @@ async fn download(
                 l.desc.size
             );
         }
-        w.file.sync_all().map_err(|e| Error::io(&p, &e))?;
+        w.sink.sync_all().map_err(|e| Error::io(&p, &e))?;
     }
     let mut config = Vec::new();
     client
