@@ -35,6 +35,9 @@ pub const MAX_OCI_MANIFEST_BYTES: usize = 1 << 20;
 pub const MAX_LAYER_BYTES: u64 = 1 << 30;
 /// The most layers a plugin artifact may have.
 pub const MAX_LAYERS: usize = 64;
+/// The file in a cached folder naming its plugin manifest, written last: only a complete
+/// folder has it (and only complete folders are renamed into the cache).
+const MARKER: &str = ".keel-manifest";
 
 /// Credentials for a registry.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -767,6 +770,9 @@ fn plan(m: &OciImageManifest, what: &str) -> Result<(Vec<PlannedLayer>, String)>
             .and_then(|a| a.get(ANNOTATION_TITLE))
             .ok_or_else(|| not_plugin(format!("layer {} has no {ANNOTATION_TITLE}", l.digest)))?;
         let path = folder_path(title).ok_or_else(|| not_plugin(format!("layer path '{title}' leaves the folder")))?;
+        if title == MARKER {
+            return Err(not_plugin(format!("layer path '{title}' is reserved")));
+        }
         if !seen.insert(path.clone()) {
             return Err(not_plugin(format!("two layers for '{title}'")));
         }
@@ -802,7 +808,7 @@ fn digest_hex(digest: &str) -> &str {
 /// The cached folder of `digest`, if complete (only complete folders are ever renamed in).
 fn cached(cache_dir: &Path, digest: &str) -> Result<Option<Pulled>> {
     let dir = cache_dir.join("sha256").join(digest_hex(digest));
-    let marker = dir.join(".keel-manifest");
+    let marker = dir.join(MARKER);
     match std::fs::read_to_string(&marker) {
         Ok(name) => {
             let name = name.trim();
@@ -958,7 +964,7 @@ pub fn pull_to_dir(reference: &str, dir: &Path, opts: &RegistryOptions) -> Resul
                 return Err(e);
             }
         };
-        let _ = std::fs::remove_file(tmp.join(".keel-manifest"));
+        let _ = std::fs::remove_file(tmp.join(MARKER));
         let _ = std::fs::remove_dir(dir);
         if let Err(e) = std::fs::rename(&tmp, dir) {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -1064,12 +1070,16 @@ async fn download(
         }
         w.sink.sync_all().map_err(|e| Error::io(&p, &e))?;
     }
-    let mut config = Vec::new();
-    client
-        .pull_blob(&pinned, &m.config, &mut config)
-        .await
-        .map_err(|e| oci_error(e, &format!("{what}: config"), Op::Blob))?;
-    let marker = tmp.join(".keel-manifest");
+    let mut config = Capped::new(Vec::new(), m.config.size as u64);
+    let res = client.pull_blob(&pinned, &m.config, &mut config).await;
+    if config.overflow {
+        bail!(
+            KEEL_ERR_OCI_DIGEST_MISMATCH,
+            "{what}: config is longer than its descriptor says"
+        );
+    }
+    res.map_err(|e| oci_error(e, &format!("{what}: config"), Op::Blob))?;
+    let marker = tmp.join(MARKER);
     std::fs::write(&marker, manifest_name.as_bytes()).map_err(|e| Error::io(&marker, &e))?;
     if let Ok(f) = std::fs::File::open(&marker) {
         let _ = f.sync_all();
