@@ -1040,3 +1040,84 @@ fn following_refuses_bad_arguments_and_an_unsigned_store_without_changing_anythi
         KEEL_ERR_NULL_POINTER
     );
 }
+
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn no_runtime_thread_outlives_a_pull_and_following_starts_exactly_one() {
+    // Run alone in a child process: the other tests of this binary pull concurrently.
+    if std::env::var_os("KEEL_FLEET_THREAD_CHILD").is_none() {
+        let o = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "no_runtime_thread_outlives_a_pull_and_following_starts_exactly_one",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env("KEEL_FLEET_THREAD_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    let reg = Registry::start("fleet-threads");
+    let k = key(40);
+    let folder = echo_folder("fleet-threads", Some(&k));
+    let digest = push(&folder, &reg.reference("plugins/echo:1"));
+    let is_runtime = |n: &String| n.starts_with("tokio") || n.starts_with("keel-trust-f");
+    let h = host_trusting(&[&k]);
+    assert!(!thread_names().iter().any(is_runtime), "{:?}", thread_names());
+    let cache = common::tempdir("fleet-threads-cache");
+    h.load_oci(&reg.reference(&format!("plugins/echo@{digest}")), &cache, &opts())
+        .unwrap();
+    h.load_oci(&reg.reference("plugins/echo:1"), &cache, &opts())
+        .unwrap_err(); // already loaded
+                       // Any thread still alive has had time to name itself (an unnamed one would carry this
+                       // test thread's name: exactly one thread may).
+    std::thread::sleep(Duration::from_millis(300));
+    let names = thread_names();
+    assert!(!names.iter().any(is_runtime), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("no_runtime")).count(),
+        1,
+        "{names:?}"
+    );
+    // Following starts one thread of its own, and stopping ends it.
+    let root = key(41);
+    let root_file = common::tempdir("fleet-threads-root").join("root.key");
+    keel::trust::signature::write_secret_key_file(&root_file, &root).unwrap();
+    let doc = trust_store(&[&k]);
+    let sig = KeelSignature::sign(&root, &doc, "").unwrap();
+    keel::fleet::push_trust_store(&doc, sig.to_file_text().as_bytes(), &reg.reference("t/s:1"), &opts()).unwrap();
+    h.follow_trust_store(keel::fleet::FollowConfig {
+        reference: reg.reference("t/s:1"),
+        roots: trust_store(&[&root]),
+        interval: Duration::from_secs(60),
+        registry: opts(),
+    })
+    .unwrap();
+    // A new thread names itself when it first runs (Linux keeps 15 bytes of the name:
+    // "keel-trust-foll"): wait for that.
+    let named = Instant::now() + Duration::from_secs(10);
+    while !thread_names().iter().any(|n| n.starts_with("keel-trust-f")) && Instant::now() < named {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let names = thread_names();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("keel-trust-f")).count(),
+        1,
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("tokio")), "{names:?}");
+    assert!(h.stop_following_trust_store());
+    assert!(!thread_names().iter().any(is_runtime), "{:?}", thread_names());
+}
