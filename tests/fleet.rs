@@ -13,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::ptr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
@@ -1120,4 +1120,151 @@ fn no_runtime_thread_outlives_a_pull_and_following_starts_exactly_one() {
     assert!(!names.iter().any(|n| n.starts_with("tokio")), "{names:?}");
     assert!(h.stop_following_trust_store());
     assert!(!thread_names().iter().any(is_runtime), "{:?}", thread_names());
+}
+
+/// The child side of [`three_host_processes_refuse_a_revoked_key_within_one_interval`]: a host
+/// that follows the trust store, loads the plugin, says READY, then reports (as Unix
+/// milliseconds) when its own verification first refuses the revoked key.
+fn follower_process(store_ref: &str, roots: &Path, manifest: &Path, interval_ms: u64) {
+    use std::time::UNIX_EPOCH;
+    let h = Host::new();
+    h.follow_trust_store(keel::fleet::FollowConfig {
+        reference: store_ref.to_string(),
+        roots: std::fs::read(roots).unwrap(),
+        interval: Duration::from_millis(interval_ms),
+        registry: opts(),
+    })
+    .unwrap();
+    h.load(manifest).unwrap();
+    assert_eq!(echo_call(&h, b"child"), b"child");
+    h.unload("echo").unwrap();
+    println!("READY");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match h.trust().verify_plugin(manifest) {
+            Err(e) if e.status() == KEEL_ERR_KEY_REVOKED => break,
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "never refused");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    // A load is refused too, with the same code.
+    assert_eq!(err_status(h.load(manifest)), KEEL_ERR_KEY_REVOKED);
+    println!("REFUSED {at}");
+}
+
+#[test]
+fn three_host_processes_refuse_a_revoked_key_within_one_interval() {
+    use std::io::BufRead as _;
+    use std::time::UNIX_EPOCH;
+    const NAME: &str = "three_host_processes_refuse_a_revoked_key_within_one_interval";
+    const INTERVAL_MS: u64 = 1000;
+    if let Ok(args) = std::env::var("KEEL_FLEET_FOLLOWER") {
+        let a: Vec<&str> = args.split('\n').collect();
+        follower_process(a[0], Path::new(a[1]), Path::new(a[2]), INTERVAL_MS);
+        return;
+    }
+    let reg = Registry::start("fleet-procs");
+    let dir = common::tempdir("fleet-procs-keys");
+    let (root, signer) = (key(50), key(51));
+    let root_file = dir.join("root.key");
+    keel::trust::signature::write_secret_key_file(&root_file, &root).unwrap();
+    let roots_file = dir.join("roots.json");
+    std::fs::write(&roots_file, trust_store(&[&root])).unwrap();
+    let store_ref = reg.reference("fleet/trust:current");
+    let store_file = dir.join("store.json");
+    let publish = |doc: &[u8]| {
+        std::fs::write(&store_file, doc).unwrap();
+        let (code, out, err) = keel_cli(&[
+            "trust",
+            "publish",
+            store_file.to_str().unwrap(),
+            &store_ref,
+            "--key",
+            root_file.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    let v1 = store::new_document(
+        1,
+        vec![store::key_entry(&signer.verifying_key(), "signer", &[]).unwrap()],
+    )
+    .unwrap();
+    publish(&v1);
+    let folder = echo_folder("fleet-procs", Some(&signer));
+    let digest = push(&folder, &reg.reference("plugins/echo:1"));
+    let pulled = keel::fleet::pull_to_cache(
+        &reg.reference(&format!("plugins/echo@{digest}")),
+        &common::tempdir("fleet-procs-cache"),
+        &opts(),
+    )
+    .unwrap();
+
+    /// The follower processes, killed if the test fails half-way (none is left behind).
+    struct Kids(Vec<Child>);
+    impl Drop for Kids {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut children = Kids(
+        (0..3)
+            .map(|_| {
+                Command::new(std::env::current_exe().unwrap())
+                    .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                    .env(
+                        "KEEL_FLEET_FOLLOWER",
+                        format!(
+                            "{store_ref}\n{}\n{}",
+                            roots_file.display(),
+                            pulled.manifest_path.display()
+                        ),
+                    )
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let mut lines: Vec<_> = children
+        .0
+        .iter_mut()
+        .map(|c| std::io::BufReader::new(c.stdout.take().unwrap()).lines())
+        .collect();
+    let mut next_line = |i: usize, want: &str| -> String {
+        for l in lines[i].by_ref() {
+            // (libtest may print "test <name> ... " before it on the same line.)
+            let l = l.unwrap();
+            if let Some(at) = l.find(want) {
+                return l[at..].to_string();
+            }
+        }
+        panic!("follower process {i} ended without {want}");
+    };
+    for i in 0..3 {
+        next_line(i, "READY");
+    }
+    let id = keel::trust::signature::key_id_hex(&keel::trust::signature::key_id(&signer.verifying_key()));
+    let v2 = store::revoke_key(&v1, &id, "rotated", SystemTime::now() - Duration::from_secs(1)).unwrap();
+    publish(&v2);
+    let published = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+    let mut after_ms = Vec::new();
+    for i in 0..3 {
+        let l = next_line(i, "REFUSED ");
+        let at: u128 = l["REFUSED ".len()..].trim().parse().unwrap();
+        after_ms.push(at as i128 - published as i128);
+    }
+    for c in &mut children.0 {
+        assert!(c.wait().unwrap().success());
+    }
+    eprintln!("three host processes: time from publication to refusal (interval {INTERVAL_MS} ms): {after_ms:?} ms");
+    for t in &after_ms {
+        assert!(*t <= INTERVAL_MS as i128 + 2000, "{after_ms:?}");
+    }
 }
