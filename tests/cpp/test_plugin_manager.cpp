@@ -202,6 +202,13 @@ int main(int argc, char **argv) {
         CHECK(pm.listLoadedPlugins().empty());
         CHECK(!pm.isPluginLoaded("legacy"));
         CHECK_ERR(pm.getPlugin("legacy"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "legacy");
+
+        // ---- loadPluginFromOci: its codes without a registry (tests/fleet.rs pulls from one) ----
+        CHECK_ERR(pm.loadPluginFromOci("Not A Reference", (root / "oci-cache").string()),
+                  ErrorCode::ERR_PLUGIN_OCI_INVALID_REFERENCE, "KEEL_ERR_OCI_BAD_REFERENCE");
+        CHECK_ERR(pm.loadPluginFromOci("127.0.0.1:1/plugins/echo:1.0.0", (root / "oci-cache").string()),
+                  ErrorCode::ERR_PLUGIN_OCI_PULL_FAILED, "KEEL_ERR_OCI_PULL_FAILED");
+        CHECK(!pm.isPluginLoaded("echo"));
         CHECK_ERR(pm.unloadPlugin("legacy"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "legacy");
         CHECK_ERR(pm.loadPlugin("nope"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "nope");
         auto m2 = pm.getManifest("echo2");
