@@ -545,7 +545,7 @@ fn bad_references_unknown_manifests_and_bad_arguments_get_their_codes() {
     let r = cstr(&reg.reference("plugins/none:1"));
     let c = cstr(cache.to_str().unwrap());
     let digest = Buf::new();
-    let sentinel = 0x1 as *mut keel_plugin;
+    let sentinel = ptr::dangling_mut::<keel_plugin>();
     let mut p = sentinel;
     assert_eq!(
         keel_host_load_oci(ptr::null(), r.as_ptr(), c.as_ptr(), ptr::null(), &mut p, digest.0),
