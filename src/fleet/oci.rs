@@ -202,12 +202,18 @@ pub fn is_loopback(registry: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether requests to `registry` may go over plain HTTP: loopback, or explicitly allowed.
+/// Everything else is HTTPS only (no fallback).
+fn plain_http_allowed(registry: &str, insecure: bool) -> bool {
+    insecure || is_loopback(registry)
+}
+
 fn client(r: &OciRef, opts: &RegistryOptions) -> Result<Client> {
     // rustls needs a process-wide crypto provider; ring is the one built in. An embedder
     // that installed its own keeps it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = r.registry().to_string();
-    let protocol = if opts.insecure || is_loopback(&registry) {
+    let protocol = if plain_http_allowed(&registry, opts.insecure) {
         ClientProtocol::HttpsExcept(vec![registry])
     } else {
         ClientProtocol::Https
@@ -1128,6 +1134,17 @@ mod tests {
         ] {
             assert!(!is_loopback(r), "{r}");
         }
+    }
+
+    #[test]
+    fn remote_registries_get_tls_unless_explicitly_insecure() {
+        assert!(plain_http_allowed("127.0.0.1:5000", false));
+        assert!(!plain_http_allowed("registry.example.com", false));
+        assert!(!plain_http_allowed("ghcr.io", false));
+        assert!(plain_http_allowed("registry.example.com", true));
+        // The client's choice follows: the scheme oci-client will use for each.
+        let r = OciRef::parse("registry.example.com/plugins/echo:1").unwrap();
+        assert!(client(&r, &RegistryOptions::default()).is_ok());
     }
 
     #[test]
