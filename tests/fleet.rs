@@ -685,12 +685,18 @@ fn an_interrupted_pull_leaves_nothing_a_later_load_trusts() {
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("libecho.so"), b"\x7fELF truncated").unwrap();
     std::fs::write(leftover.join(".keel-manifest"), b"keel.json").unwrap();
+    // And a folder under the digest's cache name without the completion marker (made by
+    // hand, or by something other than a finished pull): not a cache entry either.
+    let fake = cache.join("sha256").join(hex);
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("keel.json"), b"{}").unwrap();
     let h = host_trusting(&[&k]);
     let l = h
         .load_oci(&reg.reference(&format!("plugins/echo@{digest}")), &cache, &opts())
         .unwrap();
     assert!(!l.pulled.cache_hit, "a temporary folder counted as cached");
     assert!(!leftover.exists(), "the leftover was not cleared");
+    assert_eq!(l.pulled.dir, fake);
     assert_eq!(
         std::fs::read(l.pulled.dir.join("libecho.so")).unwrap(),
         std::fs::read(folder.join("libecho.so")).unwrap()

@@ -918,6 +918,11 @@ pub fn pull_to_cache(reference: &str, cache_dir: &Path, opts: &RegistryOptions) 
         let final_root = cache_dir.join("sha256");
         create_dir_all(&final_root)?;
         let dest = final_root.join(&hex);
+        // A folder there without the marker is no cache entry (none is ever renamed in
+        // incomplete; someone made it by hand): nothing loads from it, replace it.
+        if dest.symlink_metadata().is_ok() {
+            let _ = std::fs::remove_dir_all(&dest).or_else(|_| std::fs::remove_file(&dest));
+        }
         if let Err(e) = std::fs::rename(&tmp, &dest) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(Error::io(&dest, &e));
