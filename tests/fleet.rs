@@ -922,7 +922,7 @@ fn three_following_hosts_refuse_a_revoked_key_within_one_interval() {
     eprintln!("time from publication to refusal (interval {INTERVAL:?}): {refused_after:?}");
     for t in &refused_after {
         // Within one interval plus the registry round trip and this loop's granularity.
-        assert!(*t <= INTERVAL + Duration::from_secs(2), "{refused_after:?}");
+        assert!(*t <= INTERVAL + Duration::from_secs(3), "{refused_after:?}");
     }
     // A reload is refused too; the running generation keeps serving.
     for h in &hosts {
@@ -1271,6 +1271,6 @@ fn three_host_processes_refuse_a_revoked_key_within_one_interval() {
     }
     eprintln!("three host processes: time from publication to refusal (interval {INTERVAL_MS} ms): {after_ms:?} ms");
     for t in &after_ms {
-        assert!(*t <= INTERVAL_MS as i128 + 2000, "{after_ms:?}");
+        assert!(*t <= INTERVAL_MS as i128 + 3000, "{after_ms:?}");
     }
 }
