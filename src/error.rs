@@ -10,7 +10,7 @@ use std::fmt;
 ///
 /// Blocks: 1xx argument/ABI misuse, 2xx not found, 3xx manifest, 4xx trust,
 /// 5xx dependency, 6xx capability, 7xx runtime, 8xx limit, 9xx state/lifecycle,
-/// 10xx internal.
+/// 10xx internal, 11xx fleet distribution (OCI).
 ///
 /// What Keel guarantees: bad input (files, manifests, signatures, WASM modules, a native
 /// plugin's vtable and lengths, C ABI arguments) is refused with one of these codes, the host
@@ -194,6 +194,29 @@ pub enum keel_status {
     KEEL_ERR_PANIC = 1000,
     /// An internal invariant failed.
     KEEL_ERR_INTERNAL = 1001,
+
+    // 11xx: fleet distribution (OCI registries, see docs/fleet.md).
+    /// An OCI reference does not parse (`[registry/]repository[:tag][@sha256:<hex>]`), or
+    /// names a digest where a tag is required (push). ThemisDB: 6310.
+    KEEL_ERR_OCI_BAD_REFERENCE = 1100,
+    /// The registry has no manifest under that reference (unknown repository, tag or
+    /// digest). ThemisDB: 6308.
+    KEEL_ERR_OCI_MANIFEST_NOT_FOUND = 1101,
+    /// Bytes pulled from a registry do not match their digest: the OCI manifest against the
+    /// reference's digest, or a blob against its descriptor (digest or size). Nothing is
+    /// cached. ThemisDB: 6309.
+    KEEL_ERR_OCI_DIGEST_MISMATCH = 1102,
+    /// A pull failed: registry unreachable, timeout, protocol error, a blob missing.
+    /// Nothing is cached. ThemisDB: 6307.
+    KEEL_ERR_OCI_PULL_FAILED = 1103,
+    /// The registry refused the credentials (or asked for some and none were given).
+    /// ThemisDB: 6307.
+    KEEL_ERR_OCI_AUTH_FAILED = 1104,
+    /// The manifest under the reference is not a Keel plugin artifact (media types, layer
+    /// paths that leave the plugin folder, no plugin manifest layer). ThemisDB: 6307.
+    KEEL_ERR_OCI_NOT_A_PLUGIN = 1105,
+    /// A push failed: registry unreachable, protocol error, upload refused.
+    KEEL_ERR_OCI_PUSH_FAILED = 1106,
 }
 
 pub use keel_status as Status;

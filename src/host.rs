@@ -38,6 +38,23 @@ use crate::watch::{WatchConfig, WatchControl, WatchEvent};
 pub use crate::lifecycle::pipeline::check_capabilities;
 pub use crate::lifecycle::{default_allowlist, DirPlan, HostOptions, LifecycleEvent, Listener, PluginCheck};
 
+/// A plugin loaded from an OCI registry ([`Host::load_oci`]).
+#[derive(Clone)]
+pub struct OciLoad {
+    pub slot: Arc<Slot>,
+    /// The digest the reference resolved to, the cached folder, and whether it was a cache hit.
+    pub pulled: crate::fleet::Pulled,
+}
+
+impl std::fmt::Debug for OciLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciLoad")
+            .field("plugin", &self.slot.name())
+            .field("pulled", &self.pulled)
+            .finish()
+    }
+}
+
 /// A Keel host: owns every loaded plugin, the health monitor and the directory watcher.
 /// Dropping it stops the watcher and the monitor, then unloads every plugin.
 pub struct Host {
@@ -57,6 +74,9 @@ pub struct Host {
     services: HostServices,
     /// The embedder's host functions (the same registry the load pipeline's services hold).
     host_fns: Arc<HostFunctions>,
+    /// The trust-store follower, if one runs ([`Host::follow_trust_store`]), and its metrics.
+    trust_follow: Mutex<Option<crate::fleet::TrustFollower>>,
+    follow_metrics: crate::fleet::FollowMetrics,
 }
 
 impl Default for Host {
@@ -86,6 +106,8 @@ impl Host {
         let lifecycle = Arc::new(Lifecycle::new(trust.clone(), runtimes.clone(), services.clone()));
         let mut prometheus = prometheus_client::registry::Registry::default();
         prometheus.register_collector(Box::new(CustomCollector(custom)));
+        let follow_metrics = crate::fleet::FollowMetrics::default();
+        prometheus.register_collector(Box::new(follow_metrics.clone()));
         Host {
             lifecycle,
             trust,
@@ -95,6 +117,8 @@ impl Host {
             watch: WatchControl::new(),
             services,
             host_fns,
+            trust_follow: Mutex::new(None),
+            follow_metrics,
         }
     }
 
@@ -260,6 +284,54 @@ impl Host {
         &self.trust
     }
 
+    /// Follow a trust store published in an OCI registry (see [`crate::fleet::follow`]):
+    /// check `config.reference` now (the published store must be signed by one of
+    /// `config.roots` and not be older than the store in use), swap it in, then check every
+    /// `config.interval` on a thread of the follower's own. Replaces a follower already
+    /// running once the new one's first check succeeded; on failure the old one (if any)
+    /// keeps running and the store is unchanged. Returns the version in use. While following,
+    /// the metrics carry `keel_trust_store_version`.
+    pub fn follow_trust_store(&self, config: crate::fleet::FollowConfig) -> Result<u64> {
+        let f = crate::fleet::TrustFollower::start(self.trust.clone(), config)?;
+        let v = f.status().version;
+        self.follow_metrics.set(Some(&f));
+        let old = self.trust_follow.lock().replace(f);
+        if let Some(old) = old {
+            old.stop();
+        }
+        Ok(v)
+    }
+
+    /// Check the followed trust-store reference now (on this thread). Returns the version in
+    /// use afterwards. `KEEL_ERR_INVALID_ARGUMENT` if the host follows none; otherwise the
+    /// errors of [`Host::follow_trust_store`] (the store in use stays).
+    pub fn trust_check_now(&self) -> Result<u64> {
+        let g = self.trust_follow.lock();
+        match g.as_ref() {
+            Some(f) => f.check_now(),
+            None => Err(crate::err!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "this host follows no trust-store reference"
+            )),
+        }
+    }
+
+    /// The follower's record, if the host follows a trust-store reference.
+    pub fn trust_follow_status(&self) -> Option<crate::fleet::FollowStatus> {
+        self.trust_follow.lock().as_ref().map(|f| f.status())
+    }
+
+    /// Stop following (the store in use stays). Returns whether a follower ran.
+    pub fn stop_following_trust_store(&self) -> bool {
+        let old = self.trust_follow.lock().take();
+        self.follow_metrics.set(None);
+        let was = old.is_some();
+        if let Some(f) = old {
+            f.stop();
+        }
+        was
+    }
+
     pub fn allowlist(&self) -> Capabilities {
         self.lifecycle.allowlist()
     }
@@ -316,6 +388,29 @@ impl Host {
     pub fn load(&self, manifest_path: &Path) -> Result<Arc<Slot>> {
         let mut v = self.load_set(&[manifest_path.to_path_buf()])?;
         v.pop().ok_or_else(|| Error::internal("load_set returned nothing"))
+    }
+
+    /// Load a plugin from an OCI registry: pull `reference`
+    /// (`[registry/]repository[:tag][@sha256:<hex>]`) into the content-addressed cache
+    /// `cache_dir` ([`crate::fleet::pull_to_cache`]: digests checked, a digest reference that
+    /// is cached never touches the network, a tag is resolved once), then load the cached
+    /// folder exactly as [`Host::load`] loads a local one: signature against this host's trust
+    /// store, binary pin, capabilities, init. The returned [`OciLoad`] names the digest the
+    /// reference resolved to. Reload reads the cached folder again (same digest); to move to
+    /// a new digest, unload and load the new reference.
+    ///
+    /// Errors: the `KEEL_ERR_OCI_*` codes of the pull, then those of [`Host::load`].
+    pub fn load_oci(
+        &self,
+        reference: &str,
+        cache_dir: &Path,
+        options: &crate::fleet::RegistryOptions,
+    ) -> Result<OciLoad> {
+        let pulled = crate::fleet::pull_to_cache(reference, cache_dir, options)?;
+        let slot = self
+            .load(&pulled.manifest_path)
+            .map_err(|e| e.context(format!("'{reference}' ({})", pulled.digest)))?;
+        Ok(OciLoad { slot, pulled })
     }
 
     /// Load several plugins all-or-nothing: every manifest is read and checked first; then
@@ -523,6 +618,7 @@ impl Drop for Host {
         // plugins are unloaded.
         self.stop_watching();
         self.stop_health_monitor();
+        self.stop_following_trust_store();
         let _ = self.lifecycle.unload_all();
     }
 }

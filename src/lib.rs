@@ -16,6 +16,9 @@ pub mod error;
 pub mod fsio;
 
 #[cfg(feature = "host")]
+pub mod fleet;
+
+#[cfg(feature = "host")]
 pub mod artifact;
 #[cfg(feature = "host")]
 pub mod barrier;

@@ -49,7 +49,7 @@
  *
  * Blocks: 1xx argument/ABI misuse, 2xx not found, 3xx manifest, 4xx trust,
  * 5xx dependency, 6xx capability, 7xx runtime, 8xx limit, 9xx state/lifecycle,
- * 10xx internal.
+ * 10xx internal, 11xx fleet distribution (OCI).
  *
  * What Keel guarantees: bad input (files, manifests, signatures, WASM modules, a native
  * plugin's vtable and lengths, C ABI arguments) is refused with one of these codes, the host
@@ -355,6 +355,41 @@ enum keel_status
    * An internal invariant failed.
    */
   KEEL_ERR_INTERNAL = 1001,
+  /**
+   * An OCI reference does not parse (`[registry/]repository[:tag][@sha256:<hex>]`), or
+   * names a digest where a tag is required (push). ThemisDB: 6310.
+   */
+  KEEL_ERR_OCI_BAD_REFERENCE = 1100,
+  /**
+   * The registry has no manifest under that reference (unknown repository, tag or
+   * digest). ThemisDB: 6308.
+   */
+  KEEL_ERR_OCI_MANIFEST_NOT_FOUND = 1101,
+  /**
+   * Bytes pulled from a registry do not match their digest: the OCI manifest against the
+   * reference's digest, or a blob against its descriptor (digest or size). Nothing is
+   * cached. ThemisDB: 6309.
+   */
+  KEEL_ERR_OCI_DIGEST_MISMATCH = 1102,
+  /**
+   * A pull failed: registry unreachable, timeout, protocol error, a blob missing.
+   * Nothing is cached. ThemisDB: 6307.
+   */
+  KEEL_ERR_OCI_PULL_FAILED = 1103,
+  /**
+   * The registry refused the credentials (or asked for some and none were given).
+   * ThemisDB: 6307.
+   */
+  KEEL_ERR_OCI_AUTH_FAILED = 1104,
+  /**
+   * The manifest under the reference is not a Keel plugin artifact (media types, layer
+   * paths that leave the plugin folder, no plugin manifest layer). ThemisDB: 6307.
+   */
+  KEEL_ERR_OCI_NOT_A_PLUGIN = 1105,
+  /**
+   * A push failed: registry unreachable, protocol error, upload refused.
+   */
+  KEEL_ERR_OCI_PUSH_FAILED = 1106,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -1965,6 +2000,102 @@ keel_status keel_call_context_plugin(const keel_call_context *ctx, const char **
  * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `out`).
  */
 keel_status keel_call_context_cancelled(const keel_call_context *ctx, bool *out);
+
+/**
+ * Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or
+ * `...@sha256:<64 hex>`) into the content-addressed cache folder `cache_dir` (created if
+ * missing), then load it exactly as `keel_host_load` loads a local folder (signature against
+ * the host's trust store, binary pin, capabilities, init).
+ *
+ * Every blob is checked against its digest before it is cached; a reference with a digest
+ * that is already cached does not touch the network; a tag is resolved once per call.
+ * Registries on the loopback interface are spoken to in plain HTTP, all others over TLS.
+ * `bearer` is a bearer token, or NULL (or "") for none. All strings are borrowed for the
+ * call. If `out` is non-NULL it receives a new plugin handle owned by the caller (release
+ * with `keel_plugin_free`). If `digest` is non-NULL the buffer receives the OCI manifest
+ * digest the reference resolved to (`sha256:<hex>`, not NUL-terminated); on failure it is
+ * left empty. On failure nothing is loaded. Thread-safe; blocks while it pulls (never call
+ * it on a thread that serves `keel_call`s with deadlines).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`, `reference`, `cache_dir`),
+ * `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`),
+ * `KEEL_ERR_OCI_BAD_REFERENCE`, `KEEL_ERR_OCI_MANIFEST_NOT_FOUND`,
+ * `KEEL_ERR_OCI_DIGEST_MISMATCH`, `KEEL_ERR_OCI_PULL_FAILED`, `KEEL_ERR_OCI_AUTH_FAILED`,
+ * `KEEL_ERR_OCI_NOT_A_PLUGIN`, `KEEL_ERR_IO` (the cache folder), then every code of
+ * `keel_host_load`.
+ */
+keel_status keel_host_load_oci(const keel_host *host,
+                               const char *reference,
+                               const char *cache_dir,
+                               const char *bearer,
+                               keel_plugin **out,
+                               keel_buffer *digest);
+
+/**
+ * Pull `reference` into the content-addressed cache folder `cache_dir` without loading it
+ * (the first half of `keel_host_load_oci`, for an embedder that loads through its own path,
+ * e.g. ThemisDB's façade `loadPluginFromOci`): same digest checks, same cache rules. The
+ * folder is not verified against a trust store here; loading it (`keel_host_load` of the
+ * returned manifest path) does that.
+ *
+ * `manifest_path` receives the path of the plugin's manifest in the cache (not
+ * NUL-terminated); on failure it is left empty. `digest`, if non-NULL, receives the OCI
+ * manifest digest the reference resolved to. `bearer` as for `keel_host_load_oci`.
+ * Thread-safe; blocks while it pulls.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`reference`, `cache_dir`, `manifest_path`),
+ * `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`), the
+ * `KEEL_ERR_OCI_*` codes of `keel_host_load_oci`, `KEEL_ERR_IO`.
+ */
+keel_status keel_oci_pull(const char *reference,
+                          const char *cache_dir,
+                          const char *bearer,
+                          keel_buffer *manifest_path,
+                          keel_buffer *digest);
+
+/**
+ * Follow a trust store published in an OCI registry (`keel trust publish`; docs/fleet.md):
+ * check `reference` now, then every `interval_ms` on a thread of the follower's own. A
+ * published store is swapped in only if it is signed by one of the root keys in `roots`
+ * (`roots_len` bytes: a trust-store document listing them) and its version is not lower
+ * than the store in use (rollback refused); otherwise the store in use stays and the error
+ * is recorded (`keel_host_trust_check_now` returns it). From the swap on, every load and
+ * reload verifies with the new store. Replaces a follower already running once the new one's
+ * first check succeeded. `bearer` as for `keel_host_load_oci`. If `version` is non-NULL it
+ * receives the version in use. While following, the metrics carry
+ * `keel_trust_store_version`. Thread-safe; blocks for the first check.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT`
+ * (`interval_ms` below 100, no root key), `KEEL_ERR_TRUST_STORE_MALFORMED` (roots or the
+ * published store), the `KEEL_ERR_OCI_*` codes of the pull, `KEEL_ERR_UNKNOWN_KEY` (not
+ * signed by a root key), `KEEL_ERR_BAD_SIGNATURE`, `KEEL_ERR_MALFORMED_SIGNATURE`,
+ * `KEEL_ERR_KEY_REVOKED` / `KEEL_ERR_KEY_EXPIRED` (the root key),
+ * `KEEL_ERR_TRUST_STORE_ROLLBACK`.
+ */
+keel_status keel_host_follow_trust_store(const keel_host *host,
+                                         const char *reference,
+                                         const uint8_t *roots,
+                                         size_t roots_len,
+                                         uint64_t interval_ms,
+                                         const char *bearer,
+                                         uint64_t *version);
+
+/**
+ * Check the followed trust-store reference now, on the calling thread, and swap in a newer
+ * published store. If `version` is non-NULL it receives the version in use afterwards.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`), `KEEL_ERR_INVALID_ARGUMENT` (the host follows no
+ * reference), and those of `keel_host_follow_trust_store` (the store in use stays).
+ */
+keel_status keel_host_trust_check_now(const keel_host *host, uint64_t *version);
+
+/**
+ * Stop following the trust-store reference (the store in use stays) and wait for the
+ * follower's thread. If `was_following` is non-NULL it receives whether a follower ran.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`).
+ */
+keel_status keel_host_stop_following_trust_store(const keel_host *host, bool *was_following);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -456,6 +456,24 @@ inline std::uint64_t capability_bit(std::string_view name) {
     return bit;
 }
 
+/** What keel::oci_pull fetched: the plugin manifest in the cache and the resolved digest. */
+struct OciPull {
+    std::string manifest_path;
+    std::string digest;
+};
+
+/** Pull a plugin from an OCI registry into the content-addressed cache `cache_dir` without
+ *  loading it (keel_oci_pull); load `manifest_path` with Host::load to run the trust chain.
+ *  `bearer` empty: anonymous. Thread-safe; blocks while it pulls. */
+inline OciPull oci_pull(std::string_view reference, std::string_view cache_dir, std::string_view bearer = {}) {
+    Buffer path, digest;
+    const std::string b = api_detail::cstr(bearer, "a bearer token");
+    Error::check(keel_oci_pull(api_detail::cstr(reference, "an OCI reference").c_str(),
+                               api_detail::cstr(cache_dir, "a cache directory").c_str(), b.empty() ? nullptr : b.c_str(),
+                               path.c_handle(), digest.c_handle()));
+    return OciPull{path.str(), digest.str()};
+}
+
 /** The manifest paths keel::Host::load_dir would load from `dir` (sorted), without reading
  *  or loading them (keel_discover_manifests). Thread-safe. */
 inline std::vector<std::string> discover_manifests(std::string_view dir) {
@@ -1081,6 +1099,51 @@ public:
      *  (the C ABI's load set: on failure nothing stays loaded). */
     void load_dir(std::string_view dir) const {
         Error::check(keel_host_load_dir(h(), api_detail::cstr(dir, "a directory").c_str()));
+    }
+    /** Load a plugin from an OCI registry (keel_host_load_oci): pull `reference`
+     *  (`[registry/]repository[:tag][@sha256:<hex>]`) into the content-addressed cache
+     *  `cache_dir` (every blob checked against its digest; a cached digest reference needs no
+     *  network; a tag is resolved once), then load it as load() does (signature, pin, init).
+     *  `bearer` empty: anonymous. `resolved_digest`, if given, receives the digest the
+     *  reference resolved to. Blocks while it pulls. */
+    Plugin load_oci(std::string_view reference, std::string_view cache_dir, std::string_view bearer = {},
+                    std::string *resolved_digest = nullptr) const {
+        keel_plugin *p = nullptr;
+        Buffer digest;
+        const std::string b = api_detail::cstr(bearer, "a bearer token");
+        Error::check(keel_host_load_oci(h(), api_detail::cstr(reference, "an OCI reference").c_str(),
+                                        api_detail::cstr(cache_dir, "a cache directory").c_str(),
+                                        b.empty() ? nullptr : b.c_str(), &p, digest.c_handle()));
+        Plugin plugin(p);
+        if (resolved_digest != nullptr) *resolved_digest = digest.str();
+        return plugin;
+    }
+    /** Follow a trust store published in an OCI registry (keel_host_follow_trust_store): a
+     *  published store signed by one of `roots` (a trust-store document of root keys) and not
+     *  older than the one in use is swapped in now and at every `interval` afterwards. Returns
+     *  the version in use. */
+    std::uint64_t follow_trust_store(std::string_view reference, std::string_view roots,
+                                     std::chrono::milliseconds interval, std::string_view bearer = {}) const {
+        std::uint64_t v = 0;
+        const std::string b = api_detail::cstr(bearer, "a bearer token");
+        Error::check(keel_host_follow_trust_store(h(), api_detail::cstr(reference, "an OCI reference").c_str(),
+                                                  reinterpret_cast<const std::uint8_t *>(roots.data()), roots.size(),
+                                                  static_cast<std::uint64_t>(interval.count()),
+                                                  b.empty() ? nullptr : b.c_str(), &v));
+        return v;
+    }
+    /** Check the followed trust-store reference now (keel_host_trust_check_now); the version
+     *  in use afterwards. */
+    std::uint64_t trust_check_now() const {
+        std::uint64_t v = 0;
+        Error::check(keel_host_trust_check_now(h(), &v));
+        return v;
+    }
+    /** Stop following (keel_host_stop_following_trust_store); whether a follower ran. */
+    bool stop_following_trust_store() const {
+        bool was = false;
+        Error::check(keel_host_stop_following_trust_store(h(), &was));
+        return was;
     }
     /** A new handle on a loaded plugin (KEEL_ERR_PLUGIN_NOT_FOUND). */
     Plugin get(std::string_view name) const { return Plugin(HostRef(h()), name); }

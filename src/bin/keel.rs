@@ -166,6 +166,41 @@ const EXIT_CODES: &[(u8, Option<keel_status>, &str)] = {
             Some(KEEL_ERR_LIBRARY_LOAD),
             "keel call: the dynamic linker cannot load the library",
         ),
+        (
+            60,
+            Some(KEEL_ERR_OCI_BAD_REFERENCE),
+            "push/pull: the OCI reference does not parse",
+        ),
+        (
+            61,
+            Some(KEEL_ERR_OCI_MANIFEST_NOT_FOUND),
+            "pull: the registry has no manifest under that reference",
+        ),
+        (
+            62,
+            Some(KEEL_ERR_OCI_DIGEST_MISMATCH),
+            "pull: pulled bytes do not match their digest",
+        ),
+        (
+            63,
+            Some(KEEL_ERR_OCI_PULL_FAILED),
+            "pull: registry unreachable or the transfer failed",
+        ),
+        (
+            64,
+            Some(KEEL_ERR_OCI_AUTH_FAILED),
+            "push/pull: the registry refused the credentials",
+        ),
+        (
+            65,
+            Some(KEEL_ERR_OCI_NOT_A_PLUGIN),
+            "pull: the artifact is not a Keel plugin artifact",
+        ),
+        (
+            66,
+            Some(KEEL_ERR_OCI_PUSH_FAILED),
+            "push: registry unreachable or the upload failed",
+        ),
     ]
 };
 
@@ -252,6 +287,43 @@ impl HostArgs {
 
     fn any(&self) -> bool {
         self.trust_store.is_some() || self.allow_unsigned || self.allow_unpinned || self.allowlist.is_some()
+    }
+}
+
+/// How to reach an OCI registry. Secrets come from the environment, never the command line:
+/// KEEL_REGISTRY_TOKEN (a bearer token), or --username with KEEL_REGISTRY_PASSWORD (basic).
+#[derive(Args, Clone, Default)]
+struct RegistryArgs {
+    /// User name for basic authentication (the password is read from KEEL_REGISTRY_PASSWORD).
+    #[arg(long)]
+    username: Option<String>,
+    /// Allow plain HTTP to a registry that is not on the loopback interface (loopback
+    /// registries are always spoken to in plain HTTP, all others over TLS without this).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> Result<keel::fleet::RegistryOptions> {
+        use keel::fleet::Credentials;
+        let credentials = match (&self.username, std::env::var("KEEL_REGISTRY_TOKEN")) {
+            (Some(u), _) => Credentials::Basic {
+                username: u.clone(),
+                password: std::env::var("KEEL_REGISTRY_PASSWORD").map_err(|_| {
+                    Error::new(
+                        keel_status::KEEL_ERR_INVALID_ARGUMENT,
+                        "--username needs the password in KEEL_REGISTRY_PASSWORD",
+                    )
+                })?,
+            },
+            (None, Ok(t)) if !t.is_empty() => Credentials::Bearer(t),
+            _ => Credentials::Anonymous,
+        };
+        Ok(keel::fleet::RegistryOptions {
+            credentials,
+            insecure: self.insecure,
+            ..Default::default()
+        })
     }
 }
 
@@ -371,6 +443,31 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Publish a plugin folder (manifest, its .sig, one binary per platform key) to an OCI
+    /// registry as a Keel plugin artifact (media types in docs/fleet.md). Prints the digest:
+    /// hosts load REPOSITORY@DIGEST (or the tag). Nothing is verified against a trust store:
+    /// every node verifies what it pulls.
+    #[command(after_help = exit_code_help())]
+    Push {
+        /// The plugin folder (holding keel.json or plugin.json), or its manifest.
+        dir: PathBuf,
+        /// [registry/]repository[:tag], e.g. registry.example.com/plugins/echo:1.0.0.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Download a Keel plugin artifact into a new folder (the reverse of push). Every blob is
+    /// checked against its digest; the folder appears only when complete. Prints the digest.
+    /// Use `verify DIR` to check the folder as a host would.
+    #[command(after_help = exit_code_help())]
+    Pull {
+        /// [registry/]repository[:tag][@sha256:<hex>].
+        reference: String,
+        /// The folder to create (must not exist, or be empty).
+        dir: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -421,6 +518,24 @@ enum TrustCommand {
     /// List a store's keys with their state now (valid, revoked, expired, not-yet-valid).
     #[command(after_help = exit_code_help())]
     List { store: PathBuf },
+    /// Sign a trust store with a root key and publish it to an OCI registry for the nodes
+    /// that follow REFERENCE (keel_host_follow_trust_store; docs/fleet.md). Prints the
+    /// digest. Nodes accept it only if the root key is one of theirs and the version is
+    /// higher than the one they run.
+    #[command(after_help = exit_code_help())]
+    Publish {
+        store: PathBuf,
+        /// [registry/]repository[:tag] the nodes follow.
+        reference: String,
+        /// The root key's secret key file (keel keygen).
+        #[arg(long, value_name = "SECRET")]
+        key: PathBuf,
+        /// A comment stored in the signature.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -484,7 +599,58 @@ fn run(command: Command, json_out: bool) -> (&'static str, Result<Value>) {
             input,
             host,
         } => ("call", call(&manifest, &function, input.as_deref(), &host, text)),
+        Command::Push {
+            dir,
+            reference,
+            registry,
+        } => ("push", push(&dir, &reference, &registry, text)),
+        Command::Pull {
+            reference,
+            dir,
+            registry,
+        } => ("pull", pull(&reference, &dir, &registry, text)),
     }
+}
+
+// --- OCI registries -------------------------------------------------------------------------
+
+fn push(dir: &Path, reference: &str, registry: &RegistryArgs, text: bool) -> Result<Value> {
+    let p = keel::fleet::push_dir(dir, reference, &registry.options()?)?;
+    if text {
+        println!("{}", p.digest);
+        eprintln!(
+            "pushed {} {} to {} ({} layers); pinned: {}",
+            p.name,
+            p.version,
+            p.reference,
+            p.layers.len(),
+            p.pinned
+        );
+    }
+    Ok(json!({
+        "digest": p.digest,
+        "reference": p.reference,
+        "pinned": p.pinned,
+        "name": p.name,
+        "version": p.version,
+        "layers": p.layers.iter().map(|l| json!({
+            "title": l.title, "media_type": l.media_type, "digest": l.digest, "size": l.size,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn pull(reference: &str, dir: &Path, registry: &RegistryArgs, text: bool) -> Result<Value> {
+    let p = keel::fleet::pull_to_dir(reference, dir, &registry.options()?)?;
+    if text {
+        println!("{}", p.digest);
+        eprintln!("pulled {reference} into {}", p.dir.display());
+    }
+    Ok(json!({
+        "digest": p.digest,
+        "reference": reference,
+        "dir": p.dir,
+        "manifest": p.manifest_path,
+    }))
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -597,6 +763,37 @@ fn read_store(path: &Path) -> Result<Vec<u8>> {
 
 fn trust_cmd(cmd: TrustCommand, text: bool) -> Result<Value> {
     match cmd {
+        TrustCommand::Publish {
+            store: path,
+            reference,
+            key,
+            comment,
+            registry,
+        } => {
+            let bytes = manifest::read_capped(&path, store::MAX_TRUST_STORE_BYTES)?;
+            let parsed = TrustStore::from_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+            let root = signature::read_secret_key_file(&key)?;
+            let sig = KeelSignature::sign(&root, &bytes, &comment)?;
+            let p =
+                keel::fleet::push_trust_store(&bytes, sig.to_file_text().as_bytes(), &reference, &registry.options()?)?;
+            let root_id = signature::key_id_hex(&sig.key_id);
+            if text {
+                println!("{}", p.digest);
+                eprintln!(
+                    "published trust store version {} signed by root key {root_id} to {}; pinned: {}",
+                    parsed.version(),
+                    p.reference,
+                    p.pinned
+                );
+            }
+            Ok(json!({
+                "digest": p.digest,
+                "reference": p.reference,
+                "pinned": p.pinned,
+                "version": parsed.version(),
+                "root_key_id": root_id,
+            }))
+        }
         TrustCommand::Init {
             store: path,
             key,

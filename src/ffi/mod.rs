@@ -44,6 +44,8 @@ pub mod version;
 
 pub mod hostfn;
 
+pub mod fleet;
+
 pub use errors::{keel_last_error_message, keel_status_name};
 
 use std::cell::RefCell;

@@ -83,8 +83,10 @@ static void error_mapping() {
         int code = static_cast<int>(themis::errors::toErrorCode(static_cast<keel_status>(v)));
         if (code < 6300 || code > 6313) std::fprintf(stderr, "%s -> %d\n", name, code);
         CHECK(code >= 6300 && code <= 6313);
-        // OCI codes are never produced (no OCI yet); edition/licence codes come from the gates.
-        CHECK(code < 6307 || code == 6311);
+        // OCI codes (6307-6310) only for the KEEL_ERR_OCI_* causes; edition/licence codes come
+        // from the gates.
+        const bool oci = std::string(name).rfind("KEEL_ERR_OCI_", 0) == 0;
+        CHECK(oci ? (code >= 6307 && code <= 6310) : (code < 6307 || code == 6311));
     }
     CHECK(statuses >= 60);
     CHECK(themis::errors::toErrorCode(KEEL_ERR_DEPENDENCY_CYCLE) == ErrorCode::ERR_PLUGIN_CIRCULAR_DEPENDENCY);
@@ -94,6 +96,11 @@ static void error_mapping() {
     CHECK(themis::errors::toErrorCode(KEEL_ERR_CAPABILITY_DENIED) == ErrorCode::ERR_PLUGIN_CAPABILITY_ESCALATION);
     CHECK(themis::errors::toErrorCode(KEEL_ERR_PLUGIN_NOT_FOUND) == ErrorCode::ERR_PLUGIN_NOT_FOUND);
     CHECK(themis::errors::toErrorCode(KEEL_ERR_MANIFEST_SCHEMA) == ErrorCode::ERR_PLUGIN_INCOMPATIBLE);
+    CHECK(themis::errors::toErrorCode(KEEL_ERR_OCI_PULL_FAILED) == ErrorCode::ERR_PLUGIN_OCI_PULL_FAILED);
+    CHECK(themis::errors::toErrorCode(KEEL_ERR_OCI_AUTH_FAILED) == ErrorCode::ERR_PLUGIN_OCI_PULL_FAILED);
+    CHECK(themis::errors::toErrorCode(KEEL_ERR_OCI_MANIFEST_NOT_FOUND) == ErrorCode::ERR_PLUGIN_OCI_MANIFEST_NOT_FOUND);
+    CHECK(themis::errors::toErrorCode(KEEL_ERR_OCI_DIGEST_MISMATCH) == ErrorCode::ERR_PLUGIN_OCI_HASH_MISMATCH);
+    CHECK(themis::errors::toErrorCode(KEEL_ERR_OCI_BAD_REFERENCE) == ErrorCode::ERR_PLUGIN_OCI_INVALID_REFERENCE);
 }
 
 // A WASM plugin, a native plugin and a self-healing ThemisDB plugin under one manager.
@@ -195,6 +202,13 @@ int main(int argc, char **argv) {
         CHECK(pm.listLoadedPlugins().empty());
         CHECK(!pm.isPluginLoaded("legacy"));
         CHECK_ERR(pm.getPlugin("legacy"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "legacy");
+
+        // ---- loadPluginFromOci: its codes without a registry (tests/fleet.rs pulls from one) ----
+        CHECK_ERR(pm.loadPluginFromOci("Not A Reference", (root / "oci-cache").string()),
+                  ErrorCode::ERR_PLUGIN_OCI_INVALID_REFERENCE, "KEEL_ERR_OCI_BAD_REFERENCE");
+        CHECK_ERR(pm.loadPluginFromOci("127.0.0.1:1/plugins/echo:1.0.0", (root / "oci-cache").string()),
+                  ErrorCode::ERR_PLUGIN_OCI_PULL_FAILED, "KEEL_ERR_OCI_PULL_FAILED");
+        CHECK(!pm.isPluginLoaded("echo"));
         CHECK_ERR(pm.unloadPlugin("legacy"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "legacy");
         CHECK_ERR(pm.loadPlugin("nope"), ErrorCode::ERR_PLUGIN_NOT_FOUND, "nope");
         auto m2 = pm.getManifest("echo2");

@@ -462,6 +462,9 @@ fn the_bad_input_matrix_in_docs_errors_md_matches_the_code() {
         KEEL_ERR_WASM_COMPILE,
         KEEL_ERR_NULL_POINTER,
         KEEL_ERR_INVALID_UTF8,
+        KEEL_ERR_OCI_BAD_REFERENCE,
+        KEEL_ERR_OCI_DIGEST_MISMATCH,
+        KEEL_ERR_OCI_NOT_A_PLUGIN,
     ] {
         assert!(named.contains(&s), "docs/errors.md has no row for {}", s.name());
     }

@@ -19,7 +19,11 @@
  *    valid until the plugin is unloaded (it follows reloads).
  *
  * Signature differences from ThemisDB (and why):
- *  - `loadPluginFromOci` is absent: Keel has no OCI client yet (a call does not compile).
+ *  - `loadPluginFromOci(ref, cache_dir, bearer)` pulls with `keel_oci_pull` into Keel's
+ *    content-addressed cache (default `<temp>/themis-plugins`; every blob checked against its
+ *    digest), then loads the pulled folder as `loadPluginFromPath` does: the whole trust chain
+ *    (signature, pin) runs as for a local plugin. ThemisDB pulls a bare binary; Keel pulls the
+ *    plugin folder `keel push` published (manifest, `.sig`, binaries; docs/fleet.md).
  *  - `loadPluginFromPath(path, config)`: `path` is a manifest (`plugin.json`/`keel.json`) or a
  *    plugin folder, not a bare binary (Keel verifies a binary against its manifest); `config`
  *    must be "{}" (the config comes from the manifest, validated against its config_schema);
@@ -178,6 +182,17 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_IMPORT_NOT_GRANTED:
     case KEEL_ERR_IMPORT_UNDEFINED:
         return ErrorCode::ERR_PLUGIN_CAPABILITY_ESCALATION;
+    case KEEL_ERR_OCI_PULL_FAILED:
+    case KEEL_ERR_OCI_AUTH_FAILED:
+    case KEEL_ERR_OCI_NOT_A_PLUGIN:
+    case KEEL_ERR_OCI_PUSH_FAILED:
+        return ErrorCode::ERR_PLUGIN_OCI_PULL_FAILED;
+    case KEEL_ERR_OCI_MANIFEST_NOT_FOUND:
+        return ErrorCode::ERR_PLUGIN_OCI_MANIFEST_NOT_FOUND;
+    case KEEL_ERR_OCI_DIGEST_MISMATCH:
+        return ErrorCode::ERR_PLUGIN_OCI_HASH_MISMATCH;
+    case KEEL_ERR_OCI_BAD_REFERENCE:
+        return ErrorCode::ERR_PLUGIN_OCI_INVALID_REFERENCE;
     }
     return ErrorCode::ERR_PLUGIN_LOAD_FAILED; // a value outside the enum (not a keel_status)
 }
@@ -636,6 +651,25 @@ public:
             e.manifest = *m;
         }
         return loadPlugin(m->name);
+    }
+
+    /** Pull the plugin `ref` (`[registry/]repository[:tag][@sha256:<hex>]`) from an OCI
+     *  registry into `cache_dir` (default `<temp>/themis-plugins`) and load it as
+     *  loadPluginFromPath loads the pulled folder. `bearer` empty: anonymous. Errors: 6310 bad
+     *  reference, 6308 no such manifest, 6309 digest mismatch, 6307 registry unreachable,
+     *  authentication refused or not a Keel plugin artifact; then those of loadPluginFromPath. */
+    Result<IThemisPlugin *> loadPluginFromOci(const std::string &ref, const std::string &cache_dir = "",
+                                              const std::string &bearer = "") {
+        std::string dir = cache_dir;
+        if (dir.empty()) {
+            const char *tmp = std::getenv("TMPDIR");
+            dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/themis-plugins";
+        }
+        keel::detail::Buffer manifest;
+        keel_status s =
+            keel_oci_pull(ref.c_str(), dir.c_str(), bearer.empty() ? nullptr : bearer.c_str(), manifest.get(), nullptr);
+        if (s != KEEL_OK) return detail::keel_error(s, "loadPluginFromOci '" + ref + "'");
+        return loadPluginFromPath(manifest.text());
     }
 
     /** Unload a loaded plugin. Unknown or not loaded → ERR_PLUGIN_NOT_FOUND; loaded dependents
