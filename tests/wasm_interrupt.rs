@@ -181,9 +181,8 @@ fn a_module_exporting_the_reserved_stop_global_is_refused() {
     .unwrap();
     let rt = WasmRuntime::new(WasmConfig::default()).unwrap();
     let m = manifest("reserved", json!({}));
-    let e = rt
-        .load(&artifact(wasm), &context(&m, HostServices::default()))
-        .err()
-        .expect("a module exporting __keel_stop must not load");
+    let Err(e) = rt.load(&artifact(wasm), &context(&m, HostServices::default())) else {
+        panic!("a module exporting __keel_stop must not load");
+    };
     assert!(e.to_string().contains("__keel_stop"), "{e}");
 }
