@@ -43,6 +43,7 @@ pub mod exposition;
 pub mod version;
 
 pub mod hostfn;
+pub mod isolation;
 
 pub use errors::{keel_last_error_message, keel_status_name};
 
