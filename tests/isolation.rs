@@ -426,3 +426,48 @@ fn the_sandbox_dies_with_the_server() {
     child.wait().unwrap();
     assert!(wait_gone(pid), "sandbox {pid} outlived its server");
 }
+
+#[test]
+fn the_health_check_restarts_a_dead_sandbox() {
+    let (_dir, manifest) = faulty("iso-health", &[], serde_json::json!({}));
+    let h = host();
+    let slot = h.load(&manifest).unwrap();
+    let before = sandbox_pid(&slot);
+    expect_code(call(&slot, "segv", b""), KEEL_ERR_SANDBOX_CRASHED, "segv");
+    let g = slot.current().unwrap();
+    // The fixture has no health hook: Unknown, once the check has restarted the sandbox.
+    assert_eq!(g.instance.health(), keel::runtime::Health::Unknown);
+    let after = sandbox_pid(&slot);
+    assert_ne!(after, before);
+    assert!(!gone(after));
+    assert_eq!(call(&slot, "echo", b"x").unwrap(), b"x");
+    assert_eq!(
+        sandbox_pid(&slot),
+        after,
+        "the call used the sandbox the health check started"
+    );
+}
+
+#[test]
+fn inputs_larger_than_a_slot_and_outputs_past_the_limit_are_refused() {
+    let extra = serde_json::json!({"limits": {"max_output_bytes": 10}});
+    let (_d1, in_proc) = common::echo_plugin("iso-limits-in", &[], extra.clone());
+    let mut iso = extra;
+    iso["isolation"] = "process".into();
+    let (_d2, isolated) = common::echo_plugin("iso-limits-out", &[], iso);
+    for m in [&in_proc, &isolated] {
+        let h = host();
+        let slot = h.load(m).unwrap();
+        expect_code(
+            call(&slot, "echo", b"more than ten bytes"),
+            KEEL_ERR_OUTPUT_TOO_LARGE,
+            "output",
+        );
+        assert_eq!(call(&slot, "echo", b"ten bytes!").unwrap(), b"ten bytes!");
+    }
+    let h = host();
+    let slot = h.load(&isolated).unwrap();
+    let big = vec![7u8; 2 << 20];
+    expect_code(call(&slot, "echo", &big), KEEL_ERR_SANDBOX_INPUT_TOO_LARGE, "input");
+    assert_eq!(call(&slot, "echo", b"ok").unwrap(), b"ok");
+}

@@ -64,7 +64,7 @@ pub struct IsolationConfig {
 
 /// The launcher to run: `configured`, else `$KEEL_SANDBOX_LAUNCHER`, else `keel-sandbox` next
 /// to the object Keel is linked into (library or executable), else
-/// `../libexec/keel/keel-sandbox` relative to it.
+/// `../libexec/keel/keel-sandbox` or `../../libexec/keel/keel-sandbox` relative to it.
 pub fn resolve_launcher(configured: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = configured {
         return Ok(p.to_path_buf());
@@ -74,7 +74,13 @@ pub fn resolve_launcher(configured: Option<&Path>) -> Result<PathBuf> {
     }
     let mut tried = Vec::new();
     if let Some(dir) = own_object_dir() {
-        for cand in [dir.join(LAUNCHER_NAME), dir.join("../libexec/keel").join(LAUNCHER_NAME)] {
+        // Next to it (a build tree), or where CMake installs it: <prefix>/libexec/keel with the
+        // library in <prefix>/lib or <prefix>/lib/<multiarch>.
+        for cand in [
+            dir.join(LAUNCHER_NAME),
+            dir.join("../libexec/keel").join(LAUNCHER_NAME),
+            dir.join("../../libexec/keel").join(LAUNCHER_NAME),
+        ] {
             if cand.is_file() {
                 return Ok(cand);
             }
