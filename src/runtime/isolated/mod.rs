@@ -378,6 +378,17 @@ impl Process {
                     if !publish_from(h, CALLBACK, CALLBACK_DONE, &h.worker_sleeping) {
                         return Err(self.death_error(&spec.name));
                     }
+                    // A plugin that keeps calling back never lets the wait time out: the
+                    // deadline is checked here too.
+                    if expires.is_some_and(|e| Instant::now() >= e + DEADLINE_GRACE) {
+                        self.killed_for_deadline.store(true, Ordering::Release);
+                        self.kill();
+                        return Err(err!(
+                            KEEL_ERR_DEADLINE,
+                            "plugin '{}': the call ran past its deadline; its sandbox was killed (it restarts on the next call)",
+                            spec.name
+                        ));
+                    }
                 }
                 Some(_) => return Err(self.death_error(&spec.name)),
                 None => {
