@@ -37,8 +37,6 @@ pub const LAUNCHER_ENV: &str = "KEEL_SANDBOX_LAUNCHER";
 pub const LAUNCHER_NAME: &str = "keel-sandbox";
 /// The sandbox's address-space limit when the manifest sets no `limits.memory_mb`.
 pub const DEFAULT_MEMORY_MB: u64 = 1024;
-/// How long the server spins for a reply before it sleeps on the futex.
-const SERVER_SPIN: Duration = Duration::from_micros(30);
 /// After a call's deadline, how long a plugin polling `cancelled()` has to return before the
 /// sandbox is killed.
 const DEADLINE_GRACE: Duration = Duration::from_millis(20);
@@ -217,6 +215,8 @@ struct Process {
     /// The server killed it for a call's deadline.
     killed_for_deadline: AtomicBool,
     started: Instant,
+    /// The server side's adaptive spin budget (shared by its callers).
+    spin: Spin,
 }
 
 thread_local! {
@@ -338,7 +338,7 @@ impl Process {
                 h,
                 &h.server_sleeping,
                 |s| s == DONE || s == CALLBACK || s == DEAD,
-                SERVER_SPIN,
+                &self.spin,
                 tick,
                 || {
                     if cancel.is_some_and(|c| c.is_cancelled()) {
@@ -555,6 +555,7 @@ fn start(spec: &Spec) -> Result<Started> {
         ended: OnceLock::new(),
         killed_for_deadline: AtomicBool::new(false),
         started: Instant::now(),
+        spin: Spin::new(),
     });
     let watched = process.clone();
     let monitor = std::thread::Builder::new()

@@ -12,7 +12,6 @@ use std::ffi::{c_char, c_void};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use super::shm::*;
 use crate::error::keel_status;
@@ -22,9 +21,6 @@ use crate::runtime::output::{WRITE_BAD_ARGUMENT, WRITE_REFUSED};
 
 /// The socket to the server: fd 3 (placed there by the spawner before `execve`).
 pub const SOCKET_FD: i32 = 3;
-
-/// How long a worker spins for the next request before it sleeps.
-const WORKER_SPIN: Duration = Duration::from_micros(30);
 
 struct Plugin {
     vt: RawVtable,
@@ -306,12 +302,13 @@ fn worker(i: usize) {
     SLOT.with(|s| s.set(i));
     let shm = shm();
     let h = shm.header(i);
+    let spin = Spin::new();
     loop {
         let Some(s) = wait_for(
             h,
             &h.worker_sleeping,
             |s| s == REQUEST || s == DEAD,
-            WORKER_SPIN,
+            &spin,
             None,
             || true,
         ) else {
@@ -456,11 +453,12 @@ fn callback(i: usize, op: u32, arg: i32, len: usize, len2: usize) -> i64 {
     if !publish_from(h, REQUEST, CALLBACK, &h.server_sleeping) {
         return -3;
     }
+    static CALLBACK_SPIN: Spin = Spin::new();
     match wait_for(
         h,
         &h.worker_sleeping,
         |s| s == CALLBACK_DONE || s == DEAD,
-        WORKER_SPIN,
+        &CALLBACK_SPIN,
         None,
         || true,
     ) {

@@ -243,15 +243,53 @@ pub fn publish_from(h: &SlotHeader, from: u32, state: u32, other_sleeping: &Atom
     true
 }
 
-/// Wait until `pred(state)`: spin for `spin`, then sleep on the futex (flagging `sleeping`),
-/// waking at least every `tick` to run `on_tick` (which may stop the wait by returning
-/// `false`). Returns the state that satisfied `pred`, or `None` if `on_tick` stopped the wait.
+/// An adaptive spin budget (nanoseconds) for one side of a slot or process: a wait that the
+/// spin satisfied grows it, one that had to sleep halves it, between [`Spin::MIN_NS`] and
+/// [`Spin::MAX_NS`]. On an idle machine the other process answers within the spin and no
+/// system call is made; on an oversubscribed one the budget decays and the waiter sleeps on
+/// the futex at once instead of burning the time slice its peer needs.
+pub struct Spin(AtomicU32);
+
+impl Spin {
+    pub const MIN_NS: u32 = 2_000;
+    pub const MAX_NS: u32 = 50_000;
+
+    pub const fn new() -> Spin {
+        Spin(AtomicU32::new(Spin::MIN_NS * 4))
+    }
+
+    fn budget(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed) as u64)
+    }
+
+    fn hit(&self) {
+        let b = self.0.load(Ordering::Relaxed);
+        self.0.store((b + b / 2 + 1_000).min(Spin::MAX_NS), Ordering::Relaxed);
+    }
+
+    fn miss(&self) {
+        let b = self.0.load(Ordering::Relaxed);
+        self.0.store((b / 2).max(Spin::MIN_NS), Ordering::Relaxed);
+    }
+}
+
+impl Default for Spin {
+    fn default() -> Self {
+        Spin::new()
+    }
+}
+
+/// Wait until `pred(state)`: spin (adaptively, see [`Spin`]; yielding the CPU after the first
+/// couple of microseconds so that a peer waiting for a core gets it), then sleep on the futex
+/// (flagging `sleeping`), waking at least every `tick` to run `on_tick` (which may stop the
+/// wait by returning `false`). Returns the state that satisfied `pred`, or `None` if `on_tick`
+/// stopped the wait.
 #[inline]
 pub fn wait_for(
     h: &SlotHeader,
     sleeping: &AtomicU32,
     pred: impl Fn(u32) -> bool,
-    spin: Duration,
+    spin: &Spin,
     tick: Option<Duration>,
     mut on_tick: impl FnMut() -> bool,
 ) -> Option<u32> {
@@ -259,23 +297,26 @@ pub fn wait_for(
     if pred(s) {
         return Some(s);
     }
-    if !spin.is_zero() {
-        let start = Instant::now();
-        let mut i = 0u32;
-        loop {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-                let s = h.state.load(Ordering::Acquire);
-                if pred(s) {
-                    return Some(s);
-                }
-            }
-            i += 1;
-            if i % 4 == 0 && start.elapsed() >= spin {
-                break;
+    let budget = spin.budget();
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+            let s = h.state.load(Ordering::Acquire);
+            if pred(s) {
+                spin.hit();
+                return Some(s);
             }
         }
+        let elapsed = start.elapsed();
+        if elapsed >= budget {
+            break;
+        }
+        if elapsed >= Duration::from_nanos(Spin::MIN_NS as u64) {
+            std::thread::yield_now();
+        }
     }
+    spin.miss();
     loop {
         sleeping.store(1, Ordering::SeqCst);
         let s = h.state.load(Ordering::SeqCst);
