@@ -248,14 +248,25 @@ impl Process {
         drop(self.sock.lock().take());
     }
 
+    /// Ended, or being killed for a deadline (then the next call restarts at once rather
+    /// than meet the dying process).
     fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire)
+        self.dead.load(Ordering::Acquire) || self.killed_for_deadline.load(Ordering::Acquire)
     }
 
     /// The error for calls that met the sandbox dead.
     #[cold]
     fn death_error(&self, plugin: &str) -> Error {
-        match self.ended.get().copied().unwrap_or(Ended::Unknown) {
+        let ended = self.ended.get().copied();
+        if self.killed_for_deadline.load(Ordering::Acquire)
+            && matches!(ended, None | Some(Ended::Signal(libc::SIGKILL)))
+        {
+            return err!(
+                KEEL_ERR_SANDBOX_CRASHED,
+                "plugin '{plugin}': its sandbox was killed because a call ran past its deadline"
+            );
+        }
+        match ended.unwrap_or(Ended::Unknown) {
             Ended::Signal(libc::SIGSYS) => err!(
                 KEEL_ERR_SANDBOX_SYSCALL_REFUSED,
                 "plugin '{plugin}': its sandbox was killed by the seccomp filter (a system call outside the allowlist: file, socket, fork, ...)"
@@ -263,10 +274,6 @@ impl Process {
             Ended::Signal(libc::SIGXCPU) => err!(
                 KEEL_ERR_CPU_BUDGET,
                 "plugin '{plugin}': its sandbox used up its CPU time limit (SIGXCPU)"
-            ),
-            Ended::Signal(libc::SIGKILL) if self.killed_for_deadline.load(Ordering::Acquire) => err!(
-                KEEL_ERR_SANDBOX_CRASHED,
-                "plugin '{plugin}': its sandbox was killed because a call ran past its deadline"
             ),
             Ended::Signal(s) => err!(
                 KEEL_ERR_SANDBOX_CRASHED,
