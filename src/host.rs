@@ -256,6 +256,13 @@ impl Host {
             .set_native_isolation(required, launcher, self.trust.is_started())
     }
 
+    /// Require process isolation for the native plugins loaded from now on whose name matches
+    /// the glob `pattern` (e.g. `"untrusted-*"`); patterns add up and are never removed.
+    /// `KEEL_ERR_INVALID_ARGUMENT` for a pattern that does not parse.
+    pub fn require_isolation_for(&self, pattern: &str) -> Result<()> {
+        self.runtimes.require_isolation_for(pattern)
+    }
+
     /// The isolation settings of native plugins.
     pub fn native_isolation(&self) -> crate::runtime::isolated::IsolationConfig {
         self.runtimes.isolation()

@@ -471,3 +471,48 @@ fn inputs_larger_than_a_slot_and_outputs_past_the_limit_are_refused() {
     expect_code(call(&slot, "echo", &big), KEEL_ERR_SANDBOX_INPUT_TOO_LARGE, "input");
     assert_eq!(call(&slot, "echo", b"ok").unwrap(), b"ok");
 }
+
+fn is_isolated(slot: &keel::registry::Slot) -> bool {
+    let g = slot.current().unwrap();
+    g.instance
+        .as_any()
+        .is_some_and(|a| a.downcast_ref::<IsolatedInstance>().is_some())
+}
+
+#[test]
+fn a_name_pattern_isolates_the_plugins_it_matches_only() {
+    let (_d1, echo) = common::echo_plugin("iso-pattern-echo", &[], serde_json::json!({}));
+    let (_d2, faulty_m) = faulty("iso-pattern-faulty", &[], serde_json::json!({"isolation": "none"}));
+    let h = host();
+    h.require_isolation_for("faul*").unwrap();
+    let e = h.require_isolation_for("[").unwrap_err();
+    assert_eq!(e.status(), KEEL_ERR_INVALID_ARGUMENT, "{e}");
+    let f = h.load(&faulty_m).unwrap();
+    assert!(is_isolated(&f));
+    expect_code(call(&f, "segv", b""), KEEL_ERR_SANDBOX_CRASHED, "segv");
+    let e = h.load(&echo).unwrap();
+    assert!(!is_isolated(&e), "echo does not match faul*: in-process");
+    assert_eq!(call(&e, "echo", b"x").unwrap(), b"x");
+    // Through the C ABI.
+    let t = common::capi::TestHost::new();
+    assert_eq!(
+        keel::ffi::isolation::keel_host_require_isolation_for(t.0, c"ech?".as_ptr()),
+        KEEL_OK
+    );
+    assert_eq!(
+        keel::ffi::isolation::keel_host_require_isolation_for(t.0, std::ptr::null()),
+        KEEL_ERR_NULL_POINTER
+    );
+}
+
+#[test]
+fn a_missing_launcher_fails_the_load_with_its_code() {
+    let (_dir, manifest) = common::echo_plugin("iso-nolauncher", &[], serde_json::json!({"isolation": "process"}));
+    let h = keel::Host::new();
+    h.trust().set_require_signature(false).unwrap();
+    h.set_native_isolation(false, Some(PathBuf::from("/nonexistent/keel-sandbox")))
+        .unwrap();
+    let e = h.load(&manifest).err().expect("refused");
+    assert_eq!(e.status(), KEEL_ERR_SANDBOX_START, "{e}");
+    assert!(h.slots().is_empty());
+}

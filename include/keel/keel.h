@@ -2066,6 +2066,21 @@ keel_status keel_host_set_native_isolation(const keel_host *host,
                                            bool required,
                                            const char *launcher);
 
+/**
+ * Require process isolation for the native plugins loaded from now on whose name matches the
+ * glob `pattern` (`*`, `?`, `[...]`; e.g. `"untrusted-*"`), in addition to those whose
+ * manifest asks for it and to `keel_host_set_native_isolation`'s requirement for all.
+ * Patterns add up and are never removed (a policy that only strengthens); the same pattern
+ * twice is one. `pattern` is borrowed for the call. The launcher is the one set with
+ * `keel_host_set_native_isolation` (or found as described there).
+ *
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (a
+ * pattern that does not parse).
+ */
+keel_status keel_host_require_isolation_for(const keel_host *host, const char *pattern);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

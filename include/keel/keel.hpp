@@ -1152,6 +1152,10 @@ public:
                                                         api_detail::cstr(launcher, "a launcher path").c_str()));
         }
     }
+    /** Also run the native plugins whose name matches the glob `pattern` isolated (never removed). */
+    void require_isolation_for(std::string_view pattern) const {
+        Error::check(keel_host_require_isolation_for(h(), api_detail::cstr(pattern, "a pattern").c_str()));
+    }
     /** The capabilities plugins loaded from now on may be granted (all-or-nothing check). */
     void set_capability_allowlist(const std::vector<std::string> &names) const {
         std::vector<std::string> owned;

@@ -52,3 +52,25 @@ pub extern "C" fn keel_host_set_native_isolation(
         h.set_native_isolation(required, launcher)
     })
 }
+
+/// Require process isolation for the native plugins loaded from now on whose name matches the
+/// glob `pattern` (`*`, `?`, `[...]`; e.g. `"untrusted-*"`), in addition to those whose
+/// manifest asks for it and to `keel_host_set_native_isolation`'s requirement for all.
+/// Patterns add up and are never removed (a policy that only strengthens); the same pattern
+/// twice is one. `pattern` is borrowed for the call. The launcher is the one set with
+/// `keel_host_set_native_isolation` (or found as described there).
+///
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (a
+/// pattern that does not parse).
+#[no_mangle]
+pub extern "C" fn keel_host_require_isolation_for(host: *const keel_host, pattern: *const c_char) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract: a NUL-terminated string.
+        let pattern = unsafe { arg_str(pattern, "pattern") }?;
+        h.require_isolation_for(pattern)
+    })
+}

@@ -216,6 +216,18 @@ impl Runtimes {
         Ok(())
     }
 
+    /// Require process isolation for the native plugins whose name matches the glob
+    /// `pattern` (added to the set; patterns are never removed, so this only strengthens).
+    pub fn require_isolation_for(&self, pattern: &str) -> Result<()> {
+        let p = glob::Pattern::new(pattern)
+            .map_err(|e| crate::err!(KEEL_ERR_INVALID_ARGUMENT, "isolation pattern '{pattern}': {e}"))?;
+        let mut c = self.isolation.lock();
+        if !c.patterns.contains(&p) {
+            c.patterns.push(p);
+        }
+        Ok(())
+    }
+
     /// `RLIMIT_CPU` (seconds over a sandbox's life; 0: none) of sandboxes started from now on.
     pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
         self.isolation.lock().cpu_seconds = seconds;
@@ -246,7 +258,7 @@ impl Runtimes {
         let asked = ctx.manifest.isolation == Some(crate::manifest::Isolation::Process);
         let isolation = (asked || ctx.manifest.runtime != RuntimeKind::Wasm)
             .then(|| self.isolation())
-            .filter(|c| asked || c.required);
+            .filter(|c| asked || c.requires(&ctx.manifest.name));
         Ok(match ctx.manifest.runtime {
             RuntimeKind::Native => match isolation {
                 Some(config) => Box::new(isolated::load(artifact, ctx, &config)?),

@@ -54,10 +54,19 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 pub struct IsolationConfig {
     /// Run every native plugin isolated, whatever its manifest says.
     pub required: bool,
+    /// Run the native plugins whose name matches one of these glob patterns isolated.
+    pub patterns: Vec<glob::Pattern>,
     /// The launcher; `None`: [`resolve_launcher`]'s search.
     pub launcher: Option<PathBuf>,
     /// `RLIMIT_CPU` of each sandbox in seconds (0: none).
     pub cpu_seconds: u64,
+}
+
+impl IsolationConfig {
+    /// Whether the host requires isolation for the native plugin `name` (all, or by pattern).
+    pub fn requires(&self, name: &str) -> bool {
+        self.required || self.patterns.iter().any(|p| p.matches(name))
+    }
 }
 
 /// The launcher to run: `configured`, else `$KEEL_SANDBOX_LAUNCHER`, else `keel-sandbox` next
