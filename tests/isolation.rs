@@ -516,3 +516,66 @@ fn a_missing_launcher_fails_the_load_with_its_code() {
     assert_eq!(e.status(), KEEL_ERR_SANDBOX_START, "{e}");
     assert!(h.slots().is_empty());
 }
+
+#[test]
+fn crashes_while_other_threads_call_fail_only_calls_in_flight_and_nothing_hangs() {
+    let (_dir, manifest) = faulty("iso-crash-concurrent", &[], serde_json::json!({}));
+    let h = host();
+    let slot = h.load(&manifest).unwrap();
+    let echo = fn_index(&slot, "echo");
+    let segv = fn_index(&slot, "segv");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    std::thread::scope(|s| {
+        let callers: Vec<_> = (0..3)
+            .map(|t| {
+                let (slot, stop) = (&slot, &stop);
+                s.spawn(move || {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut out = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let input = format!("t{t} #{i}");
+                        i += 1;
+                        out.clear();
+                        match slot.call(echo, input.as_bytes(), &mut out) {
+                            Ok(()) => {
+                                assert_eq!(out, input.as_bytes());
+                                ok += 1;
+                            }
+                            Err(e) => {
+                                assert!(
+                                    matches!(e.status(), KEEL_ERR_SANDBOX_CRASHED | KEEL_ERR_SANDBOX_BACKOFF),
+                                    "{e}"
+                                );
+                                failed += 1;
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(30));
+            let e = loop {
+                match slot.call(segv, b"", &mut out) {
+                    Err(e) if e.status() == KEEL_ERR_SANDBOX_BACKOFF => std::thread::sleep(Duration::from_millis(5)),
+                    r => break r.unwrap_err(),
+                }
+            };
+            assert_eq!(e.status(), KEEL_ERR_SANDBOX_CRASHED, "{e}");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in callers {
+            let (o, f) = c.join().unwrap();
+            ok += o;
+            failed += f;
+        }
+    });
+    assert!(ok > 0, "ok {ok} failed {failed}");
+    still_serving(&slot);
+}
