@@ -579,3 +579,62 @@ fn crashes_while_other_threads_call_fail_only_calls_in_flight_and_nothing_hangs(
     assert!(ok > 0, "ok {ok} failed {failed}");
     still_serving(&slot);
 }
+
+#[test]
+fn host_functions_are_proxied_with_their_capability_checks() {
+    type Table = Arc<Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>>;
+    let run = |isolation: &str, caps: &[&str]| -> Vec<Result<Vec<u8>, keel_status>> {
+        let dir = common::tempdir("iso-hostfn");
+        let so = common::build_native("hostfn", &[], &dir, "libhostfn.so");
+        let m = common::write_manifest(
+            &dir,
+            "hostfn",
+            "1.0.0",
+            &so,
+            serde_json::json!({"capabilities": caps, "isolation": isolation}),
+        );
+        let h = host();
+        h.set_allowlist(keel::capability::Capabilities::all());
+        let table: Table = Arc::default();
+        let t = table.clone();
+        h.define_host_fn("db", "get_row", "storage:read", move |_, key, out| {
+            match t.lock().unwrap().get(key) {
+                Some(row) => {
+                    out.write(row);
+                    Ok(())
+                }
+                None => Err(format!("no row '{}'", String::from_utf8_lossy(key))),
+            }
+        })
+        .unwrap();
+        let t = table.clone();
+        h.define_host_fn("db", "put_row", "storage:write", move |_, input, _| {
+            let (&klen, rest) = input.split_first().ok_or("empty put")?;
+            let (k, v) = rest.split_at_checked(klen as usize).ok_or("short key")?;
+            t.lock().unwrap().insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let slot = h.load(&m).unwrap_or_else(|e| panic!("{e}"));
+        let mut put = vec![3u8];
+        put.extend_from_slice(b"keyvalue");
+        vec![
+            call(&slot, "bound", b"").map_err(|e| e.status()),
+            call(&slot, "put", &put).map_err(|e| e.status()),
+            call(&slot, "get", b"key").map_err(|e| e.status()),
+            call(&slot, "get_twice", b"key").map_err(|e| e.status()),
+            call(&slot, "get", b"absent").map_err(|e| e.status()),
+        ]
+    };
+    let all = ["storage:read", "storage:write"];
+    let a = run("none", &all);
+    let b = run("process", &all);
+    assert_eq!(a, b);
+    assert_eq!(a[0].as_deref(), Ok(&[1u8, 1][..]));
+    assert_eq!(a[2].as_deref(), Ok(&b"value"[..]));
+    // Without storage:write the put function is not bound, isolated as in-process.
+    let a = run("none", &["storage:read"]);
+    let b = run("process", &["storage:read"]);
+    assert_eq!(a, b);
+    assert_eq!(a[0].as_deref(), Ok(&[1u8, 0][..]));
+}

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::runtime::output::max_output;
 use crate::runtime::{Health, HostServices, Instance, LoadContext, LogLevel};
 use crate::services::call::{CallOptions, CancelToken};
+use crate::services::hostfn::HostOutput;
 use crate::services::KvTarget;
 use crate::{bail, err};
 use shm::*;
@@ -469,6 +470,8 @@ impl Process {
         let mut data = vec![0u8; len];
         // SAFETY: len <= CB_CAP bytes of slot i's callback area into a buffer of that size.
         unsafe { std::ptr::copy_nonoverlapping(self.shm.callback(i), data.as_mut_ptr(), len) };
+        // What the answer carries back (set by the entries that answer with bytes).
+        h.cb_len.store(0, Ordering::Relaxed);
         let granted = |c: &str| spec.granted.has(c);
         let at = KvTarget::kv(&spec.name);
         match op {
@@ -500,6 +503,34 @@ impl Process {
                 Ok(false) => 1,
                 Err(_) => -3,
             },
+            CB_HOSTFN_LOOKUP => {
+                let Some(z) = data.iter().position(|&b| b == 0) else {
+                    return 0;
+                };
+                let (ns, name) = (&data[..z], &data[z + 1..]);
+                spec.host_fns
+                    .iter()
+                    .position(|f| f.namespace().as_bytes() == ns && f.name().as_bytes() == name)
+                    .map_or(0, |i| i as i64 + 1)
+            }
+            CB_HOSTFN_CALL => {
+                let Some(f) = spec.host_fns.get(h.cb_arg.load(Ordering::Relaxed) as u32 as usize) else {
+                    return -1;
+                };
+                let mut buf = Vec::new();
+                let rc = crate::runtime::output::with_output(&mut buf, CB_CAP, |out| {
+                    // SAFETY: RawOutput and HostOutput are both #[repr(C)] { ctx, write } with
+                    // the same write signature (as the in-process runtime relies on); `out`
+                    // lives for the call.
+                    let out = unsafe { &*(out as *const crate::runtime::output::RawOutput as *const HostOutput) };
+                    f.invoke(&spec.name, &data, out)
+                });
+                let n = buf.len().min(CB_CAP);
+                // SAFETY: n <= CB_CAP bytes into slot i's callback area.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.shm.callback(i), n) };
+                h.cb_len.store(n as u64, Ordering::Relaxed);
+                rc as i64
+            }
             _ => -1,
         }
     }
@@ -528,6 +559,9 @@ struct Spec {
     config: String,
     granted: Capabilities,
     services: HostServices,
+    /// The host functions this plugin may use (granted), bound at load as in-process; the
+    /// sandbox names them by index + 1.
+    host_fns: Vec<Arc<crate::services::hostfn::HostFn>>,
     boot: Bootstrap,
 }
 
@@ -789,6 +823,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         config: ctx.manifest.config_json(),
         granted: g,
         services: ctx.services.clone(),
+        host_fns: ctx.services.host_fns.snapshot(g),
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,

@@ -410,8 +410,8 @@ fn host_api(bits: u64) -> RawHostApi {
     let has = |b: u64| bits & b != 0;
     RawHostApi {
         abi_version: ABI_VERSION,
-        // The entries this sandbox serves end at `cancelled`; the rest are absent for now.
-        struct_size: std::mem::offset_of!(RawHostApi, kv_scan) as u32,
+        // The whole table; entries this sandbox does not serve yet are NULL (absent).
+        struct_size: std::mem::size_of::<RawHostApi>() as u32,
         ctx: std::ptr::null_mut(),
         log: has(API_LOG).then_some(sb_log as _),
         now_unix_nanos: has(API_CLOCK).then_some(sb_now as _),
@@ -431,8 +431,8 @@ fn host_api(bits: u64) -> RawHostApi {
         metric_set: None,
         metric_observe: None,
         rpc_register: None,
-        host_fn_lookup: None,
-        host_fn_call: None,
+        host_fn_lookup: Some(sb_host_fn_lookup as _),
+        host_fn_call: Some(sb_host_fn_call as _),
     }
 }
 
@@ -573,6 +573,62 @@ unsafe extern "C" fn sb_kv_delete(_ctx: *mut c_void, key: *const u8, key_len: us
         return -1;
     }
     callback(i, CB_KV_DELETE, 0, key_len, 0) as i32
+}
+
+/// A host function by namespace and name: an opaque handle (its index + 1 in the server's
+/// list of the functions granted to this plugin), or NULL.
+///
+/// # Safety
+/// `namespace` and `name` are NULL or NUL-terminated strings.
+unsafe extern "C" fn sb_host_fn_lookup(
+    _ctx: *mut c_void,
+    namespace: *const c_char,
+    name: *const c_char,
+) -> *const crate::services::hostfn::HostFn {
+    let Some(i) = my_slot() else {
+        return std::ptr::null();
+    };
+    if namespace.is_null() || name.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: per the ABI both are NUL-terminated strings valid for the call.
+    let (ns, n) = unsafe { (std::ffi::CStr::from_ptr(namespace), std::ffi::CStr::from_ptr(name)) };
+    let (ns, n) = (ns.to_bytes(), n.to_bytes());
+    let zero = 0u8;
+    if !put_cb(i, &[(ns.as_ptr(), ns.len()), (&zero, 1), (n.as_ptr(), n.len())]) {
+        return std::ptr::null();
+    }
+    match callback(i, CB_HOSTFN_LOOKUP, 0, ns.len() + 1 + n.len(), 0) {
+        r if r > 0 => r as usize as *const crate::services::hostfn::HostFn,
+        _ => std::ptr::null(),
+    }
+}
+
+/// Call a host function (a handle from `sb_host_fn_lookup`) in the server; what it writes
+/// (at most the 64 KiB callback area) is appended to `out`.
+///
+/// # Safety
+/// `input` points to `len` readable bytes; `out` is a live `keel_output`.
+unsafe extern "C" fn sb_host_fn_call(
+    _ctx: *mut c_void,
+    f: *const crate::services::hostfn::HostFn,
+    input: *const u8,
+    len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    let idx = (f as usize).wrapping_sub(1);
+    if f.is_null() || out.is_null() || idx > i32::MAX as usize || !put_cb(i, &[(input, len)]) {
+        return -1;
+    }
+    let r = callback(i, CB_HOSTFN_CALL, idx as i32, len, 0);
+    let h = shm().header(i);
+    let n = (h.cb_len.load(Ordering::Relaxed) as usize).min(CB_CAP);
+    // SAFETY: `out` is the plugin's live keel_output; n bytes of the callback area.
+    if n > 0 && unsafe { ((*out).write)((*out).ctx, shm().callback(i), n) } != 0 && r == 0 {
+        return -2;
+    }
+    r as i32
 }
 
 unsafe extern "C" fn sb_cancelled(_ctx: *mut c_void) -> i32 {

@@ -57,6 +57,8 @@ pub const CB_LOG: u32 = 1;
 pub const CB_KV_GET: u32 = 2;
 pub const CB_KV_PUT: u32 = 3;
 pub const CB_KV_DELETE: u32 = 4;
+pub const CB_HOSTFN_LOOKUP: u32 = 5;
+pub const CB_HOSTFN_CALL: u32 = 6;
 
 /// A slot's header: the words both processes read and write.
 #[repr(C)]
