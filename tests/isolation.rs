@@ -638,3 +638,20 @@ fn host_functions_are_proxied_with_their_capability_checks() {
     assert_eq!(a, b);
     assert_eq!(a[0].as_deref(), Ok(&[1u8, 0][..]));
 }
+
+#[test]
+fn elf_constructors_run_under_the_loaders_filter_no_socket_no_file_creation() {
+    let h = host();
+    let (_d1, sock) = faulty("iso-ctor-socket", &["FAULTY_CTOR_SOCKET"], serde_json::json!({}));
+    let e = h.load(&sock).err().expect("refused");
+    assert_eq!(e.status(), KEEL_ERR_SANDBOX_START, "{e}");
+    assert!(e.message().contains("seccomp"), "{e}");
+    let dir = common::tempdir("iso-ctor-create-target");
+    let target = dir.join("created-by-constructor");
+    let def = format!("FAULTY_CTOR_CREATE=\"{}\"", target.display());
+    let (_d2, create) = faulty("iso-ctor-create", &[&def], serde_json::json!({}));
+    let e = h.load(&create).err().expect("refused");
+    assert_eq!(e.status(), KEEL_ERR_SANDBOX_START, "{e}");
+    assert!(!target.exists(), "the constructor created {}", target.display());
+    assert!(h.slots().is_empty());
+}

@@ -92,7 +92,16 @@ pub fn sandbox_main() -> ! {
     let _ = SHM.set(area);
     let _ = API.set(Api(host_api(boot.api)));
 
-    // dlopen: the plugin's ELF constructors run here (before seccomp; see docs/isolation.md).
+    // dlopen: the plugin's ELF constructors run here, under the loader's filter (the main
+    // allowlist plus read-only opens and stats for the dynamic loader; see docs/isolation.md).
+    if let Err(e) = install_seccomp(true) {
+        hello_error(
+            &sock,
+            keel_status::KEEL_ERR_SANDBOX_START,
+            &format!("installing the loader's seccomp filter failed: {e}"),
+        );
+        die("seccomp failed");
+    }
     let path = format!("/proc/self/fd/{}", plugin_fd.as_raw_fd());
     // SAFETY: loading the verified, sealed plugin image; its initialisers run in this sandbox.
     let lib = match unsafe { libloading::os::unix::Library::open(Some(&path), libc::RTLD_NOW | libc::RTLD_LOCAL) } {
@@ -117,7 +126,7 @@ pub fn sandbox_main() -> ! {
         }
     }
 
-    if let Err(e) = install_seccomp() {
+    if let Err(e) = install_seccomp(false) {
         hello_error(
             &sock,
             keel_status::KEEL_ERR_SANDBOX_START,
@@ -644,9 +653,11 @@ unsafe extern "C" fn sb_cancelled(_ctx: *mut c_void) -> i32 {
 // ---- seccomp ------------------------------------------------------------------------------
 
 /// The allowlist (docs/isolation.md "What the sandbox may do"); anything else kills the
-/// process with `SIGSYS`. A second filter answers `clone3` with `ENOSYS` so that the C
-/// library falls back to `clone`, whose flags the first filter can check.
-fn install_seccomp() -> std::result::Result<(), String> {
+/// process with `SIGSYS`. `loader`: the filter `dlopen` (and the plugin's ELF constructors)
+/// run under, the allowlist plus read-only opens, installed together with a filter answering
+/// `clone3` with `ENOSYS` (so that the C library falls back to `clone`, whose flags the
+/// allowlist can check); the main filter is stacked on top after `dlopen`.
+fn install_seccomp(loader: bool) -> std::result::Result<(), String> {
     use seccompiler::{
         apply_filter_all_threads, BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
         SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch,
@@ -721,9 +732,31 @@ fn install_seccomp() -> std::result::Result<(), String> {
     rules.insert(libc::SYS_tgkill, vec![cond(0, Len::Dword, Op::Eq, pid)?]);
     rules.insert(libc::SYS_process_vm_readv, vec![cond(0, Len::Dword, Op::Eq, pid)?]);
     rules.insert(libc::SYS_ioctl, vec![cond(1, Len::Dword, Op::Eq, libc::TCGETS)?]);
+    if loader {
+        // What the dynamic loader needs to map the plugin (and any library it depends on):
+        // opens that can neither write, create nor truncate, stats by path, pread, and what
+        // installing the main filter afterwards takes. No socket, no fork, no exec.
+        let no_write = (libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC) as u64;
+        rules.insert(
+            libc::SYS_openat,
+            vec![cond(2, Len::Dword, Op::MaskedEq(no_write), libc::O_RDONLY as u64)?],
+        );
+        rules.insert(libc::SYS_newfstatat, vec![]);
+        rules.insert(libc::SYS_pread64, vec![]);
+        rules.insert(libc::SYS_seccomp, vec![]);
+        rules.get_mut(&libc::SYS_prctl).ok_or("no prctl rule")?.push(cond(
+            0,
+            Len::Dword,
+            Op::Eq,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+        )?);
+    }
     let main = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch)
         .map_err(|e| format!("{e:?}"))?;
     let main: BpfProgram = main.try_into().map_err(|e| format!("{e:?}"))?;
+    if !loader {
+        return apply_filter_all_threads(&main).map_err(|e| format!("{e:?}"));
+    }
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into_iter().collect(),
         SeccompAction::Allow,
@@ -733,7 +766,7 @@ fn install_seccomp() -> std::result::Result<(), String> {
     .map_err(|e| format!("{e:?}"))?;
     let clone3: BpfProgram = clone3.try_into().map_err(|e| format!("{e:?}"))?;
     // The permissive one first: installing a filter calls prctl(PR_SET_NO_NEW_PRIVS), which
-    // the main filter refuses.
+    // the loader's filter allows and the main one (installed last, after dlopen) refuses.
     apply_filter_all_threads(&clone3).map_err(|e| format!("{e:?}"))?;
     apply_filter_all_threads(&main).map_err(|e| format!("{e:?}"))?;
     Ok(())
