@@ -655,3 +655,28 @@ fn elf_constructors_run_under_the_loaders_filter_no_socket_no_file_creation() {
     assert!(!target.exists(), "the constructor created {}", target.display());
     assert!(h.slots().is_empty());
 }
+
+#[test]
+fn a_reload_drains_a_call_in_flight_in_the_old_sandbox() {
+    let dir = common::tempdir("iso-drain");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    let manifest = common::write_manifest(&dir, "echo", "1.0.0", &so, serde_json::json!({"isolation": "process"}));
+    let h = host();
+    let slot = h.load(&manifest).unwrap();
+    let old = sandbox_pid(&slot);
+    let sleep = fn_index(&slot, "sleep_ms");
+    std::thread::scope(|s| {
+        let in_flight = s.spawn(|| {
+            let mut out = Vec::new();
+            slot.call(sleep, b"400", &mut out).map(|_| out)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        h.reload("echo").unwrap_or_else(|e| panic!("{e}"));
+        // The new generation serves at once, from its own sandbox.
+        assert_ne!(sandbox_pid(&slot), old);
+        assert_eq!(call(&slot, "echo", b"new").unwrap(), b"new");
+        // The call in the old generation finished there.
+        assert_eq!(in_flight.join().unwrap().unwrap(), b"slept");
+    });
+    assert!(wait_gone(old), "the drained generation's sandbox ended");
+}
