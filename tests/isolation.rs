@@ -680,3 +680,95 @@ fn a_reload_drains_a_call_in_flight_in_the_old_sandbox() {
     });
     assert!(wait_gone(old), "the drained generation's sandbox ended");
 }
+
+#[test]
+fn storage_and_kv_scans_answer_the_same_isolated_and_in_process() {
+    let caps = serde_json::json!(["storage:read", "storage:write", "kv:read", "kv:write"]);
+    type Answer = Result<String, (keel_status, String)>;
+    let run = |isolation: &str| -> Vec<(String, Answer)> {
+        let dir = common::tempdir("iso-storage");
+        let so = common::build_native("storage", &[], &dir, "libstorage.so");
+        let m = common::write_manifest(
+            &dir,
+            "storage",
+            "1.0.0",
+            &so,
+            serde_json::json!({"capabilities": caps, "isolation": isolation}),
+        );
+        let h = host();
+        h.set_allowlist(keel::capability::Capabilities::all());
+        h.set_kv_store(Some(Arc::new(Tables::default())));
+        let slot = h.load(&m).unwrap_or_else(|e| panic!("{e}"));
+        let cases: &[(&str, &str)] = &[
+            ("caps", ""),
+            ("put", "orders|a=1"),
+            ("put", "orders|ab=2"),
+            ("put", "orders|b=3"),
+            ("get", "orders|ab"),
+            ("get", "orders|zz"),
+            ("scan", "orders|a"),
+            ("del", "orders|a"),
+            ("del", "orders|a"),
+            ("scan", "orders|"),
+            ("kv_put", "k1=v1"),
+            ("kv_put", "k2=v2"),
+            ("kv_scan", "k"),
+            ("get", "|bad"),
+        ];
+        cases
+            .iter()
+            .map(|(f, i)| {
+                let r = call(&slot, f, i.as_bytes())
+                    .map(|o| String::from_utf8(o).unwrap())
+                    .map_err(|e| (e.status(), e.message().to_string()));
+                (format!("{f} {i}"), r)
+            })
+            .collect()
+    };
+    let a = run("none");
+    let b = run("process");
+    assert_eq!(a, b);
+    assert_eq!(a[4].1.as_deref(), Ok("2"));
+    assert_eq!(a[6].1.as_deref(), Ok("a=1\nab=2\n"));
+}
+
+/// A storage sink with tables, in memory: (table, plugin, key) → value.
+#[derive(Default)]
+struct Tables(Mutex<std::collections::BTreeMap<(Option<String>, String, Vec<u8>), Vec<u8>>>);
+
+impl keel::services::KvStore for Tables {
+    fn get(&self, at: keel::services::KvTarget<'_>, key: &[u8]) -> keel::services::SinkResult<Option<Vec<u8>>> {
+        let k = (at.table.map(str::to_string), at.plugin.to_string(), key.to_vec());
+        Ok(self.0.lock().unwrap().get(&k).cloned())
+    }
+    fn put(&self, at: keel::services::KvTarget<'_>, key: &[u8], value: &[u8]) -> keel::services::SinkResult<()> {
+        let k = (at.table.map(str::to_string), at.plugin.to_string(), key.to_vec());
+        self.0.lock().unwrap().insert(k, value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, at: keel::services::KvTarget<'_>, key: &[u8]) -> keel::services::SinkResult<bool> {
+        let k = (at.table.map(str::to_string), at.plugin.to_string(), key.to_vec());
+        Ok(self.0.lock().unwrap().remove(&k).is_some())
+    }
+    fn scan(
+        &self,
+        at: keel::services::KvTarget<'_>,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> keel::services::SinkResult<()> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((t, p, k), _)| t.as_deref() == at.table && p == at.plugin && k.starts_with(prefix))
+            .map(|((_, _, k), v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in &entries {
+            if !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -503,6 +503,46 @@ impl Process {
                 Ok(false) => 1,
                 Err(_) => -3,
             },
+            CB_KV_SCAN if granted("kv:read") => self.scan_into(spec, i, at, &data),
+            CB_STORAGE_GET | CB_STORAGE_SCAN if granted("storage:read") => match split_table(&data) {
+                Some((table, rest)) if op == CB_STORAGE_GET => {
+                    match spec.services.kv_get(KvTarget::table(&spec.name, table), rest) {
+                        Ok(Some(v)) if v.len() <= CB_CAP => self.answer(i, &v, 0),
+                        Ok(Some(_)) => -2,
+                        Ok(None) => 1,
+                        Err(_) => -3,
+                    }
+                }
+                Some((table, rest)) => self.scan_into(spec, i, KvTarget::table(&spec.name, table), rest),
+                None => -1,
+            },
+            CB_STORAGE_PUT | CB_STORAGE_DELETE if granted("storage:write") => match split_table(&data) {
+                Some((table, rest)) if op == CB_STORAGE_PUT => {
+                    let k = (h.cb_len2.load(Ordering::Relaxed) as usize).min(rest.len());
+                    match spec
+                        .services
+                        .kv_put(KvTarget::table(&spec.name, table), &rest[..k], &rest[k..])
+                    {
+                        Ok(()) => 0,
+                        Err(_) => -3,
+                    }
+                }
+                Some((table, rest)) => match spec.services.kv_delete(KvTarget::table(&spec.name, table), rest) {
+                    Ok(true) => 0,
+                    Ok(false) => 1,
+                    Err(_) => -3,
+                },
+                None => -1,
+            },
+            CB_SINK_ERROR if crate::services::sinks::SINK_CAPABILITIES.iter().any(|c| granted(c)) => {
+                let msg = crate::services::sinks::last_sink_error();
+                if msg.is_empty() {
+                    1
+                } else {
+                    let b = &msg.as_bytes()[..msg.len().min(CB_CAP)];
+                    self.answer(i, b, 0)
+                }
+            }
             CB_HOSTFN_LOOKUP => {
                 let Some(z) = data.iter().position(|&b| b == 0) else {
                     return 0;
@@ -532,6 +572,49 @@ impl Process {
                 rc as i64
             }
             _ => -1,
+        }
+    }
+}
+
+impl Process {
+    /// Put `bytes` (at most CB_CAP) in slot i's callback area as the answer; returns `ret`.
+    fn answer(&self, i: usize, bytes: &[u8], ret: i64) -> i64 {
+        let n = bytes.len().min(CB_CAP);
+        // SAFETY: n <= CB_CAP bytes into slot i's callback area.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.shm.callback(i), n) };
+        self.shm.header(i).cb_len.store(n as u64, Ordering::Relaxed);
+        ret
+    }
+
+    /// A scan whose entries (encoded as for in-process plugins) fill at most the callback
+    /// area: 0 complete, 2 truncated, -3 the sink failed.
+    fn scan_into(&self, spec: &Spec, i: usize, at: KvTarget<'_>, prefix: &[u8]) -> i64 {
+        let mut all = Vec::new();
+        let mut one = Vec::new();
+        let r = spec.services.kv_scan(at, prefix, CB_CAP, |k, v| {
+            crate::services::sinks::encode_entry(&mut one, k, v);
+            if all.len() + one.len() > CB_CAP {
+                return false;
+            }
+            all.extend_from_slice(&one);
+            true
+        });
+        match r {
+            Ok(crate::services::sinks::ScanEnd::Complete) => self.answer(i, &all, 0),
+            Ok(crate::services::sinks::ScanEnd::Truncated) => self.answer(i, &all, 2),
+            Err(_) => -3,
+        }
+    }
+}
+
+/// `table\0rest` → (checked table name, rest); a bad name is recorded for `sink_error`.
+fn split_table(data: &[u8]) -> Option<(&str, &[u8])> {
+    let z = data.iter().position(|&b| b == 0)?;
+    match crate::services::sinks::check_table(&data[..z]) {
+        Ok(t) => Some((t, &data[z + 1..])),
+        Err(e) => {
+            crate::services::sinks::record_error(&crate::services::SinkError(e));
+            None
         }
     }
 }
@@ -812,6 +895,8 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         ("random", API_RANDOM),
         ("kv:read", API_KV_READ),
         ("kv:write", API_KV_WRITE),
+        ("storage:read", API_STORAGE_READ),
+        ("storage:write", API_STORAGE_WRITE),
     ]
     .iter()
     .filter(|(c, _)| g.has(c))

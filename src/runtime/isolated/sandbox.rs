@@ -429,12 +429,13 @@ fn host_api(bits: u64) -> RawHostApi {
         kv_put: has(API_KV_WRITE).then_some(sb_kv_put as _),
         kv_delete: has(API_KV_WRITE).then_some(sb_kv_delete as _),
         cancelled: Some(sb_cancelled as _),
-        kv_scan: None,
-        storage_get: None,
-        storage_put: None,
-        storage_delete: None,
-        storage_scan: None,
-        sink_error: None,
+        kv_scan: has(API_KV_READ).then_some(sb_kv_scan as _),
+        storage_get: has(API_STORAGE_READ).then_some(sb_storage_get as _),
+        storage_put: has(API_STORAGE_WRITE).then_some(sb_storage_put as _),
+        storage_delete: has(API_STORAGE_WRITE).then_some(sb_storage_delete as _),
+        storage_scan: has(API_STORAGE_READ).then_some(sb_storage_scan as _),
+        sink_error: has(API_KV_READ | API_KV_WRITE | API_STORAGE_READ | API_STORAGE_WRITE)
+            .then_some(sb_sink_error as _),
         metric_define: None,
         metric_add: None,
         metric_set: None,
@@ -582,6 +583,178 @@ unsafe extern "C" fn sb_kv_delete(_ctx: *mut c_void, key: *const u8, key_len: us
         return -1;
     }
     callback(i, CB_KV_DELETE, 0, key_len, 0) as i32
+}
+
+/// Write the answer in slot i's callback area (`cb_len` bytes) to `out`; false if refused.
+///
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe fn answer_to(i: usize, out: *const RawOutput) -> bool {
+    let n = (shm().header(i).cb_len.load(Ordering::Relaxed) as usize).min(CB_CAP);
+    // SAFETY: `out` is the plugin's live keel_output; n bytes of the callback area.
+    n == 0 || unsafe { ((*out).write)((*out).ctx, shm().callback(i), n) } == 0
+}
+
+/// Write the scan entries in slot i's callback area to `out`, one write per entry (as
+/// in-process); false if `out` refused one.
+///
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe fn entries_to(i: usize, out: *const RawOutput) -> bool {
+    let n = (shm().header(i).cb_len.load(Ordering::Relaxed) as usize).min(CB_CAP);
+    // SAFETY: the first n bytes of the callback area, written by the server before it
+    // answered; nothing writes them while this worker reads (the slot is this worker's).
+    let area = unsafe { std::slice::from_raw_parts(shm().callback(i) as *const u8, n) };
+    let mut at = 0;
+    while at + 4 <= n {
+        let k = u32::from_le_bytes([area[at], area[at + 1], area[at + 2], area[at + 3]]) as usize;
+        let v_at = at + 4 + k;
+        if v_at + 4 > n {
+            break;
+        }
+        let v = u32::from_le_bytes([area[v_at], area[v_at + 1], area[v_at + 2], area[v_at + 3]]) as usize;
+        let end = v_at + 4 + v;
+        if end > n {
+            break;
+        }
+        // SAFETY: `out` is live; the entry lies inside the area.
+        if unsafe { ((*out).write)((*out).ctx, area[at..end].as_ptr(), end - at) } != 0 {
+            return false;
+        }
+        at = end;
+    }
+    true
+}
+
+/// A table name argument's bytes (NULL: `None`).
+///
+/// # Safety
+/// `table` is NULL or NUL-terminated.
+unsafe fn table_bytes<'a>(table: *const c_char) -> Option<&'a [u8]> {
+    if table.is_null() {
+        return None;
+    }
+    // SAFETY: per the ABI a NUL-terminated string.
+    Some(unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes())
+}
+
+/// # Safety
+/// `prefix` points to `len` readable bytes; `out` is a live `keel_output`.
+unsafe extern "C" fn sb_kv_scan(_ctx: *mut c_void, prefix: *const u8, len: usize, out: *const RawOutput) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    if out.is_null() || !put_cb(i, &[(prefix, len)]) {
+        return -1;
+    }
+    let r = callback(i, CB_KV_SCAN, 0, len, 0);
+    // SAFETY: `out` is live (checked non-NULL).
+    if (r == 0 || r == 2) && !unsafe { entries_to(i, out) } {
+        return 2;
+    }
+    r as i32
+}
+
+/// # Safety
+/// As the in-process `storage_get`.
+unsafe extern "C" fn sb_storage_get(
+    _ctx: *mut c_void,
+    table: *const c_char,
+    key: *const u8,
+    key_len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    // SAFETY: per the ABI.
+    let Some(t) = (unsafe { table_bytes(table) }) else {
+        return -1;
+    };
+    let zero = 0u8;
+    if out.is_null() || !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len)]) {
+        return -1;
+    }
+    let r = callback(i, CB_STORAGE_GET, 0, t.len() + 1 + key_len, 0);
+    // SAFETY: `out` is live (checked non-NULL).
+    if r == 0 && !unsafe { answer_to(i, out) } {
+        return -2;
+    }
+    r as i32
+}
+
+/// # Safety
+/// As the in-process `storage_put`.
+unsafe extern "C" fn sb_storage_put(
+    _ctx: *mut c_void,
+    table: *const c_char,
+    key: *const u8,
+    key_len: usize,
+    val: *const u8,
+    val_len: usize,
+) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    // SAFETY: per the ABI.
+    let Some(t) = (unsafe { table_bytes(table) }) else {
+        return -1;
+    };
+    let zero = 0u8;
+    if !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len), (val, val_len)]) {
+        return -1;
+    }
+    callback(i, CB_STORAGE_PUT, 0, t.len() + 1 + key_len + val_len, key_len) as i32
+}
+
+/// # Safety
+/// As the in-process `storage_delete`.
+unsafe extern "C" fn sb_storage_delete(_ctx: *mut c_void, table: *const c_char, key: *const u8, key_len: usize) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    // SAFETY: per the ABI.
+    let Some(t) = (unsafe { table_bytes(table) }) else {
+        return -1;
+    };
+    let zero = 0u8;
+    if !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len)]) {
+        return -1;
+    }
+    callback(i, CB_STORAGE_DELETE, 0, t.len() + 1 + key_len, 0) as i32
+}
+
+/// # Safety
+/// As the in-process `storage_scan`.
+unsafe extern "C" fn sb_storage_scan(
+    _ctx: *mut c_void,
+    table: *const c_char,
+    prefix: *const u8,
+    len: usize,
+    out: *const RawOutput,
+) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    // SAFETY: per the ABI.
+    let Some(t) = (unsafe { table_bytes(table) }) else {
+        return -1;
+    };
+    let zero = 0u8;
+    if out.is_null() || !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (prefix, len)]) {
+        return -1;
+    }
+    let r = callback(i, CB_STORAGE_SCAN, 0, t.len() + 1 + len, 0);
+    // SAFETY: `out` is live (checked non-NULL).
+    if (r == 0 || r == 2) && !unsafe { entries_to(i, out) } {
+        return 2;
+    }
+    r as i32
+}
+
+/// # Safety
+/// `out` is a live `keel_output`.
+unsafe extern "C" fn sb_sink_error(_ctx: *mut c_void, out: *const RawOutput) -> i32 {
+    let Some(i) = my_slot() else { return -1 };
+    if out.is_null() {
+        return -1;
+    }
+    let r = callback(i, CB_SINK_ERROR, 0, 0, 0);
+    // SAFETY: `out` is live (checked non-NULL).
+    if r == 0 && !unsafe { answer_to(i, out) } {
+        return -2;
+    }
+    r as i32
 }
 
 /// A host function by namespace and name: an opaque handle (its index + 1 in the server's

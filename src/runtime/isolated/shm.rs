@@ -59,6 +59,12 @@ pub const CB_KV_PUT: u32 = 3;
 pub const CB_KV_DELETE: u32 = 4;
 pub const CB_HOSTFN_LOOKUP: u32 = 5;
 pub const CB_HOSTFN_CALL: u32 = 6;
+pub const CB_KV_SCAN: u32 = 7;
+pub const CB_STORAGE_GET: u32 = 8;
+pub const CB_STORAGE_PUT: u32 = 9;
+pub const CB_STORAGE_DELETE: u32 = 10;
+pub const CB_STORAGE_SCAN: u32 = 11;
+pub const CB_SINK_ERROR: u32 = 12;
 
 /// A slot's header: the words both processes read and write.
 #[repr(C)]
@@ -369,6 +375,8 @@ pub const API_CLOCK: u64 = 2;
 pub const API_RANDOM: u64 = 4;
 pub const API_KV_READ: u64 = 8;
 pub const API_KV_WRITE: u64 = 16;
+pub const API_STORAGE_READ: u64 = 32;
+pub const API_STORAGE_WRITE: u64 = 64;
 
 impl Bootstrap {
     pub fn encode(&self) -> [u8; BOOT_LEN] {
