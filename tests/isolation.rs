@@ -772,3 +772,53 @@ impl keel::services::KvStore for Tables {
         Ok(())
     }
 }
+
+#[test]
+fn plugin_metrics_are_proxied_and_exported_as_in_process() {
+    let run = |isolation: &str| -> (Vec<Result<String, keel_status>>, Vec<String>) {
+        let dir = common::tempdir("iso-metrics");
+        let so = common::build_native("capmetrics", &[], &dir, "libcapm.so");
+        let m = common::write_manifest(
+            &dir,
+            "capm",
+            "1.0.0",
+            &so,
+            serde_json::json!({"capabilities": ["metrics:write"], "isolation": isolation}),
+        );
+        let h = host();
+        h.set_allowlist(keel::capability::Capabilities::all());
+        let slot = h.load(&m).unwrap_or_else(|e| panic!("{e}"));
+        let cases: &[(&str, &str)] = &[
+            ("caps", ""),
+            ("hello", "abc"),
+            ("hello", "abcdefghijklmnop"),
+            ("define", "counter iso_extra {\"k\":\"v\"}"),
+            ("update", "add 3 2.5"),
+            ("define", "counter bad-name"),
+            ("update", "set 999 1"),
+        ];
+        let answers = cases
+            .iter()
+            .map(|(f, i)| {
+                call(&slot, f, i.as_bytes())
+                    .map(|o| String::from_utf8(o).unwrap())
+                    .map_err(|e| e.status())
+            })
+            .collect();
+        let text = h.metrics_text();
+        let lines = text
+            .lines()
+            .filter(|l| l.starts_with("keel_custom_"))
+            .map(str::to_string)
+            .collect();
+        (answers, lines)
+    };
+    let (a, la) = run("none");
+    let (b, lb) = run("process");
+    assert_eq!(a, b);
+    assert_eq!(la, lb);
+    assert!(
+        la.iter().any(|l| l.starts_with("keel_custom_native_requests_total")),
+        "{la:?}"
+    );
+}

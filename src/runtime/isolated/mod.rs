@@ -543,6 +543,28 @@ impl Process {
                     self.answer(i, b, 0)
                 }
             }
+            CB_METRIC_DEFINE => self.metric_define(spec, i, &data),
+            CB_METRIC_UPDATE => {
+                let Some(set) = &spec.metrics else {
+                    return crate::error::keel_status::KEEL_ERR_CAPABILITY_DENIED as i64;
+                };
+                if data.len() != 12 {
+                    return crate::error::keel_status::KEEL_ERR_INVALID_ARGUMENT as i64;
+                }
+                let id = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&data[4..12]);
+                let v = f64::from_le_bytes(v);
+                let r = match h.cb_arg.load(Ordering::Relaxed) {
+                    0 => set.add(id, v),
+                    1 => set.set(id, v),
+                    _ => set.observe(id, v),
+                };
+                match r {
+                    Ok(()) => 0,
+                    Err(s) => s as i64,
+                }
+            }
             CB_HOSTFN_LOOKUP => {
                 let Some(z) = data.iter().position(|&b| b == 0) else {
                     return 0;
@@ -584,6 +606,57 @@ impl Process {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.shm.callback(i), n) };
         self.shm.header(i).cb_len.store(n as u64, Ordering::Relaxed);
         ret
+    }
+
+    /// `metric_define`: payload `name_len u32, labels_len u32, bucket_count u32` (LE), name,
+    /// labels, buckets (f64 LE); the id answers in the callback area. A refusal is logged
+    /// (Warn) with its reason, as in-process.
+    fn metric_define(&self, spec: &Spec, i: usize, data: &[u8]) -> i64 {
+        use crate::error::keel_status as ks;
+        use crate::services::plugin_metrics::MetricKind;
+        let Some(set) = &spec.metrics else {
+            return ks::KEEL_ERR_CAPABILITY_DENIED as i64;
+        };
+        let u = |at: usize| {
+            data.get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        };
+        let (Some(nl), Some(ll), Some(bc)) = (u(0), u(4), u(8)) else {
+            return ks::KEEL_ERR_INVALID_ARGUMENT as i64;
+        };
+        let (name_end, labels_end) = (
+            12usize.saturating_add(nl),
+            12usize.saturating_add(nl).saturating_add(ll),
+        );
+        if labels_end.saturating_add(bc.saturating_mul(8)) != data.len() {
+            return ks::KEEL_ERR_INVALID_ARGUMENT as i64;
+        }
+        let (Ok(name), Ok(labels)) = (
+            std::str::from_utf8(&data[12..name_end]),
+            std::str::from_utf8(&data[name_end..labels_end]),
+        ) else {
+            return ks::KEEL_ERR_INVALID_UTF8 as i64;
+        };
+        let buckets: Vec<f64> = data[labels_end..]
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        let kind = self.shm.header(i).cb_arg.load(Ordering::Relaxed);
+        let refused = |e: Error| -> i64 {
+            spec.services.log(&spec.name, LogLevel::Warn, &e.to_string());
+            e.status() as i64
+        };
+        let Some(kind) = MetricKind::from_i32(kind) else {
+            return refused(err!(KEEL_ERR_METRIC_INVALID, "metric kind {kind} is not KEEL_METRIC_*"));
+        };
+        match spec
+            .services
+            .metrics
+            .define(set, kind, name, labels.as_bytes(), &buckets)
+        {
+            Ok(id) => self.answer(i, &id.to_le_bytes(), 0),
+            Err(e) => refused(e),
+        }
     }
 
     /// A scan whose entries (encoded as for in-process plugins) fill at most the callback
@@ -645,6 +718,8 @@ struct Spec {
     /// The host functions this plugin may use (granted), bound at load as in-process; the
     /// sandbox names them by index + 1.
     host_fns: Vec<Arc<crate::services::hostfn::HostFn>>,
+    /// The plugin's metric set (`metrics:write` granted), shared by its generations.
+    metrics: Option<Arc<crate::services::plugin_metrics::PluginMetricSet>>,
     boot: Bootstrap,
 }
 
@@ -897,6 +972,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         ("kv:write", API_KV_WRITE),
         ("storage:read", API_STORAGE_READ),
         ("storage:write", API_STORAGE_WRITE),
+        ("metrics:write", API_METRICS),
     ]
     .iter()
     .filter(|(c, _)| g.has(c))
@@ -909,6 +985,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         granted: g,
         services: ctx.services.clone(),
         host_fns: ctx.services.host_fns.snapshot(g),
+        metrics: g.has("metrics:write").then(|| ctx.services.metrics.set_for(&name)),
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,

@@ -436,10 +436,10 @@ fn host_api(bits: u64) -> RawHostApi {
         storage_scan: has(API_STORAGE_READ).then_some(sb_storage_scan as _),
         sink_error: has(API_KV_READ | API_KV_WRITE | API_STORAGE_READ | API_STORAGE_WRITE)
             .then_some(sb_sink_error as _),
-        metric_define: None,
-        metric_add: None,
-        metric_set: None,
-        metric_observe: None,
+        metric_define: has(API_METRICS).then_some(sb_metric_define as _),
+        metric_add: has(API_METRICS).then_some(sb_metric_add as _),
+        metric_set: has(API_METRICS).then_some(sb_metric_set as _),
+        metric_observe: has(API_METRICS).then_some(sb_metric_observe as _),
         rpc_register: None,
         host_fn_lookup: Some(sb_host_fn_lookup as _),
         host_fn_call: Some(sb_host_fn_call as _),
@@ -755,6 +755,86 @@ unsafe extern "C" fn sb_sink_error(_ctx: *mut c_void, out: *const RawOutput) -> 
         return -2;
     }
     r as i32
+}
+
+/// # Safety
+/// As the in-process `metric_define`.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn sb_metric_define(
+    _ctx: *mut c_void,
+    kind: i32,
+    name: *const c_char,
+    name_len: usize,
+    labels: *const c_char,
+    labels_len: usize,
+    buckets: *const f64,
+    bucket_count: usize,
+    id: *mut u32,
+) -> i32 {
+    let null = keel_status::KEEL_ERR_NULL_POINTER as i32;
+    let Some(i) = my_slot() else {
+        return keel_status::KEEL_ERR_INTERNAL as i32;
+    };
+    if id.is_null()
+        || (buckets.is_null() && bucket_count != 0)
+        || (name.is_null() && name_len != 0)
+        || (labels.is_null() && labels_len != 0)
+    {
+        return null;
+    }
+    if name_len > u32::MAX as usize || labels_len > u32::MAX as usize || bucket_count > (CB_CAP / 8) {
+        return keel_status::KEEL_ERR_METRIC_INVALID as i32;
+    }
+    let head: Vec<u8> = [name_len as u32, labels_len as u32, bucket_count as u32]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let total = head.len() + name_len + labels_len + bucket_count * 8;
+    if !put_cb(
+        i,
+        &[
+            (head.as_ptr(), head.len()),
+            (name as *const u8, name_len),
+            (labels as *const u8, labels_len),
+            (buckets as *const u8, bucket_count * 8),
+        ],
+    ) {
+        return keel_status::KEEL_ERR_METRIC_INVALID as i32;
+    }
+    let r = callback(i, CB_METRIC_DEFINE, kind, total, 0);
+    if r == 0 {
+        let mut b = [0u8; 4];
+        // SAFETY: 4 bytes of the callback area (the server's answer) into `b`.
+        unsafe { std::ptr::copy_nonoverlapping(shm().callback(i), b.as_mut_ptr(), 4) };
+        // SAFETY: `id` is the plugin's writable out-parameter (non-NULL checked above).
+        unsafe { id.write(u32::from_le_bytes(b)) };
+    }
+    r as i32
+}
+
+fn metric_update(which: i32, id: u32, v: f64) -> i32 {
+    let Some(i) = my_slot() else {
+        return keel_status::KEEL_ERR_INTERNAL as i32;
+    };
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&id.to_le_bytes());
+    b[4..].copy_from_slice(&v.to_le_bytes());
+    if !put_cb(i, &[(b.as_ptr(), b.len())]) {
+        return keel_status::KEEL_ERR_INTERNAL as i32;
+    }
+    callback(i, CB_METRIC_UPDATE, which, b.len(), 0) as i32
+}
+
+unsafe extern "C" fn sb_metric_add(_ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    metric_update(0, id, v)
+}
+
+unsafe extern "C" fn sb_metric_set(_ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    metric_update(1, id, v)
+}
+
+unsafe extern "C" fn sb_metric_observe(_ctx: *mut c_void, id: u32, v: f64) -> i32 {
+    metric_update(2, id, v)
 }
 
 /// A host function by namespace and name: an opaque handle (its index + 1 in the server's

@@ -65,6 +65,9 @@ pub const CB_STORAGE_PUT: u32 = 9;
 pub const CB_STORAGE_DELETE: u32 = 10;
 pub const CB_STORAGE_SCAN: u32 = 11;
 pub const CB_SINK_ERROR: u32 = 12;
+pub const CB_METRIC_DEFINE: u32 = 13;
+/// `cb_arg`: 0 add, 1 set, 2 observe.
+pub const CB_METRIC_UPDATE: u32 = 14;
 
 /// A slot's header: the words both processes read and write.
 #[repr(C)]
@@ -377,6 +380,7 @@ pub const API_KV_READ: u64 = 8;
 pub const API_KV_WRITE: u64 = 16;
 pub const API_STORAGE_READ: u64 = 32;
 pub const API_STORAGE_WRITE: u64 = 64;
+pub const API_METRICS: u64 = 128;
 
 impl Bootstrap {
     pub fn encode(&self) -> [u8; BOOT_LEN] {
