@@ -822,3 +822,49 @@ fn plugin_metrics_are_proxied_and_exported_as_in_process() {
         "{la:?}"
     );
 }
+
+#[test]
+fn rpc_endpoints_registered_in_the_sandbox_are_served_by_the_server() {
+    let run = |isolation: &str| -> (Vec<Result<String, keel_status>>, Vec<u8>) {
+        let dir = common::tempdir("iso-rpc");
+        let so = common::build_native("capmetrics", &[], &dir, "librpc.so");
+        let m = common::write_manifest(
+            &dir,
+            "rpcp",
+            "1.0.0",
+            &so,
+            serde_json::json!({
+                "capabilities": ["rpc:register"], "isolation": isolation,
+                "config": {"endpoints": "ep_init=echo"}
+            }),
+        );
+        let h = host();
+        h.set_allowlist(keel::capability::Capabilities::all());
+        let slot = h.load(&m).unwrap_or_else(|e| panic!("{e}"));
+        let answers = [
+            ("register", "ep_call hello"),
+            ("register", "ep_bad nosuch"),
+            ("register", "ep_init hello"),
+        ]
+        .iter()
+        .map(|(f, i)| {
+            call(&slot, f, i.as_bytes())
+                .map(|o| String::from_utf8(o).unwrap())
+                .map_err(|e| e.status())
+        })
+        .collect();
+        let mut out = Vec::new();
+        h.rpc_call("ep_init", b"via rpc", &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut hello = Vec::new();
+        h.rpc_call("ep_call", b"x", &mut hello)
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(&hello);
+        (answers, out)
+    };
+    let a = run("none");
+    let b = run("process");
+    assert_eq!(a, b);
+    assert_eq!(a.1, b"via rpc | hello from v1: x");
+}

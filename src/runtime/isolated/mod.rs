@@ -544,6 +544,34 @@ impl Process {
                 }
             }
             CB_METRIC_DEFINE => self.metric_define(spec, i, &data),
+            CB_RPC_REGISTER if granted("rpc:register") => {
+                let Some(el) = data
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                else {
+                    return crate::error::keel_status::KEEL_ERR_INVALID_ARGUMENT as i64;
+                };
+                let Some((endpoint, function)) = data[4..].split_at_checked(el) else {
+                    return crate::error::keel_status::KEEL_ERR_INVALID_ARGUMENT as i64;
+                };
+                let (Ok(endpoint), Ok(function)) = (std::str::from_utf8(endpoint), std::str::from_utf8(function))
+                else {
+                    return crate::error::keel_status::KEEL_ERR_INVALID_UTF8 as i64;
+                };
+                let functions = spec.functions.get().map(Vec::as_slice);
+                match spec
+                    .services
+                    .rpc
+                    .register(&spec.rpc_plugin, spec.generation, functions, endpoint, function)
+                {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        spec.services.log(&spec.name, LogLevel::Warn, &e.to_string());
+                        e.status() as i64
+                    }
+                }
+            }
+            CB_RPC_REGISTER => crate::error::keel_status::KEEL_ERR_CAPABILITY_DENIED as i64,
             CB_METRIC_UPDATE => {
                 let Some(set) = &spec.metrics else {
                     return crate::error::keel_status::KEEL_ERR_CAPABILITY_DENIED as i64;
@@ -720,6 +748,11 @@ struct Spec {
     host_fns: Vec<Arc<crate::services::hostfn::HostFn>>,
     /// The plugin's metric set (`metrics:write` granted), shared by its generations.
     metrics: Option<Arc<crate::services::plugin_metrics::PluginMetricSet>>,
+    /// For `rpc:register`: the plugin's name, this generation and its functions (set from the
+    /// first sandbox's hello; a restarted sandbox must report the same).
+    rpc_plugin: Arc<str>,
+    generation: u64,
+    functions: OnceLock<Vec<String>>,
     boot: Bootstrap,
 }
 
@@ -875,6 +908,7 @@ fn monitor(mut child: std::process::Child, p: Arc<Process>) {
 /// Start a sandbox and run the plugin's `init` in it (with `restored` state, if any).
 fn start_and_init(spec: &Spec, restored: Option<(&[u8], Option<&str>)>) -> Result<Started> {
     let s = start(spec)?;
+    let _ = spec.functions.set(s.functions.clone());
     let mut errbuf = Vec::new();
     let r = s.process.request(
         spec,
@@ -973,6 +1007,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         ("storage:read", API_STORAGE_READ),
         ("storage:write", API_STORAGE_WRITE),
         ("metrics:write", API_METRICS),
+        ("rpc:register", API_RPC),
     ]
     .iter()
     .filter(|(c, _)| g.has(c))
@@ -986,6 +1021,9 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         services: ctx.services.clone(),
         host_fns: ctx.services.host_fns.snapshot(g),
         metrics: g.has("metrics:write").then(|| ctx.services.metrics.set_for(&name)),
+        rpc_plugin: Arc::from(name.as_str()),
+        generation: ctx.generation,
+        functions: OnceLock::new(),
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,

@@ -440,7 +440,7 @@ fn host_api(bits: u64) -> RawHostApi {
         metric_add: has(API_METRICS).then_some(sb_metric_add as _),
         metric_set: has(API_METRICS).then_some(sb_metric_set as _),
         metric_observe: has(API_METRICS).then_some(sb_metric_observe as _),
-        rpc_register: None,
+        rpc_register: has(API_RPC).then_some(sb_rpc_register as _),
         host_fn_lookup: Some(sb_host_fn_lookup as _),
         host_fn_call: Some(sb_host_fn_call as _),
     }
@@ -810,6 +810,38 @@ unsafe extern "C" fn sb_metric_define(
         unsafe { id.write(u32::from_le_bytes(b)) };
     }
     r as i32
+}
+
+/// # Safety
+/// `endpoint`/`function` point to `endpoint_len`/`function_len` readable bytes.
+unsafe extern "C" fn sb_rpc_register(
+    _ctx: *mut c_void,
+    endpoint: *const c_char,
+    endpoint_len: usize,
+    function: *const c_char,
+    function_len: usize,
+) -> i32 {
+    let Some(i) = my_slot() else {
+        return keel_status::KEEL_ERR_INTERNAL as i32;
+    };
+    if (endpoint.is_null() && endpoint_len != 0) || (function.is_null() && function_len != 0) {
+        return keel_status::KEEL_ERR_NULL_POINTER as i32;
+    }
+    if endpoint_len > u32::MAX as usize {
+        return keel_status::KEEL_ERR_INVALID_ARGUMENT as i32;
+    }
+    let head = (endpoint_len as u32).to_le_bytes();
+    if !put_cb(
+        i,
+        &[
+            (head.as_ptr(), 4),
+            (endpoint as *const u8, endpoint_len),
+            (function as *const u8, function_len),
+        ],
+    ) {
+        return keel_status::KEEL_ERR_INVALID_ARGUMENT as i32;
+    }
+    callback(i, CB_RPC_REGISTER, 0, 4 + endpoint_len + function_len, 0) as i32
 }
 
 fn metric_update(which: i32, id: u32, v: f64) -> i32 {

@@ -68,6 +68,7 @@ pub const CB_SINK_ERROR: u32 = 12;
 pub const CB_METRIC_DEFINE: u32 = 13;
 /// `cb_arg`: 0 add, 1 set, 2 observe.
 pub const CB_METRIC_UPDATE: u32 = 14;
+pub const CB_RPC_REGISTER: u32 = 15;
 
 /// A slot's header: the words both processes read and write.
 #[repr(C)]
@@ -381,6 +382,7 @@ pub const API_KV_WRITE: u64 = 16;
 pub const API_STORAGE_READ: u64 = 32;
 pub const API_STORAGE_WRITE: u64 = 64;
 pub const API_METRICS: u64 = 128;
+pub const API_RPC: u64 = 256;
 
 impl Bootstrap {
     pub fn encode(&self) -> [u8; BOOT_LEN] {
