@@ -868,3 +868,15 @@ fn rpc_endpoints_registered_in_the_sandbox_are_served_by_the_server() {
     assert_eq!(a, b);
     assert_eq!(a.1, b"via rpc | hello from v1: x");
 }
+
+#[test]
+fn a_sandbox_past_its_cpu_time_limit_fails_the_call_with_the_cpu_budget_code() {
+    let (_dir, manifest) = faulty("iso-cpu", &[], serde_json::json!({}));
+    let h = host();
+    h.set_sandbox_cpu_seconds(1);
+    let slot = h.load(&manifest).unwrap();
+    // No deadline: only RLIMIT_CPU (SIGXCPU after one CPU second) stops the loop.
+    let msg = expect_code(call(&slot, "spin", b""), KEEL_ERR_CPU_BUDGET, "spin");
+    assert!(msg.contains("SIGXCPU"), "{msg}");
+    still_serving(&slot);
+}

@@ -191,16 +191,17 @@ fn shm() -> &'static Shm {
 }
 
 fn set_limits(boot: &Bootstrap) {
-    let set = |res: libc::__rlimit_resource_t, v: u64| {
+    let set_soft_hard = |res: libc::__rlimit_resource_t, soft: u64, hard: u64| {
         let r = libc::rlimit {
-            rlim_cur: v,
-            rlim_max: v,
+            rlim_cur: soft,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit reads the struct it is given.
         if unsafe { libc::setrlimit(res, &r) } != 0 {
             die("setrlimit failed");
         }
     };
+    let set = |res: libc::__rlimit_resource_t, v: u64| set_soft_hard(res, v, v);
     set(libc::RLIMIT_CORE, 0);
     set(libc::RLIMIT_FSIZE, 0);
     set(libc::RLIMIT_NOFILE, 32);
@@ -208,7 +209,9 @@ fn set_limits(boot: &Bootstrap) {
         set(libc::RLIMIT_AS, boot.memory_limit);
     }
     if boot.cpu_limit > 0 {
-        set(libc::RLIMIT_CPU, boot.cpu_limit);
+        // SIGXCPU at the soft limit (reported as KEEL_ERR_CPU_BUDGET); SIGKILL at the hard
+        // limit a second later only if SIGXCPU was survived.
+        set_soft_hard(libc::RLIMIT_CPU, boot.cpu_limit, boot.cpu_limit.saturating_add(1));
     }
 }
 
