@@ -161,6 +161,26 @@ pub enum keel_status {
     /// headers or a segment's file range outside the file, e.g. a truncated library); refused
     /// before `dlopen` maps it.
     KEEL_ERR_LIBRARY_MALFORMED = 710,
+    // 72x: isolated native plugins (docs/isolation.md).
+    /// The sandbox process of an isolated plugin could not be started (launcher missing or
+    /// not executable, spawn or handshake failed).
+    KEEL_ERR_SANDBOX_START = 720,
+    /// The sandbox process died from a signal (segfault, bus error, abort, ...); the calls
+    /// in flight fail with this code, the next call restarts it.
+    KEEL_ERR_SANDBOX_CRASHED = 721,
+    /// The sandbox process exited (the plugin called `exit`/`_exit`).
+    KEEL_ERR_SANDBOX_EXITED = 722,
+    /// The sandbox was killed by its seccomp filter: the plugin made a system call outside
+    /// the allowlist (opened a file or a socket, forked, ...).
+    KEEL_ERR_SANDBOX_SYSCALL_REFUSED = 723,
+    /// The sandbox is down and its restart is held back (exponential backoff after repeated
+    /// deaths); the call was not run.
+    KEEL_ERR_SANDBOX_BACKOFF = 724,
+    /// Process isolation was asked for (by the manifest or the host) for a plugin kind that
+    /// cannot be isolated (ThemisDB C++ plugins).
+    KEEL_ERR_ISOLATION_UNSUPPORTED = 725,
+    /// The input of a call to an isolated plugin is larger than the sandbox's call slot.
+    KEEL_ERR_SANDBOX_INPUT_TOO_LARGE = 726,
 
     // 8xx: limits.
     /// The guest hit its memory cap.

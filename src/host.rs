@@ -270,6 +270,34 @@ impl Host {
         self.runtimes.wasm()
     }
 
+    /// Require process isolation (docs/isolation.md) for every native plugin loaded from now
+    /// on (`required`), whatever its manifest says, and/or name the sandbox launcher
+    /// (`launcher`; `None` keeps the one set before, else the default search). A manifest's
+    /// `"isolation": "process"` isolates its plugin even when not required. Turning the
+    /// requirement off after the first load fails with `KEEL_ERR_POLICY_DOWNGRADE`.
+    pub fn set_native_isolation(&self, required: bool, launcher: Option<std::path::PathBuf>) -> Result<()> {
+        self.runtimes
+            .set_native_isolation(required, launcher, self.trust.is_started())
+    }
+
+    /// Require process isolation for the native plugins loaded from now on whose name matches
+    /// the glob `pattern` (e.g. `"untrusted-*"`); patterns add up and are never removed.
+    /// `KEEL_ERR_INVALID_ARGUMENT` for a pattern that does not parse.
+    pub fn require_isolation_for(&self, pattern: &str) -> Result<()> {
+        self.runtimes.require_isolation_for(pattern)
+    }
+
+    /// The isolation settings of native plugins.
+    pub fn native_isolation(&self) -> crate::runtime::isolated::IsolationConfig {
+        self.runtimes.isolation()
+    }
+
+    /// `RLIMIT_CPU` of sandboxes started from now on (CPU seconds over a sandbox's life, 0:
+    /// none); past it the sandbox dies with `SIGXCPU` (`KEEL_ERR_CPU_BUDGET`) and restarts.
+    pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
+        self.runtimes.set_sandbox_cpu_seconds(seconds)
+    }
+
     pub fn options(&self) -> HostOptions {
         self.lifecycle.options()
     }

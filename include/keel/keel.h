@@ -305,6 +305,39 @@ enum keel_status
    */
   KEEL_ERR_LIBRARY_MALFORMED = 710,
   /**
+   * The sandbox process of an isolated plugin could not be started (launcher missing or
+   * not executable, spawn or handshake failed).
+   */
+  KEEL_ERR_SANDBOX_START = 720,
+  /**
+   * The sandbox process died from a signal (segfault, bus error, abort, ...); the calls
+   * in flight fail with this code, the next call restarts it.
+   */
+  KEEL_ERR_SANDBOX_CRASHED = 721,
+  /**
+   * The sandbox process exited (the plugin called `exit`/`_exit`).
+   */
+  KEEL_ERR_SANDBOX_EXITED = 722,
+  /**
+   * The sandbox was killed by its seccomp filter: the plugin made a system call outside
+   * the allowlist (opened a file or a socket, forked, ...).
+   */
+  KEEL_ERR_SANDBOX_SYSCALL_REFUSED = 723,
+  /**
+   * The sandbox is down and its restart is held back (exponential backoff after repeated
+   * deaths); the call was not run.
+   */
+  KEEL_ERR_SANDBOX_BACKOFF = 724,
+  /**
+   * Process isolation was asked for (by the manifest or the host) for a plugin kind that
+   * cannot be isolated (ThemisDB C++ plugins).
+   */
+  KEEL_ERR_ISOLATION_UNSUPPORTED = 725,
+  /**
+   * The input of a call to an isolated plugin is larger than the sandbox's call slot.
+   */
+  KEEL_ERR_SANDBOX_INPUT_TOO_LARGE = 726,
+  /**
    * The guest hit its memory cap.
    */
   KEEL_ERR_MEMORY_LIMIT = 800,
@@ -2000,6 +2033,47 @@ keel_status keel_call_context_plugin(const keel_call_context *ctx, const char **
  * Errors: `KEEL_ERR_NULL_POINTER` (`ctx`, `out`).
  */
 keel_status keel_call_context_cancelled(const keel_call_context *ctx, bool *out);
+
+/**
+ * Require process isolation for every native plugin loaded from now on (`required`), and/or
+ * name the sandbox launcher `launcher` (the `keel-sandbox` executable installed with Keel;
+ * NULL keeps the one set before, else Keel searches `$KEEL_SANDBOX_LAUNCHER`, then next to
+ * the library). An isolated plugin is the same binary behind the same vtable and the same
+ * `keel_call`, served from a sandbox process (seccomp allowlist, rlimits, no file system or
+ * network); a plugin that crashes, exits, hangs past its deadline or makes a refused system
+ * call fails the calls in flight with its own code and the server keeps serving.
+ *
+ * A manifest's `"isolation": "process"` isolates its plugin whether or not this is required;
+ * a manifest can never downgrade the requirement. ThemisDB C++ plugins cannot be isolated:
+ * loading one while isolation is required fails with `KEEL_ERR_ISOLATION_UNSUPPORTED`.
+ * Turning the requirement off after the host's first load fails with
+ * `KEEL_ERR_POLICY_DOWNGRADE` (nothing changes). Plugins already loaded keep running where
+ * they run. `launcher` is borrowed for the call (the path is checked when a sandbox starts:
+ * `KEEL_ERR_SANDBOX_START` if it cannot be run).
+ *
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`), `KEEL_ERR_INVALID_UTF8` (`launcher`),
+ * `KEEL_ERR_INVALID_ARGUMENT` (empty `launcher`), `KEEL_ERR_POLICY_DOWNGRADE`.
+ */
+keel_status keel_host_set_native_isolation(const keel_host *host,
+                                           bool required,
+                                           const char *launcher);
+
+/**
+ * Require process isolation for the native plugins loaded from now on whose name matches the
+ * glob `pattern` (`*`, `?`, `[...]`; e.g. `"untrusted-*"`), in addition to those whose
+ * manifest asks for it and to `keel_host_set_native_isolation`'s requirement for all.
+ * Patterns add up and are never removed (a policy that only strengthens); the same pattern
+ * twice is one. `pattern` is borrowed for the call. The launcher is the one set with
+ * `keel_host_set_native_isolation` (or found as described there).
+ *
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (a
+ * pattern that does not parse).
+ */
+keel_status keel_host_require_isolation_for(const keel_host *host, const char *pattern);
 
 /**
  * Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or

@@ -1194,6 +1194,23 @@ public:
     void set_require_signature(bool require) const { Error::check(keel_host_set_require_signature(h(), require)); }
     /** Allow binaries without a pinned SHA-256 (on after the first load: KEEL_ERR_POLICY_DOWNGRADE). */
     void set_allow_unpinned(bool allow) const { Error::check(keel_host_set_allow_unpinned(h(), allow)); }
+    /**
+     * Run every native plugin loaded from now on in a sandbox process (docs/isolation.md), and/or
+     * name the `keel-sandbox` launcher (empty: the one set before, else $KEEL_SANDBOX_LAUNCHER,
+     * else next to the library). Off after the first load: KEEL_ERR_POLICY_DOWNGRADE.
+     */
+    void set_native_isolation(bool required, std::string_view launcher = {}) const {
+        if (launcher.empty()) {
+            Error::check(keel_host_set_native_isolation(h(), required, nullptr));
+        } else {
+            Error::check(keel_host_set_native_isolation(h(), required,
+                                                        api_detail::cstr(launcher, "a launcher path").c_str()));
+        }
+    }
+    /** Also run the native plugins whose name matches the glob `pattern` isolated (never removed). */
+    void require_isolation_for(std::string_view pattern) const {
+        Error::check(keel_host_require_isolation_for(h(), api_detail::cstr(pattern, "a pattern").c_str()));
+    }
     /** The capabilities plugins loaded from now on may be granted (all-or-nothing check). */
     void set_capability_allowlist(const std::vector<std::string> &names) const {
         std::vector<std::string> owned;

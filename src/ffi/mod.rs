@@ -43,6 +43,7 @@ pub mod exposition;
 pub mod version;
 
 pub mod hostfn;
+pub mod isolation;
 
 pub mod fleet;
 

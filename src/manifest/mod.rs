@@ -45,6 +45,19 @@ pub enum InstanceMode {
     Serial,
 }
 
+/// Where a native plugin runs (`isolation`): in the server's process, or in a sandbox
+/// process (docs/isolation.md). The host may require `process` for all native plugins; a
+/// manifest can never downgrade that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// In-process (unless the host requires isolation).
+    #[default]
+    None,
+    /// In a sandbox process (seccomp, rlimits, calls over shared memory).
+    Process,
+}
+
 /// `sha256`: one digest, or one per platform key of `binary`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -111,6 +124,9 @@ pub struct Manifest {
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceMode>,
+    /// `"process"`: run this native plugin in a sandbox process (docs/isolation.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_load: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

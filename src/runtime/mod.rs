@@ -4,6 +4,7 @@
 //! lifecycle code never know which one they are driving. [`Runtimes::instantiate`] is the one
 //! place that picks the runtime for a manifest's [`RuntimeKind`].
 
+pub mod isolated;
 pub mod legacy;
 pub mod native;
 pub mod output;
@@ -140,6 +141,8 @@ pub struct Runtimes {
     /// Held while the WASM runtime starts, so a configuration change and a first WASM load
     /// never cross (the change is either used or refused, never lost).
     wasm_config: Mutex<WasmConfig>,
+    /// Process isolation of native plugins (docs/isolation.md).
+    isolation: Mutex<isolated::IsolationConfig>,
 }
 
 impl Runtimes {
@@ -185,6 +188,51 @@ impl Runtimes {
         }
     }
 
+    /// The isolation settings of native plugins.
+    pub fn isolation(&self) -> isolated::IsolationConfig {
+        self.isolation.lock().clone()
+    }
+
+    /// Require (or stop requiring) process isolation for every native plugin, and/or name the
+    /// sandbox launcher. Turning the requirement off once `started` fails with
+    /// `KEEL_ERR_POLICY_DOWNGRADE` (nothing changes).
+    pub fn set_native_isolation(
+        &self,
+        required: bool,
+        launcher: Option<std::path::PathBuf>,
+        started: bool,
+    ) -> Result<()> {
+        let mut c = self.isolation.lock();
+        if c.required && !required && started {
+            crate::bail!(
+                KEEL_ERR_POLICY_DOWNGRADE,
+                "native plugin isolation is required and the host has started: it can no longer be turned off"
+            );
+        }
+        c.required = required;
+        if launcher.is_some() {
+            c.launcher = launcher;
+        }
+        Ok(())
+    }
+
+    /// Require process isolation for the native plugins whose name matches the glob
+    /// `pattern` (added to the set; patterns are never removed, so this only strengthens).
+    pub fn require_isolation_for(&self, pattern: &str) -> Result<()> {
+        let p = glob::Pattern::new(pattern)
+            .map_err(|e| crate::err!(KEEL_ERR_INVALID_ARGUMENT, "isolation pattern '{pattern}': {e}"))?;
+        let mut c = self.isolation.lock();
+        if !c.patterns.contains(&p) {
+            c.patterns.push(p);
+        }
+        Ok(())
+    }
+
+    /// `RLIMIT_CPU` (seconds over a sandbox's life; 0: none) of sandboxes started from now on.
+    pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
+        self.isolation.lock().cpu_seconds = seconds;
+    }
+
     /// The WASM runtime, once a WASM plugin has been loaded.
     pub fn wasm(&self) -> Option<&WasmRuntime> {
         self.wasm.get()
@@ -206,8 +254,26 @@ impl Runtimes {
     /// Start one generation of a plugin from its verified binary with the runtime its
     /// manifest names: the single dispatch from [`RuntimeKind`] to a loader.
     pub fn instantiate(&self, artifact: Artifact, ctx: &LoadContext<'_>) -> Result<Box<dyn Instance>> {
+        // Isolation is the manifest's request or the host's requirement: never downgraded.
+        let asked = ctx.manifest.isolation == Some(crate::manifest::Isolation::Process);
+        let isolation = (asked || ctx.manifest.runtime != RuntimeKind::Wasm)
+            .then(|| self.isolation())
+            .filter(|c| asked || c.requires(&ctx.manifest.name));
         Ok(match ctx.manifest.runtime {
-            RuntimeKind::Native => Box::new(native::load(artifact, ctx)?),
+            RuntimeKind::Native => match isolation {
+                Some(config) => Box::new(isolated::load(artifact, ctx, &config)?),
+                None => Box::new(native::load(artifact, ctx)?),
+            },
+            RuntimeKind::Themis if isolation.is_some() => crate::bail!(
+                KEEL_ERR_ISOLATION_UNSUPPORTED,
+                "plugin '{}': ThemisDB C++ plugins cannot run isolated yet, and {}",
+                ctx.manifest.name,
+                if asked {
+                    "its manifest asks for \"isolation\": \"process\""
+                } else {
+                    "the host requires isolation for native plugins"
+                }
+            ),
             // ThemisDB C++ plugin: the same sealed library as native, behind the C++ shim.
             RuntimeKind::Themis => Box::new(legacy::load(artifact, ctx)?),
             RuntimeKind::Wasm => self.wasm_started()?.instantiate(&artifact, ctx)?,

@@ -820,7 +820,7 @@ fn read_plugin_cstr(p: *const c_char, max: usize) -> Option<Vec<u8>> {
 /// Copy the plugin's vtable once, according to its `struct_size`: never a reference to more
 /// bytes than the plugin's struct has. Entries past `struct_size` (an older, smaller vtable)
 /// are NULL; bytes past this host's struct (a newer plugin) are ignored.
-fn copy_vtable(vt: *const RawVtable, name: &str) -> Result<RawVtable> {
+pub(crate) fn copy_vtable(vt: *const RawVtable, name: &str) -> Result<RawVtable> {
     let mut head = [0u8; 8];
     if !read_plugin_memory(vt as usize, &mut head) {
         bail!(
@@ -863,7 +863,7 @@ fn copy_vtable(vt: *const RawVtable, name: &str) -> Result<RawVtable> {
 
 /// The exported function names, bounded: at most [`MAX_FUNCTIONS`] entries, each a readable,
 /// non-empty UTF-8 string of at most [`MAX_FUNCTION_NAME`] bytes without control characters.
-fn read_function_names(v: &RawVtable, name: &str) -> Result<Vec<String>> {
+pub(crate) fn read_function_names(v: &RawVtable, name: &str) -> Result<Vec<String>> {
     let count = v.function_count;
     if count > MAX_FUNCTIONS {
         bail!(

@@ -246,6 +246,11 @@ impl TrustState {
         self.policy.set_allow_unpinned(allow)
     }
 
+    /// Has the host started (its first load)? Policies may only be strengthened then.
+    pub fn is_started(&self) -> bool {
+        self.policy.is_started()
+    }
+
     /// The host has started: from now on the policy can only be strengthened.
     pub fn mark_started(&self) {
         self.policy.mark_started();

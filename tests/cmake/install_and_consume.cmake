@@ -16,7 +16,7 @@ foreach(f include/keel/keel.h include/keel/keel_version.h include/keel/keel_plug
           include/keel/themis/plugin_interface.hpp include/keel/themis/self_healing_plugin.hpp
           include/keel/themis/plugin_manager.hpp include/keel/keel.hpp include/keel/cxxbridge/rust/cxx.h
           include/keel/cxxbridge/keel/src/bridge/mod.rs.h lib/libkeel_cxx.a lib/libkeel.so lib/libkeel.so.${SOVERSION}
-          lib/libkeel.so.${VERSION} lib/libkeel.a bin/keel lib/pkgconfig/keel.pc
+          lib/libkeel.so.${VERSION} lib/libkeel.a bin/keel libexec/keel/keel-sandbox lib/pkgconfig/keel.pc
           lib/cmake/Keel/KeelConfig.cmake lib/cmake/Keel/KeelConfigVersion.cmake lib/cmake/Keel/KeelPlugin.cmake
           lib/cmake/Keel/keel_manifest.cmake lib/cmake/Keel/KeelWasm32Toolchain.cmake)
   if(NOT EXISTS "${prefix}/${f}")
