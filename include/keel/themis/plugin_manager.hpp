@@ -142,6 +142,12 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_METRIC_CONFLICT:
     case KEEL_ERR_METRIC_SERIES_LIMIT:
     case KEEL_ERR_RPC_ENDPOINT_TAKEN:
+    case KEEL_ERR_SANDBOX_START:
+    case KEEL_ERR_SANDBOX_CRASHED:
+    case KEEL_ERR_SANDBOX_EXITED:
+    case KEEL_ERR_SANDBOX_SYSCALL_REFUSED:
+    case KEEL_ERR_SANDBOX_BACKOFF:
+    case KEEL_ERR_SANDBOX_INPUT_TOO_LARGE:
         return ErrorCode::ERR_PLUGIN_LOAD_FAILED;
     case KEEL_ERR_MANIFEST_PARSE:
     case KEEL_ERR_MANIFEST_SCHEMA:
@@ -153,6 +159,7 @@ inline ErrorCode toErrorCode(keel_status s) noexcept {
     case KEEL_ERR_ABI_MISMATCH:
     case KEEL_ERR_UNSUPPORTED:
     case KEEL_ERR_PLUGIN_ABI_VIOLATION:
+    case KEEL_ERR_ISOLATION_UNSUPPORTED:
         return ErrorCode::ERR_PLUGIN_INCOMPATIBLE;
     case KEEL_ERR_SYMLINK_REFUSED:
     case KEEL_ERR_DIGEST_MISMATCH:
