@@ -733,8 +733,11 @@ fn storage_and_kv_scans_answer_the_same_isolated_and_in_process() {
 }
 
 /// A storage sink with tables, in memory: (table, plugin, key) → value.
+/// (namespace, table, key) → value.
+type Rows = std::collections::BTreeMap<(Option<String>, String, Vec<u8>), Vec<u8>>;
+
 #[derive(Default)]
-struct Tables(Mutex<std::collections::BTreeMap<(Option<String>, String, Vec<u8>), Vec<u8>>>);
+struct Tables(Mutex<Rows>);
 
 impl keel::services::KvStore for Tables {
     fn get(&self, at: keel::services::KvTarget<'_>, key: &[u8]) -> keel::services::SinkResult<Option<Vec<u8>>> {
