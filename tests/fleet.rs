@@ -203,6 +203,22 @@ fn host_trusting(keys: &[&SigningKey]) -> Host {
     h
 }
 
+/// `keel trust publish`: `doc` written to `store_file`, signed with the root key in
+/// `root_file`, pushed to `store_ref`; the digest on stdout.
+fn publish_trust_store(store_file: &Path, store_ref: &str, root_file: &Path, doc: &[u8]) {
+    std::fs::write(store_file, doc).unwrap();
+    let (code, out, err) = keel_cli(&[
+        "trust",
+        "publish",
+        store_file.to_str().unwrap(),
+        store_ref,
+        "--key",
+        root_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+}
+
 fn keel_cli(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_keel")).args(args).output().unwrap();
     (
@@ -809,20 +825,7 @@ fn three_following_hosts_refuse_a_revoked_key_within_one_interval() {
     let roots = trust_store(&[&root]);
     let store_ref = reg.reference("fleet/trust:current");
     let store_file = dir.join("store.json");
-    // `keel trust publish`: signed with the root key, pushed; the digest on stdout.
-    let publish = |doc: &[u8]| {
-        std::fs::write(&store_file, doc).unwrap();
-        let (code, out, err) = keel_cli(&[
-            "trust",
-            "publish",
-            store_file.to_str().unwrap(),
-            &store_ref,
-            "--key",
-            root_file.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
-        assert!(out.trim().starts_with("sha256:"), "{out}");
-    };
+    let publish = |doc: &[u8]| publish_trust_store(&store_file, &store_ref, &root_file, doc);
     let entry = |k: &SigningKey| store::key_entry(&k.verifying_key(), "signer", &[]).unwrap();
     let v1 = store::new_document(1, vec![entry(&signer), entry(&other)]).unwrap();
     publish(&v1);
@@ -1181,18 +1184,7 @@ fn three_host_processes_refuse_a_revoked_key_within_one_interval() {
     std::fs::write(&roots_file, trust_store(&[&root])).unwrap();
     let store_ref = reg.reference("fleet/trust:current");
     let store_file = dir.join("store.json");
-    let publish = |doc: &[u8]| {
-        std::fs::write(&store_file, doc).unwrap();
-        let (code, out, err) = keel_cli(&[
-            "trust",
-            "publish",
-            store_file.to_str().unwrap(),
-            &store_ref,
-            "--key",
-            root_file.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
-    };
+    let publish = |doc: &[u8]| publish_trust_store(&store_file, &store_ref, &root_file, doc);
     let v1 = store::new_document(
         1,
         vec![store::key_entry(&signer.verifying_key(), "signer", &[]).unwrap()],
