@@ -629,16 +629,21 @@ unsafe fn entries_to(i: usize, out: *const RawOutput) -> bool {
     true
 }
 
-/// A table name argument's bytes (NULL: `None`).
+/// Stage a storage request in slot `i`'s callback area: `table`, its NUL, then `rest` (at
+/// most two parts). The staged length, or `None` for a NULL table or too many bytes.
 ///
 /// # Safety
-/// `table` is NULL or NUL-terminated.
-unsafe fn table_bytes<'a>(table: *const c_char) -> Option<&'a [u8]> {
+/// `table` is NULL or a NUL-terminated string; each part of `rest` points to its length of
+/// readable bytes (the plugin's arguments per the ABI).
+unsafe fn put_table_cb(i: usize, table: *const c_char, rest: &[(*const u8, usize)]) -> Option<usize> {
     if table.is_null() {
         return None;
     }
     // SAFETY: per the ABI a NUL-terminated string.
-    Some(unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes())
+    let t = unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes_with_nul();
+    let mut parts = [(t.as_ptr(), t.len()), (std::ptr::null(), 0), (std::ptr::null(), 0)];
+    parts.get_mut(1..1 + rest.len())?.copy_from_slice(rest);
+    put_cb(i, &parts).then(|| parts.iter().map(|p| p.1).sum())
 }
 
 /// # Safety
@@ -666,15 +671,14 @@ unsafe extern "C" fn sb_storage_get(
     out: *const RawOutput,
 ) -> i32 {
     let Some(i) = my_slot() else { return -1 };
-    // SAFETY: per the ABI.
-    let Some(t) = (unsafe { table_bytes(table) }) else {
-        return -1;
-    };
-    let zero = 0u8;
-    if out.is_null() || !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len)]) {
+    if out.is_null() {
         return -1;
     }
-    let r = callback(i, CB_STORAGE_GET, 0, t.len() + 1 + key_len, 0);
+    // SAFETY: `table` and the parts per the ABI.
+    let Some(n) = (unsafe { put_table_cb(i, table, &[(key, key_len)]) }) else {
+        return -1;
+    };
+    let r = callback(i, CB_STORAGE_GET, 0, n, 0);
     // SAFETY: `out` is live (checked non-NULL).
     if r == 0 && !unsafe { answer_to(i, out) } {
         return -2;
@@ -693,30 +697,22 @@ unsafe extern "C" fn sb_storage_put(
     val_len: usize,
 ) -> i32 {
     let Some(i) = my_slot() else { return -1 };
-    // SAFETY: per the ABI.
-    let Some(t) = (unsafe { table_bytes(table) }) else {
+    // SAFETY: `table` and the parts per the ABI.
+    let Some(n) = (unsafe { put_table_cb(i, table, &[(key, key_len), (val, val_len)]) }) else {
         return -1;
     };
-    let zero = 0u8;
-    if !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len), (val, val_len)]) {
-        return -1;
-    }
-    callback(i, CB_STORAGE_PUT, 0, t.len() + 1 + key_len + val_len, key_len) as i32
+    callback(i, CB_STORAGE_PUT, 0, n, key_len) as i32
 }
 
 /// # Safety
 /// As the in-process `storage_delete`.
 unsafe extern "C" fn sb_storage_delete(_ctx: *mut c_void, table: *const c_char, key: *const u8, key_len: usize) -> i32 {
     let Some(i) = my_slot() else { return -1 };
-    // SAFETY: per the ABI.
-    let Some(t) = (unsafe { table_bytes(table) }) else {
+    // SAFETY: `table` and the parts per the ABI.
+    let Some(n) = (unsafe { put_table_cb(i, table, &[(key, key_len)]) }) else {
         return -1;
     };
-    let zero = 0u8;
-    if !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (key, key_len)]) {
-        return -1;
-    }
-    callback(i, CB_STORAGE_DELETE, 0, t.len() + 1 + key_len, 0) as i32
+    callback(i, CB_STORAGE_DELETE, 0, n, 0) as i32
 }
 
 /// # Safety
@@ -729,15 +725,14 @@ unsafe extern "C" fn sb_storage_scan(
     out: *const RawOutput,
 ) -> i32 {
     let Some(i) = my_slot() else { return -1 };
-    // SAFETY: per the ABI.
-    let Some(t) = (unsafe { table_bytes(table) }) else {
-        return -1;
-    };
-    let zero = 0u8;
-    if out.is_null() || !put_cb(i, &[(t.as_ptr(), t.len()), (&zero, 1), (prefix, len)]) {
+    if out.is_null() {
         return -1;
     }
-    let r = callback(i, CB_STORAGE_SCAN, 0, t.len() + 1 + len, 0);
+    // SAFETY: `table` and the parts per the ABI.
+    let Some(n) = (unsafe { put_table_cb(i, table, &[(prefix, len)]) }) else {
+        return -1;
+    };
+    let r = callback(i, CB_STORAGE_SCAN, 0, n, 0);
     // SAFETY: `out` is live (checked non-NULL).
     if (r == 0 || r == 2) && !unsafe { entries_to(i, out) } {
         return 2;
