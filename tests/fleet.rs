@@ -18,7 +18,11 @@ use std::time::{Duration, Instant, SystemTime};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 
-use keel::ffi::fleet::keel_host_load_oci;
+use keel::ffi::fleet::{
+    keel_host_load_oci, keel_host_load_oci_with, keel_oci_pull_with, keel_registry_options, keel_registry_options_free,
+    keel_registry_options_new, keel_registry_options_set_basic, keel_registry_options_set_bearer,
+    keel_registry_options_set_insecure, keel_registry_options_set_timeout_ms,
+};
 use keel::ffi::host::{keel_host_new, keel_plugin, keel_plugin_free};
 use keel::fleet::{Credentials, RegistryOptions};
 use keel::keel_status::{self, *};
@@ -51,9 +55,19 @@ fn registry_binary() -> PathBuf {
 /// A running registry: `docker-registry serve` on 127.0.0.1:<port>, storage in `root`.
 struct Registry {
     child: Option<Child>,
+    host: String,
     port: u16,
     root: PathBuf,
     dir: PathBuf,
+}
+
+/// How a test registry authenticates.
+enum Auth {
+    /// Basic authentication against an htpasswd file (user `fleet`, password `s3cret`).
+    Htpasswd,
+    /// Bearer tokens (JWT) issued by the token server at `realm`, signed by the key of the
+    /// certificate `cert` (Distribution's `auth: token`).
+    Token { realm: String, cert: PathBuf },
 }
 
 /// bcrypt("s3cret"), for the htpasswd registry.
@@ -66,23 +80,36 @@ impl Registry {
 
     /// A registry that requires basic authentication (user `fleet`, password `s3cret`).
     fn start_with(tag: &str, htpasswd: bool) -> Registry {
+        let auth = htpasswd.then_some(Auth::Htpasswd);
+        Registry::start_cfg(tag, auth, "127.0.0.1")
+    }
+
+    /// A registry with `auth` (none if `None`) listening on `bind`:<free port>.
+    fn start_cfg(tag: &str, auth: Option<Auth>, bind: &str) -> Registry {
         let dir = common::tempdir(tag);
         let root = dir.join("storage");
         std::fs::create_dir_all(&root).unwrap();
         for _attempt in 0..5 {
             // A free port: bind, read it, release it (retried if the registry loses the race).
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = TcpListener::bind((bind, 0)).unwrap().local_addr().unwrap().port();
             let mut config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {bind}:{port}\n",
                 root.display()
             );
-            if htpasswd {
-                let pw = dir.join("htpasswd");
-                std::fs::write(&pw, HTPASSWD).unwrap();
-                config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: keel-test\n    path: {}\n",
-                    pw.display()
-                ));
+            match &auth {
+                None => {}
+                Some(Auth::Htpasswd) => {
+                    let pw = dir.join("htpasswd");
+                    std::fs::write(&pw, HTPASSWD).unwrap();
+                    config.push_str(&format!(
+                        "auth:\n  htpasswd:\n    realm: keel-test\n    path: {}\n",
+                        pw.display()
+                    ));
+                }
+                Some(Auth::Token { realm, cert }) => config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    cert.display()
+                )),
             }
             let cfg = dir.join("config.yml");
             std::fs::write(&cfg, config).unwrap();
@@ -96,6 +123,7 @@ impl Registry {
                 .expect("start docker-registry");
             let mut r = Registry {
                 child: Some(child),
+                host: bind.to_string(),
                 port,
                 root: root.clone(),
                 dir: dir.clone(),
@@ -118,7 +146,7 @@ impl Registry {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false; // exited (e.g. the port was taken meanwhile)
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Ok(mut s) = TcpStream::connect((self.host.as_str(), self.port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
                 let mut resp = String::new();
@@ -133,7 +161,7 @@ impl Registry {
     }
 
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn reference(&self, repo_tag: &str) -> String {
@@ -164,6 +192,188 @@ impl Drop for Registry {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A token server (the Docker/OCI token flow): the registry answers 401 with
+// `WWW-Authenticate: Bearer realm=...`, the client asks the realm for a token with its basic
+// credentials, and presents the token. Tokens are JWTs (RS256) signed with a key made by
+// `openssl` for the test, whose self-signed certificate is the registry's `rootcertbundle`
+// and travels in the token's `x5c` header, as Distribution verifies them.
+
+const TOKEN_SERVICE: &str = "keel-test-registry";
+const TOKEN_ISSUER: &str = "keel-test-issuer";
+
+struct TokenServer {
+    dir: PathBuf,
+    port: u16,
+    /// Requests served, and how many of them carried the right credentials.
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenServer {
+    fn start(tag: &str) -> TokenServer {
+        let dir = common::tempdir(tag);
+        let o = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=keel-test-token",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .expect("openssl (Debian's openssl package) is needed for the token tests");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (d, n) = (dir.clone(), served.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                serve_token_request(conn, &d);
+            }
+        });
+        TokenServer { dir, port, served }
+    }
+
+    fn auth(&self) -> Auth {
+        Auth::Token {
+            realm: format!("http://127.0.0.1:{}/token", self.port),
+            cert: self.dir.join("cert.pem"),
+        }
+    }
+
+    /// A token for `repository` with `actions`, valid from now for `valid_s` seconds (negative:
+    /// already expired), issued by `issuer`.
+    fn mint(&self, repository: &str, actions: &[&str], valid_s: i64, issuer: &str) -> String {
+        mint_token(&self.dir, repository, actions, valid_s, issuer)
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn mint_token(dir: &Path, repository: &str, actions: &[&str], valid_s: i64, issuer: &str) -> String {
+    use base64::Engine as _;
+    let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let header = json!({"typ": "JWT", "alg": "RS256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(&der)]});
+    let claims = json!({"iss": issuer, "sub": "fleet", "aud": TOKEN_SERVICE,
+        "exp": now + valid_s, "nbf": now - 10, "iat": now, "jti": format!("keel-{now}-{repository}"),
+        "access": [{"type": "repository", "name": repository, "actions": actions}]});
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(dir.join("key.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(signing_input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    format!("{signing_input}.{}", b64url(&o.stdout))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let v = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16);
+                match v {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One token request: `GET /token?scope=repository:<name>:<actions>&service=...` with basic
+/// credentials `fleet:s3cret` gets a token for what it asked; anything else a 401.
+fn serve_token_request(mut conn: TcpStream, dir: &Path) {
+    use base64::Engine as _;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let mut scope = String::new();
+    let mut service = String::new();
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("scope", v)) => scope = percent_decode(v),
+            Some(("service", v)) => service = percent_decode(v),
+            _ => {}
+        }
+    }
+    let expected = format!(
+        "basic {}",
+        base64::engine::general_purpose::STANDARD.encode("fleet:s3cret")
+    );
+    let authed = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim().eq_ignore_ascii_case(&expected));
+    let mut parts = scope.splitn(3, ':');
+    let (kind, repo, actions) = (parts.next(), parts.next(), parts.next());
+    let response = if authed && service == TOKEN_SERVICE && kind == Some("repository") && repo.is_some() {
+        let actions: Vec<&str> = actions.unwrap_or("").split(',').filter(|a| !a.is_empty()).collect();
+        let token = mint_token(dir, repo.unwrap(), &actions, 300, TOKEN_ISSUER);
+        let body = json!({"token": token, "expires_in": 300}).to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        let body = "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}";
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let _ = conn.write_all(response.as_bytes());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +479,81 @@ fn load_oci_c(
         r.as_ptr(),
         c.as_ptr(),
         b.as_ref().map_or(ptr::null(), |b| b.as_ptr()),
+        &mut p,
+        digest.0,
+    );
+    (s, digest.text(), p)
+}
+
+/// A C ABI host that requires signatures (the default) and trusts `keys`.
+fn c_host_trusting(keys: &[&SigningKey]) -> TestHost {
+    let mut raw = ptr::null_mut();
+    assert_eq!(keel_host_new(&mut raw), KEEL_OK);
+    let t = TestHost(raw);
+    let trust = trust_store(keys);
+    assert_eq!(
+        keel::ffi::trust::keel_host_set_trust_store_bytes(t.0, trust.as_ptr(), trust.len()),
+        KEEL_OK
+    );
+    t
+}
+
+/// Call the echo fixture's `echo` through the C ABI handle `p` and release the handle.
+fn c_echo_and_free(p: *mut keel_plugin, input: &[u8]) -> Vec<u8> {
+    let f = function(p, "echo").unwrap();
+    let out = Buf::new();
+    assert_eq!(call(p, f, input, &out), KEEL_OK, "{}", last_error());
+    assert_eq!(keel_plugin_free(p), KEEL_OK);
+    out.bytes()
+}
+
+/// Registry options made through the C ABI (freed on drop).
+struct COptions(*mut keel_registry_options);
+
+impl COptions {
+    fn new() -> COptions {
+        let mut o = ptr::null_mut();
+        assert_eq!(keel_registry_options_new(&mut o), KEEL_OK);
+        COptions(o)
+    }
+    fn basic(self, user: &str, password: &str) -> COptions {
+        let (u, p) = (cstr(user), cstr(password));
+        assert_eq!(keel_registry_options_set_basic(self.0, u.as_ptr(), p.as_ptr()), KEEL_OK);
+        self
+    }
+    fn bearer(self, token: &str) -> COptions {
+        let t = cstr(token);
+        assert_eq!(keel_registry_options_set_bearer(self.0, t.as_ptr()), KEEL_OK);
+        self
+    }
+    fn insecure(self, on: bool) -> COptions {
+        assert_eq!(keel_registry_options_set_insecure(self.0, on), KEEL_OK);
+        self
+    }
+}
+
+impl Drop for COptions {
+    fn drop(&mut self) {
+        assert_eq!(keel_registry_options_free(self.0), KEEL_OK);
+    }
+}
+
+/// `keel_host_load_oci_with`: status, digest text, plugin handle (NULL on failure).
+fn load_oci_with(
+    host: &TestHost,
+    reference: &str,
+    cache: &Path,
+    options: Option<&COptions>,
+) -> (keel_status, String, *mut keel_plugin) {
+    let r = cstr(reference);
+    let c = cstr(cache.to_str().unwrap());
+    let digest = Buf::new();
+    let mut p = ptr::null_mut();
+    let s = keel_host_load_oci_with(
+        host.0,
+        r.as_ptr(),
+        c.as_ptr(),
+        options.map_or(ptr::null(), |o| o.0.cast_const()),
         &mut p,
         digest.0,
     );
@@ -1265,4 +1550,206 @@ fn three_host_processes_refuse_a_revoked_key_within_one_interval() {
     for t in &after_ms {
         assert!(*t <= INTERVAL_MS as i128 + 3000, "{after_ms:?}");
     }
+}
+
+#[test]
+fn the_token_flow_gets_tokens_with_basic_credentials_and_a_preissued_bearer_token_loads() {
+    let ts = TokenServer::start("fleet-token-server");
+    let reg = Registry::start_cfg("fleet-token", Some(ts.auth()), "127.0.0.1");
+    let k = key(21);
+    let folder = echo_folder("fleet-token", Some(&k));
+    let r = reg.reference("plugins/echo:1");
+
+    // `keel push` with basic credentials: the registry sends it to the token server.
+    let (code, _, err) = keel_cli(&["push", folder.to_str().unwrap(), &r]);
+    assert_eq!(code, 64, "anonymous push must be refused: {err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["push", folder.to_str().unwrap(), &r, "--username", "fleet"])
+        .env("KEEL_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let t = c_host_trusting(&[&k]);
+    let cache = common::tempdir("fleet-token-cache");
+    // Anonymous, a wrong password: the token server refuses, nothing is loaded or cached.
+    let (s, d, p) = load_oci_with(&t, &r, &cache, None);
+    assert_eq!(
+        (s, d.as_str(), p.is_null()),
+        (KEEL_ERR_OCI_AUTH_FAILED, "", true),
+        "{}",
+        last_error()
+    );
+    let wrong = COptions::new().basic("fleet", "wrong");
+    let (s, _, p) = load_oci_with(&t, &r, &cache, Some(&wrong));
+    assert_eq!((s, p.is_null()), (KEEL_ERR_OCI_AUTH_FAILED, true), "{}", last_error());
+    assert!(std::fs::read_dir(cache.join("sha256")).map_or(true, |mut d| d.next().is_none()));
+
+    // Basic credentials through the C ABI's options: a token is obtained, the plugin loads.
+    let asked = ts.served.load(std::sync::atomic::Ordering::SeqCst);
+    let good = COptions::new().basic("fleet", "s3cret");
+    let (s, digest, p) = load_oci_with(&t, &r, &cache, Some(&good));
+    assert_eq!(s, KEEL_OK, "{}", last_error());
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert!(
+        ts.served.load(std::sync::atomic::Ordering::SeqCst) > asked,
+        "the token server was asked"
+    );
+    assert_eq!(c_echo_and_free(p, b"token flow"), b"token flow");
+
+    // A token issued beforehand (by the same authority, for pull of this repository), given
+    // as the bearer: loads into a fresh cache without asking the token server.
+    let token = ts.mint("plugins/echo", &["pull"], 300, TOKEN_ISSUER);
+    let asked = ts.served.load(std::sync::atomic::Ordering::SeqCst);
+    let t2 = c_host_trusting(&[&k]);
+    let cache2 = common::tempdir("fleet-token-cache2");
+    let (s, digest2, p) = load_oci_c(&t2, &r, &cache2, Some(&token));
+    assert_eq!(s, KEEL_OK, "{}", last_error());
+    assert_eq!(digest2, digest);
+    assert_eq!(c_echo_and_free(p, b"bearer"), b"bearer");
+    assert_eq!(
+        ts.served.load(std::sync::atomic::Ordering::SeqCst),
+        asked,
+        "a bearer token is used as given"
+    );
+
+    // The same through the options, and `keel_oci_pull_with`.
+    let bearer = COptions::new().bearer(&token);
+    let (rr, cc) = (cstr(&r), cstr(common::tempdir("fleet-token-pull").to_str().unwrap()));
+    let (path, dig) = (Buf::new(), Buf::new());
+    assert_eq!(
+        keel_oci_pull_with(rr.as_ptr(), cc.as_ptr(), bearer.0, path.0, dig.0),
+        KEEL_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(dig.text(), digest);
+    assert!(Path::new(&path.text()).is_file());
+
+    // Tokens the registry must not accept: another repository's, expired (beyond
+    // Distribution's 60 s leeway), from another issuer.
+    for (what, bad) in [
+        (
+            "another repository",
+            ts.mint("plugins/other", &["pull"], 300, TOKEN_ISSUER),
+        ),
+        ("expired", ts.mint("plugins/echo", &["pull"], -3600, TOKEN_ISSUER)),
+        (
+            "foreign issuer",
+            ts.mint("plugins/echo", &["pull"], 300, "someone-else"),
+        ),
+    ] {
+        let c = common::tempdir("fleet-token-bad");
+        let (s, d, p) = load_oci_c(&t2, &r, &c, Some(&bad));
+        assert_eq!(
+            (s, d.as_str(), p.is_null()),
+            (KEEL_ERR_OCI_AUTH_FAILED, "", true),
+            "{what}: {}",
+            last_error()
+        );
+    }
+}
+
+/// An IPv4 address of this machine that is not loopback (the one a route to a TEST-NET
+/// address would leave from; `connect` on UDP sends nothing).
+fn non_loopback_ipv4() -> String {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    if s.connect("192.0.2.1:9").is_ok() {
+        if let Ok(a) = s.local_addr() {
+            if !a.ip().is_loopback() && !a.ip().is_unspecified() {
+                return a.ip().to_string();
+            }
+        }
+    }
+    let o = Command::new("hostname").arg("-I").output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .expect("this test needs a non-loopback IPv4 address on the machine")
+        .to_string()
+}
+
+#[test]
+fn plain_http_off_loopback_only_when_explicitly_allowed_through_the_c_options() {
+    let ip = non_loopback_ipv4();
+    let reg = Registry::start_cfg("fleet-insecure", None, &ip);
+    let k = key(22);
+    let folder = echo_folder("fleet-insecure", Some(&k));
+    let r = reg.reference("plugins/echo:1");
+    assert!(!ip.starts_with("127."), "{ip}");
+
+    // The CLI: TLS only (the plain-HTTP registry cannot answer it) unless --insecure.
+    let (code, _, err) = keel_cli(&["push", folder.to_str().unwrap(), &r]);
+    assert_ne!(code, 0, "a plain-HTTP push off loopback without --insecure: {err}");
+    let (code, out, err) = keel_cli(&["push", folder.to_str().unwrap(), &r, "--insecure"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let t = c_host_trusting(&[&k]);
+    let cache = common::tempdir("fleet-insecure-cache");
+    // Default options (and the plain function): TLS, which fails against plain HTTP.
+    let (s, d, p) = load_oci_with(&t, &r, &cache, None);
+    assert_eq!(
+        (s, d.as_str(), p.is_null()),
+        (KEEL_ERR_OCI_PULL_FAILED, "", true),
+        "{}",
+        last_error()
+    );
+    let (s, _, p) = load_oci_c(&t, &r, &cache, None);
+    assert_eq!((s, p.is_null()), (KEEL_ERR_OCI_PULL_FAILED, true), "{}", last_error());
+    let secure = COptions::new().insecure(false);
+    let (s, _, _) = load_oci_with(&t, &r, &cache, Some(&secure));
+    assert_eq!(s, KEEL_ERR_OCI_PULL_FAILED);
+    // Explicitly allowed: plain HTTP, loads and runs.
+    let insecure = COptions::new().insecure(true);
+    let (s, digest, p) = load_oci_with(&t, &r, &cache, Some(&insecure));
+    assert_eq!(s, KEEL_OK, "{}", last_error());
+    assert!(digest.starts_with("sha256:"));
+    assert_eq!(c_echo_and_free(p, b"plain"), b"plain");
+}
+
+#[test]
+fn registry_options_refuse_bad_arguments() {
+    let mut o = ptr::null_mut();
+    assert_eq!(keel_registry_options_new(ptr::null_mut()), KEEL_ERR_NULL_POINTER);
+    assert_eq!(keel_registry_options_new(&mut o), KEEL_OK);
+    let (u, p, empty) = (cstr("fleet"), cstr("pw"), cstr(""));
+    assert_eq!(
+        keel_registry_options_set_basic(ptr::null_mut(), u.as_ptr(), p.as_ptr()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_registry_options_set_basic(o, ptr::null(), p.as_ptr()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_registry_options_set_basic(o, u.as_ptr(), ptr::null()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_registry_options_set_basic(o, empty.as_ptr(), p.as_ptr()),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    let bad_utf8 = CString::new(vec![0xffu8, 0xfe]).unwrap();
+    assert_eq!(
+        keel_registry_options_set_bearer(o, bad_utf8.as_ptr()),
+        KEEL_ERR_INVALID_UTF8
+    );
+    assert_eq!(
+        keel_registry_options_set_bearer(ptr::null_mut(), ptr::null()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(keel_registry_options_set_bearer(o, ptr::null()), KEEL_OK);
+    assert_eq!(
+        keel_registry_options_set_insecure(ptr::null_mut(), true),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(keel_registry_options_set_timeout_ms(o, 0), KEEL_ERR_INVALID_ARGUMENT);
+    assert_eq!(keel_registry_options_set_timeout_ms(o, 1500), KEEL_OK);
+    assert_eq!(keel_registry_options_free(o), KEEL_OK);
+    assert_eq!(keel_registry_options_free(ptr::null_mut()), KEEL_OK);
+    // A bad reference with options: its own code, before any network.
+    let t = TestHost::new();
+    let opts = COptions::new().basic("fleet", "pw");
+    let (s, _, p) = load_oci_with(&t, "UPPER/Case::", &common::tempdir("fleet-opts-bad"), Some(&opts));
+    assert_eq!((s, p.is_null()), (KEEL_ERR_OCI_BAD_REFERENCE, true), "{}", last_error());
 }

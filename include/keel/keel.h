@@ -636,6 +636,18 @@ typedef struct keel_host keel_host;
 typedef struct keel_plugin keel_plugin;
 
 /**
+ * How to reach an OCI registry: credentials (none, a bearer token, or basic authentication,
+ * which also obtains a token from the registry's token server when it asks for one), whether
+ * plain HTTP is allowed to a registry off the loopback interface, and the timeout of each
+ * request. Made by `keel_registry_options_new`, changed by the `keel_registry_options_set_*`
+ * functions, released by `keel_registry_options_free`; passed (borrowed) to the `*_with`
+ * functions below, which copy what they need, so one value can serve many calls. Not
+ * thread-safe to change while another thread passes it to a call; reading it from several
+ * calls at once is fine.
+ */
+typedef struct keel_registry_options keel_registry_options;
+
+/**
  * A lease on the `IThemisPlugin::getInstance()` object of one generation of a ThemisDB
  * legacy plugin (plugins loaded with `"runtime": "themis"`, e.g. from a ThemisDB
  * `plugin.json`).
@@ -2076,6 +2088,62 @@ keel_status keel_host_set_native_isolation(const keel_host *host,
 keel_status keel_host_require_isolation_for(const keel_host *host, const char *pattern);
 
 /**
+ * New registry options with the defaults: anonymous, TLS for every registry that is not on
+ * the loopback interface, 30 s per request. `*out` receives them, owned by the caller
+ * (release with `keel_registry_options_free`).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`out`).
+ */
+keel_status keel_registry_options_new(keel_registry_options **out);
+
+/**
+ * Release registry options. NULL is accepted and ignored. The secrets they held are dropped
+ * with them.
+ *
+ * Errors: none (always `KEEL_OK`).
+ */
+keel_status keel_registry_options_free(keel_registry_options *options);
+
+/**
+ * Authenticate with a bearer token (`Authorization: Bearer <token>`, sent as given; the
+ * registry's token server is not asked). NULL or "" makes the options anonymous again.
+ * Replaces basic credentials set before.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`options`), `KEEL_ERR_INVALID_UTF8`.
+ */
+keel_status keel_registry_options_set_bearer(keel_registry_options *options, const char *token);
+
+/**
+ * Authenticate with HTTP basic authentication: sent to a registry that asks for basic
+ * authentication, and to the token server of a registry that asks for a bearer token (the
+ * Docker/OCI token flow). Replaces a bearer token set before.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`options`, `username`, `password`),
+ * `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `username`).
+ */
+keel_status keel_registry_options_set_basic(keel_registry_options *options,
+                                            const char *username,
+                                            const char *password);
+
+/**
+ * Allow (`true`) or refuse (`false`, the default) plain HTTP to a registry that is not on the
+ * loopback interface. Registries on `localhost`, `127.0.0.0/8` and `[::1]` are always spoken
+ * to in plain HTTP; every other registry only over TLS unless this is set.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`options`).
+ */
+keel_status keel_registry_options_set_insecure(keel_registry_options *options, bool insecure);
+
+/**
+ * The connect and read timeout of each request to the registry, in milliseconds (default
+ * 30 000).
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`options`), `KEEL_ERR_INVALID_ARGUMENT` (0).
+ */
+keel_status keel_registry_options_set_timeout_ms(keel_registry_options *options,
+                                                 uint64_t timeout_ms);
+
+/**
  * Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or
  * `...@sha256:<64 hex>`) into the content-addressed cache folder `cache_dir` (created if
  * missing), then load it exactly as `keel_host_load` loads a local folder (signature against
@@ -2106,6 +2174,20 @@ keel_status keel_host_load_oci(const keel_host *host,
                                keel_buffer *digest);
 
 /**
+ * `keel_host_load_oci` with registry options (`keel_registry_options_new`; NULL: the
+ * defaults, anonymous): basic authentication and the token flow, plain HTTP off the loopback
+ * interface when explicitly allowed, the request timeout. `options` is borrowed for the call.
+ *
+ * Errors: those of `keel_host_load_oci`.
+ */
+keel_status keel_host_load_oci_with(const keel_host *host,
+                                    const char *reference,
+                                    const char *cache_dir,
+                                    const keel_registry_options *options,
+                                    keel_plugin **out,
+                                    keel_buffer *digest);
+
+/**
  * Pull `reference` into the content-addressed cache folder `cache_dir` without loading it
  * (the first half of `keel_host_load_oci`, for an embedder that loads through its own path,
  * e.g. ThemisDB's façade `loadPluginFromOci`): same digest checks, same cache rules. The
@@ -2126,6 +2208,17 @@ keel_status keel_oci_pull(const char *reference,
                           const char *bearer,
                           keel_buffer *manifest_path,
                           keel_buffer *digest);
+
+/**
+ * `keel_oci_pull` with registry options (NULL: the defaults), as `keel_host_load_oci_with`.
+ *
+ * Errors: those of `keel_oci_pull`.
+ */
+keel_status keel_oci_pull_with(const char *reference,
+                               const char *cache_dir,
+                               const keel_registry_options *options,
+                               keel_buffer *manifest_path,
+                               keel_buffer *digest);
 
 /**
  * Follow a trust store published in an OCI registry (`keel trust publish`; docs/fleet.md):
@@ -2153,6 +2246,20 @@ keel_status keel_host_follow_trust_store(const keel_host *host,
                                          uint64_t interval_ms,
                                          const char *bearer,
                                          uint64_t *version);
+
+/**
+ * `keel_host_follow_trust_store` with registry options (NULL: the defaults), as
+ * `keel_host_load_oci_with`. The follower keeps a copy of the options for its later checks.
+ *
+ * Errors: those of `keel_host_follow_trust_store`.
+ */
+keel_status keel_host_follow_trust_store_with(const keel_host *host,
+                                              const char *reference,
+                                              const uint8_t *roots,
+                                              size_t roots_len,
+                                              uint64_t interval_ms,
+                                              const keel_registry_options *options,
+                                              uint64_t *version);
 
 /**
  * Check the followed trust-store reference now, on the calling thread, and swap in a newer

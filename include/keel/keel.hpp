@@ -456,6 +456,52 @@ inline std::uint64_t capability_bit(std::string_view name) {
     return bit;
 }
 
+/** How to reach an OCI registry (keel_registry_options): anonymous by default, a bearer token,
+ *  or basic credentials (also used for the registry's token server); plain HTTP off the
+ *  loopback interface only when allowed; the timeout of each request. Move-only; the setters
+ *  return *this so options read as one expression. Not thread-safe to change while a call uses
+ *  it; one value may be passed to many calls. */
+class RegistryOptions {
+public:
+    RegistryOptions() { Error::check(keel_registry_options_new(&o_)); }
+    RegistryOptions(const RegistryOptions &) = delete;
+    RegistryOptions &operator=(const RegistryOptions &) = delete;
+    RegistryOptions(RegistryOptions &&o) noexcept : o_(o.o_) { o.o_ = nullptr; }
+    RegistryOptions &operator=(RegistryOptions &&o) noexcept {
+        std::swap(o_, o.o_);
+        return *this;
+    }
+    ~RegistryOptions() { keel_registry_options_free(o_); }
+
+    /** A bearer token sent as given (empty: anonymous again). */
+    RegistryOptions &bearer(std::string_view token) {
+        const std::string t = api_detail::cstr(token, "a bearer token");
+        Error::check(keel_registry_options_set_bearer(o_, t.c_str()));
+        return *this;
+    }
+    /** Basic credentials (KEEL_ERR_INVALID_ARGUMENT for an empty user name). */
+    RegistryOptions &basic(std::string_view username, std::string_view password) {
+        Error::check(keel_registry_options_set_basic(o_, api_detail::cstr(username, "a user name").c_str(),
+                                                     api_detail::cstr(password, "a password").c_str()));
+        return *this;
+    }
+    /** Allow plain HTTP to a registry off the loopback interface. */
+    RegistryOptions &insecure(bool allow = true) {
+        Error::check(keel_registry_options_set_insecure(o_, allow));
+        return *this;
+    }
+    /** Connect and read timeout per request (KEEL_ERR_INVALID_ARGUMENT for 0). */
+    RegistryOptions &timeout(std::chrono::milliseconds t) {
+        Error::check(keel_registry_options_set_timeout_ms(o_, static_cast<std::uint64_t>(t.count())));
+        return *this;
+    }
+    /** The C handle (borrowed; valid while this object holds it). */
+    const keel_registry_options *c_handle() const noexcept { return o_; }
+
+private:
+    keel_registry_options *o_ = nullptr;
+};
+
 /** What keel::oci_pull fetched: the plugin manifest in the cache and the resolved digest. */
 struct OciPull {
     std::string manifest_path;
@@ -471,6 +517,15 @@ inline OciPull oci_pull(std::string_view reference, std::string_view cache_dir, 
     Error::check(keel_oci_pull(api_detail::cstr(reference, "an OCI reference").c_str(),
                                api_detail::cstr(cache_dir, "a cache directory").c_str(), b.empty() ? nullptr : b.c_str(),
                                path.c_handle(), digest.c_handle()));
+    return OciPull{path.str(), digest.str()};
+}
+
+/** keel::oci_pull with registry options (keel_oci_pull_with). */
+inline OciPull oci_pull(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options) {
+    Buffer path, digest;
+    Error::check(keel_oci_pull_with(api_detail::cstr(reference, "an OCI reference").c_str(),
+                                    api_detail::cstr(cache_dir, "a cache directory").c_str(), options.c_handle(),
+                                    path.c_handle(), digest.c_handle()));
     return OciPull{path.str(), digest.str()};
 }
 
@@ -1118,6 +1173,19 @@ public:
         if (resolved_digest != nullptr) *resolved_digest = digest.str();
         return plugin;
     }
+    /** load_oci with registry options (keel_host_load_oci_with): basic credentials and the
+     *  token flow, plain HTTP off loopback when allowed, the request timeout. */
+    Plugin load_oci(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options,
+                    std::string *resolved_digest = nullptr) const {
+        keel_plugin *p = nullptr;
+        Buffer digest;
+        Error::check(keel_host_load_oci_with(h(), api_detail::cstr(reference, "an OCI reference").c_str(),
+                                             api_detail::cstr(cache_dir, "a cache directory").c_str(),
+                                             options.c_handle(), &p, digest.c_handle()));
+        Plugin plugin(p);
+        if (resolved_digest != nullptr) *resolved_digest = digest.str();
+        return plugin;
+    }
     /** Follow a trust store published in an OCI registry (keel_host_follow_trust_store): a
      *  published store signed by one of `roots` (a trust-store document of root keys) and not
      *  older than the one in use is swapped in now and at every `interval` afterwards. Returns
@@ -1130,6 +1198,16 @@ public:
                                                   reinterpret_cast<const std::uint8_t *>(roots.data()), roots.size(),
                                                   static_cast<std::uint64_t>(interval.count()),
                                                   b.empty() ? nullptr : b.c_str(), &v));
+        return v;
+    }
+    /** follow_trust_store with registry options (keel_host_follow_trust_store_with). */
+    std::uint64_t follow_trust_store(std::string_view reference, std::string_view roots,
+                                     std::chrono::milliseconds interval, const RegistryOptions &options) const {
+        std::uint64_t v = 0;
+        Error::check(keel_host_follow_trust_store_with(
+            h(), api_detail::cstr(reference, "an OCI reference").c_str(),
+            reinterpret_cast<const std::uint8_t *>(roots.data()), roots.size(),
+            static_cast<std::uint64_t>(interval.count()), options.c_handle(), &v));
         return v;
     }
     /** Check the followed trust-store reference now (keel_host_trust_check_now); the version

@@ -4,9 +4,141 @@ use std::ffi::c_char;
 use std::path::Path;
 
 use super::host::{keel_buffer, keel_host, keel_plugin};
-use super::{arg_bytes, arg_str, borrow, borrow_mut, boundary, fill_buffer, new_shared, Out};
+use super::{
+    arg_bytes, arg_str, borrow, borrow_mut, boundary, fill_buffer, free, new_boxed, new_shared, Boxed, Castable, Out,
+};
 use crate::error::keel_status;
 use crate::fleet::{Credentials, RegistryOptions};
+
+/// How to reach an OCI registry: credentials (none, a bearer token, or basic authentication,
+/// which also obtains a token from the registry's token server when it asks for one), whether
+/// plain HTTP is allowed to a registry off the loopback interface, and the timeout of each
+/// request. Made by `keel_registry_options_new`, changed by the `keel_registry_options_set_*`
+/// functions, released by `keel_registry_options_free`; passed (borrowed) to the `*_with`
+/// functions below, which copy what they need, so one value can serve many calls. Not
+/// thread-safe to change while another thread passes it to a call; reading it from several
+/// calls at once is fine.
+pub struct keel_registry_options {
+    _opaque: [u8; 0],
+}
+
+impl Castable for keel_registry_options {
+    type Rust = RegistryOptions;
+    type Ownership = Boxed;
+}
+
+/// New registry options with the defaults: anonymous, TLS for every registry that is not on
+/// the loopback interface, 30 s per request. `*out` receives them, owned by the caller
+/// (release with `keel_registry_options_free`).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`out`).
+#[no_mangle]
+pub extern "C" fn keel_registry_options_new(out: *mut *mut keel_registry_options) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `out`.
+        let out = unsafe { Out::new(out, "out") }?;
+        out.set(new_boxed::<keel_registry_options>(RegistryOptions::default()));
+        Ok(())
+    })
+}
+
+/// Release registry options. NULL is accepted and ignored. The secrets they held are dropped
+/// with them.
+///
+/// Errors: none (always `KEEL_OK`).
+#[no_mangle]
+pub extern "C" fn keel_registry_options_free(options: *mut keel_registry_options) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract: from keel_registry_options_new, not yet freed, no other user.
+        unsafe { free(options) };
+        Ok(())
+    })
+}
+
+/// Authenticate with a bearer token (`Authorization: Bearer <token>`, sent as given; the
+/// registry's token server is not asked). NULL or "" makes the options anonymous again.
+/// Replaces basic credentials set before.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`options`), `KEEL_ERR_INVALID_UTF8`.
+#[no_mangle]
+pub extern "C" fn keel_registry_options_set_bearer(
+    options: *mut keel_registry_options,
+    token: *const c_char,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract: `options` is a live handle nobody else uses for the call.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        // SAFETY: caller contract: `token` is NULL or a NUL-terminated string.
+        o.credentials = unsafe { bearer_credentials(token) }?;
+        Ok(())
+    })
+}
+
+/// Authenticate with HTTP basic authentication: sent to a registry that asks for basic
+/// authentication, and to the token server of a registry that asks for a bearer token (the
+/// Docker/OCI token flow). Replaces a bearer token set before.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`options`, `username`, `password`),
+/// `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (empty `username`).
+#[no_mangle]
+pub extern "C" fn keel_registry_options_set_basic(
+    options: *mut keel_registry_options,
+    username: *const c_char,
+    password: *const c_char,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (username, password) = unsafe { (arg_str(username, "username")?, arg_str(password, "password")?) };
+        if username.is_empty() {
+            crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "username is empty");
+        }
+        // SAFETY: caller contract: `options` is a live handle nobody else uses for the call.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        o.credentials = Credentials::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        };
+        Ok(())
+    })
+}
+
+/// Allow (`true`) or refuse (`false`, the default) plain HTTP to a registry that is not on the
+/// loopback interface. Registries on `localhost`, `127.0.0.0/8` and `[::1]` are always spoken
+/// to in plain HTTP; every other registry only over TLS unless this is set.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`options`).
+#[no_mangle]
+pub extern "C" fn keel_registry_options_set_insecure(
+    options: *mut keel_registry_options,
+    insecure: bool,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract: `options` is a live handle nobody else uses for the call.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        o.insecure = insecure;
+        Ok(())
+    })
+}
+
+/// The connect and read timeout of each request to the registry, in milliseconds (default
+/// 30 000).
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`options`), `KEEL_ERR_INVALID_ARGUMENT` (0).
+#[no_mangle]
+pub extern "C" fn keel_registry_options_set_timeout_ms(
+    options: *mut keel_registry_options,
+    timeout_ms: u64,
+) -> keel_status {
+    boundary(|| {
+        if timeout_ms == 0 {
+            crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "timeout_ms is 0");
+        }
+        // SAFETY: caller contract: `options` is a live handle nobody else uses for the call.
+        let o = unsafe { borrow_mut(options, "options") }?;
+        o.timeout = std::time::Duration::from_millis(timeout_ms);
+        Ok(())
+    })
+}
 
 /// Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or
 /// `...@sha256:<64 hex>`) into the content-addressed cache folder `cache_dir` (created if
@@ -38,6 +170,34 @@ pub extern "C" fn keel_host_load_oci(
     out: *mut *mut keel_plugin,
     digest: *mut keel_buffer,
 ) -> keel_status {
+    load_oci(host, reference, cache_dir, Registry::Bearer(bearer), out, digest)
+}
+
+/// `keel_host_load_oci` with registry options (`keel_registry_options_new`; NULL: the
+/// defaults, anonymous): basic authentication and the token flow, plain HTTP off the loopback
+/// interface when explicitly allowed, the request timeout. `options` is borrowed for the call.
+///
+/// Errors: those of `keel_host_load_oci`.
+#[no_mangle]
+pub extern "C" fn keel_host_load_oci_with(
+    host: *const keel_host,
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    options: *const keel_registry_options,
+    out: *mut *mut keel_plugin,
+    digest: *mut keel_buffer,
+) -> keel_status {
+    load_oci(host, reference, cache_dir, Registry::Options(options), out, digest)
+}
+
+fn load_oci(
+    host: *const keel_host,
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    registry: Registry,
+    out: *mut *mut keel_plugin,
+    digest: *mut keel_buffer,
+) -> keel_status {
     let mut digest_buf = if digest.is_null() {
         None
     } else {
@@ -55,7 +215,7 @@ pub extern "C" fn keel_host_load_oci(
         // SAFETY: caller contract.
         let cache_dir = unsafe { arg_str(cache_dir, "cache_dir") }?;
         // SAFETY: caller contract.
-        let options = unsafe { options(bearer) }?;
+        let options = unsafe { registry.options() }?;
         let loaded = h.load_oci(reference, non_empty(cache_dir)?, &options)?;
         if let Some(b) = digest_buf.as_mut() {
             b.extend_from_slice(loaded.pulled.digest.as_bytes());
@@ -89,6 +249,30 @@ pub extern "C" fn keel_oci_pull(
     manifest_path: *mut keel_buffer,
     digest: *mut keel_buffer,
 ) -> keel_status {
+    oci_pull(reference, cache_dir, Registry::Bearer(bearer), manifest_path, digest)
+}
+
+/// `keel_oci_pull` with registry options (NULL: the defaults), as `keel_host_load_oci_with`.
+///
+/// Errors: those of `keel_oci_pull`.
+#[no_mangle]
+pub extern "C" fn keel_oci_pull_with(
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    options: *const keel_registry_options,
+    manifest_path: *mut keel_buffer,
+    digest: *mut keel_buffer,
+) -> keel_status {
+    oci_pull(reference, cache_dir, Registry::Options(options), manifest_path, digest)
+}
+
+fn oci_pull(
+    reference: *const c_char,
+    cache_dir: *const c_char,
+    registry: Registry,
+    manifest_path: *mut keel_buffer,
+    digest: *mut keel_buffer,
+) -> keel_status {
     let mut digest_buf = if digest.is_null() {
         None
     } else {
@@ -102,7 +286,7 @@ pub extern "C" fn keel_oci_pull(
         // SAFETY: caller contract for every pointer argument.
         let (reference, cache_dir) = unsafe { (arg_str(reference, "reference")?, arg_str(cache_dir, "cache_dir")?) };
         // SAFETY: caller contract.
-        let options = unsafe { options(bearer) }?;
+        let options = unsafe { registry.options() }?;
         let pulled = crate::fleet::pull_to_cache(reference, non_empty(cache_dir)?, &options)?;
         let p = pulled
             .manifest_path
@@ -123,23 +307,47 @@ fn non_empty(cache_dir: &str) -> crate::error::Result<&Path> {
     Ok(Path::new(cache_dir))
 }
 
-/// Registry options with `bearer` (NULL or "": anonymous).
+/// Where a C function's registry options come from: a bearer-token argument (the plain
+/// functions) or a `keel_registry_options` handle (the `*_with` functions).
+#[derive(Clone, Copy)]
+enum Registry {
+    Bearer(*const c_char),
+    Options(*const keel_registry_options),
+}
+
+impl Registry {
+    /// The options to use.
+    ///
+    /// # Safety
+    /// A bearer pointer is NULL or a NUL-terminated string valid for the call; an options
+    /// pointer is NULL or a live `keel_registry_options` handle not changed during the call.
+    unsafe fn options(self) -> crate::error::Result<RegistryOptions> {
+        match self {
+            Registry::Bearer(bearer) => Ok(RegistryOptions {
+                // SAFETY: per this function's contract.
+                credentials: unsafe { bearer_credentials(bearer) }?,
+                ..RegistryOptions::default()
+            }),
+            // SAFETY: per this function's contract: NULL (defaults) or a live handle.
+            Registry::Options(o) => Ok(unsafe { o.cast::<RegistryOptions>().as_ref() }
+                .cloned()
+                .unwrap_or_default()),
+        }
+    }
+}
+
+/// Credentials from a bearer-token argument (NULL or "": anonymous).
 ///
 /// # Safety
 /// `bearer` is NULL or a NUL-terminated string valid for the call.
-unsafe fn options(bearer: *const c_char) -> crate::error::Result<RegistryOptions> {
-    let credentials = if bearer.is_null() {
-        Credentials::Anonymous
-    } else {
-        // SAFETY: caller contract.
-        match unsafe { arg_str(bearer, "bearer") }? {
-            "" => Credentials::Anonymous,
-            t => Credentials::Bearer(t.to_string()),
-        }
-    };
-    Ok(RegistryOptions {
-        credentials,
-        ..RegistryOptions::default()
+unsafe fn bearer_credentials(bearer: *const c_char) -> crate::error::Result<Credentials> {
+    if bearer.is_null() {
+        return Ok(Credentials::Anonymous);
+    }
+    // SAFETY: caller contract.
+    Ok(match unsafe { arg_str(bearer, "bearer") }? {
+        "" => Credentials::Anonymous,
+        t => Credentials::Bearer(t.to_string()),
     })
 }
 
@@ -170,6 +378,51 @@ pub extern "C" fn keel_host_follow_trust_store(
     bearer: *const c_char,
     version: *mut u64,
 ) -> keel_status {
+    follow(
+        host,
+        reference,
+        roots,
+        roots_len,
+        interval_ms,
+        Registry::Bearer(bearer),
+        version,
+    )
+}
+
+/// `keel_host_follow_trust_store` with registry options (NULL: the defaults), as
+/// `keel_host_load_oci_with`. The follower keeps a copy of the options for its later checks.
+///
+/// Errors: those of `keel_host_follow_trust_store`.
+#[no_mangle]
+pub extern "C" fn keel_host_follow_trust_store_with(
+    host: *const keel_host,
+    reference: *const c_char,
+    roots: *const u8,
+    roots_len: usize,
+    interval_ms: u64,
+    options: *const keel_registry_options,
+    version: *mut u64,
+) -> keel_status {
+    follow(
+        host,
+        reference,
+        roots,
+        roots_len,
+        interval_ms,
+        Registry::Options(options),
+        version,
+    )
+}
+
+fn follow(
+    host: *const keel_host,
+    reference: *const c_char,
+    roots: *const u8,
+    roots_len: usize,
+    interval_ms: u64,
+    registry: Registry,
+    version: *mut u64,
+) -> keel_status {
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
         let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(version)) };
@@ -178,7 +431,7 @@ pub extern "C" fn keel_host_follow_trust_store(
         // SAFETY: caller contract: `roots` points to `roots_len` readable bytes.
         let roots = unsafe { arg_bytes(roots, roots_len, "roots") }?;
         // SAFETY: caller contract.
-        let registry = unsafe { options(bearer) }?;
+        let registry = unsafe { registry.options() }?;
         let v = h.follow_trust_store(crate::fleet::FollowConfig {
             reference: reference.to_string(),
             roots: roots.to_vec(),
