@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use crate::capability::Capabilities;
 use crate::deps;
+use crate::err;
 use crate::error::{Error, Result};
 use crate::health::{HealthConfig, HealthReport, Monitor};
 use crate::lifecycle::{Handle, Lifecycle};
@@ -77,6 +78,10 @@ pub struct Host {
     /// The trust-store follower, if one runs ([`Host::follow_trust_store`]), and its metrics.
     trust_follow: Mutex<Option<crate::fleet::TrustFollower>>,
     follow_metrics: crate::fleet::FollowMetrics,
+    /// Holds on the OCI cache folders loaded plugins came from (plugin name, manifest path,
+    /// hold): [`Host::prune_oci_cache`] in any process leaves them alone. A hold whose plugin
+    /// is no longer loaded from that path is dropped at the next `load_oci` or prune.
+    oci_holds: Mutex<Vec<(String, PathBuf, crate::fleet::CacheHold)>>,
 }
 
 impl Default for Host {
@@ -118,6 +123,7 @@ impl Host {
             services,
             host_fns,
             trust_follow: Mutex::new(None),
+            oci_holds: Mutex::new(Vec::new()),
             follow_metrics,
         }
     }
@@ -434,11 +440,47 @@ impl Host {
         cache_dir: &Path,
         options: &crate::fleet::RegistryOptions,
     ) -> Result<OciLoad> {
-        let pulled = crate::fleet::pull_to_cache(reference, cache_dir, options)?;
+        self.drop_stale_oci_holds();
+        // Pull, then hold the folder before loading from it; if a prune (another process)
+        // removed it in between, pull it again.
+        let mut pulled = crate::fleet::pull_to_cache(reference, cache_dir, options)?;
+        let mut held = crate::fleet::hold(cache_dir, &pulled.digest)?;
+        if held.is_none() {
+            pulled = crate::fleet::pull_to_cache(reference, cache_dir, options)?;
+            held = crate::fleet::hold(cache_dir, &pulled.digest)?;
+        }
+        let hold = held.ok_or_else(|| {
+            err!(
+                KEEL_ERR_IO,
+                "'{reference}' ({}): the cache entry was removed while loading; retry",
+                pulled.digest
+            )
+        })?;
         let slot = self
             .load(&pulled.manifest_path)
             .map_err(|e| e.context(format!("'{reference}' ({})", pulled.digest)))?;
+        self.oci_holds
+            .lock()
+            .push((slot.name().to_string(), pulled.manifest_path.clone(), hold));
         Ok(OciLoad { slot, pulled })
+    }
+
+    /// Evict least recently used entries of the OCI cache `cache_dir` until it takes at most
+    /// `max_bytes` ([`crate::fleet::prune_cache`]): never a folder a plugin of this host (or of
+    /// another process sharing the cache) is loaded from, nor one being pulled.
+    ///
+    /// Errors: `KEEL_ERR_FILE_NOT_FOUND` (no such folder), `KEEL_ERR_IO`.
+    pub fn prune_oci_cache(&self, cache_dir: &Path, max_bytes: u64) -> Result<crate::fleet::Pruned> {
+        self.drop_stale_oci_holds();
+        crate::fleet::prune_cache(cache_dir, max_bytes)
+    }
+
+    /// Drop the cache holds of plugins no longer loaded from the held folder.
+    fn drop_stale_oci_holds(&self) {
+        let loaded: std::collections::HashMap<String, PathBuf> = self.manifest_paths().into_iter().collect();
+        self.oci_holds
+            .lock()
+            .retain(|(name, path, _)| loaded.get(name) == Some(path));
     }
 
     /// Load several plugins all-or-nothing: every manifest is read and checked first; then

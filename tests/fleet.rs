@@ -19,9 +19,9 @@ use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 
 use keel::ffi::fleet::{
-    keel_host_load_oci, keel_host_load_oci_with, keel_oci_pull_with, keel_registry_options, keel_registry_options_free,
-    keel_registry_options_new, keel_registry_options_set_basic, keel_registry_options_set_bearer,
-    keel_registry_options_set_insecure, keel_registry_options_set_timeout_ms,
+    keel_host_load_oci, keel_host_load_oci_with, keel_host_prune_oci_cache, keel_oci_pull_with, keel_registry_options,
+    keel_registry_options_free, keel_registry_options_new, keel_registry_options_set_basic,
+    keel_registry_options_set_bearer, keel_registry_options_set_insecure, keel_registry_options_set_timeout_ms,
 };
 use keel::ffi::host::{keel_host_new, keel_plugin, keel_plugin_free};
 use keel::fleet::{Credentials, RegistryOptions};
@@ -394,9 +394,14 @@ fn trust_store(keys: &[&SigningKey]) -> Vec<u8> {
 /// The echo fixture in a plugin folder (`keel.json`, `libecho.so`), signed by `signer`
 /// unless `None`.
 fn echo_folder(tag: &str, signer: Option<&SigningKey>) -> PathBuf {
+    echo_folder_version(tag, signer, "1.0.0")
+}
+
+/// [`echo_folder`] with the manifest's `version`.
+fn echo_folder_version(tag: &str, signer: Option<&SigningKey>, version: &str) -> PathBuf {
     let dir = common::tempdir(tag);
     let so = common::build_native("echo", &[], &dir, "libecho.so");
-    let m = common::write_manifest(&dir, "echo", "1.0.0", &so, json!({}));
+    let m = common::write_manifest(&dir, "echo", version, &so, json!({}));
     let manifest = dir.join("keel.json");
     std::fs::rename(&m, &manifest).unwrap();
     if let Some(k) = signer {
@@ -1752,4 +1757,162 @@ fn registry_options_refuse_bad_arguments() {
     let opts = COptions::new().basic("fleet", "pw");
     let (s, _, p) = load_oci_with(&t, "UPPER/Case::", &common::tempdir("fleet-opts-bad"), Some(&opts));
     assert_eq!((s, p.is_null()), (KEEL_ERR_OCI_BAD_REFERENCE, true), "{}", last_error());
+}
+
+#[test]
+fn the_cache_downloads_only_this_platforms_binary_and_keel_pull_the_whole_folder() {
+    let reg = Registry::start("fleet-platforms");
+    let k = key(23);
+    // One plugin folder with binaries for two platforms: this one (the echo fixture) and a
+    // foreign one (bytes no host here could load; pinned all the same).
+    let dir = common::tempdir("fleet-platforms");
+    let so = common::build_native("echo", &[], &dir, "libecho.so");
+    std::fs::create_dir_all(dir.join("arm")).unwrap();
+    let foreign = dir.join("arm/libecho.so");
+    std::fs::write(&foreign, vec![0x7fu8; 200_000]).unwrap();
+    let this = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "linux-x86_64"
+    } else {
+        "linux-aarch64"
+    };
+    let manifest = dir.join("keel.json");
+    std::fs::write(
+        &manifest,
+        serde_json::to_vec_pretty(&json!({
+            "manifest_version": 1, "name": "echo", "version": "1.0.0", "runtime": "native",
+            "binary": {this.as_str(): "libecho.so", other: "arm/libecho.so"},
+            "sha256": {this.as_str(): common::sha256_file(&so), other: common::sha256_file(&foreign)},
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let sig = KeelSignature::sign(&k, &std::fs::read(&manifest).unwrap(), "fleet").unwrap();
+    trust::write_signature_file(&manifest, &sig).unwrap();
+    let r = reg.reference("plugins/echo:multi");
+    let digest = push(&dir, &r);
+
+    // The cache: manifest, signature and this platform's binary; the foreign one not fetched.
+    let cache = common::tempdir("fleet-platforms-cache");
+    let h = host_trusting(&[&k]);
+    let loaded = h.load_oci(&r, &cache, &opts()).unwrap();
+    assert_eq!(loaded.pulled.digest, digest);
+    assert!(loaded.pulled.dir.join("libecho.so").is_file());
+    assert!(loaded.pulled.dir.join("keel.json.sig").is_file());
+    assert!(
+        !loaded.pulled.dir.join("arm").exists(),
+        "the foreign binary was downloaded"
+    );
+    assert_eq!(echo_call(&h, b"one platform"), b"one platform");
+    // Reload reads the cached folder again: still complete for this platform.
+    h.reload("echo").unwrap();
+    assert_eq!(echo_call(&h, b"reloaded"), b"reloaded");
+
+    // `keel pull`: the folder as pushed, every platform's binary.
+    let out = common::tempdir("fleet-platforms-pull").join("echo");
+    let (code, o, e) = keel_cli(&["pull", &r, out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(
+        std::fs::read(out.join("arm/libecho.so")).unwrap(),
+        std::fs::read(&foreign).unwrap()
+    );
+    assert!(out.join("libecho.so").is_file());
+}
+
+/// Bytes of the files under `p`.
+fn tree_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                tree_bytes(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn pruning_the_cache_evicts_least_recently_used_folders_never_one_a_loaded_plugin_came_from() {
+    let reg = Registry::start("fleet-prune");
+    let k = key(24);
+    let mut refs = Vec::new();
+    for v in ["1.0.0", "1.0.1", "1.0.2"] {
+        let folder = echo_folder_version("fleet-prune", Some(&k), v);
+        let r = reg.reference(&format!("plugins/echo:{v}"));
+        let d = push(&folder, &r);
+        refs.push((r, d));
+    }
+    let cache = common::tempdir("fleet-prune-cache");
+    let entry = |d: &str| cache.join("sha256").join(d.strip_prefix("sha256:").unwrap());
+    // Used in the order 0, 1, 2, then 0 again (a cache hit): 1 is the least recently used.
+    for (r, _) in &refs {
+        keel::fleet::pull_to_cache(r, &cache, &opts()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        keel::fleet::pull_to_cache(&refs[0].0, &cache, &opts())
+            .unwrap()
+            .cache_hit
+    );
+    let one = tree_bytes(&entry(&refs[0].1));
+
+    let h = host_trusting(&[&k]);
+    let p = h.prune_oci_cache(&cache, 2 * one + one / 2).unwrap();
+    assert_eq!(p.removed, vec![refs[1].1.clone()]);
+    assert_eq!((p.kept, p.busy), (2, 0));
+    assert!(p.kept_bytes <= 2 * one + one / 2);
+    assert!(!entry(&refs[1].1).exists() && entry(&refs[0].1).exists() && entry(&refs[2].1).exists());
+
+    // A plugin loaded from version 1.0.2's folder holds it: pruning everything from another
+    // process (the CLI) removes 1.0.0 only.
+    h.load_oci(&refs[2].0, &cache, &opts()).unwrap();
+    let (code, out, err) = keel_cli(&["cache-prune", cache.to_str().unwrap(), "--max-bytes", "0", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["removed"], json!([refs[0].1]));
+    assert_eq!((v["kept"].as_u64(), v["busy"].as_u64()), (Some(1), Some(1)));
+    // ... and the loaded plugin still reloads from its folder.
+    h.reload("echo").unwrap();
+    assert_eq!(echo_call(&h, b"held"), b"held");
+
+    // Unloaded, the folder is no longer held: the next prune (C ABI) removes it.
+    h.unload("echo").unwrap();
+    let t = c_host_trusting(&[&k]);
+    let c = cstr(cache.to_str().unwrap());
+    let (mut removed, mut kept) = (usize::MAX, u64::MAX);
+    // (h still has its stale hold until its own next load_oci or prune)
+    assert_eq!(h.prune_oci_cache(&cache, 0).unwrap().removed, vec![refs[2].1.clone()]);
+    assert_eq!(
+        keel_host_prune_oci_cache(t.0, c.as_ptr(), 0, &mut removed, &mut kept),
+        KEEL_OK
+    );
+    assert_eq!((removed, kept), (0, 0));
+    // Loading again pulls again.
+    let again = h.load_oci(&refs[2].0, &cache, &opts()).unwrap();
+    assert!(!again.pulled.cache_hit);
+    assert_eq!(echo_call(&h, b"again"), b"again");
+
+    // Bad arguments: their codes, nothing removed.
+    let missing = cstr(cache.join("no-such").to_str().unwrap());
+    assert_eq!(
+        keel_host_prune_oci_cache(t.0, missing.as_ptr(), 0, ptr::null_mut(), ptr::null_mut()),
+        KEEL_ERR_FILE_NOT_FOUND
+    );
+    assert_eq!(
+        keel_host_prune_oci_cache(ptr::null(), c.as_ptr(), 0, ptr::null_mut(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_prune_oci_cache(t.0, ptr::null(), 0, ptr::null_mut(), ptr::null_mut()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let empty = cstr("");
+    assert_eq!(
+        keel_host_prune_oci_cache(t.0, empty.as_ptr(), 0, ptr::null_mut(), ptr::null_mut()),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert!(entry(&refs[2].1).exists());
 }

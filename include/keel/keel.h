@@ -2221,6 +2221,25 @@ keel_status keel_oci_pull_with(const char *reference,
                                keel_buffer *digest);
 
 /**
+ * Evict least recently used plugin folders from the OCI cache `cache_dir` until they take at
+ * most `max_bytes` (0: every folder not in use). Never removed: a folder this host or another
+ * process sharing the cache has a plugin loaded from (hosts hold them with file locks while
+ * the plugin is loaded; reload reads the folder again), and a folder being pulled. A folder
+ * disappears atomically (renamed out, then deleted), so a concurrent load sees it complete or
+ * pulls it again. `removed` (if non-NULL) receives the number of folders removed,
+ * `kept_bytes` (if non-NULL) the bytes left. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (`host`, `cache_dir`), `KEEL_ERR_INVALID_UTF8`,
+ * `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`), `KEEL_ERR_FILE_NOT_FOUND` (no such
+ * folder), `KEEL_ERR_IO`.
+ */
+keel_status keel_host_prune_oci_cache(const keel_host *host,
+                                      const char *cache_dir,
+                                      uint64_t max_bytes,
+                                      size_t *removed,
+                                      uint64_t *kept_bytes);
+
+/**
  * Follow a trust store published in an OCI registry (`keel trust publish`; docs/fleet.md):
  * check `reference` now, then every `interval_ms` on a thread of the follower's own. A
  * published store is swapped in only if it is signed by one of the root keys in `roots`

@@ -1186,6 +1186,20 @@ public:
         if (resolved_digest != nullptr) *resolved_digest = digest.str();
         return plugin;
     }
+    /** What prune_oci_cache did: folders removed, bytes left. */
+    struct OciPrune {
+        std::size_t removed = 0;
+        std::uint64_t kept_bytes = 0;
+    };
+    /** Evict least recently used folders of the OCI cache `cache_dir` until it takes at most
+     *  `max_bytes` (keel_host_prune_oci_cache); folders a loaded plugin came from (in any
+     *  process) and folders being pulled stay. */
+    OciPrune prune_oci_cache(std::string_view cache_dir, std::uint64_t max_bytes) const {
+        OciPrune r;
+        Error::check(keel_host_prune_oci_cache(h(), api_detail::cstr(cache_dir, "a cache directory").c_str(), max_bytes,
+                                               &r.removed, &r.kept_bytes));
+        return r;
+    }
     /** Follow a trust store published in an OCI registry (keel_host_follow_trust_store): a
      *  published store signed by one of `roots` (a trust-store document of root keys) and not
      *  older than the one in use is swapped in now and at every `interval` afterwards. Returns

@@ -468,6 +468,18 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Evict least recently used plugin folders from an OCI cache (the cache_dir hosts pull
+    /// into) until it takes at most --max-bytes. Folders a running host has a plugin loaded
+    /// from, and folders being pulled, are never removed (they are held with file locks).
+    /// Prints the digests removed.
+    #[command(name = "cache-prune", after_help = exit_code_help())]
+    CachePrune {
+        /// The cache folder.
+        cache_dir: PathBuf,
+        /// The most bytes of plugin folders to keep (0: every folder not in use).
+        #[arg(long)]
+        max_bytes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -609,7 +621,25 @@ fn run(command: Command, json_out: bool) -> (&'static str, Result<Value>) {
             dir,
             registry,
         } => ("pull", pull(&reference, &dir, &registry, text)),
+        Command::CachePrune { cache_dir, max_bytes } => ("cache-prune", cache_prune(&cache_dir, max_bytes, text)),
     }
+}
+
+fn cache_prune(cache_dir: &Path, max_bytes: u64, text: bool) -> Result<Value> {
+    let p = keel::fleet::prune_cache(cache_dir, max_bytes)?;
+    if text {
+        for d in &p.removed {
+            println!("{d}");
+        }
+        eprintln!(
+            "removed {} folder(s); kept {} ({} bytes), {} in use",
+            p.removed.len(),
+            p.kept,
+            p.kept_bytes,
+            p.busy
+        );
+    }
+    Ok(json!({"removed": p.removed, "kept": p.kept, "kept_bytes": p.kept_bytes, "busy": p.busy}))
 }
 
 // --- OCI registries -------------------------------------------------------------------------

@@ -300,6 +300,42 @@ fn oci_pull(
     })
 }
 
+/// Evict least recently used plugin folders from the OCI cache `cache_dir` until they take at
+/// most `max_bytes` (0: every folder not in use). Never removed: a folder this host or another
+/// process sharing the cache has a plugin loaded from (hosts hold them with file locks while
+/// the plugin is loaded; reload reads the folder again), and a folder being pulled. A folder
+/// disappears atomically (renamed out, then deleted), so a concurrent load sees it complete or
+/// pulls it again. `removed` (if non-NULL) receives the number of folders removed,
+/// `kept_bytes` (if non-NULL) the bytes left. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (`host`, `cache_dir`), `KEEL_ERR_INVALID_UTF8`,
+/// `KEEL_ERR_INVALID_ARGUMENT` (empty `cache_dir`), `KEEL_ERR_FILE_NOT_FOUND` (no such
+/// folder), `KEEL_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn keel_host_prune_oci_cache(
+    host: *const keel_host,
+    cache_dir: *const c_char,
+    max_bytes: u64,
+    removed: *mut usize,
+    kept_bytes: *mut u64,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, removed, kept_bytes) =
+            unsafe { (borrow(host, "host")?, Out::optional(removed), Out::optional(kept_bytes)) };
+        // SAFETY: caller contract.
+        let cache_dir = unsafe { arg_str(cache_dir, "cache_dir") }?;
+        let p = h.prune_oci_cache(non_empty(cache_dir)?, max_bytes)?;
+        if let Some(o) = removed {
+            o.set(p.removed.len());
+        }
+        if let Some(o) = kept_bytes {
+            o.set(p.kept_bytes);
+        }
+        Ok(())
+    })
+}
+
 fn non_empty(cache_dir: &str) -> crate::error::Result<&Path> {
     if cache_dir.is_empty() {
         crate::bail!(KEEL_ERR_INVALID_ARGUMENT, "cache_dir is empty");

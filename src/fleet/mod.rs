@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 
 pub use follow::{FollowConfig, FollowMetrics, FollowStatus, TrustFollower};
 pub use oci::{
-    pull_to_cache, pull_to_dir, pull_trust_store, push_dir, push_trust_store, Credentials, OciRef, Pulled, Pushed,
-    RegistryOptions, TrustArtifact,
+    hold, prune_cache, pull_to_cache, pull_to_dir, pull_trust_store, push_dir, push_trust_store, CacheHold,
+    Credentials, OciRef, Pruned, Pulled, Pushed, RegistryOptions, TrustArtifact,
 };
 
 /// Media types of a Keel plugin artifact (documented in docs/fleet.md).

@@ -822,6 +822,7 @@ fn cached(cache_dir: &Path, digest: &str) -> Result<Option<Pulled>> {
             if !ok {
                 bail!(KEEL_ERR_IO, "{}: corrupt cache entry", marker.display());
             }
+            touch(&marker);
             Ok(Some(Pulled {
                 digest: digest.to_string(),
                 manifest_path: dir.join(name),
@@ -834,24 +835,163 @@ fn cached(cache_dir: &Path, digest: &str) -> Result<Option<Pulled>> {
     }
 }
 
+/// Note a use of a cache entry: its marker's modification time is the entry's last use, which
+/// [`prune_cache`] evicts by (least recently used first). Best effort: a read-only cache
+/// keeps its times.
+fn touch(marker: &Path) {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(marker) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// An exclusive lock on one digest of a cache (released when dropped).
 struct DigestLock {
     _file: std::fs::File,
 }
 
 fn lock_digest(cache_dir: &Path, digest: &str) -> Result<DigestLock> {
+    let file = lock_file(cache_dir, digest)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| err!(KEEL_ERR_IO, "{}: cannot lock: {e}", digest_hex(digest)))?;
+    Ok(DigestLock { _file: file })
+}
+
+/// The lock file of one digest (opened, not locked).
+fn lock_file(cache_dir: &Path, digest: &str) -> Result<std::fs::File> {
     let locks = cache_dir.join("locks");
     create_dir_all(&locks)?;
     let p = locks.join(format!("{}.lock", digest_hex(digest)));
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&p)
-        .map_err(|e| Error::io(&p, &e))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| err!(KEEL_ERR_IO, "{}: cannot lock: {e}", p.display()))?;
-    Ok(DigestLock { _file: file })
+        .map_err(|e| Error::io(&p, &e))
+}
+
+/// A hold on a cached plugin folder: a shared lock on its digest's lock file, which a host
+/// keeps while it has a plugin loaded from the folder (reload reads it again). [`prune_cache`]
+/// never removes a held folder, whichever process holds it (`flock` locks are per open file,
+/// so this holds against the same process too). Released when dropped.
+#[derive(Debug)]
+pub struct CacheHold {
+    _file: std::fs::File,
+    digest: String,
+}
+
+impl CacheHold {
+    /// The digest of the held folder.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Hold the cached folder of `digest`: `None` if it is not (or no longer) in the cache, e.g.
+/// pruned between a pull and this call.
+pub fn hold(cache_dir: &Path, digest: &str) -> Result<Option<CacheHold>> {
+    let file = lock_file(cache_dir, digest)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
+        .map_err(|e| err!(KEEL_ERR_IO, "{}: cannot lock: {e}", digest_hex(digest)))?;
+    Ok(cached(cache_dir, digest)?.map(|_| CacheHold {
+        _file: file,
+        digest: digest.to_string(),
+    }))
+}
+
+/// What [`prune_cache`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// The digests removed, least recently used first.
+    pub removed: Vec<String>,
+    /// Entries left in the cache, and their bytes.
+    pub kept: usize,
+    pub kept_bytes: u64,
+    /// Entries that would have been removed but are held (a host has a plugin loaded from
+    /// them) or being pulled right now.
+    pub busy: usize,
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => n += dir_bytes(&e.path()),
+                Ok(_) => n += e.metadata().map_or(0, |m| m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
+/// Evict least recently used entries of the cache `cache_dir` until its plugin folders take
+/// at most `max_bytes` (0: remove every entry that is not held). An entry's last use is its
+/// last pull or cache hit. Held entries (a plugin loaded from them, in any process: see
+/// [`CacheHold`]) and entries being pulled are skipped. An entry is removed under its digest's
+/// exclusive lock by renaming it out of `sha256/` first, so a concurrent load sees it either
+/// complete or absent (and pulls it again). Leftovers of interrupted pulls in `tmp/` older
+/// than an hour are removed too.
+///
+/// Errors: `KEEL_ERR_FILE_NOT_FOUND` (`cache_dir` does not exist), `KEEL_ERR_IO`.
+pub fn prune_cache(cache_dir: &Path, max_bytes: u64) -> Result<Pruned> {
+    if !cache_dir.is_dir() {
+        bail!(KEEL_ERR_FILE_NOT_FOUND, "{}: no such cache folder", cache_dir.display());
+    }
+    let root = cache_dir.join("sha256");
+    let mut entries = Vec::new();
+    match std::fs::read_dir(&root) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let digest = format!("sha256:{name}");
+                let marker = e.path().join(MARKER);
+                let Ok(meta) = std::fs::metadata(&marker) else {
+                    continue; // not a cache entry (pull() replaces such folders)
+                };
+                let used = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                entries.push((used, digest, e.path(), dir_bytes(&e.path())));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&root, &e)),
+    }
+    entries.sort();
+    let mut total: u64 = entries.iter().map(|e| e.3).sum();
+    let mut out = Pruned::default();
+    let tmp_root = cache_dir.join("tmp");
+    for (_, digest, path, bytes) in &entries {
+        if total <= max_bytes {
+            break;
+        }
+        let file = lock_file(cache_dir, digest)?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            out.busy += 1;
+            continue;
+        }
+        create_dir_all(&tmp_root)?;
+        let gone = tmp_root.join(format!("{}.evicted.{}", digest_hex(digest), std::process::id()));
+        let _ = std::fs::remove_dir_all(&gone);
+        std::fs::rename(path, &gone).map_err(|e| Error::io(path, &e))?;
+        sync_dir(&root);
+        let _ = std::fs::remove_dir_all(&gone);
+        drop(file);
+        total -= bytes;
+        out.removed.push(digest.clone());
+    }
+    out.kept = entries.len() - out.removed.len();
+    out.kept_bytes = total;
+    // Leftovers of pulls that died (a live pull holds its digest's lock and is younger).
+    if let Ok(rd) = std::fs::read_dir(&tmp_root) {
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for e in rd.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn sync_dir(p: &Path) {
@@ -907,7 +1047,7 @@ pub fn pull_to_cache(reference: &str, cache_dir: &Path, opts: &RegistryOptions) 
             }
         }
         let tmp = tmp_root.join(format!("{hex}.{}", std::process::id()));
-        let name = download(&client, &r, &m, &digest, &tmp, &what).await;
+        let name = download(&client, &r, &m, &digest, &tmp, &what, Layers::ThisPlatform).await;
         let name = match name {
             Ok(n) => n,
             Err(e) => {
@@ -968,7 +1108,7 @@ pub fn pull_to_dir(reference: &str, dir: &Path, opts: &RegistryOptions) -> Resul
         client.store_auth_if_needed(r.registry(), &auth).await;
         let (m, digest) = pull_manifest(&client, &r, &auth, &what).await?;
         let _ = std::fs::remove_dir_all(&tmp);
-        let name = match download(&client, &r, &m, &digest, &tmp, &what).await {
+        let name = match download(&client, &r, &m, &digest, &tmp, &what, Layers::All).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -1035,6 +1175,33 @@ async fn pull_manifest(
 
 /// Download every layer of `m` into the new folder `tmp`, each checked against its digest
 /// and size, synced; returns the plugin manifest's file name.
+/// Which binary layers a pull downloads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layers {
+    /// Every layer (`keel pull`: the folder as it was pushed).
+    All,
+    /// The manifest, its signature, and only the binaries whose platform keys include one this
+    /// machine loads (the cache: a host loads only those; the manifest's pins of the others
+    /// are never checked here).
+    ThisPlatform,
+}
+
+/// Whether a layer is downloaded under `which`: every non-binary layer, a binary without
+/// platform annotation, a binary for one of this machine's platform keys.
+fn wanted(desc: &oci_client::manifest::OciDescriptor, which: Layers) -> bool {
+    if which == Layers::All || desc.media_type != media_type::BINARY {
+        return true;
+    }
+    let Some(platforms) = desc.annotations.as_ref().and_then(|a| a.get(ANNOTATION_PLATFORMS)) else {
+        return true;
+    };
+    let mine: Vec<String> = [crate::manifest::RuntimeKind::Native, crate::manifest::RuntimeKind::Wasm]
+        .into_iter()
+        .flat_map(crate::manifest::platform_keys)
+        .collect();
+    platforms.split(',').any(|p| mine.iter().any(|m| m == p.trim()))
+}
+
 async fn download(
     client: &Client,
     r: &OciRef,
@@ -1042,8 +1209,10 @@ async fn download(
     digest: &str,
     tmp: &Path,
     what: &str,
+    which: Layers,
 ) -> Result<String> {
-    let (layers, manifest_name) = plan(m, what)?;
+    let (mut layers, manifest_name) = plan(m, what)?;
+    layers.retain(|l| wanted(&l.desc, which));
     let pinned = r.at(digest);
     // The config blob: small, checked like every blob (its content is informational).
     if m.config.size < 0 || m.config.size > 64 << 10 {
