@@ -81,11 +81,12 @@ impl Registry {
     /// A registry that requires basic authentication (user `fleet`, password `s3cret`).
     fn start_with(tag: &str, htpasswd: bool) -> Registry {
         let auth = htpasswd.then_some(Auth::Htpasswd);
-        Registry::start_cfg(tag, auth, "127.0.0.1")
+        Registry::start_cfg(tag, auth, "127.0.0.1", None)
     }
 
     /// A registry with `auth` (none if `None`) listening on `bind`:<free port>.
-    fn start_cfg(tag: &str, auth: Option<Auth>, bind: &str) -> Registry {
+    /// With `tls` = (certificate, key) PEM files the registry speaks HTTPS only.
+    fn start_cfg(tag: &str, auth: Option<Auth>, bind: &str, tls: Option<(&Path, &Path)>) -> Registry {
         let dir = common::tempdir(tag);
         let root = dir.join("storage");
         std::fs::create_dir_all(&root).unwrap();
@@ -96,6 +97,13 @@ impl Registry {
                 "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {bind}:{port}\n",
                 root.display()
             );
+            if let Some((cert, key)) = tls {
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
             match &auth {
                 None => {}
                 Some(Auth::Htpasswd) => {
@@ -151,7 +159,12 @@ impl Registry {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
                 let mut resp = String::new();
                 let _ = s.read_to_string(&mut resp);
-                if resp.starts_with("HTTP/1.0 200") || resp.starts_with("HTTP/1.1 200") || resp.contains(" 401 ") {
+                // (a TLS registry answers plain HTTP with 400 "HTTP request to an HTTPS server")
+                if resp.starts_with("HTTP/1.0 200")
+                    || resp.starts_with("HTTP/1.1 200")
+                    || resp.contains(" 401 ")
+                    || resp.contains("HTTPS server")
+                {
                     return true;
                 }
             }
@@ -1560,7 +1573,7 @@ fn three_host_processes_refuse_a_revoked_key_within_one_interval() {
 #[test]
 fn the_token_flow_gets_tokens_with_basic_credentials_and_a_preissued_bearer_token_loads() {
     let ts = TokenServer::start("fleet-token-server");
-    let reg = Registry::start_cfg("fleet-token", Some(ts.auth()), "127.0.0.1");
+    let reg = Registry::start_cfg("fleet-token", Some(ts.auth()), "127.0.0.1", None);
     let k = key(21);
     let folder = echo_folder("fleet-token", Some(&k));
     let r = reg.reference("plugins/echo:1");
@@ -1677,7 +1690,7 @@ fn non_loopback_ipv4() -> String {
 #[test]
 fn plain_http_off_loopback_only_when_explicitly_allowed_through_the_c_options() {
     let ip = non_loopback_ipv4();
-    let reg = Registry::start_cfg("fleet-insecure", None, &ip);
+    let reg = Registry::start_cfg("fleet-insecure", None, &ip, None);
     let k = key(22);
     let folder = echo_folder("fleet-insecure", Some(&k));
     let r = reg.reference("plugins/echo:1");
@@ -1915,4 +1928,126 @@ fn pruning_the_cache_evicts_least_recently_used_folders_never_one_a_loaded_plugi
         KEEL_ERR_INVALID_ARGUMENT
     );
     assert!(entry(&refs[2].1).exists());
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn a_remote_registry_is_reached_over_verified_tls() {
+    // A registry speaking HTTPS on this machine's non-loopback address, its certificate
+    // issued by a CA made for the test (not in the system's roots).
+    let ip = non_loopback_ipv4();
+    let pki = common::tempdir("fleet-tls-pki");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keel-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        &pki,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={ip}"),
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+        ],
+        &pki,
+    );
+    std::fs::write(
+        pki.join("srv.ext"),
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "srv.ext",
+            "-out",
+            "srv.pem",
+        ],
+        &pki,
+    );
+    let reg = Registry::start_cfg(
+        "fleet-tls",
+        None,
+        &ip,
+        Some((&pki.join("srv.pem"), &pki.join("srv.key"))),
+    );
+    let k = key(25);
+    let folder = echo_folder("fleet-tls", Some(&k));
+    let r = reg.reference("plugins/echo:1");
+    let cli = |args: &[&str], ca: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+        c.args(args).env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+        if let Some(ca) = ca {
+            c.env("SSL_CERT_FILE", ca);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    // The certificate is checked: unknown issuer, no push, no pull.
+    let (code, out) = cli(&["push", folder.to_str().unwrap(), &r], None);
+    assert_ne!(code, 0, "{out}");
+    let dest = common::tempdir("fleet-tls-pull");
+    let (code, out) = cli(&["pull", &r, dest.join("a").to_str().unwrap(), "--json"], None);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("KEEL_ERR_OCI_PULL_FAILED"), "{out}");
+    assert!(!dest.join("a").exists());
+    // With the CA trusted (SSL_CERT_FILE, read by the system-roots loader): push and pull
+    // over TLS, the pulled folder is the pushed one.
+    let ca = pki.join("ca.pem");
+    let (code, out) = cli(&["push", folder.to_str().unwrap(), &r], Some(&ca));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&["pull", &r, dest.join("b").to_str().unwrap()], Some(&ca));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read(dest.join("b/libecho.so")).unwrap(),
+        std::fs::read(folder.join("libecho.so")).unwrap()
+    );
+    // --insecure allows plain HTTP, which a TLS registry does not speak: still no pull.
+    let (code, out) = cli(&["pull", &r, dest.join("c").to_str().unwrap(), "--insecure"], Some(&ca));
+    assert_ne!(code, 0, "{out}");
 }
