@@ -371,9 +371,13 @@ fn serve_token_request(mut conn: TcpStream, dir: &Path) {
         .any(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim().eq_ignore_ascii_case(&expected));
     let mut parts = scope.splitn(3, ':');
     let (kind, repo, actions) = (parts.next(), parts.next(), parts.next());
-    let response = if authed && service == TOKEN_SERVICE && kind == Some("repository") && repo.is_some() {
+    let granted = match repo {
+        Some(repo) if authed && service == TOKEN_SERVICE && kind == Some("repository") => Some(repo),
+        _ => None,
+    };
+    let response = if let Some(repo) = granted {
         let actions: Vec<&str> = actions.unwrap_or("").split(',').filter(|a| !a.is_empty()).collect();
-        let token = mint_token(dir, repo.unwrap(), &actions, 300, TOKEN_ISSUER);
+        let token = mint_token(dir, repo, &actions, 300, TOKEN_ISSUER);
         let body = json!({"token": token, "expires_in": 300}).to_string();
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
