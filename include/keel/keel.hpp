@@ -521,7 +521,7 @@ inline OciPull oci_pull(std::string_view reference, std::string_view cache_dir, 
 }
 
 /** keel::oci_pull with registry options (keel_oci_pull_with). */
-inline OciPull oci_pull(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options) {
+inline OciPull oci_pull_with(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options) {
     Buffer path, digest;
     Error::check(keel_oci_pull_with(api_detail::cstr(reference, "an OCI reference").c_str(),
                                     api_detail::cstr(cache_dir, "a cache directory").c_str(), options.c_handle(),
@@ -1174,9 +1174,10 @@ public:
         return plugin;
     }
     /** load_oci with registry options (keel_host_load_oci_with): basic credentials and the
-     *  token flow, plain HTTP off loopback when allowed, the request timeout. */
-    Plugin load_oci(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options,
-                    std::string *resolved_digest = nullptr) const {
+     *  token flow, plain HTTP off loopback when allowed, the request timeout. (A name of its
+     *  own, not an overload: `load_oci(ref, dir, {})` stays unambiguous.) */
+    Plugin load_oci_with(std::string_view reference, std::string_view cache_dir, const RegistryOptions &options,
+                         std::string *resolved_digest = nullptr) const {
         keel_plugin *p = nullptr;
         Buffer digest;
         Error::check(keel_host_load_oci_with(h(), api_detail::cstr(reference, "an OCI reference").c_str(),
@@ -1215,8 +1216,8 @@ public:
         return v;
     }
     /** follow_trust_store with registry options (keel_host_follow_trust_store_with). */
-    std::uint64_t follow_trust_store(std::string_view reference, std::string_view roots,
-                                     std::chrono::milliseconds interval, const RegistryOptions &options) const {
+    std::uint64_t follow_trust_store_with(std::string_view reference, std::string_view roots,
+                                          std::chrono::milliseconds interval, const RegistryOptions &options) const {
         std::uint64_t v = 0;
         Error::check(keel_host_follow_trust_store_with(
             h(), api_detail::cstr(reference, "an OCI reference").c_str(),

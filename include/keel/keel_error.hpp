@@ -44,7 +44,13 @@ public:
         if (keel_last_error_message(&msg) != KEEL_OK || msg == nullptr) {
             msg = "";
         }
-        throw with_message(s, msg);
+        // Keel's message ends with " [<status name>]"; what() names the status up front already.
+        std::string_view m(msg);
+        const std::string suffix = " [" + std::string(status_name(s)) + "]";
+        if (m.size() >= suffix.size() && m.substr(m.size() - suffix.size()) == suffix) {
+            m.remove_suffix(suffix.size());
+        }
+        throw with_message(s, m);
     }
     keel_status status() const noexcept { return status_; }
 

@@ -446,7 +446,8 @@ enum Command {
     /// Publish a plugin folder (manifest, its .sig, one binary per platform key) to an OCI
     /// registry as a Keel plugin artifact (media types in docs/fleet.md). Prints the digest:
     /// hosts load REPOSITORY@DIGEST (or the tag). Nothing is verified against a trust store:
-    /// every node verifies what it pulls.
+    /// every node verifies what it pulls. Credentials: --username with the password in
+    /// KEEL_REGISTRY_PASSWORD, or a bearer token in KEEL_REGISTRY_TOKEN.
     #[command(after_help = exit_code_help())]
     Push {
         /// The plugin folder (holding keel.json or plugin.json), or its manifest.
@@ -458,7 +459,7 @@ enum Command {
     },
     /// Download a Keel plugin artifact into a new folder (the reverse of push). Every blob is
     /// checked against its digest; the folder appears only when complete. Prints the digest.
-    /// Use `verify DIR` to check the folder as a host would.
+    /// Use `verify DIR/<manifest>` (keel.json or plugin.json) to check it as a host would.
     #[command(after_help = exit_code_help())]
     Pull {
         /// [registry/]repository[:tag][@sha256:<hex>].
@@ -532,10 +533,11 @@ enum TrustCommand {
     List { store: PathBuf },
     /// Sign a trust store with a root key and publish it to an OCI registry for the nodes
     /// that follow REFERENCE (keel_host_follow_trust_store; docs/fleet.md). Prints the
-    /// digest. Nodes accept it only if the root key is one of theirs and the version is
-    /// higher than the one they run.
+    /// digest. Nodes accept it only if the root key is one of theirs and its version is not
+    /// lower than the one they run (the same version only with identical content).
     #[command(after_help = exit_code_help())]
     Publish {
+        /// The trust-store file to publish (as `trust init` / `add` / `revoke` keep it).
         store: PathBuf,
         /// [registry/]repository[:tag] the nodes follow.
         reference: String,

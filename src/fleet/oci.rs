@@ -234,6 +234,20 @@ enum Op {
     Push,
 }
 
+/// Say, on an authentication failure, whether credentials were given at all (the registry's
+/// own message is the same for none and for wrong ones).
+fn auth_hint(e: Error, opts: &RegistryOptions) -> Error {
+    if e.status() != keel_status::KEEL_ERR_OCI_AUTH_FAILED {
+        return e;
+    }
+    let hint = match opts.credentials {
+        Credentials::Anonymous => "no credentials were given",
+        Credentials::Bearer(_) => "the bearer token was refused",
+        Credentials::Basic { .. } => "the user name and password were refused",
+    };
+    Error::new(e.status(), format!("{} ({hint})", e.message()))
+}
+
 /// Map an OCI client error to Keel's cause.
 fn oci_error(e: OciDistributionError, what: &str, op: Op) -> Error {
     use keel_status::*;
@@ -393,6 +407,10 @@ fn descriptor(media_type: &str, data: &[u8], annotations: &BTreeMap<String, Stri
 /// and the file codes for the binaries, `KEEL_ERR_MANIFEST_BAD_PATH` for a binary path that
 /// leaves the folder, `KEEL_ERR_OCI_AUTH_FAILED`, `KEEL_ERR_OCI_PUSH_FAILED`.
 pub fn push_dir(path: &Path, reference: &str, opts: &RegistryOptions) -> Result<Pushed> {
+    push_dir_inner(path, reference, opts).map_err(|e| auth_hint(e, opts))
+}
+
+fn push_dir_inner(path: &Path, reference: &str, opts: &RegistryOptions) -> Result<Pushed> {
     let r = OciRef::parse(reference)?;
     if r.digest().is_some() {
         bail!(
@@ -568,6 +586,10 @@ pub const TRUST_STORE_TITLE: &str = "trust-store.json";
 /// Errors: `KEEL_ERR_OCI_BAD_REFERENCE`, `KEEL_ERR_TRUST_STORE_MALFORMED`,
 /// `KEEL_ERR_MALFORMED_SIGNATURE`, `KEEL_ERR_OCI_AUTH_FAILED`, `KEEL_ERR_OCI_PUSH_FAILED`.
 pub fn push_trust_store(store: &[u8], signature: &[u8], reference: &str, opts: &RegistryOptions) -> Result<Pushed> {
+    push_trust_store_inner(store, signature, reference, opts).map_err(|e| auth_hint(e, opts))
+}
+
+fn push_trust_store_inner(store: &[u8], signature: &[u8], reference: &str, opts: &RegistryOptions) -> Result<Pushed> {
     let r = OciRef::parse(reference)?;
     if r.digest().is_some() {
         bail!(
@@ -629,6 +651,14 @@ pub struct TrustArtifact {
 /// `None` when it resolves to `known_digest` (nothing downloaded). Every blob is checked
 /// against its digest and a size cap.
 pub fn pull_trust_store(
+    reference: &str,
+    opts: &RegistryOptions,
+    known_digest: Option<&str>,
+) -> Result<Option<TrustArtifact>> {
+    pull_trust_store_inner(reference, opts, known_digest).map_err(|e| auth_hint(e, opts))
+}
+
+fn pull_trust_store_inner(
     reference: &str,
     opts: &RegistryOptions,
     known_digest: Option<&str>,
@@ -1014,6 +1044,10 @@ fn sync_dir(p: &Path) {
 /// `KEEL_ERR_OCI_PULL_FAILED` (registry unreachable, protocol error, a blob missing),
 /// `KEEL_ERR_IO` (the cache directory).
 pub fn pull_to_cache(reference: &str, cache_dir: &Path, opts: &RegistryOptions) -> Result<Pulled> {
+    pull_to_cache_inner(reference, cache_dir, opts).map_err(|e| auth_hint(e, opts))
+}
+
+fn pull_to_cache_inner(reference: &str, cache_dir: &Path, opts: &RegistryOptions) -> Result<Pulled> {
     let r = OciRef::parse(reference)?;
     if let Some(d) = r.digest() {
         if let Some(hit) = cached(cache_dir, d)? {
@@ -1080,6 +1114,10 @@ pub fn pull_to_cache(reference: &str, cache_dir: &Path, opts: &RegistryOptions) 
 /// Pull `reference` into the new folder `dir` (which must not exist, or be empty): the
 /// reverse of [`push_dir`]. Same checks as [`pull_to_cache`]; no cache.
 pub fn pull_to_dir(reference: &str, dir: &Path, opts: &RegistryOptions) -> Result<Pulled> {
+    pull_to_dir_inner(reference, dir, opts).map_err(|e| auth_hint(e, opts))
+}
+
+fn pull_to_dir_inner(reference: &str, dir: &Path, opts: &RegistryOptions) -> Result<Pulled> {
     let r = OciRef::parse(reference)?;
     if let Ok(mut rd) = std::fs::read_dir(dir) {
         if rd.next().is_some() {

@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     keel::Host host;
     host.set_trust_store_file(env["trust"]);
     std::string digest;
-    keel::Plugin p = host.load_oci(env["echo_ref"], cache, "", &digest);
+    keel::Plugin p = host.load_oci(env["echo_ref"], cache, {}, &digest);
     CHECK(digest == env["echo_digest"]);
     CHECK(echo(p, "from the registry") == "from the registry");
 
@@ -81,14 +81,15 @@ int main(int argc, char **argv) {
     opts.timeout(5s).insecure(false);
     const std::string by_digest = env["addr"] + "/plugins/echo@" + env["echo_digest"];
     std::string digest2;
-    keel::Plugin q = second.load_oci(by_digest, cache, opts, &digest2);
+    keel::Plugin q = second.load_oci_with(by_digest, cache, opts, &digest2);
     CHECK(digest2 == env["echo_digest"]);
     CHECK(echo(q, "by digest") == "by digest");
 
     // Pull without loading, then load the folder: the same trust chain.
-    const keel::OciPull pulled = keel::oci_pull(env["echo_ref"], (work / "cache2").string(), keel::RegistryOptions());
+    const keel::OciPull pulled = keel::oci_pull_with(env["echo_ref"], (work / "cache2").string(), keel::RegistryOptions());
     CHECK(pulled.digest == env["echo_digest"]);
     CHECK(fs::is_regular_file(pulled.manifest_path));
+    CHECK(keel::oci_pull(env["echo_ref"], (work / "cache2").string(), {}).digest == env["echo_digest"]);
 
     // A host that does not trust the signing key refuses the pulled plugin (nothing loaded).
     keel::Host stranger;
@@ -105,7 +106,24 @@ int main(int argc, char **argv) {
     // check is refused only where the registry checks tokens (this one has no authentication).
     keel::RegistryOptions creds;
     creds.basic("fleet", "unused");
-    CHECK(status_of([&] { keel::oci_pull(env["echo_ref"], (work / "cache4").string(), creds); }) == KEEL_OK);
+    CHECK(status_of([&] { keel::oci_pull_with(env["echo_ref"], (work / "cache4").string(), creds); }) == KEEL_OK);
+
+    // Eviction: the folder the loaded plugins came from stays; the unused pulls go.
+    const auto pruned = host.prune_oci_cache((work / "cache2").string(), 0);
+    CHECK(pruned.removed == 1 && pruned.kept_bytes == 0);
+    const auto kept = host.prune_oci_cache(cache, 0);
+    CHECK(kept.removed == 0 && kept.kept_bytes > 0);
+    CHECK(echo(p, "still loaded") == "still loaded");
+    CHECK(status_of([&] { host.prune_oci_cache((work / "no-such").string(), 0); }) == KEEL_ERR_FILE_NOT_FOUND);
+
+    // Error messages name the cause once: what() is "<name> (<code>): <message>".
+    try {
+        host.load_oci("UPPER/Case::", cache);
+    } catch (const keel::Error &e) {
+        const std::string w = e.what();
+        CHECK(w.rfind("KEEL_ERR_OCI_BAD_REFERENCE (", 0) == 0);
+        CHECK(w.find("[KEEL_ERR_OCI_BAD_REFERENCE]") == std::string::npos);
+    }
 
     if (failures != 0) {
         std::fprintf(stderr, "test_oci: %d check(s) failed\n", failures);
