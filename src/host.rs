@@ -287,6 +287,13 @@ impl Host {
         self.runtimes.require_isolation_for(pattern)
     }
 
+    /// Require process isolation for the native plugins loaded from now on whose manifest is
+    /// signed by the trusted key `key_id` (64 hex digits, any case).
+    /// Keys add up and are never removed. Unsigned plugins are not affected by it.
+    pub fn require_isolation_for_key(&self, key_id: &str) -> Result<()> {
+        self.runtimes.require_isolation_for_key(key_id)
+    }
+
     /// The isolation settings of native plugins.
     pub fn native_isolation(&self) -> crate::runtime::isolated::IsolationConfig {
         self.runtimes.isolation()

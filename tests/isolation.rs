@@ -883,3 +883,127 @@ fn a_sandbox_past_its_cpu_time_limit_fails_the_call_with_the_cpu_budget_code() {
     assert!(msg.contains("SIGXCPU"), "{msg}");
     still_serving(&slot);
 }
+
+/// A faulty-fixture plugin called `name` whose manifest asks for nothing about isolation,
+/// signed by `key` (`None`: unsigned).
+fn signed_faulty(tag: &str, name: &str, key: Option<&ed25519_dalek::SigningKey>) -> (PathBuf, PathBuf) {
+    let dir = common::tempdir(tag);
+    let so = common::build_native("faulty", &[], &dir, "libfaulty.so");
+    let manifest = common::write_manifest(&dir, name, "1.0.0", &so, serde_json::json!({}));
+    if let Some(k) = key {
+        let bytes = std::fs::read(&manifest).unwrap();
+        let sig = keel::trust::KeelSignature::sign(k, &bytes, "test").unwrap();
+        keel::trust::write_signature_file(&manifest, &sig).unwrap();
+    }
+    (dir, manifest)
+}
+
+/// Whether the slot's current generation runs in a sandbox: the instance is an isolated one,
+/// its sandbox process exists, and the plugin itself sees that process's pid, not ours.
+fn runs_isolated(slot: &keel::registry::Slot) -> bool {
+    let pid: i32 = String::from_utf8(call(slot, "pid", b"").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let g = slot.current().unwrap();
+    match g.instance.as_any().and_then(|a| a.downcast_ref::<IsolatedInstance>()) {
+        Some(i) => {
+            assert_eq!(pid, i.sandbox_pid(), "the plugin runs in its sandbox process");
+            assert_ne!(pid as u32, std::process::id());
+            assert!(!gone(pid), "the sandbox process {pid} exists");
+            true
+        }
+        None => {
+            assert_eq!(
+                pid as u32,
+                std::process::id(),
+                "an in-process plugin sees the server's pid"
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn isolation_required_per_signing_key() {
+    let required = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let id = |k: &ed25519_dalek::SigningKey| {
+        keel::trust::signature::key_id_hex(&keel::trust::signature::key_id(&k.verifying_key()))
+    };
+    let store = serde_json::json!({"keel_trust_store": 1, "version": 1, "keys": [
+        keel::trust::store::key_entry(&required.verifying_key(), "untrusted vendor", &[]).unwrap(),
+        keel::trust::store::key_entry(&other.verifying_key(), "in-house", &[]).unwrap(),
+    ]});
+    let h = host();
+    h.trust()
+        .set_trust_store_bytes(&serde_json::to_vec(&store).unwrap())
+        .unwrap();
+    // Any case is the same key; a malformed id is refused with a clear error.
+    h.require_isolation_for_key(&id(&required).to_uppercase()).unwrap();
+    h.require_isolation_for_key(&id(&required)).unwrap();
+    assert_eq!(h.native_isolation().keys, vec![id(&required)]);
+    for bad in ["", "abc", &"g".repeat(64), &"0".repeat(63)] {
+        let e = h.require_isolation_for_key(bad).unwrap_err();
+        assert_eq!(e.status(), KEEL_ERR_INVALID_ARGUMENT, "{bad:?}: {e}");
+    }
+
+    let (_d1, by_required) = signed_faulty("iso-key-req", "vendor-a", Some(&required));
+    let (_d2, by_other) = signed_faulty("iso-key-other", "inhouse-b", Some(&other));
+    let (_d3, unsigned) = signed_faulty("iso-key-none", "unsigned-c", None);
+    let a = h.load(&by_required).unwrap_or_else(|e| panic!("{e}"));
+    let b = h.load(&by_other).unwrap_or_else(|e| panic!("{e}"));
+    let c = h.load(&unsigned).unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&a), "signed by the required key: isolated");
+    assert!(!runs_isolated(&b), "signed by another key: in-process");
+    assert!(!runs_isolated(&c), "unsigned: in-process");
+
+    // A reload verifies the signature again and keeps the signer's isolation.
+    let old = sandbox_pid(&a);
+    h.reload("vendor-a").unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&a));
+    assert_ne!(sandbox_pid(&a), old, "a new sandbox for the new generation");
+    assert!(wait_gone(old));
+
+    // A manifest under the key cannot downgrade, and the name/all policies still apply to
+    // unsigned plugins.
+    let (_d4, downgrade) = signed_faulty("iso-key-down", "vendor-d", Some(&required));
+    let text = std::fs::read_to_string(&downgrade).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["isolation"] = "none".into();
+    std::fs::write(&downgrade, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let sig = keel::trust::KeelSignature::sign(&required, &std::fs::read(&downgrade).unwrap(), "test").unwrap();
+    keel::trust::write_signature_file(&downgrade, &sig).unwrap();
+    let d = h.load(&downgrade).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        runs_isolated(&d),
+        "\"isolation\": \"none\" does not downgrade the key's requirement"
+    );
+    h.require_isolation_for("unsigned-*").unwrap();
+    let (_d5, unsigned2) = signed_faulty("iso-key-none2", "unsigned-e", None);
+    let e = h.load(&unsigned2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&e), "unsigned, isolated by its name pattern");
+}
+
+#[test]
+fn isolation_per_key_through_the_c_abi() {
+    use keel::ffi::isolation::keel_host_require_isolation_for_key;
+    let th = common::capi::TestHost::new();
+    let h = th.0;
+    let id = common::capi::cstr(&"ab".repeat(32));
+    assert_eq!(keel_host_require_isolation_for_key(h, id.as_ptr()), KEEL_OK);
+    assert_eq!(
+        keel_host_require_isolation_for_key(h, std::ptr::null()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_require_isolation_for_key(std::ptr::null(), id.as_ptr()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let bad = common::capi::cstr("not a key");
+    assert_eq!(
+        keel_host_require_isolation_for_key(h, bad.as_ptr()),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert!(common::capi::last_error().contains("64 hex digits"));
+}

@@ -130,6 +130,10 @@ pub struct LoadContext<'a> {
     /// The number this generation gets (1 on load, +1 per reload): what the plugin's RPC
     /// registrations are tagged with (see [`crate::services::rpc`]).
     pub generation: u64,
+    /// The lower-case hex id of the trusted key whose Ed25519 signature on the manifest was
+    /// verified for this load (`None`: unsigned or hash-only). What the host's per-key
+    /// isolation policy ([`Runtimes::require_isolation_for_key`]) is decided on.
+    pub signer_key_id: Option<&'a str>,
 }
 
 /// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM
@@ -228,6 +232,24 @@ impl Runtimes {
         Ok(())
     }
 
+    /// Require process isolation for the native plugins whose manifest is signed by the trusted
+    /// key `key_id` (64 hex digits, the id `keel trust` and the trust store show; any case).
+    /// Added to the set; keys are never removed, so this only strengthens.
+    pub fn require_isolation_for_key(&self, key_id: &str) -> Result<()> {
+        let id = key_id.to_ascii_lowercase();
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "isolation key id '{key_id}': expected 64 hex digits (the SHA-256 of the Ed25519 public key)"
+            );
+        }
+        let mut c = self.isolation.lock();
+        if !c.keys.contains(&id) {
+            c.keys.push(id);
+        }
+        Ok(())
+    }
+
     /// `RLIMIT_CPU` (seconds over a sandbox's life; 0: none) of sandboxes started from now on.
     pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
         self.isolation.lock().cpu_seconds = seconds;
@@ -258,7 +280,7 @@ impl Runtimes {
         let asked = ctx.manifest.isolation == Some(crate::manifest::Isolation::Process);
         let isolation = (asked || ctx.manifest.runtime != RuntimeKind::Wasm)
             .then(|| self.isolation())
-            .filter(|c| asked || c.requires(&ctx.manifest.name));
+            .filter(|c| asked || c.requires(&ctx.manifest.name, ctx.signer_key_id));
         Ok(match ctx.manifest.runtime {
             RuntimeKind::Native => match isolation {
                 Some(config) => Box::new(isolated::load(artifact, ctx, &config)?),

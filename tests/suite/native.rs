@@ -523,6 +523,7 @@ fn replaced_file_after_verification_never_runs() {
         restored_state: None,
         restored_state_version: None,
         generation: 1,
+        signer_key_id: None,
     };
     let inst = keel::runtime::native::load(art, &ctx).unwrap();
     use keel::runtime::Instance;

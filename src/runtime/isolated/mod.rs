@@ -57,6 +57,9 @@ pub struct IsolationConfig {
     pub required: bool,
     /// Run the native plugins whose name matches one of these glob patterns isolated.
     pub patterns: Vec<glob::Pattern>,
+    /// Run the native plugins signed by one of these trusted keys (lower-case hex ids)
+    /// isolated.
+    pub keys: Vec<String>,
     /// The launcher; `None`: [`resolve_launcher`]'s search.
     pub launcher: Option<PathBuf>,
     /// `RLIMIT_CPU` of each sandbox in seconds (0: none).
@@ -64,9 +67,12 @@ pub struct IsolationConfig {
 }
 
 impl IsolationConfig {
-    /// Whether the host requires isolation for the native plugin `name` (all, or by pattern).
-    pub fn requires(&self, name: &str) -> bool {
-        self.required || self.patterns.iter().any(|p| p.matches(name))
+    /// Whether the host requires isolation for the native plugin `name` whose manifest was
+    /// signed by `signer` (a verified key id; `None`: unsigned): all, by name pattern or by key.
+    pub fn requires(&self, name: &str, signer: Option<&str>) -> bool {
+        self.required
+            || self.patterns.iter().any(|p| p.matches(name))
+            || signer.is_some_and(|k| self.keys.iter().any(|x| x == k))
     }
 }
 
