@@ -38,7 +38,7 @@ fn wait_report(host: &Host, name: &str, what: &str, until: impl Fn(&HealthReport
 }
 
 fn host() -> Host {
-    let h = Host::new();
+    let h = common::host();
     h.trust().set_require_signature(false).unwrap();
     h
 }
@@ -219,6 +219,9 @@ fn a_hung_check_counts_as_unhealthy_and_does_not_stall_the_monitor() {
 
 #[test]
 fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let (host, slot, flag, _so) = flagged("health-cap", "unhealthy");
     host.start_health_monitor(HealthConfig {
         max_restart_attempts: 3,
@@ -252,6 +255,9 @@ fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
 
 #[test]
 fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let (host, slot, _flag, so) = flagged("health-failed-restart", "unhealthy");
     // The binary no longer matches the pinned digest: every restart is rolled back.
     std::fs::write(&so, b"tampered").unwrap();
@@ -274,6 +280,9 @@ fn a_failed_restart_is_retried_up_to_the_cap_and_reported() {
 
 #[test]
 fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let (host, slot, flag, _so) = flagged("health-score", "degraded");
     host.start_health_monitor(fast(1)).unwrap();
 
@@ -312,6 +321,9 @@ fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
 
 #[test]
 fn a_serial_plugins_check_waits_for_its_running_call() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let dir = common::tempdir("health-serial");
     let so = common::build_native("echo", &["ECHO_HEALTH", "ECHO_SERIAL"], &dir, "libecho.so");
     let host = host();

@@ -11,7 +11,7 @@ use keel::keel_status::*;
 use keel::Host;
 
 fn host() -> Host {
-    let h = Host::new();
+    let h = common::host();
     h.trust().set_require_signature(false).unwrap();
     h
 }

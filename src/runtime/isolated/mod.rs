@@ -997,10 +997,20 @@ pub struct IsolatedInstance {
 /// Load a native plugin from its verified artifact into a new sandbox and run its `init`.
 pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig) -> Result<IsolatedInstance> {
     let name = ctx.manifest.name.clone();
-    let launcher = resolve_launcher(config.launcher.as_deref())?;
+    let len = artifact.len();
     let plugin_fd = artifact
         .into_sealed_fd()
         .ok_or_else(|| err!(KEEL_ERR_INTERNAL, "native artifact of '{name}' is not a sealed memfd"))?;
+    // The same ELF layout check as in-process, in the server before any sandbox starts: a
+    // truncated or foreign image gets the in-process code, not a loader crash in the sandbox.
+    let file = std::fs::File::from(plugin_fd);
+    crate::runtime::shared_lib::check_elf(
+        len,
+        |buf, off| std::os::unix::fs::FileExt::read_exact_at(&file, buf, off),
+        &format!("plugin '{name}'"),
+    )?;
+    let plugin_fd = OwnedFd::from(file);
+    let launcher = resolve_launcher(config.launcher.as_deref())?;
     let limits = ctx.manifest.limits.as_ref();
     let memory_mb = limits.and_then(|l| l.memory_mb).unwrap_or(DEFAULT_MEMORY_MB);
     let g = ctx.granted;
