@@ -1007,3 +1007,97 @@ fn isolation_per_key_through_the_c_abi() {
     );
     assert!(common::capi::last_error().contains("64 hex digits"));
 }
+
+/// The value of the sample `name{labels}` in a scrape (`None`: no such line).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn sandbox_metrics_count_restarts_and_deaths_by_cause_in_the_scrape() {
+    let h = host();
+    let (_d1, iso) = faulty("iso-metrics", &[], serde_json::json!({"limits": {"timeout_ms": 200}}));
+    let (_d2, inproc) = common::echo_plugin("iso-metrics-echo", &[], serde_json::json!({}));
+    let slot = h.load(&iso).unwrap_or_else(|e| panic!("{e}"));
+    h.load(&inproc).unwrap_or_else(|e| panic!("{e}"));
+    let faulty = r#"plugin="faulty",version="1.0.0""#;
+    let echo = r#"plugin="echo",version="1.0.0""#;
+    let deaths = |text: &str, cause: &str| {
+        sample(
+            text,
+            "keel_plugin_sandbox_deaths_total",
+            &format!("{faulty},cause=\"{cause}\""),
+        )
+    };
+
+    let text = h.metrics_text();
+    assert_eq!(sample(&text, "keel_plugin_isolated", faulty), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "keel_plugin_isolated", echo), Some(0.0));
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(1.0));
+    assert_eq!(
+        sample(&text, "keel_plugin_sandbox_up", echo),
+        None,
+        "no sandbox series for in-process"
+    );
+    assert_eq!(sample(&text, "keel_plugin_sandbox_restarts_total", faulty), Some(0.0));
+    assert_eq!(sample(&text, "keel_plugin_sandbox_restarts_total", echo), None);
+    for cause in keel::metrics::SANDBOX_DEATH_CAUSES {
+        assert_eq!(deaths(&text, cause), Some(0.0), "{cause}");
+    }
+
+    // A crash: the sandbox is down until the next call restarts it.
+    let pid = sandbox_pid(&slot);
+    expect_code(call(&slot, "segv", b""), KEEL_ERR_SANDBOX_CRASHED, "segv");
+    assert!(wait_gone(pid));
+    let text = h.metrics_text();
+    assert_eq!(deaths(&text, "crash"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(0.0));
+    still_serving(&slot);
+    // A refused system call, an exit, an abort (a signal: crash), a deadline kill.
+    for (f, code) in [
+        ("socket", KEEL_ERR_SANDBOX_SYSCALL_REFUSED),
+        ("exit", KEEL_ERR_SANDBOX_EXITED),
+        ("abort", KEEL_ERR_SANDBOX_CRASHED),
+        ("spin", KEEL_ERR_DEADLINE),
+    ] {
+        let pid = sandbox_pid(&slot);
+        expect_code(call(&slot, f, b""), code, f);
+        assert!(wait_gone(pid), "{f}");
+        still_serving(&slot);
+    }
+    let text = h.metrics_text();
+    let want = [
+        ("crash", 2.0),
+        ("exit", 1.0),
+        ("syscall_refused", 1.0),
+        ("cpu_limit", 0.0),
+        ("deadline", 1.0),
+        ("memory_limit", 0.0),
+        ("unknown", 0.0),
+    ];
+    for (cause, n) in want {
+        assert_eq!(deaths(&text, cause), Some(n), "{cause}: {text}");
+    }
+    assert_eq!(
+        sample(&text, "keel_plugin_sandbox_restarts_total", faulty),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(1.0));
+    // The classic Prometheus text carries them too.
+    let classic = keel::metrics::exposition::to_prometheus_text(&text);
+    assert!(
+        classic.contains("# TYPE keel_plugin_sandbox_deaths_total counter"),
+        "{classic}"
+    );
+
+    // An unload is a planned stop, not a death (the series go with the plugin).
+    let pid = sandbox_pid(&slot);
+    h.unload("faulty").unwrap();
+    assert!(wait_gone(pid));
+    let text = h.metrics_text();
+    assert_eq!(sample(&text, "keel_plugin_isolated", faulty), None);
+}

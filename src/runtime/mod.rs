@@ -96,6 +96,12 @@ pub trait Instance: Send + Sync {
         None
     }
 
+    /// The sandbox counters of an isolated native plugin (`None`: not isolated), published as
+    /// `keel_plugin_isolated` and the `keel_plugin_sandbox_*` families.
+    fn sandbox(&self) -> Option<crate::metrics::SandboxSnapshot> {
+        None
+    }
+
     /// The concrete instance, for runtime-specific accessors (e.g. the ThemisDB object behind
     /// a legacy plugin: [`legacy::LegacyInstance`]). `None` unless a runtime opts in.
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -212,6 +212,14 @@ fn spawn_launcher(launcher: &Path, child_sock: OwnedFd) -> Result<std::process::
 
 // ---- one sandbox process ------------------------------------------------------------------
 
+/// The sandbox counters of one isolated generation (all its sandboxes), read at scrape time
+/// (`keel_plugin_sandbox_*`, see [`crate::metrics::SandboxSnapshot`]).
+#[derive(Default)]
+struct SandboxStats {
+    restarts: std::sync::atomic::AtomicU64,
+    deaths: [std::sync::atomic::AtomicU64; crate::metrics::SANDBOX_DEATH_CAUSES.len()],
+}
+
 /// Why a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -230,6 +238,10 @@ struct Process {
     ended: OnceLock<Ended>,
     /// The server killed it for a call's deadline.
     killed_for_deadline: AtomicBool,
+    /// The server ended it on purpose (unload, reload, a failed start): not a death.
+    retired: AtomicBool,
+    /// The generation's counters, where the monitor records a death.
+    stats: Arc<SandboxStats>,
     started: Instant,
     /// The server side's adaptive spin budget (shared by its callers).
     spin: Spin,
@@ -261,7 +273,20 @@ impl Process {
     }
 
     fn close(&self) {
+        self.retired.store(true, Ordering::Release);
         drop(self.sock.lock().take());
+    }
+
+    /// The index into [`crate::metrics::SANDBOX_DEATH_CAUSES`] of how it ended.
+    fn death_cause(&self, ended: Ended) -> usize {
+        match ended {
+            Ended::Signal(libc::SIGKILL) if self.killed_for_deadline.load(Ordering::Acquire) => 4,
+            Ended::Signal(libc::SIGSYS) => 2,
+            Ended::Signal(libc::SIGXCPU) => 3,
+            Ended::Signal(_) => 0,
+            Ended::Exit(_) => 1,
+            Ended::Unknown => 6,
+        }
     }
 
     /// Ended, or being killed for a deadline (then the next call restarts at once rather
@@ -760,6 +785,7 @@ struct Spec {
     generation: u64,
     functions: OnceLock<Vec<String>>,
     boot: Bootstrap,
+    stats: Arc<SandboxStats>,
 }
 
 /// What a freshly started sandbox reported.
@@ -801,6 +827,8 @@ fn start(spec: &Spec) -> Result<Started> {
         dead: AtomicBool::new(false),
         ended: OnceLock::new(),
         killed_for_deadline: AtomicBool::new(false),
+        retired: AtomicBool::new(false),
+        stats: spec.stats.clone(),
         started: Instant::now(),
         spin: Spin::new(),
     });
@@ -813,6 +841,7 @@ fn start(spec: &Spec) -> Result<Started> {
         bail!(KEEL_ERR_SANDBOX_START, "starting the sandbox monitor failed: {e}");
     }
     let fail = |e: Error| -> Error {
+        process.retired.store(true, Ordering::Release);
         process.kill();
         e
     };
@@ -903,6 +932,9 @@ fn monitor(mut child: std::process::Child, p: Arc<Process>) {
         Err(_) => Ended::Unknown,
     };
     let _ = p.ended.set(ended);
+    if !p.retired.load(Ordering::Acquire) {
+        p.stats.deaths[p.death_cause(ended)].fetch_add(1, Ordering::Relaxed);
+    }
     p.dead.store(true, Ordering::Release);
     for i in 0..p.shm.nslots() {
         let h = p.shm.header(i);
@@ -1040,6 +1072,7 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         rpc_plugin: Arc::from(name.as_str()),
         generation: ctx.generation,
         functions: OnceLock::new(),
+        stats: Arc::default(),
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,
@@ -1108,6 +1141,7 @@ impl IsolatedInstance {
         }
         cur.close();
         self.current.store(s.process.clone());
+        self.spec.stats.restarts.fetch_add(1, Ordering::Relaxed);
         Ok(s.process)
     }
 
@@ -1206,6 +1240,15 @@ impl Instance for IsolatedInstance {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+
+    fn sandbox(&self) -> Option<crate::metrics::SandboxSnapshot> {
+        let st = &self.spec.stats;
+        Some(crate::metrics::SandboxSnapshot {
+            up: !self.current.load().is_dead(),
+            restarts: st.restarts.load(Ordering::Relaxed),
+            deaths: std::array::from_fn(|i| st.deaths[i].load(Ordering::Relaxed)),
+        })
     }
 
     fn has_state(&self) -> bool {
