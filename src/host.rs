@@ -305,6 +305,21 @@ impl Host {
         self.runtimes.set_sandbox_cpu_seconds(seconds)
     }
 
+    /// The CPU limit of sandboxes started from now on, in percent of one CPU (1..=10000; 0:
+    /// none), enforced by the sandbox's cgroup (CFS quota) where the host can create one; a
+    /// sandbox without a cgroup has only `RLIMIT_CPU` ([`Host::set_sandbox_cpu_seconds`]).
+    /// `KEEL_ERR_INVALID_ARGUMENT` above 10000 (100 CPUs).
+    pub fn set_sandbox_cpu_percent(&self, percent: u32) -> Result<()> {
+        if percent > 10_000 {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "sandbox CPU percent {percent} is above 10000 (100 CPUs)"
+            );
+        }
+        self.runtimes.set_sandbox_cpu_percent(percent);
+        Ok(())
+    }
+
     pub fn options(&self) -> HostOptions {
         self.lifecycle.options()
     }

@@ -117,7 +117,12 @@ fn the_echo_fixture_answers_the_same_isolated_and_in_process() {
         let h = host();
         let l = logs.clone();
         h.set_log_sink(Some(Arc::new(
-            move |who: &str, _lvl: keel::services::LogLevel, msg: &str| l.lock().unwrap().push(format!("{who}: {msg}")),
+            move |who: &str, lvl: keel::services::LogLevel, msg: &str| {
+                // Keel's own debug lines (the sandbox's limits) are not the plugin's.
+                if lvl != keel::services::LogLevel::Debug {
+                    l.lock().unwrap().push(format!("{who}: {msg}"))
+                }
+            },
         )));
         let slot = h.load(manifest).unwrap_or_else(|e| panic!("{e}"));
         let cases: &[(&str, &[u8])] = &[
@@ -300,6 +305,13 @@ fn unbounded_allocation_stops_at_the_memory_limit() {
     let (_dir, manifest) = faulty("iso-alloc", &[], serde_json::json!({"limits": {"memory_mb": 64}}));
     let h = host();
     let slot = h.load(&manifest).unwrap();
+    if cgroup_dir(sandbox_pid(&slot), "memory").is_some() {
+        // A cgroup holds the sandbox: the kernel stops it at the limit (see
+        // cgroup_limits_are_in_force_where_the_controller_is_writable).
+        expect_code(call(&slot, "alloc", b""), KEEL_ERR_MEMORY_LIMIT, "alloc under a cgroup");
+        still_serving(&slot);
+        return;
+    }
     let out = String::from_utf8(call(&slot, "alloc", b"").unwrap()).unwrap();
     let mib: u64 = out
         .strip_prefix("exhausted after ")
@@ -1100,4 +1112,127 @@ fn sandbox_metrics_count_restarts_and_deaths_by_cause_in_the_scrape() {
     assert!(wait_gone(pid));
     let text = h.metrics_text();
     assert_eq!(sample(&text, "keel_plugin_isolated", faulty), None);
+}
+
+/// The directory of the cgroup of `pid` in the v1 hierarchy `controller` (`None`: not in a
+/// cgroup of its own, i.e. in none named `keel-sandbox-<pid>`).
+fn cgroup_dir(pid: i32, controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+        (ctrls.split(',').any(|c| c == controller) && path.ends_with(&format!("/keel-sandbox-{pid}"))).then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(path.trim_start_matches('/'))
+        })
+    })
+}
+
+/// Whether this process can make a child cgroup in its own v1 `controller` cgroup.
+fn cgroup_writable(controller: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return false;
+    };
+    let Some(own) = text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+        ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
+    }) else {
+        return false;
+    };
+    let probe = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(own.trim_start_matches('/'))
+        .join(format!("keel-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+#[test]
+fn cgroup_limits_are_in_force_where_the_controller_is_writable() {
+    if !cgroup_writable("memory") || !cgroup_writable("cpu") {
+        // The fallback (rlimits only, logged) is what every other test here runs then.
+        eprintln!("skipped: no writable cgroup v1 memory and cpu controllers here");
+        return;
+    }
+    let (_dir, manifest) = faulty("iso-cgroup", &[], serde_json::json!({"limits": {"memory_mb": 48}}));
+    let h = host();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = logs.clone();
+    h.set_log_sink(Some(Arc::new(
+        move |_: &str, _: keel::services::LogLevel, msg: &str| l.lock().unwrap().push(msg.to_string()),
+    )));
+    assert_eq!(
+        h.set_sandbox_cpu_percent(10_001).unwrap_err().status(),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    h.set_sandbox_cpu_percent(50).unwrap();
+    let slot = h.load(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    let pid = sandbox_pid(&slot);
+    let mem = cgroup_dir(pid, "memory").expect("the sandbox is in a memory cgroup of its own");
+    let cpu = cgroup_dir(pid, "cpu").expect("the sandbox is in a cpu cgroup of its own");
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap().trim().to_string();
+    assert_eq!(read(&mem, "memory.limit_in_bytes"), (48u64 << 20).to_string());
+    assert!(read(&mem, "cgroup.procs").lines().any(|p| p == pid.to_string()));
+    assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+    assert!(read(&cpu, "cgroup.procs").lines().any(|p| p == pid.to_string()));
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("limits by rlimits and cgroup v1 memory")),
+        "{:?}",
+        logs.lock().unwrap()
+    );
+
+    // An allocating plugin is stopped by the kernel at the cgroup's limit, with its code, and
+    // the cgroups go with the sandbox.
+    let msg = expect_code(call(&slot, "alloc", b""), KEEL_ERR_MEMORY_LIMIT, "alloc");
+    assert!(msg.contains("cgroup memory limit"), "{msg}");
+    assert!(wait_gone(pid));
+    let t = Instant::now();
+    while (mem.exists() || cpu.exists()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!mem.exists() && !cpu.exists(), "the sandbox's cgroups are removed");
+    let text = h.metrics_text();
+    assert_eq!(
+        sample(
+            &text,
+            "keel_plugin_sandbox_deaths_total",
+            r#"plugin="faulty",version="1.0.0",cause="memory_limit""#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The restarted sandbox gets a cgroup of its own again; unload removes it.
+    still_serving(&slot);
+    let pid2 = sandbox_pid(&slot);
+    let mem2 = cgroup_dir(pid2, "memory").expect("a new cgroup");
+    h.unload("faulty").unwrap();
+    assert!(wait_gone(pid2));
+    let t = Instant::now();
+    while mem2.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!mem2.exists());
+}
+
+#[test]
+fn sandbox_cpu_percent_through_the_c_abi() {
+    use keel::ffi::isolation::keel_host_set_sandbox_cpu_percent;
+    let th = common::capi::TestHost::new();
+    assert_eq!(keel_host_set_sandbox_cpu_percent(th.0, 25), KEEL_OK);
+    assert_eq!(keel_host_set_sandbox_cpu_percent(th.0, 0), KEEL_OK);
+    assert_eq!(
+        keel_host_set_sandbox_cpu_percent(th.0, 10_001),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        keel_host_set_sandbox_cpu_percent(std::ptr::null(), 5),
+        KEEL_ERR_NULL_POINTER
+    );
 }

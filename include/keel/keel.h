@@ -2093,6 +2093,18 @@ keel_status keel_host_require_isolation_for(const keel_host *host, const char *p
 keel_status keel_host_require_isolation_for_key(const keel_host *host, const char *key_id);
 
 /**
+ * Limit the CPU of every sandbox started from now on to `percent` of one CPU (e.g. 50: half
+ * a CPU; 200: two CPUs; 0: no limit, the default), through the sandbox's cgroup (CFS quota)
+ * where the host can create one (docs/isolation.md, "Limits"); a sandbox without a cgroup has
+ * only its `RLIMIT_CPU`. Sandboxes already running keep their limit.
+ *
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (`percent` above 10000).
+ */
+keel_status keel_host_set_sandbox_cpu_percent(const keel_host *host, uint32_t percent);
+
+/**
  * Load a plugin from an OCI registry: pull `reference` (`[registry/]repository[:tag]` or
  * `...@sha256:<64 hex>`) into the content-addressed cache folder `cache_dir` (created if
  * missing), then load it exactly as `keel_host_load` loads a local folder (signature against

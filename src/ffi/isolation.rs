@@ -98,3 +98,20 @@ pub extern "C" fn keel_host_require_isolation_for_key(host: *const keel_host, ke
         h.require_isolation_for_key(key_id)
     })
 }
+
+/// Limit the CPU of every sandbox started from now on to `percent` of one CPU (e.g. 50: half
+/// a CPU; 200: two CPUs; 0: no limit, the default), through the sandbox's cgroup (CFS quota)
+/// where the host can create one (docs/isolation.md, "Limits"); a sandbox without a cgroup has
+/// only its `RLIMIT_CPU`. Sandboxes already running keep their limit.
+///
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (`percent` above 10000).
+#[no_mangle]
+pub extern "C" fn keel_host_set_sandbox_cpu_percent(host: *const keel_host, percent: u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { borrow(host, "host") }?;
+        h.set_sandbox_cpu_percent(percent)
+    })
+}

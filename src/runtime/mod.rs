@@ -261,6 +261,12 @@ impl Runtimes {
         self.isolation.lock().cpu_seconds = seconds;
     }
 
+    /// The CPU limit (percent of one CPU, through the sandbox's cgroup where one can be made;
+    /// 0: none) of sandboxes started from now on.
+    pub fn set_sandbox_cpu_percent(&self, percent: u32) {
+        self.isolation.lock().cpu_percent = percent;
+    }
+
     /// The WASM runtime, once a WASM plugin has been loaded.
     pub fn wasm(&self) -> Option<&WasmRuntime> {
         self.wasm.get()

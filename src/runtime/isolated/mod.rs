@@ -8,6 +8,7 @@
 //! futex wake-ups. A monitor thread per sandbox reaps it and fails the calls in flight with
 //! the cause's code; the next call (or the health monitor) restarts it with backoff.
 
+pub mod cgroup;
 pub mod sandbox;
 pub mod shm;
 
@@ -64,6 +65,8 @@ pub struct IsolationConfig {
     pub launcher: Option<PathBuf>,
     /// `RLIMIT_CPU` of each sandbox in seconds (0: none).
     pub cpu_seconds: u64,
+    /// CPU limit of each sandbox through its cgroup, in percent of one CPU (0: none).
+    pub cpu_percent: u32,
 }
 
 impl IsolationConfig {
@@ -224,6 +227,8 @@ struct SandboxStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     Signal(i32),
+    /// Killed by the OOM killer at its cgroup's memory limit.
+    OutOfMemory,
     Exit(i32),
     Unknown,
 }
@@ -242,6 +247,8 @@ struct Process {
     retired: AtomicBool,
     /// The generation's counters, where the monitor records a death.
     stats: Arc<SandboxStats>,
+    /// Its cgroup, if one could be made: removed by the monitor once it has ended.
+    cgroup: Mutex<Option<cgroup::Cgroup>>,
     started: Instant,
     /// The server side's adaptive spin budget (shared by its callers).
     spin: Spin,
@@ -281,6 +288,7 @@ impl Process {
     fn death_cause(&self, ended: Ended) -> usize {
         match ended {
             Ended::Signal(libc::SIGKILL) if self.killed_for_deadline.load(Ordering::Acquire) => 4,
+            Ended::OutOfMemory => 5,
             Ended::Signal(libc::SIGSYS) => 2,
             Ended::Signal(libc::SIGXCPU) => 3,
             Ended::Signal(_) => 0,
@@ -308,6 +316,10 @@ impl Process {
             );
         }
         match ended.unwrap_or(Ended::Unknown) {
+            Ended::OutOfMemory => err!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "plugin '{plugin}': its sandbox was killed by the kernel at its cgroup memory limit (out of memory)"
+            ),
             Ended::Signal(libc::SIGSYS) => err!(
                 KEEL_ERR_SANDBOX_SYSCALL_REFUSED,
                 "plugin '{plugin}': its sandbox was killed by the seccomp filter (a system call outside the allowlist: file, socket, fork, ...)"
@@ -786,6 +798,9 @@ struct Spec {
     functions: OnceLock<Vec<String>>,
     boot: Bootstrap,
     stats: Arc<SandboxStats>,
+    /// The memory limit (`limits.memory_mb`) and CPU percent its cgroup enforces.
+    memory_mb: u64,
+    cpu_percent: u32,
 }
 
 /// What a freshly started sandbox reported.
@@ -819,6 +834,44 @@ fn start(spec: &Spec) -> Result<Started> {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     let _ =
         rustix::net::sockopt::set_socket_timeout(&ours, rustix::net::sockopt::Timeout::Recv, Some(HANDSHAKE_TIMEOUT));
+    // Its cgroup, before it gets its bootstrap: the limits are in force before any plugin
+    // code runs. Without one, the rlimits alone (the log says which).
+    let limits = cgroup::CgroupLimits {
+        memory_bytes: spec.memory_mb << 20,
+        cpu_percent: spec.cpu_percent,
+    };
+    // Said once per generation (its first sandbox), at debug level.
+    let first = spec.functions.get().is_none();
+    let cg = match cgroup::Cgroup::create(pid, limits) {
+        Ok(cg) => {
+            first.then(|| {
+                spec.services.log(
+                    name,
+                    LogLevel::Debug,
+                    &format!("sandbox {pid}: limits by rlimits and {}", cg.description),
+                )
+            });
+            Some(cg)
+        }
+        Err(why) => {
+            first.then(|| {
+                spec.services.log(
+                    name,
+                    LogLevel::Debug,
+                    &format!("sandbox {pid}: limits by rlimits only (no cgroup: {why})"),
+                )
+            });
+            None
+        }
+    };
+    // With a cgroup memory limit, RLIMIT_AS (which counts reserved address space — thread
+    // stacks, malloc arenas — not memory used) is only a backstop: four times the limit plus
+    // 1 GiB of reservations.
+    let memory_limit = if cg.is_some() {
+        spec.boot.memory_limit + 3 * (spec.memory_mb << 20) + (1 << 30)
+    } else {
+        spec.boot.memory_limit
+    };
     let process = Arc::new(Process {
         shm,
         pid,
@@ -829,6 +882,7 @@ fn start(spec: &Spec) -> Result<Started> {
         killed_for_deadline: AtomicBool::new(false),
         retired: AtomicBool::new(false),
         stats: spec.stats.clone(),
+        cgroup: Mutex::new(cg),
         started: Instant::now(),
         spin: Spin::new(),
     });
@@ -847,6 +901,7 @@ fn start(spec: &Spec) -> Result<Started> {
     };
     let boot = Bootstrap {
         parent: std::process::id() as u64,
+        memory_limit,
         ..spec.boot
     };
     send_with_fds(ours.as_fd(), &boot.encode(), &[spec.plugin_fd.as_fd(), shm_fd.as_fd()]).map_err(|e| {
@@ -931,6 +986,13 @@ fn monitor(mut child: std::process::Child, p: Arc<Process>) {
         },
         Err(_) => Ended::Unknown,
     };
+    let cg = p.cgroup.lock().take();
+    let ended = match (ended, &cg) {
+        (Ended::Signal(libc::SIGKILL), Some(cg)) if cg.oom_kills() > 0 => Ended::OutOfMemory,
+        _ => ended,
+    };
+    // The sandbox has been reaped: its cgroup is empty and goes.
+    drop(cg);
     let _ = p.ended.set(ended);
     if !p.retired.load(Ordering::Acquire) {
         p.stats.deaths[p.death_cause(ended)].fetch_add(1, Ordering::Relaxed);
@@ -1073,6 +1135,8 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         generation: ctx.generation,
         functions: OnceLock::new(),
         stats: Arc::default(),
+        memory_mb,
+        cpu_percent: config.cpu_percent,
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,
