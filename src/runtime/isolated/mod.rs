@@ -223,6 +223,10 @@ struct SandboxStats {
     deaths: [std::sync::atomic::AtomicU64; crate::metrics::SANDBOX_DEATH_CAUSES.len()],
 }
 
+/// A [`Spin`] alone on its cache line (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct PaddedSpin(Spin);
+
 /// Why a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
@@ -250,8 +254,11 @@ struct Process {
     /// Its cgroup, if one could be made: removed by the monitor once it has ended.
     cgroup: Mutex<Option<cgroup::Cgroup>>,
     started: Instant,
-    /// The server side's adaptive spin budget (shared by its callers).
-    spin: Spin,
+    /// The server side's adaptive spin budget of each slot, each on its own cache line: a
+    /// budget shared by all callers was written by every call of every thread (the line
+    /// bouncing between the callers' cores, next to the `dead` flag every call reads), and
+    /// one caller's misses shortened another's spin.
+    spins: Box<[PaddedSpin]>,
 }
 
 thread_local! {
@@ -380,10 +387,9 @@ impl Process {
         h.in_len.store((input.len() + extra.len()) as u64, Ordering::Relaxed);
         h.out_limit.store(out_limit.min(OUT_CAP) as u64, Ordering::Relaxed);
         h.cancel.store(0, Ordering::Relaxed);
-        let now = Instant::now();
         h.expires_ns.store(
             expires.map_or(0, |e| {
-                monotonic_ns().saturating_add(e.saturating_duration_since(now).as_nanos() as u64)
+                monotonic_ns().saturating_add(e.saturating_duration_since(Instant::now()).as_nanos() as u64)
             }),
             Ordering::Relaxed,
         );
@@ -398,7 +404,7 @@ impl Process {
                 h,
                 &h.server_sleeping,
                 |s| s == DONE || s == CALLBACK || s == DEAD,
-                &self.spin,
+                &self.spins[i].0,
                 tick,
                 || {
                     if cancel.is_some_and(|c| c.is_cancelled()) {
@@ -884,7 +890,7 @@ fn start(spec: &Spec) -> Result<Started> {
         stats: spec.stats.clone(),
         cgroup: Mutex::new(cg),
         started: Instant::now(),
-        spin: Spin::new(),
+        spins: (0..spec.boot.nslots).map(|_| PaddedSpin(Spin::new())).collect(),
     });
     let watched = process.clone();
     let monitor = std::thread::Builder::new()
