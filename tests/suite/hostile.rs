@@ -232,17 +232,9 @@ fn a_refused_output_write_fails_the_call_whatever_the_plugin_returns() {
     // returns 0.
     let p = host.load_plugin(&manifest).unwrap();
     let flood = p.function("flood").unwrap();
-    // Isolated, the output travels through the call slot's 1 MiB output area, the smaller
-    // limit (docs/isolation.md): the same rules at 1 MiB.
-    let (at, past): (&[u8], &[u8]) = if common::isolated_run() {
-        (b"1", b"2")
-    } else {
-        (b"64", b"65")
-    };
-    let blocks: usize = std::str::from_utf8(at).unwrap().parse().unwrap();
-    assert_eq!(call(p.0, flood, at, &out), KEEL_OK, "exactly at the limit is fine");
-    assert_eq!(out.bytes().len(), blocks << 20);
-    assert_eq!(call(p.0, flood, past, &out), KEEL_ERR_OUTPUT_TOO_LARGE);
+    assert_eq!(call(p.0, flood, b"64", &out), KEEL_OK, "exactly at the limit is fine");
+    assert_eq!(out.bytes().len(), 64 << 20);
+    assert_eq!(call(p.0, flood, b"65", &out), KEEL_ERR_OUTPUT_TOO_LARGE);
     assert!(last_error().contains("refused"), "{}", last_error());
     // A manifest limit, and the plugin keeps serving.
     let q = host.load_plugin(&small).unwrap();

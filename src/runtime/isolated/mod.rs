@@ -385,7 +385,7 @@ impl Process {
         h.op.store(op, Ordering::Relaxed);
         h.function.store(function, Ordering::Relaxed);
         h.in_len.store((input.len() + extra.len()) as u64, Ordering::Relaxed);
-        h.out_limit.store(out_limit.min(OUT_CAP) as u64, Ordering::Relaxed);
+        h.out_limit.store(out_limit as u64, Ordering::Relaxed);
         h.cancel.store(0, Ordering::Relaxed);
         h.expires_ns.store(
             expires.map_or(0, |e| {
@@ -419,7 +419,7 @@ impl Process {
             );
             match s {
                 Some(DONE) => {
-                    let n = (h.out_len.load(Ordering::Relaxed) as usize).min(out_limit.min(OUT_CAP));
+                    let n = (h.out_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
                     let reply = Reply {
                         rc: h.rc.load(Ordering::Relaxed),
                         refused: h.refused.load(Ordering::Relaxed) != 0,
@@ -436,6 +436,23 @@ impl Process {
                         .state
                         .compare_exchange(DONE, FREE, Ordering::Release, Ordering::Relaxed);
                     return Ok(reply);
+                }
+                Some(CALLBACK) if h.cb_op.load(Ordering::Relaxed) == CB_OUTPUT_FLUSH => {
+                    // Output longer than the slot's area streams through it.
+                    let n = (h.cb_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    output.reserve(n);
+                    // SAFETY: n bytes of slot i's output area (bounded above), which the
+                    // worker does not touch until CALLBACK_DONE, appended to `output`'s
+                    // spare capacity (reserved), then the length set to cover them.
+                    unsafe {
+                        let len = output.len();
+                        std::ptr::copy_nonoverlapping(self.shm.output(i), output.as_mut_ptr().add(len), n);
+                        output.set_len(len + n);
+                    }
+                    h.cb_ret.store(0, Ordering::Relaxed);
+                    if !publish_from(h, CALLBACK, CALLBACK_DONE, &h.worker_sleeping) {
+                        return Err(self.death_error(&spec.name));
+                    }
                 }
                 Some(CALLBACK) => {
                     let ret = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_callback(spec, i)))
@@ -1249,8 +1266,7 @@ impl IsolatedInstance {
         expires: Option<Instant>,
         cancel: Option<&CancelToken>,
     ) -> Result<()> {
-        let limit = self.max_output.min(OUT_CAP);
-        let r = self.run(OP_CALL, function, input, &[], output, limit, expires, cancel)?;
+        let r = self.run(OP_CALL, function, input, &[], output, self.max_output, expires, cancel)?;
         if r.rc != 0 || r.refused {
             return Err(self.call_error(function, r, output));
         }
@@ -1264,7 +1280,7 @@ impl IsolatedInstance {
             return err!(
                 KEEL_ERR_OUTPUT_TOO_LARGE,
                 "function '{fname}' output exceeded {} bytes (a write was refused; the plugin returned {})",
-                self.max_output.min(OUT_CAP),
+                self.max_output,
                 r.rc
             );
         }
