@@ -1236,3 +1236,37 @@ fn sandbox_cpu_percent_through_the_c_abi() {
         KEEL_ERR_NULL_POINTER
     );
 }
+
+/// The isolated counterpart of native::unload_waits_for_in_flight_calls_and_never_frees_running_code
+/// (which signals through files, which a sandbox has none of): an unload whose drain timeout
+/// is shorter than a call in flight reports it, the call still completes in its sandbox, and
+/// the sandbox ends once the last call has returned; with a longer timeout the unload waits.
+#[test]
+fn unload_under_a_call_in_flight_drains_or_reports_the_timeout() {
+    let (_dir, manifest) = common::echo_plugin("iso-unload-drain", &[], serde_json::json!({"isolation": "process"}));
+    let h = host();
+    for (timeout_ms, want) in [(20, Some(KEEL_ERR_DRAIN_TIMEOUT)), (60_000, None)] {
+        let slot = h.load(&manifest).unwrap_or_else(|e| panic!("{e}"));
+        let pid = sandbox_pid(&slot);
+        let sleep = fn_index(&slot, "sleep_ms");
+        h.set_drain_timeout(Duration::from_millis(timeout_ms));
+        std::thread::scope(|s| {
+            let in_flight = s.spawn(|| {
+                let mut out = Vec::new();
+                slot.call(sleep, b"300", &mut out).map(|_| out)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let r = h.unload("echo");
+            match want {
+                Some(code) => {
+                    assert_eq!(r.unwrap_err().status(), code, "timeout {timeout_ms} ms");
+                    assert!(!gone(pid), "the sandbox serves the call in flight");
+                }
+                None => r.unwrap_or_else(|e| panic!("{e}")),
+            }
+            assert_eq!(in_flight.join().unwrap().unwrap(), b"slept");
+        });
+        drop(slot);
+        assert!(wait_gone(pid), "the sandbox ends once its last call has returned");
+    }
+}

@@ -488,15 +488,22 @@ fn callback(i: usize, op: u32, arg: i32, len: usize, len2: usize) -> i64 {
     if !publish_from(h, REQUEST, CALLBACK, &h.server_sleeping) {
         return -3;
     }
-    static CALLBACK_SPIN: Spin = Spin::new();
-    match wait_for(
-        h,
-        &h.worker_sleeping,
-        |s| s == CALLBACK_DONE || s == DEAD,
-        &CALLBACK_SPIN,
-        None,
-        || true,
-    ) {
+    thread_local! {
+        // Each worker's own budget (one shared by all workers was written by every callback
+        // of every worker, the line bouncing between their cores).
+        static CALLBACK_SPIN: Spin = const { Spin::new() };
+    }
+    let r = CALLBACK_SPIN.with(|spin| {
+        wait_for(
+            h,
+            &h.worker_sleeping,
+            |s| s == CALLBACK_DONE || s == DEAD,
+            spin,
+            None,
+            || true,
+        )
+    });
+    match r {
         Some(CALLBACK_DONE) => {
             let r = h.cb_ret.load(Ordering::Relaxed);
             let _ = h
