@@ -1169,7 +1169,30 @@ fn cgroup_limits_are_in_force_where_the_controller_is_writable() {
         KEEL_ERR_INVALID_ARGUMENT
     );
     h.set_sandbox_cpu_percent(50).unwrap();
+    // What a server killed with SIGKILL leaves behind: the cgroup of a sandbox that is gone.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let own_mem = {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = text
+            .lines()
+            .find_map(|l| {
+                l.splitn(3, ':')
+                    .nth(2)
+                    .filter(|_| l.split(':').nth(1) == Some("memory"))
+            })
+            .unwrap()
+            .to_string();
+        Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
+    };
+    let stale = own_mem.join(format!("keel-sandbox-{dead_pid}"));
+    std::fs::create_dir(&stale).unwrap();
     let slot = h.load(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !stale.exists(),
+        "a dead sandbox's cgroup is swept when the next one is made"
+    );
     let pid = sandbox_pid(&slot);
     let mem = cgroup_dir(pid, "memory").expect("the sandbox is in a memory cgroup of its own");
     let cpu = cgroup_dir(pid, "cpu").expect("the sandbox is in a cpu cgroup of its own");

@@ -59,6 +59,24 @@ fn v1_dir(text: &str, controller: &str) -> Option<PathBuf> {
         .then(|| mount.join(path.trim_start_matches('/')))
 }
 
+/// Remove the cgroups that sandboxes of a server which died without cleaning up (SIGKILL) left
+/// in `parent`: `keel-sandbox-<pid>` whose process is gone. A live sandbox's cgroup is never
+/// touched (its pid exists; and `rmdir` of a cgroup with a process fails anyway).
+fn sweep(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("keel-sandbox-")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(dir.join(file), value)
 }
@@ -87,6 +105,9 @@ impl Cgroup {
     }
 
     fn mkdir(&mut self, dir: PathBuf) -> Result<PathBuf, String> {
+        if let Some(parent) = dir.parent() {
+            sweep(parent);
+        }
         std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         self.dirs.push(dir.clone());
         Ok(dir)
