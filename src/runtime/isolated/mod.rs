@@ -373,6 +373,9 @@ impl Process {
             ));
         }
         let i = self.claim(spec, expires)?;
+        // What this request may append to `output` in all (the sandbox is not trusted to
+        // have kept to the limit it was given).
+        let start_len = output.len();
         let h = self.shm.header(i);
         // SAFETY: slot i is ours (CLAIMED); the input area holds IN_CAP bytes and the copies
         // fit (checked above).
@@ -419,10 +422,12 @@ impl Process {
             );
             match s {
                 Some(DONE) => {
-                    let n = (h.out_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    let room = out_limit.saturating_sub(output.len() - start_len);
+                    let sent = (h.out_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    let n = sent.min(room);
                     let reply = Reply {
                         rc: h.rc.load(Ordering::Relaxed),
-                        refused: h.refused.load(Ordering::Relaxed) != 0,
+                        refused: h.refused.load(Ordering::Relaxed) != 0 || sent > room,
                     };
                     output.reserve(n);
                     // SAFETY: n bytes of slot i's output area (bounded above) appended to
@@ -440,6 +445,14 @@ impl Process {
                 Some(CALLBACK) if h.cb_op.load(Ordering::Relaxed) == CB_OUTPUT_FLUSH => {
                     // Output longer than the slot's area streams through it.
                     let n = (h.cb_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    if n > out_limit.saturating_sub(output.len() - start_len) {
+                        // Past the limit: refused here too (the plugin sees a refused write).
+                        h.cb_ret.store(-1, Ordering::Relaxed);
+                        if !publish_from(h, CALLBACK, CALLBACK_DONE, &h.worker_sleeping) {
+                            return Err(self.death_error(&spec.name));
+                        }
+                        continue;
+                    }
                     output.reserve(n);
                     // SAFETY: n bytes of slot i's output area (bounded above), which the
                     // worker does not touch until CALLBACK_DONE, appended to `output`'s
