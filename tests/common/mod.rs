@@ -128,7 +128,7 @@ pub fn isolated_run() -> bool {
 
 /// In the isolated re-run, whether to skip a test that cannot hold there (it says why on
 /// stderr). The reasons are few and fixed: the fixture signals through files (the echo
-/// fixture's `marker`, `block_until` and health file), and a sandbox has no file system.
+/// fixture's `marker` and `block_until`), and a sandbox has no file system.
 pub fn skip_when_isolated(why: &str) -> bool {
     if isolated_run() {
         eprintln!("isolated re-run: skipped: {why}");
@@ -138,7 +138,7 @@ pub fn skip_when_isolated(why: &str) -> bool {
 
 /// Why the echo fixture's file-based tests cannot run isolated.
 pub const NEEDS_FILES: &str =
-    "the echo fixture signals through files (marker, block_until, health file) and a sandbox has no file system";
+    "the echo fixture signals through files (block_until, shutdown marker) and a sandbox has no file system";
 
 /// The `keel-sandbox` launcher of this test build.
 pub fn sandbox_launcher() -> PathBuf {
