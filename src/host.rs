@@ -293,6 +293,13 @@ impl Host {
         self.runtimes.require_isolation_for(pattern)
     }
 
+    /// Require process isolation for the native plugins loaded from now on whose manifest is
+    /// signed by the trusted key `key_id` (64 hex digits, any case).
+    /// Keys add up and are never removed. Unsigned plugins are not affected by it.
+    pub fn require_isolation_for_key(&self, key_id: &str) -> Result<()> {
+        self.runtimes.require_isolation_for_key(key_id)
+    }
+
     /// The isolation settings of native plugins.
     pub fn native_isolation(&self) -> crate::runtime::isolated::IsolationConfig {
         self.runtimes.isolation()
@@ -302,6 +309,21 @@ impl Host {
     /// none); past it the sandbox dies with `SIGXCPU` (`KEEL_ERR_CPU_BUDGET`) and restarts.
     pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
         self.runtimes.set_sandbox_cpu_seconds(seconds)
+    }
+
+    /// The CPU limit of sandboxes started from now on, in percent of one CPU (1..=10000; 0:
+    /// none), enforced by the sandbox's cgroup (CFS quota) where the host can create one; a
+    /// sandbox without a cgroup has only `RLIMIT_CPU` ([`Host::set_sandbox_cpu_seconds`]).
+    /// `KEEL_ERR_INVALID_ARGUMENT` above 10000 (100 CPUs).
+    pub fn set_sandbox_cpu_percent(&self, percent: u32) -> Result<()> {
+        if percent > 10_000 {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "sandbox CPU percent {percent} is above 10000 (100 CPUs)"
+            );
+        }
+        self.runtimes.set_sandbox_cpu_percent(percent);
+        Ok(())
     }
 
     pub fn options(&self) -> HostOptions {

@@ -117,7 +117,12 @@ fn the_echo_fixture_answers_the_same_isolated_and_in_process() {
         let h = host();
         let l = logs.clone();
         h.set_log_sink(Some(Arc::new(
-            move |who: &str, _lvl: keel::services::LogLevel, msg: &str| l.lock().unwrap().push(format!("{who}: {msg}")),
+            move |who: &str, lvl: keel::services::LogLevel, msg: &str| {
+                // Keel's own debug lines (the sandbox's limits) are not the plugin's.
+                if lvl != keel::services::LogLevel::Debug {
+                    l.lock().unwrap().push(format!("{who}: {msg}"))
+                }
+            },
         )));
         let slot = h.load(manifest).unwrap_or_else(|e| panic!("{e}"));
         let cases: &[(&str, &[u8])] = &[
@@ -300,6 +305,13 @@ fn unbounded_allocation_stops_at_the_memory_limit() {
     let (_dir, manifest) = faulty("iso-alloc", &[], serde_json::json!({"limits": {"memory_mb": 64}}));
     let h = host();
     let slot = h.load(&manifest).unwrap();
+    if cgroup_dir(sandbox_pid(&slot), "memory").is_some() {
+        // A cgroup holds the sandbox: the kernel stops it at the limit (see
+        // cgroup_limits_are_in_force_where_the_controller_is_writable).
+        expect_code(call(&slot, "alloc", b""), KEEL_ERR_MEMORY_LIMIT, "alloc under a cgroup");
+        still_serving(&slot);
+        return;
+    }
     let out = String::from_utf8(call(&slot, "alloc", b"").unwrap()).unwrap();
     let mib: u64 = out
         .strip_prefix("exhausted after ")
@@ -882,4 +894,402 @@ fn a_sandbox_past_its_cpu_time_limit_fails_the_call_with_the_cpu_budget_code() {
     let msg = expect_code(call(&slot, "spin", b""), KEEL_ERR_CPU_BUDGET, "spin");
     assert!(msg.contains("SIGXCPU"), "{msg}");
     still_serving(&slot);
+}
+
+/// A faulty-fixture plugin called `name` whose manifest asks for nothing about isolation,
+/// signed by `key` (`None`: unsigned).
+fn signed_faulty(tag: &str, name: &str, key: Option<&ed25519_dalek::SigningKey>) -> (PathBuf, PathBuf) {
+    let dir = common::tempdir(tag);
+    let so = common::build_native("faulty", &[], &dir, "libfaulty.so");
+    let manifest = common::write_manifest(&dir, name, "1.0.0", &so, serde_json::json!({}));
+    if let Some(k) = key {
+        let bytes = std::fs::read(&manifest).unwrap();
+        let sig = keel::trust::KeelSignature::sign(k, &bytes, "test").unwrap();
+        keel::trust::write_signature_file(&manifest, &sig).unwrap();
+    }
+    (dir, manifest)
+}
+
+/// Whether the slot's current generation runs in a sandbox: the instance is an isolated one,
+/// its sandbox process exists, and the plugin itself sees that process's pid, not ours.
+fn runs_isolated(slot: &keel::registry::Slot) -> bool {
+    let pid: i32 = String::from_utf8(call(slot, "pid", b"").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let g = slot.current().unwrap();
+    match g.instance.as_any().and_then(|a| a.downcast_ref::<IsolatedInstance>()) {
+        Some(i) => {
+            assert_eq!(pid, i.sandbox_pid(), "the plugin runs in its sandbox process");
+            assert_ne!(pid as u32, std::process::id());
+            assert!(!gone(pid), "the sandbox process {pid} exists");
+            true
+        }
+        None => {
+            assert_eq!(
+                pid as u32,
+                std::process::id(),
+                "an in-process plugin sees the server's pid"
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn isolation_required_per_signing_key() {
+    let required = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let id = |k: &ed25519_dalek::SigningKey| {
+        keel::trust::signature::key_id_hex(&keel::trust::signature::key_id(&k.verifying_key()))
+    };
+    let store = serde_json::json!({"keel_trust_store": 1, "version": 1, "keys": [
+        keel::trust::store::key_entry(&required.verifying_key(), "untrusted vendor", &[]).unwrap(),
+        keel::trust::store::key_entry(&other.verifying_key(), "in-house", &[]).unwrap(),
+    ]});
+    let h = host();
+    h.trust()
+        .set_trust_store_bytes(&serde_json::to_vec(&store).unwrap())
+        .unwrap();
+    // Any case is the same key; a malformed id is refused with a clear error.
+    h.require_isolation_for_key(&id(&required).to_uppercase()).unwrap();
+    h.require_isolation_for_key(&id(&required)).unwrap();
+    assert_eq!(h.native_isolation().keys, vec![id(&required)]);
+    for bad in ["", "abc", &"g".repeat(64), &"0".repeat(63)] {
+        let e = h.require_isolation_for_key(bad).unwrap_err();
+        assert_eq!(e.status(), KEEL_ERR_INVALID_ARGUMENT, "{bad:?}: {e}");
+    }
+
+    let (_d1, by_required) = signed_faulty("iso-key-req", "vendor-a", Some(&required));
+    let (_d2, by_other) = signed_faulty("iso-key-other", "inhouse-b", Some(&other));
+    let (_d3, unsigned) = signed_faulty("iso-key-none", "unsigned-c", None);
+    let a = h.load(&by_required).unwrap_or_else(|e| panic!("{e}"));
+    let b = h.load(&by_other).unwrap_or_else(|e| panic!("{e}"));
+    let c = h.load(&unsigned).unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&a), "signed by the required key: isolated");
+    assert!(!runs_isolated(&b), "signed by another key: in-process");
+    assert!(!runs_isolated(&c), "unsigned: in-process");
+
+    // A reload verifies the signature again and keeps the signer's isolation.
+    let old = sandbox_pid(&a);
+    h.reload("vendor-a").unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&a));
+    assert_ne!(sandbox_pid(&a), old, "a new sandbox for the new generation");
+    assert!(wait_gone(old));
+
+    // A manifest under the key cannot downgrade, and the name/all policies still apply to
+    // unsigned plugins.
+    let (_d4, downgrade) = signed_faulty("iso-key-down", "vendor-d", Some(&required));
+    let text = std::fs::read_to_string(&downgrade).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["isolation"] = "none".into();
+    std::fs::write(&downgrade, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let sig = keel::trust::KeelSignature::sign(&required, &std::fs::read(&downgrade).unwrap(), "test").unwrap();
+    keel::trust::write_signature_file(&downgrade, &sig).unwrap();
+    let d = h.load(&downgrade).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        runs_isolated(&d),
+        "\"isolation\": \"none\" does not downgrade the key's requirement"
+    );
+    h.require_isolation_for("unsigned-*").unwrap();
+    let (_d5, unsigned2) = signed_faulty("iso-key-none2", "unsigned-e", None);
+    let e = h.load(&unsigned2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(runs_isolated(&e), "unsigned, isolated by its name pattern");
+}
+
+#[test]
+fn isolation_per_key_through_the_c_abi() {
+    use keel::ffi::isolation::keel_host_require_isolation_for_key;
+    let th = common::capi::TestHost::new();
+    let h = th.0;
+    let id = common::capi::cstr(&"ab".repeat(32));
+    assert_eq!(keel_host_require_isolation_for_key(h, id.as_ptr()), KEEL_OK);
+    assert_eq!(
+        keel_host_require_isolation_for_key(h, std::ptr::null()),
+        KEEL_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        keel_host_require_isolation_for_key(std::ptr::null(), id.as_ptr()),
+        KEEL_ERR_NULL_POINTER
+    );
+    let bad = common::capi::cstr("not a key");
+    assert_eq!(
+        keel_host_require_isolation_for_key(h, bad.as_ptr()),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert!(common::capi::last_error().contains("64 hex digits"));
+}
+
+/// The value of the sample `name{labels}` in a scrape (`None`: no such line).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn sandbox_metrics_count_restarts_and_deaths_by_cause_in_the_scrape() {
+    let h = host();
+    let (_d1, iso) = faulty("iso-metrics", &[], serde_json::json!({"limits": {"timeout_ms": 200}}));
+    let (_d2, inproc) = common::echo_plugin("iso-metrics-echo", &[], serde_json::json!({}));
+    let slot = h.load(&iso).unwrap_or_else(|e| panic!("{e}"));
+    h.load(&inproc).unwrap_or_else(|e| panic!("{e}"));
+    let faulty = r#"plugin="faulty",version="1.0.0""#;
+    let echo = r#"plugin="echo",version="1.0.0""#;
+    let deaths = |text: &str, cause: &str| {
+        sample(
+            text,
+            "keel_plugin_sandbox_deaths_total",
+            &format!("{faulty},cause=\"{cause}\""),
+        )
+    };
+
+    let text = h.metrics_text();
+    assert_eq!(sample(&text, "keel_plugin_isolated", faulty), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "keel_plugin_isolated", echo), Some(0.0));
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(1.0));
+    assert_eq!(
+        sample(&text, "keel_plugin_sandbox_up", echo),
+        None,
+        "no sandbox series for in-process"
+    );
+    assert_eq!(sample(&text, "keel_plugin_sandbox_restarts_total", faulty), Some(0.0));
+    assert_eq!(sample(&text, "keel_plugin_sandbox_restarts_total", echo), None);
+    for cause in keel::metrics::SANDBOX_DEATH_CAUSES {
+        assert_eq!(deaths(&text, cause), Some(0.0), "{cause}");
+    }
+
+    // A crash: the sandbox is down until the next call restarts it.
+    let pid = sandbox_pid(&slot);
+    expect_code(call(&slot, "segv", b""), KEEL_ERR_SANDBOX_CRASHED, "segv");
+    assert!(wait_gone(pid));
+    let text = h.metrics_text();
+    assert_eq!(deaths(&text, "crash"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(0.0));
+    still_serving(&slot);
+    // A refused system call, an exit, an abort (a signal: crash), a deadline kill.
+    for (f, code) in [
+        ("socket", KEEL_ERR_SANDBOX_SYSCALL_REFUSED),
+        ("exit", KEEL_ERR_SANDBOX_EXITED),
+        ("abort", KEEL_ERR_SANDBOX_CRASHED),
+        ("spin", KEEL_ERR_DEADLINE),
+    ] {
+        let pid = sandbox_pid(&slot);
+        expect_code(call(&slot, f, b""), code, f);
+        assert!(wait_gone(pid), "{f}");
+        still_serving(&slot);
+    }
+    let text = h.metrics_text();
+    let want = [
+        ("crash", 2.0),
+        ("exit", 1.0),
+        ("syscall_refused", 1.0),
+        ("cpu_limit", 0.0),
+        ("deadline", 1.0),
+        ("memory_limit", 0.0),
+        ("unknown", 0.0),
+    ];
+    for (cause, n) in want {
+        assert_eq!(deaths(&text, cause), Some(n), "{cause}: {text}");
+    }
+    assert_eq!(
+        sample(&text, "keel_plugin_sandbox_restarts_total", faulty),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "keel_plugin_sandbox_up", faulty), Some(1.0));
+    // The classic Prometheus text carries them too.
+    let classic = keel::metrics::exposition::to_prometheus_text(&text);
+    assert!(
+        classic.contains("# TYPE keel_plugin_sandbox_deaths_total counter"),
+        "{classic}"
+    );
+
+    // An unload is a planned stop, not a death (the series go with the plugin).
+    let pid = sandbox_pid(&slot);
+    h.unload("faulty").unwrap();
+    assert!(wait_gone(pid));
+    let text = h.metrics_text();
+    assert_eq!(sample(&text, "keel_plugin_isolated", faulty), None);
+}
+
+/// The directory of the cgroup of `pid` in the v1 hierarchy `controller` (`None`: not in a
+/// cgroup of its own, i.e. in none named `keel-sandbox-<pid>`).
+fn cgroup_dir(pid: i32, controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+        (ctrls.split(',').any(|c| c == controller) && path.ends_with(&format!("/keel-sandbox-{pid}"))).then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(path.trim_start_matches('/'))
+        })
+    })
+}
+
+/// Whether this process can make a child cgroup in its own v1 `controller` cgroup.
+fn cgroup_writable(controller: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return false;
+    };
+    let Some(own) = text.lines().find_map(|l| {
+        let mut p = l.splitn(3, ':');
+        let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+        ctrls.split(',').any(|c| c == controller).then(|| path.to_string())
+    }) else {
+        return false;
+    };
+    let probe = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(own.trim_start_matches('/'))
+        .join(format!("keel-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+#[test]
+fn cgroup_limits_are_in_force_where_the_controller_is_writable() {
+    if !cgroup_writable("memory") || !cgroup_writable("cpu") {
+        // The fallback (rlimits only, logged) is what every other test here runs then.
+        eprintln!("skipped: no writable cgroup v1 memory and cpu controllers here");
+        return;
+    }
+    let (_dir, manifest) = faulty("iso-cgroup", &[], serde_json::json!({"limits": {"memory_mb": 48}}));
+    let h = host();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = logs.clone();
+    h.set_log_sink(Some(Arc::new(
+        move |_: &str, _: keel::services::LogLevel, msg: &str| l.lock().unwrap().push(msg.to_string()),
+    )));
+    assert_eq!(
+        h.set_sandbox_cpu_percent(10_001).unwrap_err().status(),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    h.set_sandbox_cpu_percent(50).unwrap();
+    // What a server killed with SIGKILL leaves behind: the cgroup of a sandbox that is gone.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let own_mem = {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = text
+            .lines()
+            .find_map(|l| {
+                l.splitn(3, ':')
+                    .nth(2)
+                    .filter(|_| l.split(':').nth(1) == Some("memory"))
+            })
+            .unwrap()
+            .to_string();
+        Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
+    };
+    let stale = own_mem.join(format!("keel-sandbox-{dead_pid}"));
+    std::fs::create_dir(&stale).unwrap();
+    let slot = h.load(&manifest).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !stale.exists(),
+        "a dead sandbox's cgroup is swept when the next one is made"
+    );
+    let pid = sandbox_pid(&slot);
+    let mem = cgroup_dir(pid, "memory").expect("the sandbox is in a memory cgroup of its own");
+    let cpu = cgroup_dir(pid, "cpu").expect("the sandbox is in a cpu cgroup of its own");
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap().trim().to_string();
+    assert_eq!(read(&mem, "memory.limit_in_bytes"), (48u64 << 20).to_string());
+    assert!(read(&mem, "cgroup.procs").lines().any(|p| p == pid.to_string()));
+    assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+    assert!(read(&cpu, "cgroup.procs").lines().any(|p| p == pid.to_string()));
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("limits by rlimits and cgroup v1 memory")),
+        "{:?}",
+        logs.lock().unwrap()
+    );
+
+    // An allocating plugin is stopped by the kernel at the cgroup's limit, with its code, and
+    // the cgroups go with the sandbox.
+    let msg = expect_code(call(&slot, "alloc", b""), KEEL_ERR_MEMORY_LIMIT, "alloc");
+    assert!(msg.contains("cgroup memory limit"), "{msg}");
+    assert!(wait_gone(pid));
+    let t = Instant::now();
+    while (mem.exists() || cpu.exists()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!mem.exists() && !cpu.exists(), "the sandbox's cgroups are removed");
+    let text = h.metrics_text();
+    assert_eq!(
+        sample(
+            &text,
+            "keel_plugin_sandbox_deaths_total",
+            r#"plugin="faulty",version="1.0.0",cause="memory_limit""#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The restarted sandbox gets a cgroup of its own again; unload removes it.
+    still_serving(&slot);
+    let pid2 = sandbox_pid(&slot);
+    let mem2 = cgroup_dir(pid2, "memory").expect("a new cgroup");
+    h.unload("faulty").unwrap();
+    assert!(wait_gone(pid2));
+    let t = Instant::now();
+    while mem2.exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!mem2.exists());
+}
+
+#[test]
+fn sandbox_cpu_percent_through_the_c_abi() {
+    use keel::ffi::isolation::keel_host_set_sandbox_cpu_percent;
+    let th = common::capi::TestHost::new();
+    assert_eq!(keel_host_set_sandbox_cpu_percent(th.0, 25), KEEL_OK);
+    assert_eq!(keel_host_set_sandbox_cpu_percent(th.0, 0), KEEL_OK);
+    assert_eq!(
+        keel_host_set_sandbox_cpu_percent(th.0, 10_001),
+        KEEL_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        keel_host_set_sandbox_cpu_percent(std::ptr::null(), 5),
+        KEEL_ERR_NULL_POINTER
+    );
+}
+
+/// The isolated counterpart of native::unload_waits_for_in_flight_calls_and_never_frees_running_code
+/// (which signals through files, which a sandbox has none of): an unload whose drain timeout
+/// is shorter than a call in flight reports it, the call still completes in its sandbox, and
+/// the sandbox ends once the last call has returned; with a longer timeout the unload waits.
+#[test]
+fn unload_under_a_call_in_flight_drains_or_reports_the_timeout() {
+    let (_dir, manifest) = common::echo_plugin("iso-unload-drain", &[], serde_json::json!({"isolation": "process"}));
+    let h = host();
+    for (timeout_ms, want) in [(20, Some(KEEL_ERR_DRAIN_TIMEOUT)), (60_000, None)] {
+        let slot = h.load(&manifest).unwrap_or_else(|e| panic!("{e}"));
+        let pid = sandbox_pid(&slot);
+        let sleep = fn_index(&slot, "sleep_ms");
+        h.set_drain_timeout(Duration::from_millis(timeout_ms));
+        std::thread::scope(|s| {
+            let in_flight = s.spawn(|| {
+                let mut out = Vec::new();
+                slot.call(sleep, b"300", &mut out).map(|_| out)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let r = h.unload("echo");
+            match want {
+                Some(code) => {
+                    assert_eq!(r.unwrap_err().status(), code, "timeout {timeout_ms} ms");
+                    assert!(!gone(pid), "the sandbox serves the call in flight");
+                }
+                None => r.unwrap_or_else(|e| panic!("{e}")),
+            }
+            assert_eq!(in_flight.join().unwrap().unwrap(), b"slept");
+        });
+        drop(slot);
+        assert!(wait_gone(pid), "the sandbox ends once its last call has returned");
+    }
 }

@@ -1304,6 +1304,14 @@ public:
     void require_isolation_for(std::string_view pattern) const {
         Error::check(keel_host_require_isolation_for(h(), api_detail::cstr(pattern, "a pattern").c_str()));
     }
+    /** Also run the native plugins signed by the trusted key `key_id` (64 hex digits) isolated (never removed). */
+    void require_isolation_for_key(std::string_view key_id) const {
+        Error::check(keel_host_require_isolation_for_key(h(), api_detail::cstr(key_id, "a key id").c_str()));
+    }
+    /** Limit each sandbox started from now on to `percent` of one CPU through its cgroup (0: none). */
+    void set_sandbox_cpu_percent(std::uint32_t percent) const {
+        Error::check(keel_host_set_sandbox_cpu_percent(h(), percent));
+    }
     /** The capabilities plugins loaded from now on may be granted (all-or-nothing check). */
     void set_capability_allowlist(const std::vector<std::string> &names) const {
         std::vector<std::string> owned;

@@ -74,3 +74,44 @@ pub extern "C" fn keel_host_require_isolation_for(host: *const keel_host, patter
         h.require_isolation_for(pattern)
     })
 }
+
+/// Require process isolation for the native plugins loaded from now on whose manifest carries a
+/// valid signature by the trusted key `key_id` (64 hex digits, any case: the key id the trust
+/// store and `keel trust` show, the SHA-256 of the Ed25519 public key), in addition to the
+/// other requirements. The key need not be in the trust store yet. Keys add up and are never
+/// removed (a policy that only strengthens); the same key twice is one. Unsigned and hash-only
+/// plugins are not affected by it (use `keel_host_set_native_isolation` to isolate them). The
+/// signer is the one whose signature was verified at load (and again at each reload).
+/// `key_id` is borrowed for the call.
+///
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_UTF8`, `KEEL_ERR_INVALID_ARGUMENT` (not
+/// 64 hex digits).
+#[no_mangle]
+pub extern "C" fn keel_host_require_isolation_for_key(host: *const keel_host, key_id: *const c_char) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { borrow(host, "host") }?;
+        // SAFETY: caller contract: a NUL-terminated string.
+        let key_id = unsafe { arg_str(key_id, "key_id") }?;
+        h.require_isolation_for_key(key_id)
+    })
+}
+
+/// Limit the CPU of every sandbox started from now on to `percent` of one CPU (e.g. 50: half
+/// a CPU; 200: two CPUs; 0: no limit, the default), through the sandbox's cgroup (CFS quota)
+/// where the host can create one (docs/isolation.md, "Limits"); a sandbox without a cgroup has
+/// only its `RLIMIT_CPU`. Sandboxes already running keep their limit.
+///
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (`percent` above 10000).
+#[no_mangle]
+pub extern "C" fn keel_host_set_sandbox_cpu_percent(host: *const keel_host, percent: u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract.
+        let h = unsafe { borrow(host, "host") }?;
+        h.set_sandbox_cpu_percent(percent)
+    })
+}

@@ -660,6 +660,7 @@ impl PluginSource for Registry {
                     counters: s.metrics.snapshot(),
                     latency: s.metrics.latency.snapshot(),
                     memory_bytes: g.instance.memory_bytes(),
+                    sandbox: g.instance.sandbox(),
                     health: s.health.report(),
                 })
             })

@@ -134,6 +134,10 @@ impl Pipeline {
             restored_state: restored.map(|(s, _)| s),
             restored_state_version: restored.map(|(_, v)| v),
             generation: number,
+            signer_key_id: match &a.trust.authenticity {
+                crate::trust::Authenticity::Signed { key_id, .. } => Some(key_id),
+                _ => None,
+            },
         };
         let instance = self.runtimes.instantiate(art, &ctx)?;
         // The SHA-256 of the exact bytes that run (equal to the pin when there is one).

@@ -17,7 +17,12 @@
 //! | `keel_plugin_generation` | gauge | current generation number |
 //! | `keel_plugin_call_duration_seconds` | histogram | sampled call latencies (octave buckets 64 ns … 2^34 ns) |
 //!
-//! and the un-prefixed gauges ThemisDB's `PluginMetricsCollector` / `PluginHealthMonitor`
+//! | `keel_plugin_isolated` | gauge | 1: the plugin runs in a sandbox process (native isolation), 0: not |
+//! | `keel_plugin_sandbox_up` | gauge | isolated plugins: 1 while the sandbox process runs |
+//! | `keel_plugin_sandbox_restarts_total` | counter | isolated plugins: sandboxes started again after a death |
+//! | `keel_plugin_sandbox_deaths_total` | counter | isolated plugins, label `cause` ([`super::SANDBOX_DEATH_CAUSES`]): unplanned ends |
+//!
+//! (the sandbox counters count from the generation's load), and the un-prefixed gauges ThemisDB's `PluginMetricsCollector` / `PluginHealthMonitor`
 //! publish and its Grafana dashboard queries (label `plugin` only): `plugin_function_calls`,
 //! `plugin_errors`, `plugin_reload_count`, `plugin_load_time_ms`,
 //! `plugin_call_latency_avg_ms`, `plugin_call_latency_p95_ms`, `plugin_call_latency_p99_ms`
@@ -41,7 +46,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use super::{LatencySnapshot, MetricsSnapshot};
+use super::{LatencySnapshot, MetricsSnapshot, SandboxSnapshot, SANDBOX_DEATH_CAUSES};
 use crate::health_state::HealthReport;
 use crate::services::plugin_metrics::{FamilySnapshot, MetricKind, MetricRegistry};
 
@@ -213,6 +218,8 @@ pub struct PluginRow {
     pub counters: MetricsSnapshot,
     pub latency: LatencySnapshot,
     pub memory_bytes: Option<u64>,
+    /// The sandbox counters of an isolated plugin (`None`: not isolated).
+    pub sandbox: Option<SandboxSnapshot>,
     pub health: HealthReport,
     /// The label text of `name` and `version`, rendered once when the generation was made.
     pub labels: Arc<PluginLabels>,
@@ -362,6 +369,18 @@ const KEEL_COUNTERS: [CounterFamily; 7] = [
 ];
 
 const LOAD_DURATION_HELP: &str = "Duration of the last (re)load.";
+const ISOLATED_HELP: &str = "1 when the plugin runs in a sandbox process (native isolation), else 0.";
+const SANDBOX_UP_HELP: &str = "1 while the isolated plugin's sandbox process runs, 0 while it is down.";
+const SANDBOX_RESTARTS_HELP: &str = "Sandbox processes started again after a death (this generation).";
+const SANDBOX_DEATHS_HELP: &str = "Unplanned ends of the sandbox process by cause (this generation).";
+
+fn isolated(r: &PluginRow) -> Option<Value> {
+    Some(Value::Int(r.sandbox.is_some() as u64))
+}
+
+fn sandbox_up(r: &PluginRow) -> Option<Value> {
+    r.sandbox.map(|s| Value::Int(s.up as u64))
+}
 const GENERATION_HELP: &str = "Current generation number (1 after load, +1 per reload).";
 const CALL_DURATION_HELP: &str = "Latency of sampled calls (one call in N per thread is timed).";
 
@@ -475,6 +494,60 @@ impl Collector for PluginCollector {
         // ThemisDB-compatible gauges (PluginMetricsCollector, PluginHealthMonitor).
         for (name, help, value) in THEMIS_GAUGES {
             gauge(e, name, help, None, Labels::Themis, &rows, value)?;
+        }
+        // Process isolation.
+        gauge(
+            e,
+            "keel_plugin_isolated",
+            ISOLATED_HELP,
+            None,
+            Labels::Keel,
+            &rows,
+            isolated,
+        )?;
+        gauge(
+            e,
+            "keel_plugin_sandbox_up",
+            SANDBOX_UP_HELP,
+            None,
+            Labels::Keel,
+            &rows,
+            sandbox_up,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "keel_plugin_sandbox_restarts",
+                SANDBOX_RESTARTS_HELP,
+                None,
+                MetricType::Counter,
+            )?;
+            for r in &rows {
+                if let Some(s) = &r.sandbox {
+                    m.encode_family(&r.keel_labels())?
+                        .encode_counter::<NoLabelSet, u64, u64>(&s.restarts, None)?;
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "keel_plugin_sandbox_deaths",
+                SANDBOX_DEATHS_HELP,
+                None,
+                MetricType::Counter,
+            )?;
+            for r in &rows {
+                if let Some(s) = &r.sandbox {
+                    for (cause, n) in SANDBOX_DEATH_CAUSES.iter().zip(s.deaths) {
+                        let labels = [
+                            ("plugin", r.name.as_str()),
+                            ("version", r.version.as_str()),
+                            ("cause", *cause),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
+                    }
+                }
+            }
         }
         if let Some(custom) = &self.custom {
             for f in custom.snapshot() {
@@ -669,6 +742,50 @@ pub fn write_plugin_families(out: &mut String, rows: &[PluginRow], options: Expo
     for f in THEMIS_GAUGES {
         gauge(out, f.0, f.1, None, Labels::Themis, rows, f.2);
     }
+    gauge(
+        out,
+        "keel_plugin_isolated",
+        ISOLATED_HELP,
+        None,
+        Labels::Keel,
+        rows,
+        isolated,
+    );
+    gauge(
+        out,
+        "keel_plugin_sandbox_up",
+        SANDBOX_UP_HELP,
+        None,
+        Labels::Keel,
+        rows,
+        sandbox_up,
+    );
+    write_header(
+        out,
+        "keel_plugin_sandbox_restarts",
+        SANDBOX_RESTARTS_HELP,
+        "counter",
+        None,
+    );
+    for r in rows {
+        if let Some(s) = &r.sandbox {
+            write_sample(
+                out,
+                "keel_plugin_sandbox_restarts_total",
+                &r.labels.keel,
+                Value::Int(s.restarts),
+            );
+        }
+    }
+    write_header(out, "keel_plugin_sandbox_deaths", SANDBOX_DEATHS_HELP, "counter", None);
+    for r in rows {
+        if let Some(s) = &r.sandbox {
+            for (cause, n) in SANDBOX_DEATH_CAUSES.iter().zip(s.deaths) {
+                let labels = format!("{},cause=\"{cause}\"", r.labels.keel);
+                write_sample(out, "keel_plugin_sandbox_deaths_total", &labels, Value::Int(n));
+            }
+        }
+    }
 }
 
 /// One plugin-defined family, every plugin's series.
@@ -782,6 +899,11 @@ odd_info{plugin=\"a\"} 1
                 },
                 latency,
                 memory_bytes: (i == 2).then_some(65536 * 17),
+                sandbox: (i % 2 == 0).then_some(SandboxSnapshot {
+                    up: i == 0,
+                    restarts: i + 3,
+                    deaths: [1, 0, 2, 0, i, 0, 7],
+                }),
                 health,
                 labels: Arc::new(PluginLabels::new(name, &format!("{i}.2.3-rc.{i}"))),
             });

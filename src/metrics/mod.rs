@@ -398,6 +398,38 @@ impl Default for PluginMetrics {
     }
 }
 
+/// Why an isolated plugin's sandbox process ended unplanned: the `cause` label of
+/// `keel_plugin_sandbox_deaths_total`, in the order of [`SandboxSnapshot::deaths`].
+pub const SANDBOX_DEATH_CAUSES: [&str; 7] = [
+    // A signal: SIGSEGV, SIGBUS, SIGABRT, ... (KEEL_ERR_SANDBOX_CRASHED).
+    "crash",
+    // exit/_exit from plugin code (KEEL_ERR_SANDBOX_EXITED).
+    "exit",
+    // SIGSYS from the seccomp filter (KEEL_ERR_SANDBOX_SYSCALL_REFUSED).
+    "syscall_refused",
+    // SIGXCPU at RLIMIT_CPU (KEEL_ERR_CPU_BUDGET).
+    "cpu_limit",
+    // Killed by the server for a call past its deadline (KEEL_ERR_DEADLINE).
+    "deadline",
+    // Killed by the kernel's OOM killer at its cgroup's memory limit.
+    "memory_limit",
+    // Not known (the monitor could not read the status).
+    "unknown",
+];
+
+/// A point-in-time copy of an isolated plugin generation's sandbox counters (see
+/// docs/isolation.md, "Metrics").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxSnapshot {
+    /// Its sandbox process is running now.
+    pub up: bool,
+    /// Sandboxes started again after a death (by a call or the health check).
+    pub restarts: u64,
+    /// Unplanned ends, by cause ([`SANDBOX_DEATH_CAUSES`]); an unload's or reload's planned
+    /// stop is not one.
+    pub deaths: [u64; SANDBOX_DEATH_CAUSES.len()],
+}
+
 /// A point-in-time copy of [`PluginMetrics`]' counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {

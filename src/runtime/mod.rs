@@ -96,6 +96,12 @@ pub trait Instance: Send + Sync {
         None
     }
 
+    /// The sandbox counters of an isolated native plugin (`None`: not isolated), published as
+    /// `keel_plugin_isolated` and the `keel_plugin_sandbox_*` families.
+    fn sandbox(&self) -> Option<crate::metrics::SandboxSnapshot> {
+        None
+    }
+
     /// The concrete instance, for runtime-specific accessors (e.g. the ThemisDB object behind
     /// a legacy plugin: [`legacy::LegacyInstance`]). `None` unless a runtime opts in.
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -130,6 +136,10 @@ pub struct LoadContext<'a> {
     /// The number this generation gets (1 on load, +1 per reload): what the plugin's RPC
     /// registrations are tagged with (see [`crate::services::rpc`]).
     pub generation: u64,
+    /// The lower-case hex id of the trusted key whose Ed25519 signature on the manifest was
+    /// verified for this load (`None`: unsigned or hash-only). What the host's per-key
+    /// isolation policy ([`Runtimes::require_isolation_for_key`]) is decided on.
+    pub signer_key_id: Option<&'a str>,
 }
 
 /// The runtimes a host drives. Native and ThemisDB plugins need no shared state; the WASM
@@ -228,9 +238,33 @@ impl Runtimes {
         Ok(())
     }
 
+    /// Require process isolation for the native plugins whose manifest is signed by the trusted
+    /// key `key_id` (64 hex digits, the id `keel trust` and the trust store show; any case).
+    /// Added to the set; keys are never removed, so this only strengthens.
+    pub fn require_isolation_for_key(&self, key_id: &str) -> Result<()> {
+        let id = key_id.to_ascii_lowercase();
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "isolation key id '{key_id}': expected 64 hex digits (the SHA-256 of the Ed25519 public key)"
+            );
+        }
+        let mut c = self.isolation.lock();
+        if !c.keys.contains(&id) {
+            c.keys.push(id);
+        }
+        Ok(())
+    }
+
     /// `RLIMIT_CPU` (seconds over a sandbox's life; 0: none) of sandboxes started from now on.
     pub fn set_sandbox_cpu_seconds(&self, seconds: u64) {
         self.isolation.lock().cpu_seconds = seconds;
+    }
+
+    /// The CPU limit (percent of one CPU, through the sandbox's cgroup where one can be made;
+    /// 0: none) of sandboxes started from now on.
+    pub fn set_sandbox_cpu_percent(&self, percent: u32) {
+        self.isolation.lock().cpu_percent = percent;
     }
 
     /// The WASM runtime, once a WASM plugin has been loaded.
@@ -258,7 +292,7 @@ impl Runtimes {
         let asked = ctx.manifest.isolation == Some(crate::manifest::Isolation::Process);
         let isolation = (asked || ctx.manifest.runtime != RuntimeKind::Wasm)
             .then(|| self.isolation())
-            .filter(|c| asked || c.requires(&ctx.manifest.name));
+            .filter(|c| asked || c.requires(&ctx.manifest.name, ctx.signer_key_id));
         Ok(match ctx.manifest.runtime {
             RuntimeKind::Native => match isolation {
                 Some(config) => Box::new(isolated::load(artifact, ctx, &config)?),

@@ -105,12 +105,65 @@ pub fn echo_plugin(tag: &str, defines: &[&str], extra: serde_json::Value) -> (Pa
     (dir, manifest)
 }
 
-/// Let a fresh host load unsigned plugins (tests of everything but trust).
+/// Let a fresh host load unsigned plugins (tests of everything but trust). In the isolated
+/// re-run ([`isolated_run`]) it also requires isolation for every native plugin.
 pub fn allow_unsigned(host: *mut keel::ffi::host::keel_host) {
     assert_eq!(
         keel::ffi::trust::keel_host_set_require_signature(host, false),
         keel::keel_status::KEEL_OK
     );
+    isolate_if_asked(host);
+}
+
+/// The environment variable that re-runs the native tests with every native plugin isolated
+/// (docs/isolation.md): the `cargo_test_isolated` ctest entry sets it.
+pub const ISOLATED_ENV: &str = "KEEL_TEST_ISOLATION";
+
+/// Whether this run drives every native plugin through a sandbox process: the tests' host
+/// constructors ([`host`], [`capi::TestHost::new`], [`isolate_if_asked`]) require isolation
+/// for all native plugins, with the launcher this test build compiled.
+pub fn isolated_run() -> bool {
+    std::env::var_os(ISOLATED_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// In the isolated re-run, whether to skip a test that cannot hold there (it says why on
+/// stderr). The reasons are few and fixed: the fixture signals through files (the echo
+/// fixture's `marker` and `block_until`), and a sandbox has no file system.
+pub fn skip_when_isolated(why: &str) -> bool {
+    if isolated_run() {
+        eprintln!("isolated re-run: skipped: {why}");
+    }
+    isolated_run()
+}
+
+/// Why the echo fixture's file-based tests cannot run isolated.
+pub const NEEDS_FILES: &str =
+    "the echo fixture signals through files (block_until, shutdown marker) and a sandbox has no file system";
+
+/// The `keel-sandbox` launcher of this test build.
+pub fn sandbox_launcher() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keel-sandbox"))
+}
+
+/// A fresh host (Rust API), with every native plugin isolated in the isolated re-run.
+pub fn host() -> keel::Host {
+    let h = keel::Host::new();
+    if isolated_run() {
+        h.set_native_isolation(true, Some(sandbox_launcher())).unwrap();
+    }
+    h
+}
+
+/// In the isolated re-run, require isolation for every native plugin of a host made through
+/// the C ABI (`keel_host_new`).
+pub fn isolate_if_asked(host: *mut keel::ffi::host::keel_host) {
+    if isolated_run() {
+        let l = std::ffi::CString::new(sandbox_launcher().to_str().unwrap()).unwrap();
+        assert_eq!(
+            keel::ffi::isolation::keel_host_set_native_isolation(host, true, l.as_ptr()),
+            keel::keel_status::KEEL_OK
+        );
+    }
 }
 
 /// The C ABI as the tests drive it: a host, plugin handles, output buffers and the thread's

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use keel::health::HealthConfig;
-use keel::Host;
 use serde_json::Value;
 
 fn dashboard() -> Value {
@@ -124,7 +123,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 /// Scrape a real host: a fixture plugin, calls (every one timed), a reload, a monitor check.
 fn scrape() -> (BTreeSet<String>, String) {
-    let host = Host::new();
+    let host = common::host();
     host.trust().set_require_signature(false).unwrap();
     host.set_latency_sampling(1);
     let (_dir, manifest) = common::echo_plugin("dashboard", &[], serde_json::json!({}));

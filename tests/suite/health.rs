@@ -38,7 +38,7 @@ fn wait_report(host: &Host, name: &str, what: &str, until: impl Fn(&HealthReport
 }
 
 fn host() -> Host {
-    let h = Host::new();
+    let h = common::host();
     h.trust().set_require_signature(false).unwrap();
     h
 }
@@ -56,20 +56,43 @@ fn manifest(dir: &Path, so: &Path, name: &str, config: serde_json::Value) -> Pat
 
 /// The fixture loaded as "echo" into a fresh host, its health read from the file `flag`
 /// (first holding `status`): returns the host, the plugin's slot, `flag` and the library.
+///
+/// In the isolated re-run the flag is the key `health` of the plugin's key-value namespace
+/// instead (a sandbox has no files): set it with [`set_flag`].
 fn flagged(tag: &str, status: &str) -> (Host, Arc<Slot>, PathBuf, PathBuf) {
     let (dir, so) = health_fixture(tag);
     let flag = dir.join("health.flag");
-    std::fs::write(&flag, status).unwrap();
     let host = host();
-    let slot = host
-        .load(&manifest(
+    set_flag(&host, &flag, status);
+    let m = if common::isolated_run() {
+        common::write_manifest(
+            &dir,
+            "echo",
+            "1.0.0",
+            &so,
+            serde_json::json!({"config": {"health_file": "kv:health"}, "capabilities": ["kv:read"]}),
+        )
+    } else {
+        manifest(
             &dir,
             &so,
             "echo",
             serde_json::json!({"health_file": flag.to_str().unwrap()}),
-        ))
-        .unwrap();
+        )
+    };
+    let slot = host.load(&m).unwrap();
     (host, slot, flag, so)
+}
+
+/// Set the health flag of a [`flagged`] plugin.
+fn set_flag(host: &Host, flag: &Path, status: &str) {
+    if common::isolated_run() {
+        host.services()
+            .kv_put(keel::services::KvTarget::kv("echo"), b"health", status.as_bytes())
+            .unwrap();
+    } else {
+        std::fs::write(flag, status).unwrap();
+    }
 }
 
 fn call(slot: &Slot, f: &str, input: &[u8]) -> keel::Result<Vec<u8>> {
@@ -240,12 +263,12 @@ fn restarts_back_off_stop_at_the_cap_and_the_counter_resets_after_success() {
     assert_eq!(generation(&slot), 4, "no restart past the cap");
 
     // Healthy again: both counters reset (ThemisDB never reset its attempt counter).
-    std::fs::write(&flag, "healthy").unwrap();
+    set_flag(&host, &flag, "healthy");
     let ok = wait_report(&host, "echo", "healthy", |r| r.status == HealthStatus::Healthy);
     assert_eq!((ok.consecutive_failures, ok.restart_attempts), (0, 0));
 
     // So a later fault is restarted again instead of being left disabled.
-    std::fs::write(&flag, "unhealthy").unwrap();
+    set_flag(&host, &flag, "unhealthy");
     wait_for("a fourth restart", || (generation(&slot) >= 5).then_some(()));
     host.stop_health_monitor();
 }
@@ -293,7 +316,7 @@ fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
     let r = failing(HealthStatus::Degraded);
     assert!((r.score - 0.2).abs() < 1e-9, "0.7 − 0.5·1: {r:?}");
 
-    std::fs::write(&flag, "healthy").unwrap();
+    set_flag(&host, &flag, "healthy");
     let r = failing(HealthStatus::Healthy);
     assert!((r.score - 0.5).abs() < 1e-9, "1.0 − 0.5·1: {r:?}");
     let checks = r.checks;
@@ -312,6 +335,9 @@ fn score_combines_status_and_error_rate_and_errors_alone_never_restart() {
 
 #[test]
 fn a_serial_plugins_check_waits_for_its_running_call() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let dir = common::tempdir("health-serial");
     let so = common::build_native("echo", &["ECHO_HEALTH", "ECHO_SERIAL"], &dir, "libecho.so");
     let host = host();

@@ -26,7 +26,7 @@ type Table = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
 /// A host allowing every capability, loading unsigned plugins, with db.get_row/db.put_row
 /// over `table`.
 fn db_host() -> (Host, Table) {
-    let host = Host::new();
+    let host = common::host();
     host.trust().set_require_signature(false).unwrap();
     host.set_allowlist(Capabilities::all());
     let table: Table = Arc::default();
@@ -141,7 +141,7 @@ fn a_native_plugin_without_the_capability_sees_null() {
     let (_d, m) = native_plugin("hostfn-native-none", &[]);
     assert_eq!(call(&host.load(&m).unwrap(), "bound", b"").unwrap(), [0, 0]);
     host.unload("hostfn").unwrap();
-    let bare = Host::new();
+    let bare = common::host();
     bare.trust().set_require_signature(false).unwrap();
     bare.set_allowlist(Capabilities::all());
     let (_d, m) = native_plugin("hostfn-native-undef", &["storage:read", "storage:write"]);
@@ -268,7 +268,7 @@ fn the_call_context_reaches_the_host_function() {
 
 #[test]
 fn plugins_bind_at_load_later_definitions_reach_reloads() {
-    let host = Host::new();
+    let host = common::host();
     host.trust().set_require_signature(false).unwrap();
     host.set_allowlist(Capabilities::all());
     let (_d, m) = native_plugin("hostfn-bind", &["storage:read", "storage:write"]);

@@ -196,7 +196,7 @@ fn an_older_smaller_vtable_loads_without_its_optional_hooks() {
         &["ECHO_STRUCT_SIZE=offsetof(keel_plugin_vtable, save_state)"],
         serde_json::json!({}),
     );
-    let host = keel::Host::new();
+    let host = common::host();
     host.trust().set_require_signature(false).unwrap();
     let slot = host.load(&manifest).unwrap();
     let g = slot.current().unwrap();

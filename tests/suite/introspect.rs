@@ -311,6 +311,9 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_plugin_being_reloaded_under_a_running_call_is_draining() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     let (dir, manifest) = common::echo_plugin("draining", &[], serde_json::json!({}));
     let host = TestHost::new();
     let p = host.load_plugin(&manifest).unwrap();

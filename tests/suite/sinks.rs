@@ -761,7 +761,7 @@ impl keel::services::KvStore for PanickingStore {
 
 #[test]
 fn a_panicking_rust_sink_gives_the_plugin_an_error_and_the_host_keeps_serving() {
-    let host = keel::Host::new();
+    let host = crate::common::host();
     host.trust().set_require_signature(false).unwrap();
     host.set_allowlist(keel::capability::Capabilities::parse(ALL).unwrap());
     let native = host.load(&native_plugin("panic-native", "nstore", ALL)).unwrap();

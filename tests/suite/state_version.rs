@@ -14,7 +14,7 @@ use keel::runtime::legacy::LegacyInstance;
 use serde_json::json;
 
 fn host() -> keel::Host {
-    let h = keel::Host::new();
+    let h = common::host();
     h.trust().set_require_signature(false).unwrap();
     h
 }
@@ -91,6 +91,11 @@ fn wasm_plugins_get_the_savers_version_through_keel_restore_state_versioned() {
 
 #[test]
 fn themisdb_plugins_get_the_savers_version_in_their_initialize_config() {
+    // ThemisDB plugins cannot be isolated: refused under the requirement with their own code
+    // (deps::themisdb_plugin_json_dependencies_are_planned_without_libraries checks it).
+    if common::skip_when_isolated("a ThemisDB plugin cannot run isolated (KEEL_ERR_ISOLATION_UNSUPPORTED)") {
+        return;
+    }
     let dir = common::tempdir("state-version-legacy");
     let so = common::build_cxx("themis/legacy_plugin.cpp", &[], &dir, "liblegacy.so");
     let m = common::write_manifest(
@@ -131,6 +136,9 @@ fn themisdb_plugins_get_the_savers_version_in_their_initialize_config() {
 /// answering `KEEL_ERR_PLUGIN_UNLOADED` (a health poller saw that under load).
 #[test]
 fn metadata_read_during_a_stateful_reloads_hold_is_not_unloaded() {
+    if common::skip_when_isolated(common::NEEDS_FILES) {
+        return;
+    }
     use keel::ffi::health::*;
     use keel::ffi::host::*;
     use keel::keel_status::KEEL_OK;

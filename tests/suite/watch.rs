@@ -40,7 +40,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 fn host() -> Host {
-    let h = Host::new();
+    let h = common::host();
     h.trust().set_require_signature(false).unwrap();
     h
 }

@@ -58,6 +58,7 @@ pub fn context<'a>(m: &'a Manifest, services: HostServices) -> LoadContext<'a> {
         restored_state: None,
         restored_state_version: None,
         generation: 1,
+        signer_key_id: None,
     }
 }
 

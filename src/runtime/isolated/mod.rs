@@ -8,6 +8,7 @@
 //! futex wake-ups. A monitor thread per sandbox reaps it and fails the calls in flight with
 //! the cause's code; the next call (or the health monitor) restarts it with backoff.
 
+pub mod cgroup;
 pub mod sandbox;
 pub mod shm;
 
@@ -57,16 +58,24 @@ pub struct IsolationConfig {
     pub required: bool,
     /// Run the native plugins whose name matches one of these glob patterns isolated.
     pub patterns: Vec<glob::Pattern>,
+    /// Run the native plugins signed by one of these trusted keys (lower-case hex ids)
+    /// isolated.
+    pub keys: Vec<String>,
     /// The launcher; `None`: [`resolve_launcher`]'s search.
     pub launcher: Option<PathBuf>,
     /// `RLIMIT_CPU` of each sandbox in seconds (0: none).
     pub cpu_seconds: u64,
+    /// CPU limit of each sandbox through its cgroup, in percent of one CPU (0: none).
+    pub cpu_percent: u32,
 }
 
 impl IsolationConfig {
-    /// Whether the host requires isolation for the native plugin `name` (all, or by pattern).
-    pub fn requires(&self, name: &str) -> bool {
-        self.required || self.patterns.iter().any(|p| p.matches(name))
+    /// Whether the host requires isolation for the native plugin `name` whose manifest was
+    /// signed by `signer` (a verified key id; `None`: unsigned): all, by name pattern or by key.
+    pub fn requires(&self, name: &str, signer: Option<&str>) -> bool {
+        self.required
+            || self.patterns.iter().any(|p| p.matches(name))
+            || signer.is_some_and(|k| self.keys.iter().any(|x| x == k))
     }
 }
 
@@ -206,10 +215,24 @@ fn spawn_launcher(launcher: &Path, child_sock: OwnedFd) -> Result<std::process::
 
 // ---- one sandbox process ------------------------------------------------------------------
 
+/// The sandbox counters of one isolated generation (all its sandboxes), read at scrape time
+/// (`keel_plugin_sandbox_*`, see [`crate::metrics::SandboxSnapshot`]).
+#[derive(Default)]
+struct SandboxStats {
+    restarts: std::sync::atomic::AtomicU64,
+    deaths: [std::sync::atomic::AtomicU64; crate::metrics::SANDBOX_DEATH_CAUSES.len()],
+}
+
+/// A [`Spin`] alone on its cache line (128 bytes: adjacent-line prefetch pairs lines).
+#[repr(align(128))]
+struct PaddedSpin(Spin);
+
 /// Why a sandbox ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     Signal(i32),
+    /// Killed by the OOM killer at its cgroup's memory limit.
+    OutOfMemory,
     Exit(i32),
     Unknown,
 }
@@ -224,9 +247,18 @@ struct Process {
     ended: OnceLock<Ended>,
     /// The server killed it for a call's deadline.
     killed_for_deadline: AtomicBool,
+    /// The server ended it on purpose (unload, reload, a failed start): not a death.
+    retired: AtomicBool,
+    /// The generation's counters, where the monitor records a death.
+    stats: Arc<SandboxStats>,
+    /// Its cgroup, if one could be made: removed by the monitor once it has ended.
+    cgroup: Mutex<Option<cgroup::Cgroup>>,
     started: Instant,
-    /// The server side's adaptive spin budget (shared by its callers).
-    spin: Spin,
+    /// The server side's adaptive spin budget of each slot, each on its own cache line: a
+    /// budget shared by all callers was written by every call of every thread (the line
+    /// bouncing between the callers' cores, next to the `dead` flag every call reads), and
+    /// one caller's misses shortened another's spin.
+    spins: Box<[PaddedSpin]>,
 }
 
 thread_local! {
@@ -255,7 +287,21 @@ impl Process {
     }
 
     fn close(&self) {
+        self.retired.store(true, Ordering::Release);
         drop(self.sock.lock().take());
+    }
+
+    /// The index into [`crate::metrics::SANDBOX_DEATH_CAUSES`] of how it ended.
+    fn death_cause(&self, ended: Ended) -> usize {
+        match ended {
+            Ended::Signal(libc::SIGKILL) if self.killed_for_deadline.load(Ordering::Acquire) => 4,
+            Ended::OutOfMemory => 5,
+            Ended::Signal(libc::SIGSYS) => 2,
+            Ended::Signal(libc::SIGXCPU) => 3,
+            Ended::Signal(_) => 0,
+            Ended::Exit(_) => 1,
+            Ended::Unknown => 6,
+        }
     }
 
     /// Ended, or being killed for a deadline (then the next call restarts at once rather
@@ -277,6 +323,10 @@ impl Process {
             );
         }
         match ended.unwrap_or(Ended::Unknown) {
+            Ended::OutOfMemory => err!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "plugin '{plugin}': its sandbox was killed by the kernel at its cgroup memory limit (out of memory)"
+            ),
             Ended::Signal(libc::SIGSYS) => err!(
                 KEEL_ERR_SANDBOX_SYSCALL_REFUSED,
                 "plugin '{plugin}': its sandbox was killed by the seccomp filter (a system call outside the allowlist: file, socket, fork, ...)"
@@ -323,6 +373,9 @@ impl Process {
             ));
         }
         let i = self.claim(spec, expires)?;
+        // What this request may append to `output` in all (the sandbox is not trusted to
+        // have kept to the limit it was given).
+        let start_len = output.len();
         let h = self.shm.header(i);
         // SAFETY: slot i is ours (CLAIMED); the input area holds IN_CAP bytes and the copies
         // fit (checked above).
@@ -335,12 +388,11 @@ impl Process {
         h.op.store(op, Ordering::Relaxed);
         h.function.store(function, Ordering::Relaxed);
         h.in_len.store((input.len() + extra.len()) as u64, Ordering::Relaxed);
-        h.out_limit.store(out_limit.min(OUT_CAP) as u64, Ordering::Relaxed);
+        h.out_limit.store(out_limit as u64, Ordering::Relaxed);
         h.cancel.store(0, Ordering::Relaxed);
-        let now = Instant::now();
         h.expires_ns.store(
             expires.map_or(0, |e| {
-                monotonic_ns().saturating_add(e.saturating_duration_since(now).as_nanos() as u64)
+                monotonic_ns().saturating_add(e.saturating_duration_since(Instant::now()).as_nanos() as u64)
             }),
             Ordering::Relaxed,
         );
@@ -355,7 +407,7 @@ impl Process {
                 h,
                 &h.server_sleeping,
                 |s| s == DONE || s == CALLBACK || s == DEAD,
-                &self.spin,
+                &self.spins[i].0,
                 tick,
                 || {
                     if cancel.is_some_and(|c| c.is_cancelled()) {
@@ -370,10 +422,12 @@ impl Process {
             );
             match s {
                 Some(DONE) => {
-                    let n = (h.out_len.load(Ordering::Relaxed) as usize).min(out_limit.min(OUT_CAP));
+                    let room = out_limit.saturating_sub(output.len() - start_len);
+                    let sent = (h.out_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    let n = sent.min(room);
                     let reply = Reply {
                         rc: h.rc.load(Ordering::Relaxed),
-                        refused: h.refused.load(Ordering::Relaxed) != 0,
+                        refused: h.refused.load(Ordering::Relaxed) != 0 || sent > room,
                     };
                     output.reserve(n);
                     // SAFETY: n bytes of slot i's output area (bounded above) appended to
@@ -387,6 +441,31 @@ impl Process {
                         .state
                         .compare_exchange(DONE, FREE, Ordering::Release, Ordering::Relaxed);
                     return Ok(reply);
+                }
+                Some(CALLBACK) if h.cb_op.load(Ordering::Relaxed) == CB_OUTPUT_FLUSH => {
+                    // Output longer than the slot's area streams through it.
+                    let n = (h.cb_len.load(Ordering::Relaxed) as usize).min(OUT_CAP);
+                    if n > out_limit.saturating_sub(output.len() - start_len) {
+                        // Past the limit: refused here too (the plugin sees a refused write).
+                        h.cb_ret.store(-1, Ordering::Relaxed);
+                        if !publish_from(h, CALLBACK, CALLBACK_DONE, &h.worker_sleeping) {
+                            return Err(self.death_error(&spec.name));
+                        }
+                        continue;
+                    }
+                    output.reserve(n);
+                    // SAFETY: n bytes of slot i's output area (bounded above), which the
+                    // worker does not touch until CALLBACK_DONE, appended to `output`'s
+                    // spare capacity (reserved), then the length set to cover them.
+                    unsafe {
+                        let len = output.len();
+                        std::ptr::copy_nonoverlapping(self.shm.output(i), output.as_mut_ptr().add(len), n);
+                        output.set_len(len + n);
+                    }
+                    h.cb_ret.store(0, Ordering::Relaxed);
+                    if !publish_from(h, CALLBACK, CALLBACK_DONE, &h.worker_sleeping) {
+                        return Err(self.death_error(&spec.name));
+                    }
                 }
                 Some(CALLBACK) => {
                     let ret = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve_callback(spec, i)))
@@ -754,6 +833,10 @@ struct Spec {
     generation: u64,
     functions: OnceLock<Vec<String>>,
     boot: Bootstrap,
+    stats: Arc<SandboxStats>,
+    /// The memory limit (`limits.memory_mb`) and CPU percent its cgroup enforces.
+    memory_mb: u64,
+    cpu_percent: u32,
 }
 
 /// What a freshly started sandbox reported.
@@ -787,6 +870,44 @@ fn start(spec: &Spec) -> Result<Started> {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     let _ =
         rustix::net::sockopt::set_socket_timeout(&ours, rustix::net::sockopt::Timeout::Recv, Some(HANDSHAKE_TIMEOUT));
+    // Its cgroup, before it gets its bootstrap: the limits are in force before any plugin
+    // code runs. Without one, the rlimits alone (the log says which).
+    let limits = cgroup::CgroupLimits {
+        memory_bytes: spec.memory_mb << 20,
+        cpu_percent: spec.cpu_percent,
+    };
+    // Said once per generation (its first sandbox), at debug level.
+    let first = spec.functions.get().is_none();
+    let cg = match cgroup::Cgroup::create(pid, limits) {
+        Ok(cg) => {
+            first.then(|| {
+                spec.services.log(
+                    name,
+                    LogLevel::Debug,
+                    &format!("sandbox {pid}: limits by rlimits and {}", cg.description),
+                )
+            });
+            Some(cg)
+        }
+        Err(why) => {
+            first.then(|| {
+                spec.services.log(
+                    name,
+                    LogLevel::Debug,
+                    &format!("sandbox {pid}: limits by rlimits only (no cgroup: {why})"),
+                )
+            });
+            None
+        }
+    };
+    // With a cgroup memory limit, RLIMIT_AS (which counts reserved address space — thread
+    // stacks, malloc arenas — not memory used) is only a backstop: four times the limit plus
+    // 1 GiB of reservations.
+    let memory_limit = if cg.is_some() {
+        spec.boot.memory_limit + 3 * (spec.memory_mb << 20) + (1 << 30)
+    } else {
+        spec.boot.memory_limit
+    };
     let process = Arc::new(Process {
         shm,
         pid,
@@ -795,8 +916,11 @@ fn start(spec: &Spec) -> Result<Started> {
         dead: AtomicBool::new(false),
         ended: OnceLock::new(),
         killed_for_deadline: AtomicBool::new(false),
+        retired: AtomicBool::new(false),
+        stats: spec.stats.clone(),
+        cgroup: Mutex::new(cg),
         started: Instant::now(),
-        spin: Spin::new(),
+        spins: (0..spec.boot.nslots).map(|_| PaddedSpin(Spin::new())).collect(),
     });
     let watched = process.clone();
     let monitor = std::thread::Builder::new()
@@ -807,11 +931,13 @@ fn start(spec: &Spec) -> Result<Started> {
         bail!(KEEL_ERR_SANDBOX_START, "starting the sandbox monitor failed: {e}");
     }
     let fail = |e: Error| -> Error {
+        process.retired.store(true, Ordering::Release);
         process.kill();
         e
     };
     let boot = Bootstrap {
         parent: std::process::id() as u64,
+        memory_limit,
         ..spec.boot
     };
     send_with_fds(ours.as_fd(), &boot.encode(), &[spec.plugin_fd.as_fd(), shm_fd.as_fd()]).map_err(|e| {
@@ -896,7 +1022,17 @@ fn monitor(mut child: std::process::Child, p: Arc<Process>) {
         },
         Err(_) => Ended::Unknown,
     };
+    let cg = p.cgroup.lock().take();
+    let ended = match (ended, &cg) {
+        (Ended::Signal(libc::SIGKILL), Some(cg)) if cg.oom_kills() > 0 => Ended::OutOfMemory,
+        _ => ended,
+    };
+    // The sandbox has been reaped: its cgroup is empty and goes.
+    drop(cg);
     let _ = p.ended.set(ended);
+    if !p.retired.load(Ordering::Acquire) {
+        p.stats.deaths[p.death_cause(ended)].fetch_add(1, Ordering::Relaxed);
+    }
     p.dead.store(true, Ordering::Release);
     for i in 0..p.shm.nslots() {
         let h = p.shm.header(i);
@@ -991,10 +1127,20 @@ pub struct IsolatedInstance {
 /// Load a native plugin from its verified artifact into a new sandbox and run its `init`.
 pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig) -> Result<IsolatedInstance> {
     let name = ctx.manifest.name.clone();
-    let launcher = resolve_launcher(config.launcher.as_deref())?;
+    let len = artifact.len();
     let plugin_fd = artifact
         .into_sealed_fd()
         .ok_or_else(|| err!(KEEL_ERR_INTERNAL, "native artifact of '{name}' is not a sealed memfd"))?;
+    // The same ELF layout check as in-process, in the server before any sandbox starts: a
+    // truncated or foreign image gets the in-process code, not a loader crash in the sandbox.
+    let file = std::fs::File::from(plugin_fd);
+    crate::runtime::shared_lib::check_elf(
+        len,
+        |buf, off| std::os::unix::fs::FileExt::read_exact_at(&file, buf, off),
+        &format!("plugin '{name}'"),
+    )?;
+    let plugin_fd = OwnedFd::from(file);
+    let launcher = resolve_launcher(config.launcher.as_deref())?;
     let limits = ctx.manifest.limits.as_ref();
     let memory_mb = limits.and_then(|l| l.memory_mb).unwrap_or(DEFAULT_MEMORY_MB);
     let g = ctx.granted;
@@ -1024,6 +1170,9 @@ pub fn load(artifact: Verified, ctx: &LoadContext<'_>, config: &IsolationConfig)
         rpc_plugin: Arc::from(name.as_str()),
         generation: ctx.generation,
         functions: OnceLock::new(),
+        stats: Arc::default(),
+        memory_mb,
+        cpu_percent: config.cpu_percent,
         boot: Bootstrap {
             nslots: DEFAULT_SLOTS,
             api,
@@ -1092,6 +1241,7 @@ impl IsolatedInstance {
         }
         cur.close();
         self.current.store(s.process.clone());
+        self.spec.stats.restarts.fetch_add(1, Ordering::Relaxed);
         Ok(s.process)
     }
 
@@ -1129,8 +1279,7 @@ impl IsolatedInstance {
         expires: Option<Instant>,
         cancel: Option<&CancelToken>,
     ) -> Result<()> {
-        let limit = self.max_output.min(OUT_CAP);
-        let r = self.run(OP_CALL, function, input, &[], output, limit, expires, cancel)?;
+        let r = self.run(OP_CALL, function, input, &[], output, self.max_output, expires, cancel)?;
         if r.rc != 0 || r.refused {
             return Err(self.call_error(function, r, output));
         }
@@ -1144,7 +1293,7 @@ impl IsolatedInstance {
             return err!(
                 KEEL_ERR_OUTPUT_TOO_LARGE,
                 "function '{fname}' output exceeded {} bytes (a write was refused; the plugin returned {})",
-                self.max_output.min(OUT_CAP),
+                self.max_output,
                 r.rc
             );
         }
@@ -1190,6 +1339,15 @@ impl Instance for IsolatedInstance {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+
+    fn sandbox(&self) -> Option<crate::metrics::SandboxSnapshot> {
+        let st = &self.spec.stats;
+        Some(crate::metrics::SandboxSnapshot {
+            up: !self.current.load().is_dead(),
+            restarts: st.restarts.load(Ordering::Relaxed),
+            deaths: std::array::from_fn(|i| st.deaths[i].load(Ordering::Relaxed)),
+        })
     }
 
     fn has_state(&self) -> bool {

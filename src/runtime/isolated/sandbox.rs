@@ -281,8 +281,14 @@ fn hooks(v: &RawVtable) -> u32 {
 
 /// Where a hook's output goes: the slot's output area, up to `limit`.
 struct SlotOut {
+    /// The slot (for the flush callback).
+    slot: usize,
     base: *mut u8,
+    /// Bytes in the output area now.
     len: usize,
+    /// Bytes already handed to the server by flushes.
+    flushed: usize,
+    /// The call's output limit (all of its output, flushed or not).
     limit: usize,
     refused: bool,
 }
@@ -298,15 +304,29 @@ unsafe extern "C" fn slot_write(ctx: *mut c_void, data: *const u8, len: usize) -
     }
     // SAFETY: ctx is the SlotOut of the running hook, used by this thread only.
     let o = unsafe { &mut *(ctx as *mut SlotOut) };
-    if len > o.limit - o.len {
+    if len > o.limit.saturating_sub(o.flushed + o.len) {
         o.refused = true;
         return WRITE_REFUSED;
     }
-    if len > 0 {
-        // SAFETY: o.len + len <= limit <= the output area's size; `data` has len bytes.
-        unsafe { std::ptr::copy_nonoverlapping(data, o.base.add(o.len), len) };
+    let mut done = 0;
+    while done < len {
+        if o.len == OUT_CAP {
+            // The area is full: the server takes it (on the calling server thread, which
+            // waits for this call) and the area starts over.
+            if callback(o.slot, CB_OUTPUT_FLUSH, 0, o.len, 0) != 0 {
+                o.refused = true;
+                return WRITE_REFUSED;
+            }
+            o.flushed += o.len;
+            o.len = 0;
+        }
+        let n = (len - done).min(OUT_CAP - o.len);
+        // SAFETY: o.len + n <= OUT_CAP, the output area's size; `data` has len bytes, of
+        // which [done, done + n) are copied.
+        unsafe { std::ptr::copy_nonoverlapping(data.add(done), o.base.add(o.len), n) };
+        o.len += n;
+        done += n;
     }
-    o.len += len;
     0
 }
 
@@ -339,9 +359,11 @@ fn serve(shm: &Shm, i: usize, h: &SlotHeader) {
     let in_len = (h.in_len.load(Ordering::Relaxed) as usize).min(IN_CAP);
     let input = shm.input(i) as *const u8;
     let mut out = SlotOut {
+        slot: i,
         base: shm.output(i),
         len: 0,
-        limit: (h.out_limit.load(Ordering::Relaxed) as usize).min(OUT_CAP),
+        flushed: 0,
+        limit: h.out_limit.load(Ordering::Relaxed) as usize,
         refused: false,
     };
     let raw = RawOutput {
@@ -466,15 +488,22 @@ fn callback(i: usize, op: u32, arg: i32, len: usize, len2: usize) -> i64 {
     if !publish_from(h, REQUEST, CALLBACK, &h.server_sleeping) {
         return -3;
     }
-    static CALLBACK_SPIN: Spin = Spin::new();
-    match wait_for(
-        h,
-        &h.worker_sleeping,
-        |s| s == CALLBACK_DONE || s == DEAD,
-        &CALLBACK_SPIN,
-        None,
-        || true,
-    ) {
+    thread_local! {
+        // Each worker's own budget (one shared by all workers was written by every callback
+        // of every worker, the line bouncing between their cores).
+        static CALLBACK_SPIN: Spin = const { Spin::new() };
+    }
+    let r = CALLBACK_SPIN.with(|spin| {
+        wait_for(
+            h,
+            &h.worker_sleeping,
+            |s| s == CALLBACK_DONE || s == DEAD,
+            spin,
+            None,
+            || true,
+        )
+    });
+    match r {
         Some(CALLBACK_DONE) => {
             let r = h.cb_ret.load(Ordering::Relaxed);
             let _ = h

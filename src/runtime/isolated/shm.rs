@@ -69,6 +69,9 @@ pub const CB_METRIC_DEFINE: u32 = 13;
 /// `cb_arg`: 0 add, 1 set, 2 observe.
 pub const CB_METRIC_UPDATE: u32 = 14;
 pub const CB_RPC_REGISTER: u32 = 15;
+/// The output area is full: the server appends its first `cb_len` bytes to the call's output
+/// and the worker starts over at its beginning (outputs longer than the area stream through).
+pub const CB_OUTPUT_FLUSH: u32 = 16;
 
 /// A slot's header: the words both processes read and write.
 #[repr(C)]

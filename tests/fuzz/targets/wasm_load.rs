@@ -138,6 +138,7 @@ pub fn run(data: &[u8]) {
         restored_state: None,
         restored_state_version: None,
         generation: 1,
+        signer_key_id: None,
     };
     let Ok(instance) = f.runtime.instantiate(&art, &ctx) else {
         return;
