@@ -116,7 +116,7 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        // The memory mode has its own setter (keel_host_set_wasm_memory_mode): kept as it is.
+        // The memory mode and the engine have their own setters (keel_host_set_wasm_memory_mode): kept as it is.
         h.update_wasm_config(|cur| {
             *cur = WasmConfig {
                 defaults: limits_from_c(&c.defaults),
@@ -126,6 +126,8 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 watchdog_tick: Duration::from_micros(u64::from(c.watchdog_tick_us)),
                 cache,
                 memory: cur.memory,
+                engine: cur.engine,
+                manifest_engine: cur.manifest_engine,
             }
         })
     })
