@@ -593,6 +593,32 @@ typedef uint32_t keel_wasm_memory_mode;
 #endif // __cplusplus
 
 /**
+ * The engine that compiles and runs WASM plugins (`engine` of `keel_host_set_wasm_engine`;
+ * see docs/wasm.md for when to choose which).
+ */
+enum keel_wasm_engine
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The default: wasmer 7.4.2 (Cranelift).
+   */
+  KEEL_WASM_ENGINE_WASMER = 0,
+  /**
+   * wasmtime 48 (Cranelift): lower per-call cost, epoch interruption.
+   */
+  KEEL_WASM_ENGINE_WASMTIME = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_wasm_engine keel_wasm_engine;
+#else
+typedef uint32_t keel_wasm_engine;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A growable byte buffer that receives results (see "Output buffers" at the top of this
  * header). Owned by the caller (`keel_buffer_new` / `keel_buffer_free`) and reused across
  * calls: its memory is kept, so steady-state calls allocate nothing. Not thread-safe: use
@@ -1586,6 +1612,36 @@ keel_status keel_host_wasm_memory_mode(const keel_host *host, uint32_t *out);
  * Errors: `KEEL_ERR_NULL_POINTER`.
  */
 keel_status keel_host_wasm_cache_stats(const keel_host *host, keel_wasm_cache_stats *out);
+
+/**
+ * Choose the engine of the host's WASM plugins: `engine` is a `keel_wasm_engine` value
+ * (`KEEL_WASM_ENGINE_WASMER`, the default, or `KEEL_WASM_ENGINE_WASMTIME`). With
+ * `manifest_may_choose` true, a plugin's manifest may ask for the other engine
+ * (`"wasm_engine": "wasmer" | "wasmtime"`); with false, a manifest naming an engine other
+ * than `engine` is refused at load with `KEEL_ERR_MANIFEST_INVALID`.
+ * `keel_host_set_wasm_config` keeps the engine set here.
+ *
+ * Must be called before the first WASM plugin is loaded; afterwards it fails with
+ * `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a `keel_wasm_engine`
+ * value, or the runtime already runs).
+ */
+keel_status keel_host_set_wasm_engine(const keel_host *host,
+                                      uint32_t engine,
+                                      bool manifest_may_choose);
+
+/**
+ * The host's WASM engine (a `keel_wasm_engine` value) into `*engine`, and whether manifests
+ * may choose the other one into `*manifest_may_choose` (either pointer may be NULL when not
+ * wanted, not both): the settings in force, or those the runtime will start with.
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (both pointers NULL, or `host`).
+ */
+keel_status keel_host_wasm_engine(const keel_host *host,
+                                  uint32_t *engine,
+                                  bool *manifest_may_choose);
 
 /**
  * Take a lease on the type-specific object of a ThemisDB legacy plugin's current generation:

@@ -939,6 +939,14 @@ impl WasmPlugin {
         matches!(self.mode, Mode::Pooled(_))
     }
 
+    /// The engine this plugin runs on.
+    pub fn engine(&self) -> super::WasmEngine {
+        match self.shared.code {
+            Code::Wasmer(_) => super::WasmEngine::Wasmer,
+            Code::Wasmtime(_) => super::WasmEngine::Wasmtime,
+        }
+    }
+
     /// The limits this plugin runs under.
     pub fn limits(&self) -> EffectiveLimits {
         self.shared.limits
@@ -1064,6 +1072,7 @@ impl std::fmt::Debug for WasmPlugin {
         f.debug_struct("WasmPlugin")
             .field("name", &self.shared.name)
             .field("functions", &self.functions)
+            .field("engine", &self.engine())
             .field("pooled", &self.is_pooled())
             .field("limits", &self.shared.limits)
             .finish()
