@@ -575,7 +575,8 @@ enum keel_wasm_memory_mode
    */
   KEEL_WASM_MEMORY_CAPPED = 0,
   /**
-   * Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+   * Each instance reserves 8 GiB on wasmer (its static memories), 4 GiB + a 32 MiB guard
+   * on wasmtime; no bounds checks in the code.
    */
   KEEL_WASM_MEMORY_STATIC = 1,
   /**
@@ -808,7 +809,7 @@ typedef struct {
    */
   uint64_t compiles;
   /**
-   * Entries refused (authentication failed, truncated, refused by wasmer); each was
+   * Entries refused (authentication failed, truncated, refused by the engine); each was
    * removed and its module recompiled.
    */
   uint64_t rejected;
@@ -1586,7 +1587,8 @@ keel_status keel_host_set_wasm_config(const keel_host *host, const keel_wasm_con
 /**
  * Choose how WASM instance memories use the address space: `mode` is a
  * `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
- * thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+ * thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance on wasmer,
+ * 4 GiB + 32 MiB on wasmtime).
  * `keel_host_set_wasm_config` keeps the mode set here.
  *
  * Must be called before the first WASM plugin is loaded; afterwards it fails with

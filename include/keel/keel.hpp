@@ -385,7 +385,7 @@ inline constexpr std::string_view prometheus_content_type = KEEL_METRICS_CONTENT
 enum class WasmMemoryMode : std::uint32_t {
     /** Default: the memory cap + 64 KiB reserved per instance, explicit bounds checks. */
     Capped = KEEL_WASM_MEMORY_CAPPED,
-    /** 8 GiB reserved per instance, no bounds checks. */
+    /** 8 GiB (wasmer) or 4 GiB + 32 MiB (wasmtime) reserved per instance, no bounds checks. */
     Static = KEEL_WASM_MEMORY_STATIC,
     /** The current size + 64 KiB reserved; growth moves (copies) the memory. */
     Dynamic = KEEL_WASM_MEMORY_DYNAMIC,

@@ -142,7 +142,8 @@ pub enum keel_wasm_memory_mode {
     /// The default. Each instance reserves its memory cap + 64 KiB of address space; the
     /// compiled code checks bounds explicitly; memories grow in place.
     KEEL_WASM_MEMORY_CAPPED = 0,
-    /// Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+    /// Each instance reserves 8 GiB on wasmer (its static memories), 4 GiB + a 32 MiB guard
+    /// on wasmtime; no bounds checks in the code.
     KEEL_WASM_MEMORY_STATIC = 1,
     /// Each instance reserves its current memory size + 64 KiB; bounds checks as CAPPED;
     /// growing maps a larger region and copies the memory.
@@ -184,7 +185,8 @@ impl From<MemoryMode> for keel_wasm_memory_mode {
 
 /// Choose how WASM instance memories use the address space: `mode` is a
 /// `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
-/// thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+/// thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance on wasmer,
+/// 4 GiB + 32 MiB on wasmtime).
 /// `keel_host_set_wasm_config` keeps the mode set here.
 ///
 /// Must be called before the first WASM plugin is loaded; afterwards it fails with
@@ -229,7 +231,7 @@ pub struct keel_wasm_cache_stats {
     pub hits: u64,
     /// Modules compiled (no usable entry, or no cache).
     pub compiles: u64,
-    /// Entries refused (authentication failed, truncated, refused by wasmer); each was
+    /// Entries refused (authentication failed, truncated, refused by the engine); each was
     /// removed and its module recompiled.
     pub rejected: u64,
 }

@@ -221,7 +221,7 @@ pub struct CacheStats {
     pub hits: u64,
     /// Modules compiled (no usable entry, or no cache).
     pub compiles: u64,
-    /// Entries found but refused (tag mismatch, truncation, wasmer refused them); each was
+    /// Entries found but refused (tag mismatch, truncation, the engine refused them); each was
     /// removed and the module recompiled.
     pub rejected: u64,
 }
