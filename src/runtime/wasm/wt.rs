@@ -415,3 +415,44 @@ impl Backend for Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_names_the_engine_and_every_setting_code_depends_on() {
+        let a = EngineSettings::new(true, MemoryMode::Capped, 16);
+        assert_eq!(a.reservation, 16 * 65536);
+        let key = a.cache_key();
+        assert!(
+            key.contains("wasmtime/48.0.0") && key.contains("reserve-1048576"),
+            "{key}"
+        );
+        for other in [
+            EngineSettings::new(false, MemoryMode::Capped, 16),
+            EngineSettings::new(true, MemoryMode::Capped, 17),
+            EngineSettings::new(true, MemoryMode::Static, 16),
+            EngineSettings::new(true, MemoryMode::Dynamic, 16),
+        ] {
+            assert_ne!(key, other.cache_key(), "{other:?}");
+        }
+        // Static code (no bounds checks) does not depend on the cap.
+        assert_eq!(
+            EngineSettings::new(true, MemoryMode::Static, 1).cache_key(),
+            EngineSettings::new(true, MemoryMode::Static, 4096).cache_key()
+        );
+        // Never the key of a wasmer engine.
+        assert!(!key.contains("wasmer"));
+    }
+
+    #[test]
+    fn one_engine_per_setting_shared_by_plugins() {
+        let engines = Engines::default();
+        let s = EngineSettings::new(true, MemoryMode::Capped, 16);
+        let (a, b) = (engines.get(s).unwrap(), engines.get(s).unwrap());
+        assert!(Engine::same(&a, &b));
+        let c = engines.get(EngineSettings::new(true, MemoryMode::Capped, 32)).unwrap();
+        assert!(!Engine::same(&a, &c));
+    }
+}
