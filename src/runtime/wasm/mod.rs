@@ -11,8 +11,9 @@
 //! turns a verified artifact into a running plugin generation:
 //!
 //! 1. look the compiled module up in the cache (authenticated with HMAC-SHA256 under the
-//!    node's key before wasmer deserializes it), or compile exactly the verified bytes with
-//!    Cranelift plus wasmer's `Metering` middleware, and cache the result;
+//!    node's key before the engine deserializes it), or compile exactly the verified bytes
+//!    (wasmer: Cranelift plus the `Metering` middleware and the stop checks; wasmtime:
+//!    Cranelift with fuel and epoch interruption), and cache the result;
 //! 2. check the module before any of its code runs: no start function, imports only from
 //!    module `"keel"` and only what the granted capabilities provide
 //!    (`KEEL_ERR_IMPORT_NOT_GRANTED` names the first offender), the required exports with the
