@@ -85,6 +85,10 @@ impl EngineSettings {
             // Static and Capped memories never move: their base is fixed for the instance's
             // life, as the call path's `fixed_base` assumes; Dynamic ones move when they grow.
             .memory_may_move(self.mode == MemoryMode::Dynamic)
+            // Data segments are copied at instantiation (as on wasmer), not mapped from a
+            // per-module memfd: a fleet of thousands of plugins must not hold a file
+            // descriptor and extra mappings per module.
+            .memory_init_cow(false)
             // A trap's message is enough; a backtrace would cost every trap a stack walk.
             .wasm_backtrace_max_frames(None);
         c
@@ -93,7 +97,7 @@ impl EngineSettings {
     /// The compiled-module cache key of code compiled with these settings.
     pub fn cache_key(&self) -> String {
         format!(
-            "keel-wasm/1 wasmtime/{VERSION} cranelift/opt-speed fuel/{} epochs memory/{}-reserve-{}-guard-{} target/{}",
+            "keel-wasm/1 wasmtime/{VERSION} cranelift/opt-speed fuel/{} epochs memory/{}-reserve-{}-guard-{} cow-off target/{}",
             if self.metering { "wasmtime" } else { "off" },
             self.mode.as_str(),
             self.reservation,
@@ -294,9 +298,12 @@ impl Instance {
         });
         store.set_epoch_deadline(1);
         if shared.metering {
-            // No guest code may run before the host sets the budget.
+            // Instantiation runs no guest code (Keel refuses start functions), but wasmtime
+            // charges the initialisation of data segments to the store's fuel (its cost is
+            // bounded by the module's size, as on wasmer, which charges nothing for it). Every
+            // entry into the guest sets the call's budget before any guest code runs.
             store
-                .set_fuel(0)
+                .set_fuel(i64::MAX as u64)
                 .map_err(|e| instantiate_error(name, format!("setting the fuel: {e}")))?;
         }
         let instance = code
