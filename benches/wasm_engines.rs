@@ -351,7 +351,11 @@ fn main() {
             d.as_secs_f64() * 1e3
         };
         if hit {
-            if std::fs::read_dir(cache_dir).map_or(true, |mut d| d.next().is_none()) {
+            let empty = match std::fs::read_dir(cache_dir) {
+                Ok(mut d) => d.next().is_none(),
+                Err(_) => true,
+            };
+            if empty {
                 load();
             }
         } else {
