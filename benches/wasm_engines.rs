@@ -160,6 +160,73 @@ fn ffi(dir: &std::path::Path, engine: WasmEngine, function: &std::ffi::CStr) -> 
     })
 }
 
+/// A raw wasmtime instance of a Keel WASM module (its `keel.log` import a no-op), under
+/// `config`: for telling apart what the byte sum's cost on wasmtime comes from.
+struct RawKernel {
+    store: wasmtime::Store<()>,
+    call: wasmtime::TypedFunc<(i32, i32, i32), i64>,
+    memory: wasmtime::Memory,
+    ptr: i32,
+}
+
+impl RawKernel {
+    fn new(wasm: &[u8], config: &wasmtime::Config) -> RawKernel {
+        let engine = wasmtime::Engine::new(config).unwrap();
+        let module = wasmtime::Module::new(&engine, wasm).unwrap();
+        let mut linker = wasmtime::Linker::new(&engine);
+        linker.func_wrap("keel", "log", |_: i32, _: i32, _: i32| {}).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_fuel(u64::MAX / 2).unwrap();
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = linker.instantiate(&mut store, &module).unwrap();
+        let alloc = instance.get_typed_func::<i32, i32>(&mut store, "keel_alloc").unwrap();
+        let ptr = alloc.call(&mut store, 4096).unwrap();
+        let init = instance
+            .get_typed_func::<(i32, i32), i64>(&mut store, "keel_init")
+            .unwrap();
+        assert_eq!(init.call(&mut store, (ptr, 0)).unwrap() as u64 >> 63, 0, "keel_init");
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let call = instance.get_typed_func(&mut store, "keel_call").unwrap();
+        RawKernel {
+            store,
+            call,
+            memory,
+            ptr,
+        }
+    }
+
+    /// As Keel configures wasmtime in the default `capped` mode (64 MiB cap), with or without
+    /// Cranelift's Spectre mitigation of heap accesses.
+    fn capped_config(spectre: bool) -> wasmtime::Config {
+        let mut c = wasmtime::Config::new();
+        c.cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .memory_reservation(64 << 20)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .memory_may_move(false);
+        if !spectre {
+            // SAFETY: a Cranelift setting the bench's own engine compiles with; it only
+            // removes the speculative-execution hardening of bounds-checked accesses.
+            unsafe {
+                c.cranelift_flag_set("enable_heap_access_spectre_mitigation", "false");
+            }
+        }
+        c
+    }
+
+    #[inline]
+    fn call(&mut self, f: i32, input: &[u8], out: &mut Vec<u8>) {
+        self.memory.write(&mut self.store, self.ptr as usize, input).unwrap();
+        let r = self
+            .call
+            .call(&mut self.store, (f, self.ptr, input.len() as i32))
+            .unwrap();
+        finish(r, self.memory.data(&self.store), out);
+    }
+}
+
 fn runtime(engine: WasmEngine, cache: Option<CacheConfig>) -> WasmRuntime {
     WasmRuntime::new(WasmConfig {
         engine,
@@ -300,16 +367,68 @@ fn main() {
             p.call(0, std::hint::black_box(&data), &mut o).unwrap();
         })
     };
+    // Where wasmtime's cost on this loop comes from: Keel on wasmtime with static memories (no
+    // explicit bounds checks), and raw wasmtime configured as Keel's capped mode, with and
+    // without the Spectre mitigation of checked accesses.
+    let static_kernel = WasmRuntime::new(WasmConfig {
+        engine: WasmEngine::Wasmtime,
+        memory: keel::runtime::wasm::MemoryMode::Static,
+        ..WasmConfig::default()
+    })
+    .unwrap()
+    .load(&artifact(wasm_c.clone()), &context(&m, HostServices::default()))
+    .unwrap();
+    let mut raw_capped = RawKernel::new(&wasm_c, &RawKernel::capped_config(true));
+    let mut raw_capped_nospectre = RawKernel::new(&wasm_c, &RawKernel::capped_config(false));
+    let mut o = Vec::new();
+    for raw in [&mut raw_capped, &mut raw_capped_nospectre] {
+        raw.call(0, &data, &mut o);
+        assert_eq!(o, a);
+    }
+    let (mut o1, mut o2) = (Vec::with_capacity(64), Vec::with_capacity(64));
     let r = common::interleave(
         rounds,
         &mut [
             ("bytesum_wasmer", &mut || run(&kernels[0])),
             ("bytesum_wasmtime", &mut || run(&kernels[1])),
+            ("bytesum_wasmtime_static", &mut || run(&static_kernel)),
+            ("bytesum_raw_wasmtime_capped", &mut || {
+                common::ns_per_call(k, &mut || raw_capped.call(0, std::hint::black_box(&data), &mut o1))
+            }),
+            ("bytesum_raw_wasmtime_capped_nospectre", &mut || {
+                common::ns_per_call(k, &mut || {
+                    raw_capped_nospectre.call(0, std::hint::black_box(&data), &mut o2)
+                })
+            }),
         ],
     );
     r.ratio(
         "bytesum 4 KiB via Keel: wasmtime / wasmer",
         "bytesum_wasmtime",
+        "bytesum_wasmer",
+        "ns",
+    );
+    r.ratio(
+        "bytesum 4 KiB via Keel on wasmtime: static / capped memories",
+        "bytesum_wasmtime_static",
+        "bytesum_wasmtime",
+        "ns",
+    );
+    r.ratio(
+        "bytesum 4 KiB via Keel on wasmtime / raw wasmtime as capped (fuel + epoch)",
+        "bytesum_wasmtime",
+        "bytesum_raw_wasmtime_capped",
+        "ns",
+    );
+    r.ratio(
+        "bytesum 4 KiB raw wasmtime as capped: without / with the Spectre mitigation",
+        "bytesum_raw_wasmtime_capped_nospectre",
+        "bytesum_raw_wasmtime_capped",
+        "ns",
+    );
+    r.ratio(
+        "bytesum 4 KiB: raw wasmtime as capped without Spectre mitigation / Keel on wasmer",
+        "bytesum_raw_wasmtime_capped_nospectre",
         "bytesum_wasmer",
         "ns",
     );
