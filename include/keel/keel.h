@@ -575,7 +575,8 @@ enum keel_wasm_memory_mode
    */
   KEEL_WASM_MEMORY_CAPPED = 0,
   /**
-   * Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+   * Each instance reserves 8 GiB on wasmer (its static memories), 4 GiB + a 32 MiB guard
+   * on wasmtime; no bounds checks in the code.
    */
   KEEL_WASM_MEMORY_STATIC = 1,
   /**
@@ -589,6 +590,32 @@ enum keel_wasm_memory_mode
 typedef enum keel_wasm_memory_mode keel_wasm_memory_mode;
 #else
 typedef uint32_t keel_wasm_memory_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The engine that compiles and runs WASM plugins (`engine` of `keel_host_set_wasm_engine`;
+ * see docs/wasm.md for when to choose which).
+ */
+enum keel_wasm_engine
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The default: wasmer 7.4.2 (Cranelift).
+   */
+  KEEL_WASM_ENGINE_WASMER = 0,
+  /**
+   * wasmtime 48 (Cranelift): lower per-call cost, epoch interruption.
+   */
+  KEEL_WASM_ENGINE_WASMTIME = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_wasm_engine keel_wasm_engine;
+#else
+typedef uint32_t keel_wasm_engine;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -794,7 +821,7 @@ typedef struct {
    */
   uint64_t compiles;
   /**
-   * Entries refused (authentication failed, truncated, refused by wasmer); each was
+   * Entries refused (authentication failed, truncated, refused by the engine); each was
    * removed and its module recompiled.
    */
   uint64_t rejected;
@@ -1572,7 +1599,8 @@ keel_status keel_host_set_wasm_config(const keel_host *host, const keel_wasm_con
 /**
  * Choose how WASM instance memories use the address space: `mode` is a
  * `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
- * thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+ * thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance on wasmer,
+ * 4 GiB + 32 MiB on wasmtime).
  * `keel_host_set_wasm_config` keeps the mode set here.
  *
  * Must be called before the first WASM plugin is loaded; afterwards it fails with
@@ -1598,6 +1626,36 @@ keel_status keel_host_wasm_memory_mode(const keel_host *host, uint32_t *out);
  * Errors: `KEEL_ERR_NULL_POINTER`.
  */
 keel_status keel_host_wasm_cache_stats(const keel_host *host, keel_wasm_cache_stats *out);
+
+/**
+ * Choose the engine of the host's WASM plugins: `engine` is a `keel_wasm_engine` value
+ * (`KEEL_WASM_ENGINE_WASMER`, the default, or `KEEL_WASM_ENGINE_WASMTIME`). With
+ * `manifest_may_choose` true, a plugin's manifest may ask for the other engine
+ * (`"wasm_engine": "wasmer" | "wasmtime"`); with false, a manifest naming an engine other
+ * than `engine` is refused at load with `KEEL_ERR_MANIFEST_INVALID`.
+ * `keel_host_set_wasm_config` keeps the engine set here.
+ *
+ * Must be called before the first WASM plugin is loaded; afterwards it fails with
+ * `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a `keel_wasm_engine`
+ * value, or the runtime already runs).
+ */
+keel_status keel_host_set_wasm_engine(const keel_host *host,
+                                      uint32_t engine,
+                                      bool manifest_may_choose);
+
+/**
+ * The host's WASM engine (a `keel_wasm_engine` value) into `*engine`, and whether manifests
+ * may choose the other one into `*manifest_may_choose` (either pointer may be NULL when not
+ * wanted, not both): the settings in force, or those the runtime will start with.
+ * Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER` (both pointers NULL, or `host`).
+ */
+keel_status keel_host_wasm_engine(const keel_host *host,
+                                  uint32_t *engine,
+                                  bool *manifest_may_choose);
 
 /**
  * Take a lease on the type-specific object of a ThemisDB legacy plugin's current generation:

@@ -385,10 +385,18 @@ inline constexpr std::string_view prometheus_content_type = KEEL_METRICS_CONTENT
 enum class WasmMemoryMode : std::uint32_t {
     /** Default: the memory cap + 64 KiB reserved per instance, explicit bounds checks. */
     Capped = KEEL_WASM_MEMORY_CAPPED,
-    /** 8 GiB reserved per instance, no bounds checks. */
+    /** 8 GiB (wasmer) or 4 GiB + 32 MiB (wasmtime) reserved per instance, no bounds checks. */
     Static = KEEL_WASM_MEMORY_STATIC,
     /** The current size + 64 KiB reserved; growth moves (copies) the memory. */
     Dynamic = KEEL_WASM_MEMORY_DYNAMIC,
+};
+
+/** The engine of the host's WASM plugins (Host::set_wasm_engine; docs/wasm.md). */
+enum class WasmEngine : std::uint32_t {
+    /** Default: wasmer 7.4.2. */
+    Wasmer = KEEL_WASM_ENGINE_WASMER,
+    /** wasmtime 48: lower per-call cost, epoch interruption. */
+    Wasmtime = KEEL_WASM_ENGINE_WASMTIME,
 };
 
 /** Settings of the host's WASM runtime (Host::set_wasm_config). Default-constructed with
@@ -1396,6 +1404,21 @@ public:
         std::uint32_t m = 0;
         Error::check(keel_host_wasm_memory_mode(h(), &m));
         return static_cast<WasmMemoryMode>(m);
+    }
+    /** The engine of WASM plugins; with manifest_may_choose a manifest may ask for the other
+     *  one ("wasm_engine"). Before the first WASM plugin is loaded (kept by set_wasm_config). */
+    void set_wasm_engine(WasmEngine engine, bool manifest_may_choose = false) const {
+        Error::check(keel_host_set_wasm_engine(h(), static_cast<std::uint32_t>(engine), manifest_may_choose));
+    }
+    WasmEngine wasm_engine() const {
+        std::uint32_t e = 0;
+        Error::check(keel_host_wasm_engine(h(), &e, nullptr));
+        return static_cast<WasmEngine>(e);
+    }
+    bool wasm_manifest_may_choose_engine() const {
+        bool b = false;
+        Error::check(keel_host_wasm_engine(h(), nullptr, &b));
+        return b;
     }
     WasmCacheStats wasm_cache_stats() const {
         WasmCacheStats s{};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::host::keel_host;
 use super::{arg_str, borrow, boundary, Out};
 use crate::error::keel_status;
-use crate::runtime::wasm::{CacheConfig, MemoryMode, WasmConfig, WasmLimits};
+use crate::runtime::wasm::{CacheConfig, MemoryMode, WasmConfig, WasmEngine, WasmLimits};
 
 /// Limits of one WASM call or instance.
 #[repr(C)]
@@ -116,7 +116,7 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        // The memory mode has its own setter (keel_host_set_wasm_memory_mode): kept as it is.
+        // The memory mode and the engine have their own setters (keel_host_set_wasm_memory_mode): kept as it is.
         h.update_wasm_config(|cur| {
             *cur = WasmConfig {
                 defaults: limits_from_c(&c.defaults),
@@ -126,6 +126,8 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 watchdog_tick: Duration::from_micros(u64::from(c.watchdog_tick_us)),
                 cache,
                 memory: cur.memory,
+                engine: cur.engine,
+                manifest_engine: cur.manifest_engine,
             }
         })
     })
@@ -140,7 +142,8 @@ pub enum keel_wasm_memory_mode {
     /// The default. Each instance reserves its memory cap + 64 KiB of address space; the
     /// compiled code checks bounds explicitly; memories grow in place.
     KEEL_WASM_MEMORY_CAPPED = 0,
-    /// Each instance reserves 8 GiB (wasmer's static memories); no bounds checks in the code.
+    /// Each instance reserves 8 GiB on wasmer (its static memories), 4 GiB + a 32 MiB guard
+    /// on wasmtime; no bounds checks in the code.
     KEEL_WASM_MEMORY_STATIC = 1,
     /// Each instance reserves its current memory size + 64 KiB; bounds checks as CAPPED;
     /// growing maps a larger region and copies the memory.
@@ -182,7 +185,8 @@ impl From<MemoryMode> for keel_wasm_memory_mode {
 
 /// Choose how WASM instance memories use the address space: `mode` is a
 /// `keel_wasm_memory_mode` value (`KEEL_WASM_MEMORY_CAPPED`, the default, lets a host load
-/// thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance).
+/// thousands of WASM plugins; `KEEL_WASM_MEMORY_STATIC` reserves 8 GiB per instance on wasmer,
+/// 4 GiB + 32 MiB on wasmtime).
 /// `keel_host_set_wasm_config` keeps the mode set here.
 ///
 /// Must be called before the first WASM plugin is loaded; afterwards it fails with
@@ -227,7 +231,7 @@ pub struct keel_wasm_cache_stats {
     pub hits: u64,
     /// Modules compiled (no usable entry, or no cache).
     pub compiles: u64,
-    /// Entries refused (authentication failed, truncated, refused by wasmer); each was
+    /// Entries refused (authentication failed, truncated, refused by the engine); each was
     /// removed and its module recompiled.
     pub rejected: u64,
 }
@@ -247,6 +251,102 @@ pub extern "C" fn keel_host_wasm_cache_stats(host: *const keel_host, out: *mut k
             compiles: s.compiles,
             rejected: s.rejected,
         });
+        Ok(())
+    })
+}
+
+/// The engine that compiles and runs WASM plugins (`engine` of `keel_host_set_wasm_engine`;
+/// see docs/wasm.md for when to choose which).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum keel_wasm_engine {
+    /// The default: wasmer 7.4.2 (Cranelift).
+    KEEL_WASM_ENGINE_WASMER = 0,
+    /// wasmtime 48 (Cranelift): lower per-call cost, epoch interruption.
+    KEEL_WASM_ENGINE_WASMTIME = 1,
+}
+
+impl From<keel_wasm_engine> for WasmEngine {
+    fn from(e: keel_wasm_engine) -> WasmEngine {
+        match e {
+            keel_wasm_engine::KEEL_WASM_ENGINE_WASMER => WasmEngine::Wasmer,
+            keel_wasm_engine::KEEL_WASM_ENGINE_WASMTIME => WasmEngine::Wasmtime,
+        }
+    }
+}
+
+impl From<WasmEngine> for keel_wasm_engine {
+    fn from(e: WasmEngine) -> keel_wasm_engine {
+        match e {
+            WasmEngine::Wasmer => keel_wasm_engine::KEEL_WASM_ENGINE_WASMER,
+            WasmEngine::Wasmtime => keel_wasm_engine::KEEL_WASM_ENGINE_WASMTIME,
+        }
+    }
+}
+
+/// Choose the engine of the host's WASM plugins: `engine` is a `keel_wasm_engine` value
+/// (`KEEL_WASM_ENGINE_WASMER`, the default, or `KEEL_WASM_ENGINE_WASMTIME`). With
+/// `manifest_may_choose` true, a plugin's manifest may ask for the other engine
+/// (`"wasm_engine": "wasmer" | "wasmtime"`); with false, a manifest naming an engine other
+/// than `engine` is refused at load with `KEEL_ERR_MANIFEST_INVALID`.
+/// `keel_host_set_wasm_config` keeps the engine set here.
+///
+/// Must be called before the first WASM plugin is loaded; afterwards it fails with
+/// `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a `keel_wasm_engine`
+/// value, or the runtime already runs).
+#[no_mangle]
+pub extern "C" fn keel_host_set_wasm_engine(
+    host: *const keel_host,
+    engine: u32,
+    manifest_may_choose: bool,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `host`.
+        let h = unsafe { borrow(host, "host") }?;
+        let e = match engine {
+            0 => keel_wasm_engine::KEEL_WASM_ENGINE_WASMER,
+            1 => keel_wasm_engine::KEEL_WASM_ENGINE_WASMTIME,
+            _ => crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "{engine} is not a keel_wasm_engine (0 wasmer, 1 wasmtime)"
+            ),
+        };
+        h.update_wasm_config(|c| {
+            c.engine = e.into();
+            c.manifest_engine = manifest_may_choose;
+        })
+    })
+}
+
+/// The host's WASM engine (a `keel_wasm_engine` value) into `*engine`, and whether manifests
+/// may choose the other one into `*manifest_may_choose` (either pointer may be NULL when not
+/// wanted, not both): the settings in force, or those the runtime will start with.
+/// Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER` (both pointers NULL, or `host`).
+#[no_mangle]
+pub extern "C" fn keel_host_wasm_engine(
+    host: *const keel_host,
+    engine: *mut u32,
+    manifest_may_choose: *mut bool,
+) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `host`.
+        let h = unsafe { borrow(host, "host") }?;
+        if engine.is_null() && manifest_may_choose.is_null() {
+            crate::bail!(KEEL_ERR_NULL_POINTER, "engine and manifest_may_choose are both NULL");
+        }
+        let c = h.wasm_config();
+        if !engine.is_null() {
+            // SAFETY: caller contract: a non-NULL `engine` is valid for a u32 write.
+            unsafe { Out::new(engine, "engine") }?.set(keel_wasm_engine::from(c.engine) as u32);
+        }
+        if !manifest_may_choose.is_null() {
+            // SAFETY: caller contract: a non-NULL `manifest_may_choose` is valid for a write.
+            unsafe { Out::new(manifest_may_choose, "manifest_may_choose") }?.set(c.manifest_engine);
+        }
         Ok(())
     })
 }

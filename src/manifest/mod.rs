@@ -124,6 +124,10 @@ pub struct Manifest {
     pub limits: Option<Limits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceMode>,
+    /// `"wasmer"` or `"wasmtime"`: the engine this WASM plugin asks for; honoured only where
+    /// the node lets manifests choose (docs/wasm.md), refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm_engine: Option<String>,
     /// `"process"`: run this native plugin in a sandbox process (docs/isolation.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<Isolation>,

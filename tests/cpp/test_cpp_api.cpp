@@ -359,14 +359,21 @@ static int run(const std::string &dir) {
         h.set_wasm_memory_mode(keel::WasmMemoryMode::Dynamic);
         CHECK(status_of([&] { h.set_wasm_memory_mode(static_cast<keel::WasmMemoryMode>(7)); }) ==
               KEEL_ERR_INVALID_ARGUMENT);
+        // The engine (the default is wasmer unless KEEL_WASM_ENGINE says otherwise).
+        CHECK(h.wasm_engine() == keel::WasmEngine::Wasmer && !h.wasm_manifest_may_choose_engine());
+        h.set_wasm_engine(keel::WasmEngine::Wasmtime, true);
+        CHECK(status_of([&] { h.set_wasm_engine(static_cast<keel::WasmEngine>(9)); }) ==
+              KEEL_ERR_INVALID_ARGUMENT);
         h.set_wasm_config(cfg);
         CHECK(h.wasm_memory_mode() == keel::WasmMemoryMode::Dynamic); // kept by set_wasm_config
+        CHECK(h.wasm_engine() == keel::WasmEngine::Wasmtime && h.wasm_manifest_may_choose_engine()); // kept too
         keel::Plugin compute = h.load(dir + "/compute/compute.json");
         CHECK(compute.call(compute.function("greet"), "wasm") == "hello");
         CHECK(h.wasm_cache_stats().compiles + h.wasm_cache_stats().hits == 1);
         CHECK(status_of([&] { h.set_wasm_config(cfg); }) == KEEL_ERR_INVALID_ARGUMENT); // runtime runs
         CHECK(status_of([&] { h.set_wasm_memory_mode(keel::WasmMemoryMode::Static); }) ==
               KEEL_ERR_INVALID_ARGUMENT);
+        CHECK(status_of([&] { h.set_wasm_engine(keel::WasmEngine::Wasmer); }) == KEEL_ERR_INVALID_ARGUMENT);
     }
 
     // ---- ThemisDB legacy plugin: type, traits, lease ----

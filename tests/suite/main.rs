@@ -33,5 +33,6 @@ mod themis_manifest;
 mod trust;
 mod wasm;
 mod wasm_config;
+mod wasm_engines;
 mod wasm_memory;
 mod watch;

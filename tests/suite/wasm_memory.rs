@@ -302,13 +302,18 @@ fn a_default_host_loads_100_wasm_plugins_under_a_64_gib_address_space_limit() {
         .find_map(|l| l.find("AS-LIMIT-CHILD").map(|i| &l[i..]))
         .unwrap_or_else(|| panic!("the child did not report:\n{stdout}"));
     assert!(line.contains("capped_loaded=100 "), "{line}");
-    // The limit binds: in the same process, static memories (8 GiB each) ran out long before 100.
+    // The limit binds: in the same process, static memories ran out long before 100 (wasmer
+    // reserves 8 GiB per static memory: at most 7 fit; wasmtime 4 GiB + a 32 MiB guard: 15).
+    let bound = match keel::runtime::wasm::WasmEngine::node_default() {
+        keel::runtime::wasm::WasmEngine::Wasmer => 10,
+        keel::runtime::wasm::WasmEngine::Wasmtime => 16,
+    };
     let static_loaded: usize = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("static_loaded="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
-    assert!(static_loaded < 10, "{line}");
+    assert!(static_loaded < bound, "{line}");
 }
 
 /// Run by the test above in a child process under `RLIMIT_AS` = 64 GiB (does nothing

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use wasmer::{
-    AsStoreRef, ExternType, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, MemoryView, Module, Store, Type,
-};
+use wasmer::{ExternType, Function, FunctionEnv, FunctionEnvMut, Imports, Memory, Module, Store, Type};
 
 use crate::capability::Capabilities;
 use crate::error::{keel_status, Result};
@@ -168,6 +166,43 @@ pub struct UsedImports {
     pub defined: Vec<Arc<DefinedFn>>,
 }
 
+/// One import of a module, as either engine describes it.
+#[derive(Debug, Clone)]
+pub struct Import {
+    pub module: String,
+    pub name: String,
+    /// The function's signature; `None` for an import that is not a function.
+    pub func: Option<wasmer::FunctionType>,
+    /// What the import is (for messages about non-function imports).
+    pub kind: String,
+}
+
+impl Import {
+    fn module(&self) -> &str {
+        &self.module
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The imports of a wasmer module.
+    pub fn of_wasmer(module: &Module) -> Vec<Import> {
+        module
+            .imports()
+            .map(|imp| Import {
+                module: imp.module().to_string(),
+                name: imp.name().to_string(),
+                func: match imp.ty() {
+                    ExternType::Function(f) => Some(f.clone()),
+                    _ => None,
+                },
+                kind: format!("{:?}", imp.ty()),
+            })
+            .collect()
+    }
+}
+
 /// Check every import of `module` against Keel's host functions, the embedder's host
 /// functions (`defined`, read once here: the plugin binds to what is defined now) and the
 /// granted capabilities.
@@ -176,15 +211,15 @@ pub struct UsedImports {
 /// not granted, or that is not a function, with `KEEL_ERR_IMPORT_NOT_GRANTED`; a function
 /// imported with the wrong signature with `KEEL_ERR_WASM_INSTANTIATE`. Every message names the
 /// import as `module.name`.
-pub fn check_imports(module: &Module, granted: Capabilities, defined: &HostFunctions) -> Result<UsedImports> {
+pub fn check_imports(imports: &[Import], granted: Capabilities, defined: &HostFunctions) -> Result<UsedImports> {
     let mut used = UsedImports::default();
-    for imp in module.imports() {
+    for imp in imports {
         let full = format!("{}.{}", imp.module(), imp.name());
-        let ExternType::Function(fty) = imp.ty() else {
+        let Some(fty) = &imp.func else {
             bail!(
                 KEEL_ERR_IMPORT_NOT_GRANTED,
-                "module imports '{full}' ({:?}); WASM plugins may import only functions",
-                imp.ty()
+                "module imports '{full}' ({}); WASM plugins may import only functions",
+                imp.kind
             );
         };
         if imp.module() != IMPORT_MODULE {
@@ -265,10 +300,9 @@ fn violation(message: String) -> HostTrap {
     }
 }
 
-/// What host functions see of their instance.
+/// What host functions see of their instance (the same for both engines; each engine's
+/// glue hands the handlers this and a [`Mem`] of the instance's memory).
 pub struct HostEnv {
-    /// The instance's memory (set right after instantiation).
-    pub memory: Option<Memory>,
     /// The plugin's name: its log label and its key-value namespace.
     pub plugin: Arc<str>,
     pub services: HostServices,
@@ -281,14 +315,66 @@ pub struct HostEnv {
     pub scratch_in: Vec<u8>,
 }
 
-fn view<'a>(env: &HostEnv, store: &'a impl AsStoreRef) -> Result<MemoryView<'a>, HostTrap> {
-    match &env.memory {
-        Some(m) => Ok(m.view(store)),
-        None => Err(violation("host function called before the instance was set up".into())),
+/// The guest's linear memory as a host function sees it, whichever engine runs the guest:
+/// its base and its size at the moment the guest called the host function. Only made by
+/// [`Mem::new`], whose caller vouches that the range is the memory of the suspended guest.
+pub struct Mem {
+    base: *mut u8,
+    len: u64,
+}
+
+/// What a host function's memory access failed on.
+#[derive(Debug)]
+pub struct OutOfBounds;
+
+impl std::fmt::Display for OutOfBounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("access outside the guest's memory")
     }
 }
 
-fn check_range(view: &MemoryView<'_>, ptr: i32, len: u32, what: &str) -> Result<u64, HostTrap> {
+impl Mem {
+    /// # Safety
+    /// `base..base+len` is the linear memory of an instance whose guest is suspended in a
+    /// host function call for as long as this `Mem` lives: nothing else reads or writes it
+    /// meanwhile (memories are not shared), and it cannot grow or move (no guest code runs).
+    pub unsafe fn new(base: *mut u8, len: u64) -> Mem {
+        Mem { base, len }
+    }
+
+    #[inline]
+    pub fn data_size(&self) -> u64 {
+        self.len
+    }
+
+    #[inline]
+    pub fn data_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    #[inline]
+    pub fn read(&self, start: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
+        if start.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(OutOfBounds);
+        }
+        // SAFETY: start + len <= the memory's size (checked above); see `Mem::new`.
+        unsafe { std::ptr::copy(self.base.add(start as usize), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    #[inline]
+    pub fn write(&self, start: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        if start.checked_add(data.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(OutOfBounds);
+        }
+        // SAFETY: start + len <= the memory's size (checked above); see `Mem::new`. `copy`
+        // (memmove): the source may be guest memory too.
+        unsafe { std::ptr::copy(data.as_ptr(), self.base.add(start as usize), data.len()) };
+        Ok(())
+    }
+}
+
+fn check_range(view: &Mem, ptr: i32, len: u32, what: &str) -> Result<u64, HostTrap> {
     let start = ptr as u32 as u64;
     let end = start + len as u64;
     if end > view.data_size() {
@@ -300,7 +386,7 @@ fn check_range(view: &MemoryView<'_>, ptr: i32, len: u32, what: &str) -> Result<
     Ok(start)
 }
 
-fn read(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<Vec<u8>, HostTrap> {
+fn read(view: &Mem, ptr: i32, len: i32, what: &str) -> Result<Vec<u8>, HostTrap> {
     let len = len as u32;
     let start = check_range(view, ptr, len, what)?;
     let mut buf = vec![0u8; len as usize];
@@ -309,16 +395,14 @@ fn read(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<Vec<u8>
     Ok(buf)
 }
 
-fn write(view: &MemoryView<'_>, ptr: i32, data: &[u8], what: &str) -> Result<(), HostTrap> {
+fn write(view: &Mem, ptr: i32, data: &[u8], what: &str) -> Result<(), HostTrap> {
     let start = check_range(view, ptr, data.len() as u32, what)?;
     view.write(start, data).map_err(|e| violation(format!("{what}: {e}")))
 }
 
-fn h_log(mut env: FunctionEnvMut<HostEnv>, level: i32, ptr: i32, len: i32) -> Result<(), HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, ptr, len as u32, "log message")?;
-    let bytes = read(&v, ptr, (len as u32).min(MAX_LOG_BYTES) as i32, "log message")?;
+pub(crate) fn h_log(data: &mut HostEnv, v: &Mem, level: i32, ptr: i32, len: i32) -> Result<(), HostTrap> {
+    check_range(v, ptr, len as u32, "log message")?;
+    let bytes = read(v, ptr, (len as u32).min(MAX_LOG_BYTES) as i32, "log message")?;
     data.services.log(
         &data.plugin,
         LogLevel::from_i32(level),
@@ -327,19 +411,19 @@ fn h_log(mut env: FunctionEnvMut<HostEnv>, level: i32, ptr: i32, len: i32) -> Re
     Ok(())
 }
 
-fn h_now_unix_nanos(_env: FunctionEnvMut<HostEnv>) -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
-        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
-    }
+pub(crate) fn h_now_unix_nanos(_data: &mut HostEnv, _v: &Mem) -> Result<i64, HostTrap> {
+    Ok(
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+            Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+        },
+    )
 }
 
-fn h_random_bytes(mut env: FunctionEnvMut<HostEnv>, ptr: i32, len: i32) -> Result<i32, HostTrap> {
+pub(crate) fn h_random_bytes(_data: &mut HostEnv, v: &Mem, ptr: i32, len: i32) -> Result<i32, HostTrap> {
     use rand_core::RngCore;
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
     let len = len as u32;
-    let start = check_range(&v, ptr, len, "random_bytes buffer")?;
+    let start = check_range(v, ptr, len, "random_bytes buffer")?;
     if len > MAX_RANDOM_BYTES {
         return Ok(-1);
     }
@@ -361,14 +445,7 @@ fn h_random_bytes(mut env: FunctionEnvMut<HostEnv>, ptr: i32, len: i32) -> Resul
 /// What `kv_get`/`storage_get` return for a sink failure (message through `sink_error`).
 const SINK_FAILED: i32 = -3;
 
-fn get_into(
-    data: &HostEnv,
-    v: &MemoryView<'_>,
-    at: KvTarget<'_>,
-    key: &[u8],
-    op: i32,
-    cap: i32,
-) -> Result<i64, HostTrap> {
+fn get_into(data: &HostEnv, v: &Mem, at: KvTarget<'_>, key: &[u8], op: i32, cap: i32) -> Result<i64, HostTrap> {
     match data.services.kv_get(at, key) {
         Err(_) => Ok(SINK_FAILED as i64),
         Ok(None) => Ok(-1),
@@ -382,7 +459,7 @@ fn get_into(
 
 /// A scan into guest memory: whole entries (`encode_entry`) at `op`, at most `cap` bytes.
 /// Returns bytes written, plus bit 32 set if truncated; -3 if the sink failed.
-fn scan_into(data: &HostEnv, v: &MemoryView<'_>, at: KvTarget<'_>, prefix: &[u8], op: i32, cap: i32) -> i64 {
+fn scan_into(data: &HostEnv, v: &Mem, at: KvTarget<'_>, prefix: &[u8], op: i32, cap: i32) -> i64 {
     let start = op as u32 as u64;
     let mut off = 0u64;
     let mut buf = Vec::new();
@@ -403,7 +480,7 @@ fn scan_into(data: &HostEnv, v: &MemoryView<'_>, at: KvTarget<'_>, prefix: &[u8]
 
 /// A table name from guest memory, checked; `None` (the call returns -2) if it is not a
 /// valid name (the reason goes to `sink_error`).
-fn table_arg(v: &MemoryView<'_>, tp: i32, tl: i32) -> Result<Option<String>, HostTrap> {
+fn table_arg(v: &Mem, tp: i32, tl: i32) -> Result<Option<String>, HostTrap> {
     check_range(v, tp, tl as u32, "table name")?;
     if tl as u32 as usize > crate::services::sinks::MAX_TABLE_NAME {
         crate::services::sinks::record_error(&crate::services::SinkError::new(format!(
@@ -423,42 +500,36 @@ fn table_arg(v: &MemoryView<'_>, tp: i32, tl: i32) -> Result<Option<String>, Hos
     }
 }
 
-fn h_kv_get(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "kv_get key")?;
-    check_range(&v, op, cap as u32, "kv_get output buffer")?;
+pub(crate) fn h_kv_get(data: &mut HostEnv, v: &Mem, kp: i32, kl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
+    check_range(v, kp, kl as u32, "kv_get key")?;
+    check_range(v, op, cap as u32, "kv_get output buffer")?;
     if kl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-2);
     }
-    let key = read(&v, kp, kl, "kv_get key")?;
-    get_into(data, &v, KvTarget::kv(&data.plugin), &key, op, cap)
+    let key = read(v, kp, kl, "kv_get key")?;
+    get_into(data, v, KvTarget::kv(&data.plugin), &key, op, cap)
 }
 
-fn h_kv_put(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32, vp: i32, vl: i32) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "kv_put key")?;
-    check_range(&v, vp, vl as u32, "kv_put value")?;
+pub(crate) fn h_kv_put(data: &mut HostEnv, v: &Mem, kp: i32, kl: i32, vp: i32, vl: i32) -> Result<i32, HostTrap> {
+    check_range(v, kp, kl as u32, "kv_put key")?;
+    check_range(v, vp, vl as u32, "kv_put value")?;
     if kl as u32 > MAX_KV_KEY_BYTES || vl as u32 > MAX_KV_VALUE_BYTES {
         return Ok(-1);
     }
-    let key = read(&v, kp, kl, "kv_put key")?;
-    let value = read(&v, vp, vl, "kv_put value")?;
+    let key = read(v, kp, kl, "kv_put key")?;
+    let value = read(v, vp, vl, "kv_put value")?;
     Ok(match data.services.kv_put(KvTarget::kv(&data.plugin), &key, &value) {
         Ok(()) => 0,
         Err(_) => SINK_FAILED,
     })
 }
 
-fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "kv_delete key")?;
+pub(crate) fn h_kv_delete(data: &mut HostEnv, v: &Mem, kp: i32, kl: i32) -> Result<i32, HostTrap> {
+    check_range(v, kp, kl as u32, "kv_delete key")?;
     if kl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-1);
     }
-    let key = read(&v, kp, kl, "kv_delete key")?;
+    let key = read(v, kp, kl, "kv_delete key")?;
     Ok(match data.services.kv_delete(KvTarget::kv(&data.plugin), &key) {
         Ok(true) => 0,
         Ok(false) => 1,
@@ -466,21 +537,20 @@ fn h_kv_delete(mut env: FunctionEnvMut<HostEnv>, kp: i32, kl: i32) -> Result<i32
     })
 }
 
-fn h_kv_scan(mut env: FunctionEnvMut<HostEnv>, pp: i32, pl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, pp, pl as u32, "kv_scan prefix")?;
-    check_range(&v, op, cap as u32, "kv_scan output buffer")?;
+pub(crate) fn h_kv_scan(data: &mut HostEnv, v: &Mem, pp: i32, pl: i32, op: i32, cap: i32) -> Result<i64, HostTrap> {
+    check_range(v, pp, pl as u32, "kv_scan prefix")?;
+    check_range(v, op, cap as u32, "kv_scan output buffer")?;
     if pl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-2);
     }
-    let prefix = read(&v, pp, pl, "kv_scan prefix")?;
-    Ok(scan_into(data, &v, KvTarget::kv(&data.plugin), &prefix, op, cap))
+    let prefix = read(v, pp, pl, "kv_scan prefix")?;
+    Ok(scan_into(data, v, KvTarget::kv(&data.plugin), &prefix, op, cap))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn h_storage_get(
-    mut env: FunctionEnvMut<HostEnv>,
+pub(crate) fn h_storage_get(
+    data: &mut HostEnv,
+    v: &Mem,
     tp: i32,
     tl: i32,
     kp: i32,
@@ -488,23 +558,22 @@ fn h_storage_get(
     op: i32,
     cap: i32,
 ) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "storage_get key")?;
-    check_range(&v, op, cap as u32, "storage_get output buffer")?;
-    let Some(table) = table_arg(&v, tp, tl)? else {
+    check_range(v, kp, kl as u32, "storage_get key")?;
+    check_range(v, op, cap as u32, "storage_get output buffer")?;
+    let Some(table) = table_arg(v, tp, tl)? else {
         return Ok(-2);
     };
     if kl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-2);
     }
-    let key = read(&v, kp, kl, "storage_get key")?;
-    get_into(data, &v, KvTarget::table(&data.plugin, &table), &key, op, cap)
+    let key = read(v, kp, kl, "storage_get key")?;
+    get_into(data, v, KvTarget::table(&data.plugin, &table), &key, op, cap)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn h_storage_put(
-    mut env: FunctionEnvMut<HostEnv>,
+pub(crate) fn h_storage_put(
+    data: &mut HostEnv,
+    v: &Mem,
     tp: i32,
     tl: i32,
     kp: i32,
@@ -512,18 +581,16 @@ fn h_storage_put(
     vp: i32,
     vl: i32,
 ) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "storage_put key")?;
-    check_range(&v, vp, vl as u32, "storage_put value")?;
-    let Some(table) = table_arg(&v, tp, tl)? else {
+    check_range(v, kp, kl as u32, "storage_put key")?;
+    check_range(v, vp, vl as u32, "storage_put value")?;
+    let Some(table) = table_arg(v, tp, tl)? else {
         return Ok(-1);
     };
     if kl as u32 > MAX_KV_KEY_BYTES || vl as u32 > MAX_KV_VALUE_BYTES {
         return Ok(-1);
     }
-    let key = read(&v, kp, kl, "storage_put key")?;
-    let value = read(&v, vp, vl, "storage_put value")?;
+    let key = read(v, kp, kl, "storage_put key")?;
+    let value = read(v, vp, vl, "storage_put value")?;
     Ok(
         match data
             .services
@@ -535,17 +602,22 @@ fn h_storage_put(
     )
 }
 
-fn h_storage_delete(mut env: FunctionEnvMut<HostEnv>, tp: i32, tl: i32, kp: i32, kl: i32) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, kp, kl as u32, "storage_delete key")?;
-    let Some(table) = table_arg(&v, tp, tl)? else {
+pub(crate) fn h_storage_delete(
+    data: &mut HostEnv,
+    v: &Mem,
+    tp: i32,
+    tl: i32,
+    kp: i32,
+    kl: i32,
+) -> Result<i32, HostTrap> {
+    check_range(v, kp, kl as u32, "storage_delete key")?;
+    let Some(table) = table_arg(v, tp, tl)? else {
         return Ok(-1);
     };
     if kl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-1);
     }
-    let key = read(&v, kp, kl, "storage_delete key")?;
+    let key = read(v, kp, kl, "storage_delete key")?;
     Ok(
         match data.services.kv_delete(KvTarget::table(&data.plugin, &table), &key) {
             Ok(true) => 0,
@@ -556,8 +628,9 @@ fn h_storage_delete(mut env: FunctionEnvMut<HostEnv>, tp: i32, tl: i32, kp: i32,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn h_storage_scan(
-    mut env: FunctionEnvMut<HostEnv>,
+pub(crate) fn h_storage_scan(
+    data: &mut HostEnv,
+    v: &Mem,
     tp: i32,
     tl: i32,
     pp: i32,
@@ -565,20 +638,18 @@ fn h_storage_scan(
     op: i32,
     cap: i32,
 ) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, pp, pl as u32, "storage_scan prefix")?;
-    check_range(&v, op, cap as u32, "storage_scan output buffer")?;
-    let Some(table) = table_arg(&v, tp, tl)? else {
+    check_range(v, pp, pl as u32, "storage_scan prefix")?;
+    check_range(v, op, cap as u32, "storage_scan output buffer")?;
+    let Some(table) = table_arg(v, tp, tl)? else {
         return Ok(-2);
     };
     if pl as u32 > MAX_KV_KEY_BYTES {
         return Ok(-2);
     }
-    let prefix = read(&v, pp, pl, "storage_scan prefix")?;
+    let prefix = read(v, pp, pl, "storage_scan prefix")?;
     Ok(scan_into(
         data,
-        &v,
+        v,
         KvTarget::table(&data.plugin, &table),
         &prefix,
         op,
@@ -586,13 +657,11 @@ fn h_storage_scan(
     ))
 }
 
-fn h_sink_error(mut env: FunctionEnvMut<HostEnv>, ptr: i32, cap: i32) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    check_range(&v, ptr, cap as u32, "sink_error buffer")?;
+pub(crate) fn h_sink_error(_data: &mut HostEnv, v: &Mem, ptr: i32, cap: i32) -> Result<i32, HostTrap> {
+    check_range(v, ptr, cap as u32, "sink_error buffer")?;
     let msg = crate::services::sinks::last_sink_error();
     let msg = &msg.as_bytes()[..msg.len().min(i32::MAX as usize)];
-    write(&v, ptr, &msg[..msg.len().min(cap as u32 as usize)], "sink_error buffer")?;
+    write(v, ptr, &msg[..msg.len().min(cap as u32 as usize)], "sink_error buffer")?;
     Ok(msg.len() as i32)
 }
 
@@ -609,7 +678,7 @@ fn refused(env: &HostEnv, e: crate::error::Error) -> i64 {
     -(e.status() as i64)
 }
 
-fn text(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<std::result::Result<String, i64>, HostTrap> {
+fn text(view: &Mem, ptr: i32, len: i32, what: &str) -> Result<std::result::Result<String, i64>, HostTrap> {
     check_range(view, ptr, len as u32, what)?;
     if len as u32 > MAX_METRIC_TEXT {
         return Ok(Err(-(keel_status::KEEL_ERR_INVALID_ARGUMENT as i64)));
@@ -619,8 +688,9 @@ fn text(view: &MemoryView<'_>, ptr: i32, len: i32, what: &str) -> Result<std::re
 }
 
 #[allow(clippy::too_many_arguments)]
-fn h_metric_define(
-    mut env: FunctionEnvMut<HostEnv>,
+pub(crate) fn h_metric_define(
+    data: &mut HostEnv,
+    v: &Mem,
     kind: i32,
     np: i32,
     nl: i32,
@@ -629,21 +699,19 @@ fn h_metric_define(
     bp: i32,
     bc: i32,
 ) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
     let Some(set) = data.metrics.clone() else {
         return Ok(-(keel_status::KEEL_ERR_CAPABILITY_DENIED as i64));
     };
-    let name = match text(&v, np, nl, "metric_define name")? {
+    let name = match text(v, np, nl, "metric_define name")? {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
-    let labels = match text(&v, lp, ll, "metric_define labels")? {
+    let labels = match text(v, lp, ll, "metric_define labels")? {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
     let bc = bc as u32;
-    check_range(&v, bp, bc.saturating_mul(8), "metric_define buckets")?;
+    check_range(v, bp, bc.saturating_mul(8), "metric_define buckets")?;
     if bc > MAX_GUEST_BUCKETS {
         return Ok(refused(
             data,
@@ -654,7 +722,7 @@ fn h_metric_define(
             ),
         ));
     }
-    let raw = read(&v, bp, (bc * 8) as i32, "metric_define buckets")?;
+    let raw = read(v, bp, (bc * 8) as i32, "metric_define buckets")?;
     let buckets: Vec<f64> = raw
         .chunks_exact(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
@@ -680,38 +748,36 @@ fn h_metric_define(
 /// Shared body of the three metric updates: no lock, no allocation; the status negated.
 #[inline]
 fn metric_update(
-    env: &FunctionEnvMut<HostEnv>,
+    data: &HostEnv,
     f: impl FnOnce(&PluginMetricSet) -> std::result::Result<(), keel_status>,
-) -> i32 {
-    match &env.data().metrics {
+) -> Result<i32, HostTrap> {
+    Ok(match &data.metrics {
         None => -(keel_status::KEEL_ERR_CAPABILITY_DENIED as i32),
         Some(set) => match f(set) {
             Ok(()) => 0,
             Err(s) => -(s as i32),
         },
-    }
+    })
 }
 
-fn h_metric_add(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
-    metric_update(&env, |s| s.add(id as u32, v))
+pub(crate) fn h_metric_add(data: &mut HostEnv, _mem: &Mem, id: i32, v: f64) -> Result<i32, HostTrap> {
+    metric_update(data, |s| s.add(id as u32, v))
 }
 
-fn h_metric_set(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
-    metric_update(&env, |s| s.set(id as u32, v))
+pub(crate) fn h_metric_set(data: &mut HostEnv, _mem: &Mem, id: i32, v: f64) -> Result<i32, HostTrap> {
+    metric_update(data, |s| s.set(id as u32, v))
 }
 
-fn h_metric_observe(env: FunctionEnvMut<HostEnv>, id: i32, v: f64) -> i32 {
-    metric_update(&env, |s| s.observe(id as u32, v))
+pub(crate) fn h_metric_observe(data: &mut HostEnv, _mem: &Mem, id: i32, v: f64) -> Result<i32, HostTrap> {
+    metric_update(data, |s| s.observe(id as u32, v))
 }
 
-fn h_rpc_register(mut env: FunctionEnvMut<HostEnv>, ep: i32, el: i32, fp: i32, fl: i32) -> Result<i32, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    let endpoint = match text(&v, ep, el, "rpc_register endpoint")? {
+pub(crate) fn h_rpc_register(data: &mut HostEnv, v: &Mem, ep: i32, el: i32, fp: i32, fl: i32) -> Result<i32, HostTrap> {
+    let endpoint = match text(v, ep, el, "rpc_register endpoint")? {
         Ok(s) => s,
         Err(code) => return Ok(code as i32),
     };
-    let function = match text(&v, fp, fl, "rpc_register function")? {
+    let function = match text(v, fp, fl, "rpc_register function")? {
         Ok(s) => s,
         Err(code) => return Ok(code as i32),
     };
@@ -765,18 +831,17 @@ unsafe extern "C" fn guest_sink_write(ctx: *mut std::ffi::c_void, data: *const u
 /// An embedder host function called by the guest: the function runs on the guest's input and
 /// writes straight into the guest's output buffer (up to `cap` bytes of its output, or of its
 /// error message); returns the full length, with bit 63 set on failure.
-fn h_defined(
+pub(crate) fn h_defined(
     f: &DefinedFn,
-    mut env: FunctionEnvMut<HostEnv>,
+    data: &mut HostEnv,
+    v: &Mem,
     ip: i32,
     il: i32,
     op: i32,
     cap: i32,
 ) -> Result<i64, HostTrap> {
-    let (data, store) = env.data_and_store_mut();
-    let v = view(data, &store)?;
-    let in_start = check_range(&v, ip, il as u32, "host function input")? as usize;
-    let out_start = check_range(&v, op, cap as u32, "host function output buffer")? as usize;
+    let in_start = check_range(v, ip, il as u32, "host function input")? as usize;
+    let out_start = check_range(v, op, cap as u32, "host function output buffer")? as usize;
     let (il, cap) = (il as u32 as usize, cap as u32 as usize);
     let base = v.data_ptr();
     let mut sink = GuestSink {
@@ -811,16 +876,86 @@ fn h_defined(
     Ok(if rc != 0 { HOST_FN_ERROR_BIT | len } else { len })
 }
 
-/// The import object for one instance: exactly the host functions in `used`.
-pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: &UsedImports) -> Result<Imports> {
+/// Calls `$m!` with the table of Keel's host functions: import name, handler, parameters,
+/// result. Each engine's glue (below for wasmer, `wt` for wasmtime) is generated from it, so
+/// the handlers above are the only implementation.
+macro_rules! keel_host_fns {
+    ($m:ident) => {
+        $m! {
+            "log" => h_log(level: i32, ptr: i32, len: i32) -> ();
+            "now_unix_nanos" => h_now_unix_nanos() -> i64;
+            "random_bytes" => h_random_bytes(ptr: i32, len: i32) -> i32;
+            "kv_get" => h_kv_get(kp: i32, kl: i32, op: i32, cap: i32) -> i64;
+            "kv_put" => h_kv_put(kp: i32, kl: i32, vp: i32, vl: i32) -> i32;
+            "kv_delete" => h_kv_delete(kp: i32, kl: i32) -> i32;
+            "kv_scan" => h_kv_scan(pp: i32, pl: i32, op: i32, cap: i32) -> i64;
+            "storage_get" => h_storage_get(tp: i32, tl: i32, kp: i32, kl: i32, op: i32, cap: i32) -> i64;
+            "storage_put" => h_storage_put(tp: i32, tl: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> i32;
+            "storage_delete" => h_storage_delete(tp: i32, tl: i32, kp: i32, kl: i32) -> i32;
+            "storage_scan" => h_storage_scan(tp: i32, tl: i32, pp: i32, pl: i32, op: i32, cap: i32) -> i64;
+            "sink_error" => h_sink_error(ptr: i32, cap: i32) -> i32;
+            "metric_define" => h_metric_define(kind: i32, np: i32, nl: i32, lp: i32, ll: i32, bp: i32, bc: i32) -> i64;
+            "metric_add" => h_metric_add(id: i32, v: f64) -> i32;
+            "metric_set" => h_metric_set(id: i32, v: f64) -> i32;
+            "metric_observe" => h_metric_observe(id: i32, v: f64) -> i32;
+            "rpc_register" => h_rpc_register(ep: i32, el: i32, fp: i32, fl: i32) -> i32;
+        }
+    };
+}
+pub(crate) use keel_host_fns;
+
+/// The wasmer function environment: the engine-agnostic [`HostEnv`] and the instance's memory.
+pub struct WasmerEnv {
+    /// The instance's memory (set right after instantiation).
+    pub memory: Option<Memory>,
+    pub host: HostEnv,
+}
+
+/// The handlers' arguments in a wasmer host function: the environment and the memory.
+fn wasmer_parts<'a>(env: &'a mut FunctionEnvMut<WasmerEnv>) -> Result<(&'a mut HostEnv, Mem), HostTrap> {
+    let (data, store) = env.data_and_store_mut();
+    let Some(memory) = &data.memory else {
+        return Err(violation("host function called before the instance was set up".into()));
+    };
+    let view = memory.view(&store);
+    // SAFETY: the instance's own memory while its guest is suspended in this host function
+    // (wasmer calls host functions synchronously on the guest's thread; memories are not
+    // shared and cannot grow until the guest runs again).
+    let mem = unsafe { Mem::new(view.data_ptr(), view.data_size()) };
+    Ok((&mut data.host, mem))
+}
+
+macro_rules! wasmer_fn {
+    ($($name:literal => $h:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        /// The wasmer function of Keel host function `name`.
+        fn wasmer_host_fn(store: &mut Store, env: &FunctionEnv<WasmerEnv>, name: &str) -> Option<Function> {
+            match name {
+                $($name => Some(Function::new_typed_with_env(
+                    store,
+                    env,
+                    |mut env: FunctionEnvMut<WasmerEnv>, $($a: $t),*| -> Result<$r, HostTrap> {
+                        let (data, mem) = wasmer_parts(&mut env)?;
+                        $h(data, &mem, $($a),*)
+                    },
+                )),)*
+                _ => None,
+            }
+        }
+    };
+}
+keel_host_fns!(wasmer_fn);
+
+/// The wasmer import object for one instance: exactly the host functions in `used`.
+pub fn imports(store: &mut Store, env: &FunctionEnv<WasmerEnv>, used: &UsedImports) -> Result<Imports> {
     let mut imports = Imports::new();
     for f in &used.defined {
         let bound = f.clone();
         let func = Function::new_typed_with_env(
             store,
             env,
-            move |env: FunctionEnvMut<HostEnv>, ip: i32, il: i32, op: i32, cap: i32| -> Result<i64, HostTrap> {
-                h_defined(&bound, env, ip, il, op, cap)
+            move |mut env: FunctionEnvMut<WasmerEnv>, ip: i32, il: i32, op: i32, cap: i32| -> Result<i64, HostTrap> {
+                let (data, mem) = wasmer_parts(&mut env)?;
+                h_defined(&bound, data, &mem, ip, il, op, cap)
             },
         );
         imports.define(f.namespace(), f.name(), func);
@@ -829,25 +964,12 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: &UsedImports
         if used.keel & (1 << i) == 0 {
             continue;
         }
-        let func = match f.name {
-            "log" => Function::new_typed_with_env(store, env, h_log),
-            "now_unix_nanos" => Function::new_typed_with_env(store, env, h_now_unix_nanos),
-            "random_bytes" => Function::new_typed_with_env(store, env, h_random_bytes),
-            "kv_get" => Function::new_typed_with_env(store, env, h_kv_get),
-            "kv_put" => Function::new_typed_with_env(store, env, h_kv_put),
-            "kv_delete" => Function::new_typed_with_env(store, env, h_kv_delete),
-            "kv_scan" => Function::new_typed_with_env(store, env, h_kv_scan),
-            "storage_get" => Function::new_typed_with_env(store, env, h_storage_get),
-            "storage_put" => Function::new_typed_with_env(store, env, h_storage_put),
-            "storage_delete" => Function::new_typed_with_env(store, env, h_storage_delete),
-            "storage_scan" => Function::new_typed_with_env(store, env, h_storage_scan),
-            "sink_error" => Function::new_typed_with_env(store, env, h_sink_error),
-            "metric_define" => Function::new_typed_with_env(store, env, h_metric_define),
-            "metric_add" => Function::new_typed_with_env(store, env, h_metric_add),
-            "metric_set" => Function::new_typed_with_env(store, env, h_metric_set),
-            "metric_observe" => Function::new_typed_with_env(store, env, h_metric_observe),
-            "rpc_register" => Function::new_typed_with_env(store, env, h_rpc_register),
-            other => return Err(err!(KEEL_ERR_INTERNAL, "host function '{other}' has no implementation")),
+        let Some(func) = wasmer_host_fn(store, env, f.name) else {
+            return Err(err!(
+                KEEL_ERR_INTERNAL,
+                "host function '{}' has no implementation",
+                f.name
+            ));
         };
         imports.define(IMPORT_MODULE, f.name, func);
     }
@@ -858,10 +980,10 @@ pub fn imports(store: &mut Store, env: &FunctionEnv<HostEnv>, used: &UsedImports
 mod tests {
     use super::*;
 
-    fn module(imports: &str) -> Module {
+    fn module(imports: &str) -> Vec<Import> {
         let wat = format!("(module {imports})");
         let store = Store::default();
-        Module::new(&store, wat::parse_str(&wat).unwrap()).unwrap()
+        Import::of_wasmer(&Module::new(&store, wat::parse_str(&wat).unwrap()).unwrap())
     }
 
     fn none() -> HostFunctions {

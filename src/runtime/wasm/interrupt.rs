@@ -165,10 +165,13 @@ impl<'a> FunctionMiddleware<'a> for FunctionStops {
 #[cfg_attr(test, derive(Clone))]
 pub struct StopFlag {
     value: NonNull<AtomicI32>,
+    /// wasmtime: the flag lives here (not in the instance), and raising it also bumps the
+    /// engine's epoch so that running guests check their flags (see `wt`).
+    epoch: Option<(std::sync::Arc<AtomicI32>, wasmtime::Engine)>,
 }
 
-// SAFETY: the pointer is only dereferenced by `raise`/`is_raised`/`clear`, as an atomic; the
-// global's storage is owned by the instance's store and stays at one address for the
+// SAFETY: the pointer is only dereferenced by `raise`/`is_raised`/`clear`, as an atomic; for
+// wasmtime it points into the `Arc` the flag holds itself. For wasmer the global's storage is owned by the instance's store and stays at one address for the
 // store's lifetime (wasmer boxes every global definition). The owner of the `StopFlag`
 // (the watchdog's `Watch` of that instance) only writes it while a call of the instance
 // is in progress (see `watchdog`'s handshake), when the store is alive.
@@ -192,14 +195,24 @@ impl StopFlag {
         // `VMGlobalDefinition` is `repr(C, align(16))` holding a `RawValue` union whose
         // `i32` member is at offset 0; an i32 global's value is read there by compiled code.
         let value = definition.cast::<AtomicI32>();
-        Some(StopFlag { value })
+        Some(StopFlag { value, epoch: None })
+    }
+
+    /// The flag of a wasmtime instance: `flag` is read by its store's epoch callback;
+    /// raising it bumps `engine`'s epoch so the guest meets that callback at its next check.
+    pub fn epoch(flag: std::sync::Arc<AtomicI32>, engine: wasmtime::Engine) -> StopFlag {
+        let value = NonNull::from(&*flag);
+        StopFlag {
+            value,
+            epoch: Some((flag, engine)),
+        }
     }
 
     /// A flag of its own, not in any instance (the watchdog's unit tests).
     #[cfg(test)]
     pub fn detached() -> StopFlag {
         let value = NonNull::from(Box::leak(Box::new(AtomicI32::new(0))));
-        StopFlag { value }
+        StopFlag { value, epoch: None }
     }
 
     /// Ask the guest to stop at its next check.
@@ -208,6 +221,9 @@ impl StopFlag {
         // called, the address is 16-byte aligned, and compiled code reads it with a plain
         // 4-byte load, which an atomic store never tears.
         unsafe { self.value.as_ref() }.store(1, Ordering::Release);
+        if let Some((_, engine)) = &self.epoch {
+            engine.increment_epoch();
+        }
     }
 
     /// Whether the flag was raised (read by the call path after a trap, store still alive).

@@ -1,4 +1,9 @@
-//! WASM plugins on wasmer (Keel WASM ABI, `include/keel/keel_wasm.h`).
+//! WASM plugins on wasmer or wasmtime (Keel WASM ABI, `include/keel/keel_wasm.h`).
+//!
+//! The node picks the engine ([`WasmConfig::engine`], wasmer by default); a manifest may ask
+//! for the other one (`"wasm_engine"`) where the node allows it. Both run the same ABI, the
+//! same host functions ([`imports`]), the same call path ([`plugin`]) and the same watchdog;
+//! [`wr`] and [`wt`] are the engine-specific parts (docs/wasm.md compares them).
 //!
 //! A [`WasmRuntime`] is created once per host. It owns the node's WASM settings
 //! ([`WasmConfig`]: default limits and their ceilings, pool size, metering), the
@@ -6,8 +11,9 @@
 //! turns a verified artifact into a running plugin generation:
 //!
 //! 1. look the compiled module up in the cache (authenticated with HMAC-SHA256 under the
-//!    node's key before wasmer deserializes it), or compile exactly the verified bytes with
-//!    Cranelift plus wasmer's `Metering` middleware, and cache the result;
+//!    node's key before the engine deserializes it), or compile exactly the verified bytes
+//!    (wasmer: Cranelift plus the `Metering` middleware and the stop checks; wasmtime:
+//!    Cranelift with fuel and epoch interruption), and cache the result;
 //! 2. check the module before any of its code runs: no start function, imports only from
 //!    module `"keel"` and only what the granted capabilities provide
 //!    (`KEEL_ERR_IMPORT_NOT_GRANTED` names the first offender), the required exports with the
@@ -29,13 +35,15 @@ pub mod plugin;
 pub mod pool;
 pub mod tunables;
 pub mod watchdog;
+pub mod wr;
+pub mod wt;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use wasmer::{Engine, ExternType, Module, Pages, Type};
+use wasmer::{ExternType, Module, Pages, Type};
 
 use crate::artifact::Artifact;
 use crate::error::Result;
@@ -48,7 +56,44 @@ pub use plugin::{EffectiveLimits, WasmPlugin};
 pub use tunables::MemoryMode;
 
 use cache::Lookup;
-use plugin::{OptionalExports, PluginShared};
+use plugin::{Code, OptionalExports, PluginShared};
+
+/// The engine that compiles and runs a WASM plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WasmEngine {
+    /// wasmer 7.4.2 (Cranelift): the default.
+    #[default]
+    Wasmer,
+    /// wasmtime 48 (Cranelift): fuel, epoch interruption, bounded memory reservations.
+    Wasmtime,
+}
+
+impl WasmEngine {
+    /// The name used in configuration, manifests and messages (`wasmer`, `wasmtime`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasmEngine::Wasmer => "wasmer",
+            WasmEngine::Wasmtime => "wasmtime",
+        }
+    }
+
+    /// The engine called `name` (see [`WasmEngine::as_str`]).
+    pub fn parse(name: &str) -> Option<WasmEngine> {
+        [WasmEngine::Wasmer, WasmEngine::Wasmtime]
+            .into_iter()
+            .find(|e| e.as_str() == name)
+    }
+
+    /// The default engine of a node that sets none: wasmer, unless the environment variable
+    /// `KEEL_WASM_ENGINE` names another engine (how CI runs the WASM suites on wasmtime;
+    /// any other value is ignored).
+    pub fn node_default() -> WasmEngine {
+        std::env::var("KEEL_WASM_ENGINE")
+            .ok()
+            .and_then(|v| WasmEngine::parse(v.trim()))
+            .unwrap_or_default()
+    }
+}
 
 /// Limits of WASM plugins: used both for the node's defaults (what a manifest that says
 /// nothing gets) and for its ceilings (the most a manifest can ask for).
@@ -98,6 +143,12 @@ pub struct WasmConfig {
     /// How instance memories use the address space (see [`MemoryMode`] and docs/wasm.md).
     /// Default [`MemoryMode::Capped`]: the plugin's memory cap + 64 KiB reserved per instance.
     pub memory: MemoryMode,
+    /// The engine of this node's WASM plugins ([`WasmEngine::node_default`]: wasmer).
+    pub engine: WasmEngine,
+    /// Whether a manifest may pick the other engine (`"wasm_engine"`); when false, a manifest
+    /// that asks for an engine other than [`WasmConfig::engine`] is refused with
+    /// `KEEL_ERR_MANIFEST_INVALID`.
+    pub manifest_engine: bool,
 }
 
 impl Default for WasmConfig {
@@ -120,6 +171,8 @@ impl Default for WasmConfig {
             watchdog_tick: Duration::from_millis(1),
             cache: None,
             memory: MemoryMode::default(),
+            engine: WasmEngine::node_default(),
+            manifest_engine: false,
         }
     }
 }
@@ -169,7 +222,7 @@ pub struct CacheStats {
     pub hits: u64,
     /// Modules compiled (no usable entry, or no cache).
     pub compiles: u64,
-    /// Entries found but refused (tag mismatch, truncation, wasmer refused them); each was
+    /// Entries found but refused (tag mismatch, truncation, the engine refused them); each was
     /// removed and the module recompiled.
     pub rejected: u64,
 }
@@ -189,6 +242,8 @@ pub struct WasmRuntime {
     counters: Counters,
     /// Serialises cache writes of the same entry by concurrent loads (never taken by calls).
     cache_lock: Mutex<()>,
+    /// The wasmtime engines made so far (one per distinct setting).
+    wasmtime: wt::Engines,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -228,6 +283,7 @@ impl WasmRuntime {
             dog: Arc::new(dog),
             counters: Counters::default(),
             cache_lock: Mutex::new(()),
+            wasmtime: wt::Engines::default(),
         })
     }
 
@@ -264,14 +320,27 @@ impl WasmRuntime {
             );
         };
         let limits = WasmLimits::resolve(m.limits.as_ref(), &self.config.defaults, &self.config.ceilings);
-        let (engine, module) = self.module(name, artifact.sha256(), bytes, Pages(limits.memory_pages), ctx)?;
+        let engine = self.engine_for(name, m.wasm_engine.as_deref())?;
         let memory_mode = self.config.memory;
-        let (used_imports, exports) = check_module(name, &module, ctx, &limits)?;
+        let (code, used_imports, exports, fixed_base) = match engine {
+            WasmEngine::Wasmer => {
+                let code = self.wasmer_module(name, artifact.sha256(), bytes, Pages(limits.memory_pages), ctx)?;
+                let (used, exports) = check_module(name, &Shape::of_wasmer(&code.module), ctx, &limits)?;
+                (Code::Wasmer(code), used, exports, memory_mode.fixed_base())
+            }
+            WasmEngine::Wasmtime => {
+                let settings = wt::EngineSettings::new(self.config.metering, memory_mode, limits.memory_pages);
+                let (engine, module) = self.wasmtime_module(name, artifact.sha256(), bytes, settings, ctx)?;
+                let shape = Shape::of_wasmtime(&module, bytes).map_err(|e| e.context(format!("plugin '{name}'")))?;
+                let (used, exports) = check_module(name, &shape, ctx, &limits)?;
+                let code = wt::Code::new(name, engine, module, &used)?;
+                (Code::Wasmtime(code), used, exports, memory_mode.fixed_base())
+            }
+        };
         let pooled = m.instances.unwrap_or_default() == InstanceMode::Pooled;
         let shared = PluginShared {
             name: Arc::from(name),
-            engine,
-            module,
+            code,
             used_imports,
             services: ctx.services.clone(),
             metrics: ctx
@@ -289,46 +358,62 @@ impl WasmRuntime {
             restored_version: Mutex::new(ctx.restored_state_version.map(Arc::from)),
             epoch: AtomicU64::new(0),
             memory_bytes: AtomicU64::new(0),
-            fixed_base: memory_mode.fixed_base(),
+            fixed_base,
         };
         WasmPlugin::start(shared, self.config.pool_size)
     }
 
-    /// The compiled module: from the cache when an authenticated entry exists, else compiled
-    /// (and cached).
-    fn module(
+    /// The engine of plugin `name`, whose manifest asks for `asked` (or nothing).
+    fn engine_for(&self, name: &str, asked: Option<&str>) -> Result<WasmEngine> {
+        let node = self.config.engine;
+        let Some(asked) = asked else { return Ok(node) };
+        let Some(engine) = WasmEngine::parse(asked) else {
+            bail!(
+                KEEL_ERR_MANIFEST_INVALID,
+                "plugin '{name}': wasm_engine '{asked}' is not an engine (wasmer, wasmtime)"
+            );
+        };
+        if engine != node && !self.config.manifest_engine {
+            bail!(
+                KEEL_ERR_MANIFEST_INVALID,
+                "plugin '{name}': its manifest asks for wasm_engine '{asked}', but this node runs WASM plugins on {} and does not let manifests choose (keel_host_set_wasm_engine)",
+                node.as_str()
+            );
+        }
+        Ok(engine)
+    }
+
+    /// A compiled module: from the cache when an authenticated entry exists (and the engine
+    /// accepts it), else compiled (and cached). `key` names everything the code depends on.
+    #[allow(clippy::too_many_arguments)]
+    fn cached<T>(
         &self,
         name: &str,
         sha256: &[u8; 32],
-        bytes: &[u8],
-        cap: Pages,
+        key: &str,
+        engine_name: &str,
         ctx: &LoadContext<'_>,
-    ) -> Result<(Engine, Module)> {
-        let mode = self.config.memory;
-        let key = engine::engine_key(cap, self.config.metering, mode);
+        deserialize: impl FnOnce(&[u8]) -> std::result::Result<T, String>,
+        compile: impl FnOnce() -> Result<T>,
+        serialize: impl FnOnce(&T) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<T> {
         if let Some(cache) = &self.cache {
-            match cache.load(sha256, &key) {
-                Lookup::Hit(serialized) => {
-                    let engine = engine::headless(cap, mode);
-                    // SAFETY: the bytes carry a valid HMAC under this node's key over this
-                    // module's digest and engine key: this node wrote them from
-                    // `Module::serialize` of the same module and engine configuration.
-                    match unsafe { Module::deserialize(&engine, serialized) } {
-                        Ok(module) => {
-                            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                            return Ok((engine, module));
-                        }
-                        Err(e) => {
-                            cache.discard(sha256, &key);
-                            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                            ctx.services.log(
-                                name,
-                                LogLevel::Warn,
-                                &format!("compiled-module cache entry refused by wasmer ({e}); recompiling"),
-                            );
-                        }
+            match cache.load(sha256, key) {
+                Lookup::Hit(serialized) => match deserialize(serialized.as_ref()) {
+                    Ok(module) => {
+                        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(module);
                     }
-                }
+                    Err(e) => {
+                        cache.discard(sha256, key);
+                        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                        ctx.services.log(
+                            name,
+                            LogLevel::Warn,
+                            &format!("compiled-module cache entry refused by {engine_name} ({e}); recompiling"),
+                        );
+                    }
+                },
                 Lookup::Rejected(why) => {
                     self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     ctx.services.log(
@@ -340,21 +425,14 @@ impl WasmRuntime {
                 Lookup::Miss => {}
             }
         }
-        let engine = engine::compiling(cap, self.config.metering, mode);
-        let module = Module::from_binary(&engine, bytes).map_err(|e| {
-            err!(
-                KEEL_ERR_WASM_COMPILE,
-                "plugin '{name}': the module does not compile: {e}"
-            )
-        })?;
+        let module = compile()?;
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         if let Some(cache) = &self.cache {
-            let stored = module
-                .serialize()
+            let stored = serialize(&module)
                 .map_err(|e| err!(KEEL_ERR_INTERNAL, "serializing: {e}"))
                 .and_then(|b| {
                     let _g = self.cache_lock.lock();
-                    cache.store(sha256, &key, &b)
+                    cache.store(sha256, key, &b)
                 });
             if let Err(e) = stored {
                 ctx.services.log(
@@ -364,46 +442,224 @@ impl WasmRuntime {
                 );
             }
         }
+        Ok(module)
+    }
+
+    /// The module compiled by wasmer (an engine of its own per plugin: see `engine`).
+    fn wasmer_module(
+        &self,
+        name: &str,
+        sha256: &[u8; 32],
+        bytes: &[u8],
+        cap: Pages,
+        ctx: &LoadContext<'_>,
+    ) -> Result<wr::Code> {
+        let mode = self.config.memory;
+        let metering = self.config.metering;
+        let key = engine::engine_key(cap, metering, mode);
+        self.cached(
+            name,
+            sha256,
+            &key,
+            "wasmer",
+            ctx,
+            |serialized| {
+                let engine = engine::headless(cap, mode);
+                // SAFETY: the bytes carry a valid HMAC under this node's key over this
+                // module's digest and engine key: this node wrote them from
+                // `Module::serialize` of the same module and engine configuration.
+                let module = unsafe { Module::deserialize(&engine, serialized) }.map_err(|e| e.to_string())?;
+                Ok(wr::Code { engine, module })
+            },
+            || {
+                let engine = engine::compiling(cap, metering, mode);
+                let module = Module::from_binary(&engine, bytes).map_err(|e| {
+                    err!(
+                        KEEL_ERR_WASM_COMPILE,
+                        "plugin '{name}': the module does not compile: {e}"
+                    )
+                })?;
+                Ok(wr::Code { engine, module })
+            },
+            |code| code.module.serialize().map(|b| b.to_vec()).map_err(|e| e.to_string()),
+        )
+    }
+
+    /// The module compiled by wasmtime (engines shared by plugins with the same settings).
+    fn wasmtime_module(
+        &self,
+        name: &str,
+        sha256: &[u8; 32],
+        bytes: &[u8],
+        settings: wt::EngineSettings,
+        ctx: &LoadContext<'_>,
+    ) -> Result<(wasmtime::Engine, wasmtime::Module)> {
+        let engine = self.wasmtime.get(settings)?;
+        let module = self.cached(
+            name,
+            sha256,
+            &settings.cache_key(),
+            "wasmtime",
+            ctx,
+            |serialized| {
+                // SAFETY: as for wasmer above: authenticated bytes this node wrote from
+                // `Module::serialize` of the same module under the same engine settings (the
+                // key names them); wasmtime checks its own version and settings again.
+                unsafe { wasmtime::Module::deserialize(&engine, serialized) }.map_err(|e| e.to_string())
+            },
+            || {
+                wasmtime::Module::from_binary(&engine, bytes).map_err(|e| {
+                    err!(
+                        KEEL_ERR_WASM_COMPILE,
+                        "plugin '{name}': the module does not compile: {e:#}"
+                    )
+                })
+            },
+            |module| module.serialize().map_err(|e| e.to_string()),
+        )?;
         Ok((engine, module))
+    }
+}
+
+/// What the load-time checks look at, as either engine describes the module.
+pub struct Shape {
+    imports: Vec<imports::Import>,
+    /// Function exports and their signatures.
+    functions: Vec<(String, wasmer::FunctionType)>,
+    /// The memory exported as "memory": (minimum pages, shared).
+    memory_export: Option<(u64, bool)>,
+    memories: usize,
+    start: bool,
+}
+
+impl Shape {
+    fn of_wasmer(module: &Module) -> Shape {
+        let info = module.info();
+        let mut functions = Vec::new();
+        let mut memory_export = None;
+        for ex in module.exports() {
+            match ex.ty() {
+                ExternType::Memory(ty) if ex.name() == "memory" => {
+                    memory_export = Some((ty.minimum.0 as u64, ty.shared))
+                }
+                ExternType::Function(fty) => functions.push((ex.name().to_string(), fty.clone())),
+                _ => {}
+            }
+        }
+        Shape {
+            imports: imports::Import::of_wasmer(module),
+            functions,
+            memory_export,
+            memories: info.memories.len(),
+            start: info.start_function.is_some(),
+        }
+    }
+
+    /// wasmtime's description, plus what it does not describe (the start function and the
+    /// number of memories) read from the module's bytes.
+    fn of_wasmtime(module: &wasmtime::Module, bytes: &[u8]) -> Result<Shape> {
+        use wasmer::wasmparser::{Parser, Payload, TypeRef};
+        let ty = |v: &wasmtime::ValType| match v {
+            wasmtime::ValType::I32 => Type::I32,
+            wasmtime::ValType::I64 => Type::I64,
+            wasmtime::ValType::F32 => Type::F32,
+            wasmtime::ValType::F64 => Type::F64,
+            wasmtime::ValType::V128 => Type::V128,
+            wasmtime::ValType::Ref(r) if r.heap_type().is_func() => Type::FuncRef,
+            wasmtime::ValType::Ref(_) => Type::ExternRef,
+        };
+        let fty = |f: &wasmtime::FuncType| {
+            let p: Vec<Type> = f.params().map(|v| ty(&v)).collect();
+            let r: Vec<Type> = f.results().map(|v| ty(&v)).collect();
+            wasmer::FunctionType::new(p, r)
+        };
+        let imports = module
+            .imports()
+            .map(|imp| imports::Import {
+                module: imp.module().to_string(),
+                name: imp.name().to_string(),
+                func: match imp.ty() {
+                    wasmtime::ExternType::Func(f) => Some(fty(&f)),
+                    _ => None,
+                },
+                kind: format!("{:?}", imp.ty()),
+            })
+            .collect();
+        let mut functions = Vec::new();
+        let mut memory_export = None;
+        for ex in module.exports() {
+            // Reserved on both engines (wasmer's stop checks export them), so that a module
+            // loads on one engine exactly when it loads on the other.
+            if [interrupt::STOP_GLOBAL, interrupt::BEAT_GLOBAL].contains(&ex.name()) {
+                bail!(
+                    KEEL_ERR_WASM_COMPILE,
+                    "the module already exports `{}`, a name Keel reserves",
+                    ex.name()
+                );
+            }
+            match ex.ty() {
+                wasmtime::ExternType::Memory(m) if ex.name() == "memory" => {
+                    memory_export = Some((m.minimum(), m.is_shared()))
+                }
+                wasmtime::ExternType::Func(f) => functions.push((ex.name().to_string(), fty(&f))),
+                _ => {}
+            }
+        }
+        let (mut memories, mut start) = (0usize, false);
+        let bad =
+            |e: wasmer::wasmparser::BinaryReaderError| err!(KEEL_ERR_WASM_COMPILE, "the module does not parse: {e}");
+        for payload in Parser::new(0).parse_all(bytes) {
+            match payload.map_err(bad)? {
+                Payload::StartSection { .. } => start = true,
+                Payload::MemorySection(r) => memories += r.count() as usize,
+                Payload::ImportSection(r) => {
+                    for imp in r.into_imports() {
+                        if matches!(imp.map_err(bad)?.ty, TypeRef::Memory(_)) {
+                            memories += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Shape {
+            imports,
+            functions,
+            memory_export,
+            memories,
+            start,
+        })
     }
 }
 
 /// Everything that can be checked before instantiation (no guest code has run yet).
 fn check_module(
     name: &str,
-    module: &Module,
+    shape: &Shape,
     ctx: &LoadContext<'_>,
     limits: &EffectiveLimits,
 ) -> Result<(imports::UsedImports, OptionalExports)> {
-    let info = module.info();
-    if info.start_function.is_some() {
+    if shape.start {
         bail!(
             KEEL_ERR_WASM_INSTANTIATE,
             "plugin '{name}': the module has a start function; Keel runs guest code only through the keel_* exports"
         );
     }
-    let used = imports::check_imports(module, ctx.granted, &ctx.services.host_fns)
+    let used = imports::check_imports(&shape.imports, ctx.granted, &ctx.services.host_fns)
         .map_err(|e| e.context(format!("plugin '{name}'")))?;
 
     let mut found = [false; EXPORTS.len()];
-    let mut memory_export = None;
-    for ex in module.exports() {
-        match ex.ty() {
-            ExternType::Memory(ty) if ex.name() == "memory" => memory_export = Some(*ty),
-            ExternType::Function(fty) => {
-                if let Some(i) = EXPORTS.iter().position(|(n, ..)| *n == ex.name()) {
-                    let (n, _, params, results) = EXPORTS[i];
-                    if fty.params() != params || fty.results() != results {
-                        bail!(
-                            KEEL_ERR_WASM_INSTANTIATE,
-                            "plugin '{name}': export '{n}' has type {fty}, the Keel WASM ABI needs {}",
-                            wasmer::FunctionType::new(params, results)
-                        );
-                    }
-                    found[i] = true;
-                }
+    for (ex, fty) in &shape.functions {
+        if let Some(i) = EXPORTS.iter().position(|(n, ..)| n == ex) {
+            let (n, _, params, results) = EXPORTS[i];
+            if fty.params() != params || fty.results() != results {
+                bail!(
+                    KEEL_ERR_WASM_INSTANTIATE,
+                    "plugin '{name}': export '{n}' has type {fty}, the Keel WASM ABI needs {}",
+                    wasmer::FunctionType::new(params, results)
+                );
             }
-            _ => {}
+            found[i] = true;
         }
     }
     for (i, (n, required, ..)) in EXPORTS.iter().enumerate() {
@@ -414,30 +670,30 @@ fn check_module(
             );
         }
     }
-    let Some(mem) = memory_export else {
+    let Some((mem_minimum, mem_shared)) = shape.memory_export else {
         bail!(
             KEEL_ERR_WASM_INSTANTIATE,
             "plugin '{name}': the module does not export its memory as 'memory'"
         );
     };
-    if info.memories.len() != 1 {
+    if shape.memories != 1 {
         bail!(
             KEEL_ERR_WASM_INSTANTIATE,
             "plugin '{name}': the module must have exactly one memory"
         );
     }
-    if mem.shared {
+    if mem_shared {
         bail!(
             KEEL_ERR_WASM_INSTANTIATE,
             "plugin '{name}': shared memories are not supported"
         );
     }
-    if mem.minimum.0 > limits.memory_pages {
+    if mem_minimum > limits.memory_pages as u64 {
         bail!(
             KEEL_ERR_MEMORY_LIMIT,
             "plugin '{name}': the module's memory starts at {} pages ({} KiB), above the plugin's cap of {} MiB",
-            mem.minimum.0,
-            mem.minimum.0 as u64 * 64,
+            mem_minimum,
+            mem_minimum * 64,
             limits.memory_pages / 16
         );
     }

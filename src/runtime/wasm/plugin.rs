@@ -1,17 +1,19 @@
 //! One WASM plugin generation: its compiled module, and its instances (a lock-free pool, or
 //! one instance behind the plugin's own lock).
+//!
+//! The call path ([`Guest`]: staging, fuel, deadlines, output, failures and their codes) is
+//! written once, over a [`Backend`]: the few things an engine's instance must do (enter one
+//! of the ABI's exports, set the fuel, show its memory, describe a trap). `wr` implements it
+//! on wasmer, `wt` on wasmtime.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use wasmer::sys::vm::TrapCode;
-use wasmer::{
-    Engine, FunctionEnv, Global, Instance as WasmerInstance, Memory, Module, RuntimeError, Store, TypedFunction, Value,
-};
 
-use super::imports::{self, HostEnv, HostTrap};
+use super::imports::{self, HostTrap};
+use super::interrupt::StopFlag;
 use super::pool::Pool;
 use super::tunables;
 use super::watchdog::{Watch, Watchdog};
@@ -51,8 +53,8 @@ pub struct OptionalExports {
 /// What every instance of one plugin generation shares.
 pub struct PluginShared {
     pub name: Arc<str>,
-    pub engine: Engine,
-    pub module: Module,
+    /// The compiled module, for the engine that runs it.
+    pub code: Code,
     pub used_imports: imports::UsedImports,
     pub services: HostServices,
     /// The plugin's metric set when `metrics:write` is granted.
@@ -81,6 +83,13 @@ pub struct PluginShared {
     /// The memories' base addresses never move (the node's memory mode reserves the whole
     /// memory up front: `MemoryMode::fixed_base`); when false, growth may move a memory.
     pub fixed_base: bool,
+}
+
+/// A plugin generation's compiled code: which engine runs it, and what that engine needs to
+/// make instances.
+pub enum Code {
+    Wasmer(super::wr::Code),
+    Wasmtime(super::wt::Code),
 }
 
 /// Decode a `keel_result`: (error flag, pointer, length).
@@ -132,25 +141,73 @@ pub fn parse_functions(bytes: &[u8]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-struct Fns {
-    abi_version: TypedFunction<(), i32>,
-    functions: TypedFunction<(), i64>,
-    alloc: TypedFunction<i32, i32>,
-    call: TypedFunction<(i32, i32, i32), i64>,
-    free: Option<TypedFunction<(i32, i32), ()>>,
-    init: Option<TypedFunction<(i32, i32), i64>>,
-    save_state: Option<TypedFunction<(), i64>>,
-    restore_state: Option<TypedFunction<(i32, i32), i64>>,
-    restore_state_versioned: Option<TypedFunction<(i32, i32, i32, i32), i64>>,
-    health: Option<TypedFunction<(), i32>>,
-    initialize: Option<TypedFunction<(), ()>>,
+/// One entry into the guest: an export of the Keel WASM ABI and its arguments.
+#[derive(Clone, Copy, Debug)]
+pub enum Entry {
+    AbiVersion,
+    Functions,
+    Alloc(i32),
+    Call(i32, i32, i32),
+    Free(i32, i32),
+    Init(i32, i32),
+    SaveState,
+    RestoreState(i32, i32),
+    RestoreStateVersioned(i32, i32, i32, i32),
+    Health,
+    Initialize,
+}
+
+impl Entry {
+    /// The export's name.
+    pub fn export(self) -> &'static str {
+        match self {
+            Entry::AbiVersion => "keel_abi_version",
+            Entry::Functions => "keel_functions",
+            Entry::Alloc(_) => "keel_alloc",
+            Entry::Call(..) => "keel_call",
+            Entry::Free(..) => "keel_free",
+            Entry::Init(..) => "keel_init",
+            Entry::SaveState => "keel_save_state",
+            Entry::RestoreState(..) => "keel_restore_state",
+            Entry::RestoreStateVersioned(..) => "keel_restore_state_versioned",
+            Entry::Health => "keel_health",
+            Entry::Initialize => "_initialize",
+        }
+    }
+}
+
+/// What an engine says about a failed entry.
+pub struct TrapInfo {
+    /// A host function failed (its status and message).
+    pub host: Option<HostTrap>,
+    /// The trap a stop request causes (wasmer: the stop check's `unreachable`; wasmtime: the
+    /// epoch callback's interrupt): a deadline or a cancel if the instance's stop flag is up.
+    pub stop_trap: bool,
+    /// The guest ran out of fuel.
+    pub out_of_fuel: bool,
+    /// The engine's description of the trap.
+    pub message: String,
+}
+
+/// What the call path needs from an engine's instance. Implemented by `wr::Instance`
+/// (wasmer) and `wt::Instance` (wasmtime).
+pub trait Backend: Sized + Send {
+    type Err;
+    /// Give the next entry `fuel` (only called when the node meters). false: the engine
+    /// refused (the instance is then discarded).
+    fn set_fuel(&mut self, fuel: u64) -> bool;
+    /// The linear memory now: base and size in bytes.
+    fn memory(&self) -> (*mut u8, u64);
+    /// Run one export; results narrower than i64 are widened, `()` is 0. The caller only
+    /// asks for optional exports the module has ([`OptionalExports`]).
+    fn invoke(&mut self, entry: Entry) -> Result<i64, Self::Err>;
+    /// Describe a failed entry.
+    fn trap_info(&mut self, e: Self::Err) -> TrapInfo;
 }
 
 /// The per-instance state the call path updates.
 struct Ctl {
     shared: Arc<PluginShared>,
-    memory: Memory,
-    meter: Option<(Global, Global)>,
     watch: Arc<Watch>,
     seq: u64,
     /// Reusable input buffer in guest memory (pointer, capacity).
@@ -164,15 +221,13 @@ struct Ctl {
     accounted: u64,
 }
 
-/// One instance: its own store, memory and exports. Used by one thread at a time.
-pub struct Guest {
-    store: Store,
-    fns: Fns,
+/// One instance on engine `B`: its store, memory and exports. Used by one thread at a time.
+pub struct Guest<B: Backend> {
+    b: B,
     ctl: Ctl,
-    _instance: WasmerInstance,
 }
 
-fn instantiate_error(name: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn instantiate_error(name: &str, e: impl std::fmt::Display) -> Error {
     err!(KEEL_ERR_WASM_INSTANTIATE, "plugin '{name}': instantiation failed: {e}")
 }
 
@@ -202,36 +257,31 @@ impl<'a> PerCall<'a> {
 }
 
 impl Ctl {
-    /// Enter the guest: refill the fuel, arm the deadline, run `f`, disarm, and turn a
+    /// Enter the guest: refill the fuel, arm the deadline, run `entry`, disarm, and turn a
     /// failure into the error that names its cause.
     #[inline]
-    fn enter<R>(
-        &mut self,
-        store: &mut Store,
-        what: &dyn Fn(&str) -> String,
-        f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
-    ) -> Result<R> {
-        self.enter_with(store, what, None, f)
+    fn enter<B: Backend>(&mut self, b: &mut B, what: &dyn Fn(&str) -> String, entry: Entry) -> Result<i64> {
+        self.enter_with(b, what, None, entry)
     }
 
     /// [`Ctl::enter`] with the limits of a call made with options (`None`: the plugin's own;
     /// that path compiles to exactly what `enter` did before options existed).
     #[inline(always)]
-    fn enter_with<R>(
+    fn enter_with<B: Backend>(
         &mut self,
-        store: &mut Store,
+        b: &mut B,
         what: &dyn Fn(&str) -> String,
         per_call: Option<&PerCall<'_>>,
-        f: impl FnOnce(&mut Store) -> Result<R, RuntimeError>,
-    ) -> Result<R> {
-        // Refill the fuel. The "exhausted" flag needs no reset: it is only ever set by running
-        // out, and an instance that ran out is discarded.
-        if let Some((left, _)) = &self.meter {
+        entry: Entry,
+    ) -> Result<i64> {
+        // Refill the fuel. An instance that ran out is discarded, so no other state needs a
+        // reset.
+        if self.shared.metering {
             let budget = match per_call {
                 Some(pc) => pc.fuel,
                 None => self.shared.limits.fuel_per_call,
             };
-            if left.set(store, Value::I64(budget as i64)).is_err() {
+            if !b.set_fuel(budget) {
                 self.broken = true;
                 bail!(
                     KEEL_ERR_INTERNAL,
@@ -246,12 +296,12 @@ impl Ctl {
             self.watch.set_call(pc.timeout, pc.cancel);
         }
         self.watch.arm(self.seq);
-        let r = f(store);
+        let r = b.invoke(entry);
         let fired = self.watch.disarm(self.seq);
         if per_call.is_some() {
             self.watch.clear_call();
         }
-        self.account(store);
+        self.account(b);
         if fired {
             // The stop flag stays raised: the instance's next call would stop at once.
             self.broken = true;
@@ -260,7 +310,8 @@ impl Ctl {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.broken = true;
-                Err(self.classify(store, e, what, per_call))
+                let info = b.trap_info(e);
+                Err(self.classify(info, what, per_call))
             }
         }
     }
@@ -268,8 +319,8 @@ impl Ctl {
     /// Bring `shared.memory_bytes` up to this instance's linear memory size (an atomic
     /// add only when the memory grew: memories never shrink).
     #[inline]
-    fn account(&mut self, store: &Store) {
-        let now = self.memory.view(store).data_size();
+    fn account<B: Backend>(&mut self, b: &B) {
+        let now = b.memory().1;
         if now != self.accounted {
             if now > self.accounted {
                 self.shared
@@ -291,14 +342,8 @@ impl Ctl {
     }
 
     #[cold]
-    fn classify(
-        &self,
-        store: &mut Store,
-        e: RuntimeError,
-        what: &dyn Fn(&str) -> String,
-        per_call: Option<&PerCall<'_>>,
-    ) -> Error {
-        if let Some(h) = e.downcast_ref::<HostTrap>() {
+    fn classify(&self, info: TrapInfo, what: &dyn Fn(&str) -> String, per_call: Option<&PerCall<'_>>) -> Error {
+        if let Some(h) = info.host {
             return Error::new(h.status, format!("{}: {}", what(&self.shared.name), h.message));
         }
         let mut limits = self.shared.limits;
@@ -306,8 +351,7 @@ impl Ctl {
             limits.fuel_per_call = pc.fuel;
             limits.timeout = pc.timeout;
         }
-        let code = e.clone().to_trap();
-        if code == Some(TrapCode::UnreachableCodeReached) && self.watch.stop_raised() {
+        if info.stop_trap && self.watch.stop_raised() {
             if per_call.and_then(|pc| pc.cancel).is_some_and(|c| c.is_cancelled()) {
                 return err!(
                     KEEL_ERR_CANCELLED,
@@ -322,17 +366,13 @@ impl Ctl {
                 limits.timeout.as_millis()
             );
         }
-        if code == Some(TrapCode::UnreachableCodeReached) {
-            if let Some((_, exhausted)) = &self.meter {
-                if exhausted.get(store) == Value::I32(1) {
-                    return err!(
-                        KEEL_ERR_CPU_BUDGET,
-                        "{}: used up its CPU budget of {} fuel",
-                        what(&self.shared.name),
-                        limits.fuel_per_call
-                    );
-                }
-            }
+        if info.out_of_fuel {
+            return err!(
+                KEEL_ERR_CPU_BUDGET,
+                "{}: used up its CPU budget of {} fuel",
+                what(&self.shared.name),
+                limits.fuel_per_call
+            );
         }
         if self.hit_memory_cap() {
             return err!(
@@ -340,56 +380,50 @@ impl Ctl {
                 "{}: reached its memory cap of {} MiB (memory.grow refused), then trapped: {}",
                 what(&self.shared.name),
                 limits.memory_pages / 16,
-                e.message()
+                info.message
             );
         }
         err!(
             KEEL_ERR_WASM_TRAP,
             "{}: trapped: {}",
             what(&self.shared.name),
-            e.message()
+            info.message
         )
     }
 
     /// The guest's bytes `ptr..ptr+len`, appended to `out`.
     #[inline]
-    fn copy_out(
+    fn copy_out<B: Backend>(
         &mut self,
-        store: &Store,
+        b: &B,
         ptr: u32,
         len: u32,
         out: &mut Vec<u8>,
         what: &dyn Fn(&str) -> String,
     ) -> Result<()> {
-        let view = self.memory.view(store);
-        if ptr as u64 + len as u64 > view.data_size() {
+        let (base, size) = b.memory();
+        if ptr as u64 + len as u64 > size {
             self.broken = true;
             bail!(
                 KEEL_ERR_PLUGIN_ABI_VIOLATION,
                 "{}: returned bytes {ptr}..{} outside its memory of {} bytes",
                 what(&self.shared.name),
                 ptr as u64 + len as u64,
-                view.data_size()
+                size
             );
         }
-        let len = len as usize;
-        out.reserve(len);
-        let spare = &mut out.spare_capacity_mut()[..len];
-        view.read_uninit(ptr as u64, spare).map_err(|e| {
-            self.broken = true;
-            err!(KEEL_ERR_PLUGIN_ABI_VIOLATION, "{}: {e}", what(&self.shared.name))
-        })?;
-        // SAFETY: read_uninit initialised exactly `len` bytes of the spare capacity.
-        unsafe { out.set_len(out.len() + len) };
+        // SAFETY: ptr + len <= the memory's size (checked above); this thread has the
+        // instance to itself and no guest code runs, so the bytes are valid and stable.
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(base.add(ptr as usize), len as usize) });
         Ok(())
     }
 
     /// A failed hook's message (lossy UTF-8, truncated).
     #[cold]
-    fn guest_message(&mut self, store: &Store, ptr: u32, len: u32) -> String {
+    fn guest_message<B: Backend>(&mut self, b: &B, ptr: u32, len: u32) -> String {
         let mut buf = Vec::new();
         let len = len.min(MAX_GUEST_MESSAGE);
-        if self.copy_out(store, ptr, len, &mut buf, &|_| String::new()).is_err() {
+        if self.copy_out(b, ptr, len, &mut buf, &|_| String::new()).is_err() {
             return format!("(error message at {ptr} outside the guest's memory)");
         }
         if buf.is_empty() {
@@ -397,78 +431,31 @@ impl Ctl {
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
+
+    #[cold]
+    fn call_failed<B: Backend>(&mut self, b: &B, p: u32, l: u32, what: &dyn Fn(&str) -> String) -> Error {
+        let msg = self.guest_message(b, p, l);
+        if self.hit_memory_cap() {
+            self.broken = true;
+            return err!(
+                KEEL_ERR_MEMORY_LIMIT,
+                "{}: failed after reaching its memory cap: {msg}",
+                what(&self.shared.name)
+            );
+        }
+        err!(KEEL_ERR_CALL_FAILED, "{}: {msg}", what(&self.shared.name))
+    }
 }
 
-impl Guest {
-    /// Create and initialise one instance.
-    pub fn new(shared: &Arc<PluginShared>) -> Result<Guest> {
-        let name = &*shared.name;
-        let mut store = Store::new(shared.engine.clone());
-        let env = FunctionEnv::new(
-            &mut store,
-            HostEnv {
-                memory: None,
-                plugin: shared.name.clone(),
-                services: shared.services.clone(),
-                metrics: shared.metrics.clone(),
-                generation: shared.generation,
-                scratch_in: Vec::new(),
-            },
-        );
-        let imports = imports::imports(&mut store, &env, &shared.used_imports)?;
-        let instance =
-            WasmerInstance::new(&mut store, &shared.module, &imports).map_err(|e| instantiate_error(name, e))?;
-        let ex = &instance.exports;
-        macro_rules! get {
-            ($n:literal) => {
-                ex.get_typed_function(&store, $n)
-                    .map_err(|e| instantiate_error(name, format!("export {}: {e}", $n)))?
-            };
-            (opt $flag:expr, $n:literal) => {
-                if $flag {
-                    Some(get!($n))
-                } else {
-                    None
-                }
-            };
-        }
-        let o = shared.exports;
-        let fns = Fns {
-            abi_version: get!("keel_abi_version"),
-            functions: get!("keel_functions"),
-            alloc: get!("keel_alloc"),
-            call: get!("keel_call"),
-            free: get!(opt o.free, "keel_free"),
-            init: get!(opt o.init, "keel_init"),
-            save_state: get!(opt o.save_state, "keel_save_state"),
-            restore_state: get!(opt o.restore_state, "keel_restore_state"),
-            restore_state_versioned: get!(opt o.restore_state_versioned, "keel_restore_state_versioned"),
-            health: get!(opt o.health, "keel_health"),
-            initialize: get!(opt o.initialize, "_initialize"),
-        };
-        let memory = ex.get_memory("memory").map_err(|e| instantiate_error(name, e))?.clone();
-        let meter = if shared.metering {
-            let left = ex
-                .get_global("wasmer_metering_remaining_points")
-                .map_err(|e| instantiate_error(name, e))?;
-            let exhausted = ex
-                .get_global("wasmer_metering_points_exhausted")
-                .map_err(|e| instantiate_error(name, e))?;
-            Some((left.clone(), exhausted.clone()))
-        } else {
-            None
-        };
-        env.as_mut(&mut store).memory = Some(memory.clone());
-        let stop = super::interrupt::StopFlag::of(&mut store, &instance)
-            .ok_or_else(|| instantiate_error(name, "the compiled module has no stop flag"))?;
+impl<B: Backend> Guest<B> {
+    /// Wrap a fresh instance of the plugin (made by the engine's backend, with its stop
+    /// flag), watch it, and run its lifecycle up to the first call.
+    pub fn new(shared: &Arc<PluginShared>, b: B, stop: StopFlag) -> Result<Guest<B>> {
         let watch = shared.dog.register(stop, shared.limits.timeout);
         let mut g = Guest {
-            store,
-            fns,
+            b,
             ctl: Ctl {
                 shared: shared.clone(),
-                memory,
-                meter,
                 watch,
                 seq: 0,
                 input: (0, 0),
@@ -477,22 +464,20 @@ impl Guest {
                 epoch: shared.epoch.load(Ordering::Acquire),
                 accounted: 0,
             },
-            _instance: instance,
         };
-        g.ctl.account(&g.store);
+        g.ctl.account(&g.b);
         g.start()?;
         Ok(g)
     }
 
     /// The lifecycle up to the first call: _initialize, ABI version, keel_init, restore.
     fn start(&mut self) -> Result<()> {
-        let Guest { store, fns, ctl, .. } = self;
-        if let Some(f) = &fns.initialize {
-            ctl.enter(store, &|n| format!("plugin '{n}' _initialize"), |s| f.call(s))?;
+        let Guest { b, ctl } = self;
+        let o = ctl.shared.exports;
+        if o.initialize {
+            ctl.enter(b, &|n| format!("plugin '{n}' _initialize"), Entry::Initialize)?;
         }
-        let v = ctl.enter(store, &|n| format!("plugin '{n}' keel_abi_version"), |s| {
-            fns.abi_version.call(s)
-        })?;
+        let v = ctl.enter(b, &|n| format!("plugin '{n}' keel_abi_version"), Entry::AbiVersion)? as i32;
         if v != WASM_ABI_VERSION {
             bail!(
                 KEEL_ERR_ABI_MISMATCH,
@@ -500,17 +485,16 @@ impl Guest {
                 ctl.shared.name
             );
         }
-        if fns.init.is_some() {
+        if o.init {
             let shared = self.ctl.shared.clone();
             let config = &shared.config_json;
             let ptr = self.stage(config)?;
-            let Guest { store, fns, ctl, .. } = self;
-            let Some(init) = &fns.init else { return Ok(()) };
+            let Guest { b, ctl } = self;
             let what = |n: &str| format!("plugin '{n}' keel_init");
-            let r = ctl.enter(store, &what, |s| init.call(s, ptr as i32, config.len() as i32))?;
+            let r = ctl.enter(b, &what, Entry::Init(ptr as i32, config.len() as i32))?;
             let (is_err, p, l) = decode_result(r);
             if is_err {
-                let msg = ctl.guest_message(store, p, l);
+                let msg = ctl.guest_message(b, p, l);
                 if ctl.hit_memory_cap() {
                     ctl.broken = true;
                     bail!(
@@ -532,9 +516,9 @@ impl Guest {
         };
         if let Some(state) = state {
             let version = self.ctl.shared.restored_version.lock().clone();
-            if let (Some(v), true) = (version, self.fns.restore_state_versioned.is_some()) {
+            if let (Some(v), true) = (version, o.restore_state_versioned) {
                 self.restore_state_versioned(&state, &v)?;
-            } else if self.fns.restore_state.is_some() {
+            } else if o.restore_state {
                 self.restore_state(&state)?;
             } else {
                 let shared = &self.ctl.shared;
@@ -556,11 +540,11 @@ impl Guest {
     /// The function names the module declares (`keel_functions`).
     pub fn function_names(&mut self) -> Result<Vec<String>> {
         let what = |n: &str| format!("plugin '{n}' keel_functions");
-        let Guest { store, fns, ctl, .. } = self;
-        let r = ctl.enter(store, &what, |s| fns.functions.call(s))?;
+        let Guest { b, ctl } = self;
+        let r = ctl.enter(b, &what, Entry::Functions)?;
         let (is_err, p, l) = decode_result(r);
         if is_err {
-            let msg = ctl.guest_message(store, p, l);
+            let msg = ctl.guest_message(b, p, l);
             bail!(
                 KEEL_ERR_PLUGIN_ABI_VIOLATION,
                 "{}: returned an error: {msg}",
@@ -575,7 +559,7 @@ impl Guest {
             );
         }
         let mut buf = Vec::new();
-        ctl.copy_out(store, p, l, &mut buf, &what)?;
+        ctl.copy_out(b, p, l, &mut buf, &what)?;
         parse_functions(&buf).map_err(|e| e.context(format!("plugin '{}'", ctl.shared.name)))
     }
 
@@ -593,12 +577,12 @@ impl Guest {
             self.grow_input(data.len())?;
         }
         let ptr = self.ctl.input.0;
-        let view = self.ctl.memory.view(&self.store);
-        let mapped = (view.data_ptr() as *const u8, view.data_size());
+        let (base, size) = self.b.memory();
+        let mapped = (base as *const u8, size);
         if data.is_empty() {
             return Ok((ptr, mapped));
         }
-        if view.write(ptr as u64, data).is_err() {
+        if ptr as u64 + data.len() as u64 > size {
             self.ctl.broken = true;
             bail!(
                 KEEL_ERR_PLUGIN_ABI_VIOLATION,
@@ -607,6 +591,9 @@ impl Guest {
                 data.len()
             );
         }
+        // SAFETY: ptr + len <= the memory's size (checked above); this thread has the
+        // instance to itself and no guest code runs; `data` is host memory, never the guest's.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(ptr as usize), data.len()) };
         Ok((ptr, mapped))
     }
 
@@ -620,18 +607,20 @@ impl Guest {
             );
         }
         let cap = need.next_power_of_two().clamp(256, (1 << 31) - 1) as u32;
-        let Guest { store, fns, ctl, .. } = self;
+        let Guest { b, ctl } = self;
         let (old_ptr, old_cap) = ctl.input;
         if old_ptr != 0 {
-            if let Some(free) = &fns.free {
-                ctl.enter(store, &|n| format!("plugin '{n}' keel_free"), |s| {
-                    free.call(s, old_ptr as i32, old_cap as i32)
-                })?;
+            if ctl.shared.exports.free {
+                ctl.enter(
+                    b,
+                    &|n| format!("plugin '{n}' keel_free"),
+                    Entry::Free(old_ptr as i32, old_cap as i32),
+                )?;
             }
             ctl.input = (0, 0);
         }
         let what = |n: &str| format!("plugin '{n}' keel_alloc({cap})");
-        let p = ctl.enter(store, &what, |s| fns.alloc.call(s, cap as i32))? as u32;
+        let p = ctl.enter(b, &what, Entry::Alloc(cap as i32))? as i32 as u32;
         if p == 0 {
             if ctl.hit_memory_cap() {
                 ctl.broken = true;
@@ -650,7 +639,7 @@ impl Guest {
                 what(&ctl.shared.name)
             );
         }
-        if p as u64 + cap as u64 > ctl.memory.view(store).data_size() {
+        if p as u64 + cap as u64 > b.memory().1 {
             ctl.broken = true;
             bail!(
                 KEEL_ERR_PLUGIN_ABI_VIOLATION,
@@ -680,15 +669,18 @@ impl Guest {
     ) -> Result<()> {
         let (ptr, (mut base, mut mapped_len)) = self.stage_mapped(input)?;
         let what = |n: &str| format!("plugin '{n}' function '{fname}'");
-        let Guest { store, fns, ctl, .. } = self;
-        let r = ctl.enter_with(store, &what, per_call, |s| {
-            fns.call.call(s, function as i32, ptr as i32, input.len() as i32)
-        })?;
+        let Guest { b, ctl } = self;
+        let r = ctl.enter_with(
+            b,
+            &what,
+            per_call,
+            Entry::Call(function as i32, ptr as i32, input.len() as i32),
+        )?;
         let (is_err, p, l) = decode_result(r);
         if !ctl.shared.fixed_base {
-            // Dynamic memories move when they grow: take the memory as it is now.
-            let view = ctl.memory.view(store);
-            (base, mapped_len) = (view.data_ptr() as *const u8, view.data_size());
+            // Memories that may move when they grow: take the memory as it is now.
+            let (nb, nl) = b.memory();
+            (base, mapped_len) = (nb as *const u8, nl);
         }
         if !is_err {
             let max = ctl.shared.limits.max_output_bytes;
@@ -701,37 +693,39 @@ impl Guest {
             }
             if p as u64 + l as u64 <= mapped_len {
                 // SAFETY: `base..base+mapped_len` is this instance's memory: as it was when the
-                // input was staged when `fixed_base` holds (Static and Capped memories reserve
-                // everything up front: their base never moves and they never shrink), or as it
-                // is after the call otherwise (re-read above). This thread has the instance to
-                // itself (no shared memories), so the range is valid and initialised.
+                // input was staged when `fixed_base` holds (the node's memory mode reserves
+                // everything up front: the base never moves and memories never shrink), or as
+                // it is after the call otherwise (re-read above). This thread has the instance
+                // to itself (no shared memories), so the range is valid and initialised.
                 output.extend_from_slice(unsafe { std::slice::from_raw_parts(base.add(p as usize), l as usize) });
                 return Ok(());
             }
-            return ctl.copy_out(store, p, l, output, &what);
+            return ctl.copy_out(b, p, l, output, &what);
         }
-        Err(ctl.call_failed(store, p, l, &what))
+        Err(ctl.call_failed(b, p, l, &what))
     }
 
     /// `keel_save_state`, if exported.
     pub fn save_state(&mut self) -> Result<Option<Vec<u8>>> {
         let what = |n: &str| format!("plugin '{n}' keel_save_state");
-        let Guest { store, fns, ctl, .. } = self;
-        let Some(save) = &fns.save_state else { return Ok(None) };
-        let r = ctl.enter(store, &what, |s| save.call(s))?;
+        let Guest { b, ctl } = self;
+        if !ctl.shared.exports.save_state {
+            return Ok(None);
+        }
+        let r = ctl.enter(b, &what, Entry::SaveState)?;
         let (is_err, p, l) = decode_result(r);
         if is_err {
-            let msg = ctl.guest_message(store, p, l);
+            let msg = ctl.guest_message(b, p, l);
             bail!(KEEL_ERR_STATE_SAVE, "{}: {msg}", what(&ctl.shared.name));
         }
         let mut out = Vec::new();
-        ctl.copy_out(store, p, l, &mut out, &what)?;
+        ctl.copy_out(b, p, l, &mut out, &what)?;
         Ok(Some(out))
     }
 
     /// `keel_restore_state`, if exported (`KEEL_ERR_UNSUPPORTED` otherwise).
     pub fn restore_state(&mut self, state: &[u8]) -> Result<()> {
-        if self.fns.restore_state.is_none() {
+        if !self.ctl.shared.exports.restore_state {
             bail!(
                 KEEL_ERR_UNSUPPORTED,
                 "plugin '{}' has no keel_restore_state export",
@@ -740,14 +734,11 @@ impl Guest {
         }
         let ptr = self.stage(state)?;
         let what = |n: &str| format!("plugin '{n}' keel_restore_state");
-        let Guest { store, fns, ctl, .. } = self;
-        let Some(restore) = &fns.restore_state else {
-            return Ok(());
-        };
-        let r = ctl.enter(store, &what, |s| restore.call(s, ptr as i32, state.len() as i32))?;
+        let Guest { b, ctl } = self;
+        let r = ctl.enter(b, &what, Entry::RestoreState(ptr as i32, state.len() as i32))?;
         let (is_err, p, l) = decode_result(r);
         if is_err {
-            let msg = ctl.guest_message(store, p, l);
+            let msg = ctl.guest_message(b, p, l);
             bail!(KEEL_ERR_STATE_RESTORE, "{}: {msg}", what(&ctl.shared.name));
         }
         Ok(())
@@ -756,24 +747,24 @@ impl Guest {
     /// `keel_restore_state_versioned(state, len, version, version_len)`: the state and the
     /// version of the plugin that saved it, staged together in the input buffer.
     fn restore_state_versioned(&mut self, state: &[u8], version: &str) -> Result<()> {
+        if !self.ctl.shared.exports.restore_state_versioned {
+            return Ok(());
+        }
         let mut staged = Vec::with_capacity(state.len() + version.len());
         staged.extend_from_slice(state);
         staged.extend_from_slice(version.as_bytes());
         let ptr = self.stage(&staged)?;
         let what = |n: &str| format!("plugin '{n}' keel_restore_state_versioned");
-        let Guest { store, fns, ctl, .. } = self;
-        let Some(restore) = &fns.restore_state_versioned else {
-            return Ok(());
-        };
+        let Guest { b, ctl } = self;
         let (sl, vp, vl) = (
             state.len() as i32,
             ptr as i32 + state.len() as i32,
             version.len() as i32,
         );
-        let r = ctl.enter(store, &what, |s| restore.call(s, ptr as i32, sl, vp, vl))?;
+        let r = ctl.enter(b, &what, Entry::RestoreStateVersioned(ptr as i32, sl, vp, vl))?;
         let (is_err, p, l) = decode_result(r);
         if is_err {
-            let msg = ctl.guest_message(store, p, l);
+            let msg = ctl.guest_message(b, p, l);
             bail!(KEEL_ERR_STATE_RESTORE, "{}: {msg}", what(&ctl.shared.name));
         }
         Ok(())
@@ -781,11 +772,16 @@ impl Guest {
 
     /// `keel_health`, if exported.
     pub fn health(&mut self) -> Health {
-        let Guest { store, fns, ctl, .. } = self;
-        let Some(h) = &fns.health else { return Health::Unknown };
-        match ctl.enter(store, &|n| format!("plugin '{n}' keel_health"), |s| h.call(s)) {
-            Ok(0) => Health::Healthy,
-            Ok(1) => Health::Degraded,
+        let Guest { b, ctl } = self;
+        if !ctl.shared.exports.health {
+            return Health::Unknown;
+        }
+        match ctl.enter(b, &|n| format!("plugin '{n}' keel_health"), Entry::Health) {
+            Ok(r) => match r as i32 {
+                0 => Health::Healthy,
+                1 => Health::Degraded,
+                _ => Health::Unhealthy,
+            },
             _ => Health::Unhealthy,
         }
     }
@@ -796,34 +792,7 @@ impl Guest {
     }
 }
 
-impl Ctl {
-    #[cold]
-    fn call_failed(&mut self, store: &Store, p: u32, l: u32, what: &dyn Fn(&str) -> String) -> Error {
-        let msg = self.guest_message(store, p, l);
-        if self.hit_memory_cap() {
-            self.broken = true;
-            return err!(
-                KEEL_ERR_MEMORY_LIMIT,
-                "{}: failed after reaching its memory cap: {msg}",
-                what(&self.shared.name)
-            );
-        }
-        err!(KEEL_ERR_CALL_FAILED, "{}: {msg}", what(&self.shared.name))
-    }
-}
-
-// SAFETY: wasmer 7 made `Store` !Send only by dropping the `Send` bound of the store's
-// `on_called` handler (wasmerio/wasmer#7001); wasmer 6's Store was Send. Keel never installs
-// an `on_called` handler (its host functions return values or errors, never OnCalledAction).
-// With the `sys` backend the rest of the store is heap memory the store owns, with no thread
-// affinity while no call is running: the store context, interrupt registration and trap
-// state are thread-local only for the duration of a call and removed when it returns.
-// A `Guest` is used by one thread at a time (taken out of the pool, or under the plugin's
-// mutex) and never while a call on it is in progress on another thread, so moving it between
-// calls is sound. `Sync` is not implemented: a Guest is never shared.
-unsafe impl Send for Guest {}
-
-impl Drop for Guest {
+impl<B: Backend> Drop for Guest<B> {
     fn drop(&mut self) {
         self.ctl.shared.dog.unregister(&self.ctl.watch);
         self.ctl
@@ -833,14 +802,82 @@ impl Drop for Guest {
     }
 }
 
+/// An instance on whichever engine runs the plugin.
+pub enum AnyGuest {
+    Wasmer(Guest<super::wr::Instance>),
+    Wasmtime(Guest<super::wt::Instance>),
+}
+
+macro_rules! on_guest {
+    ($g:expr, $x:ident => $e:expr) => {
+        match $g {
+            AnyGuest::Wasmer($x) => $e,
+            AnyGuest::Wasmtime($x) => $e,
+        }
+    };
+}
+
+impl AnyGuest {
+    /// Create and initialise one instance on the plugin's engine.
+    pub fn new(shared: &Arc<PluginShared>) -> Result<AnyGuest> {
+        Ok(match &shared.code {
+            Code::Wasmer(c) => {
+                let (b, stop) = super::wr::Instance::new(shared, c)?;
+                AnyGuest::Wasmer(Guest::new(shared, b, stop)?)
+            }
+            Code::Wasmtime(c) => {
+                let (b, stop) = super::wt::Instance::new(shared, c)?;
+                AnyGuest::Wasmtime(Guest::new(shared, b, stop)?)
+            }
+        })
+    }
+
+    fn ctl(&self) -> &Ctl {
+        on_guest!(self, g => &g.ctl)
+    }
+
+    pub fn function_names(&mut self) -> Result<Vec<String>> {
+        on_guest!(self, g => g.function_names())
+    }
+
+    #[inline(always)]
+    pub fn call_with(
+        &mut self,
+        function: u32,
+        fname: &str,
+        input: &[u8],
+        output: &mut Vec<u8>,
+        per_call: Option<&PerCall<'_>>,
+    ) -> Result<()> {
+        on_guest!(self, g => g.call_with(function, fname, input, output, per_call))
+    }
+
+    pub fn save_state(&mut self) -> Result<Option<Vec<u8>>> {
+        on_guest!(self, g => g.save_state())
+    }
+
+    pub fn restore_state(&mut self, state: &[u8]) -> Result<()> {
+        on_guest!(self, g => g.restore_state(state))
+    }
+
+    pub fn health(&mut self) -> Health {
+        on_guest!(self, g => g.health())
+    }
+
+    #[inline]
+    pub fn usable(&self) -> bool {
+        on_guest!(self, g => g.usable())
+    }
+}
+
 enum Mode {
-    Pooled(Pool<Guest>),
-    Serial(Box<Mutex<Option<Guest>>>),
+    Pooled(Pool<AnyGuest>),
+    Serial(Box<Mutex<Option<AnyGuest>>>),
 }
 
 /// Clears the instance if the call unwinds (a host service panicked): it may be half-way
 /// through anything.
-struct ClearOnPanic<'a>(&'a mut Option<Guest>);
+struct ClearOnPanic<'a>(&'a mut Option<AnyGuest>);
 
 impl Drop for ClearOnPanic<'_> {
     fn drop(&mut self) {
@@ -854,14 +891,14 @@ impl Drop for ClearOnPanic<'_> {
 /// the instance must not be reused.
 #[inline]
 fn run_in<R>(
-    slot: &mut Option<Guest>,
+    slot: &mut Option<AnyGuest>,
     shared: &Arc<PluginShared>,
-    f: impl FnOnce(&mut Guest) -> Result<R>,
+    f: impl FnOnce(&mut AnyGuest) -> Result<R>,
 ) -> Result<R> {
     let guard = ClearOnPanic(slot);
     let g = match guard.0 {
         Some(g) => g,
-        None => guard.0.insert(Guest::new(shared)?),
+        None => guard.0.insert(AnyGuest::new(shared)?),
     };
     let r = f(g);
     if !g.usable() {
@@ -882,7 +919,7 @@ impl WasmPlugin {
     /// function list.
     pub fn start(shared: PluginShared, pool_size: usize) -> Result<WasmPlugin> {
         let shared = Arc::new(shared);
-        let mut first = Guest::new(&shared)?;
+        let mut first = AnyGuest::new(&shared)?;
         let functions = first.function_names()?;
         let mode = if shared.pooled {
             let pool = Pool::new(pool_size);
@@ -902,6 +939,14 @@ impl WasmPlugin {
         matches!(self.mode, Mode::Pooled(_))
     }
 
+    /// The engine this plugin runs on.
+    pub fn engine(&self) -> super::WasmEngine {
+        match self.shared.code {
+            Code::Wasmer(_) => super::WasmEngine::Wasmer,
+            Code::Wasmtime(_) => super::WasmEngine::Wasmtime,
+        }
+    }
+
     /// The limits this plugin runs under.
     pub fn limits(&self) -> EffectiveLimits {
         self.shared.limits
@@ -919,14 +964,14 @@ impl WasmPlugin {
     /// under the plugin's lock (created anew if the last one was discarded). An instance
     /// that failed in a way that may have left it broken is dropped, not returned.
     #[inline]
-    fn with_guest<R>(&self, f: impl FnOnce(&mut Guest) -> Result<R>) -> Result<R> {
+    fn with_guest<R>(&self, f: impl FnOnce(&mut AnyGuest) -> Result<R>) -> Result<R> {
         match &self.mode {
             Mode::Pooled(pool) => match pool.claim() {
                 Some(mut claim) => {
                     let slot = claim.guest();
                     if slot
                         .as_ref()
-                        .is_some_and(|g| g.ctl.epoch != self.shared.epoch.load(Ordering::Acquire))
+                        .is_some_and(|g| g.ctl().epoch != self.shared.epoch.load(Ordering::Acquire))
                     {
                         // Created before restore_state handed the pool a new state.
                         *slot = None;
@@ -956,7 +1001,7 @@ impl Instance for WasmPlugin {
                 self.functions.len()
             ));
         };
-        self.with_guest(|g| g.call(function, fname, input, output))
+        self.with_guest(|g| g.call_with(function, fname, input, output, None))
     }
 
     fn call_with(&self, function: u32, input: &[u8], output: &mut Vec<u8>, opts: &CallOptions<'_>) -> Result<()> {
@@ -1000,9 +1045,9 @@ impl Instance for WasmPlugin {
                 *self.shared.restored.lock() = Some(Arc::from(state));
                 *self.shared.restored_version.lock() = None;
                 let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-                pool.retain(|g| g.ctl.epoch == epoch);
+                pool.retain(|g| g.ctl().epoch == epoch);
                 // Check the state is accepted (and keep the instance that took it).
-                drop(pool.offer(Guest::new(&self.shared)?));
+                drop(pool.offer(AnyGuest::new(&self.shared)?));
                 Ok(())
             }
         }
@@ -1027,6 +1072,7 @@ impl std::fmt::Debug for WasmPlugin {
         f.debug_struct("WasmPlugin")
             .field("name", &self.shared.name)
             .field("functions", &self.functions)
+            .field("engine", &self.engine())
             .field("pooled", &self.is_pooled())
             .field("limits", &self.shared.limits)
             .finish()

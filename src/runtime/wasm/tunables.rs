@@ -43,7 +43,8 @@ pub fn grow_refusals() -> u64 {
     GROW_REFUSED.with(|c| c.get())
 }
 
-fn note_refusal() {
+/// Count one refused `memory.grow` (wasmer's memory wrapper, wasmtime's resource limiter).
+pub fn note_refusal() {
     GROW_REFUSED.with(|c| c.set(c.get().wrapping_add(1)));
 }
 

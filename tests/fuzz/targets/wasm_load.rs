@@ -68,6 +68,9 @@ fn fixture() -> &'static Fixture {
             watchdog_tick: Duration::from_millis(1),
             cache: None,
             memory: Default::default(),
+            // The node default: wasmer, or the engine KEEL_WASM_ENGINE names.
+            engine: keel::runtime::wasm::WasmEngine::node_default(),
+            manifest_engine: false,
         };
         let manifest = manifest::parse_keel_value(serde_json::json!({
             "manifest_version": 1,
