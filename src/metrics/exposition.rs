@@ -899,7 +899,7 @@ odd_info{plugin=\"a\"} 1
                 },
                 latency,
                 memory_bytes: (i == 2).then_some(65536 * 17),
-                sandbox: (i % 2 == 0).then_some(SandboxSnapshot {
+                sandbox: i.is_multiple_of(2).then_some(SandboxSnapshot {
                     up: i == 0,
                     restarts: i + 3,
                     deaths: [1, 0, 2, 0, i, 0, 7],

@@ -803,6 +803,11 @@ impl<B: Backend> Drop for Guest<B> {
 }
 
 /// An instance on whichever engine runs the plugin.
+///
+/// Not boxed although the variants differ in size: a guest is built once and then used in
+/// place (pool slot or the serial plugin's `Option`), never moved per call, and a box would add
+/// a pointer chase to every call.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyGuest {
     Wasmer(Guest<super::wr::Instance>),
     Wasmtime(Guest<super::wt::Instance>),
