@@ -499,6 +499,9 @@ impl Host {
 
     /// Drop the cache holds of plugins no longer loaded from the held folder.
     fn drop_stale_oci_holds(&self) {
+        if self.oci_holds.lock().is_empty() {
+            return;
+        }
         let loaded: std::collections::HashMap<String, PathBuf> = self.manifest_paths().into_iter().collect();
         self.oci_holds
             .lock()

@@ -1864,10 +1864,18 @@ fn pruning_the_cache_evicts_least_recently_used_folders_never_one_a_loaded_plugi
     }
     let cache = common::tempdir("fleet-prune-cache");
     let entry = |d: &str| cache.join("sha256").join(d.strip_prefix("sha256:").unwrap());
-    // Used in the order 0, 1, 2, then 0 again (a cache hit): 1 is the least recently used.
-    for (r, _) in &refs {
+    // Used 3, 2 and 1 hours ago (0, 1, 2: the last-use time is the marker's modification
+    // time, rewritten by a use only when older than a minute), then 0 again (a cache hit): 1 is
+    // the least recently used.
+    for (i, (r, d)) in refs.iter().enumerate() {
         keel::fleet::pull_to_cache(r, &cache, &opts()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        let marker = std::fs::OpenOptions::new()
+            .write(true)
+            .open(entry(d).join(".keel-manifest"))
+            .unwrap();
+        marker
+            .set_modified(SystemTime::now() - Duration::from_secs(3600 * (3 - i as u64)))
+            .unwrap();
     }
     assert!(
         keel::fleet::pull_to_cache(&refs[0].0, &cache, &opts())

@@ -865,12 +865,23 @@ fn cached(cache_dir: &Path, digest: &str) -> Result<Option<Pulled>> {
     }
 }
 
+/// How stale an entry's last-use time may be before a use rewrites it: eviction order needs no
+/// finer resolution, and a cache hit then costs a `stat` instead of an inode write.
+const USE_RESOLUTION: Duration = Duration::from_secs(60);
+
 /// Note a use of a cache entry: its marker's modification time is the entry's last use, which
-/// [`prune_cache`] evicts by (least recently used first). Best effort: a read-only cache
-/// keeps its times.
+/// [`prune_cache`] evicts by (least recently used first), rewritten only when older than
+/// [`USE_RESOLUTION`]. Best effort: a read-only cache keeps its times.
 fn touch(marker: &Path) {
+    let now = std::time::SystemTime::now();
+    let fresh = std::fs::metadata(marker)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age < USE_RESOLUTION));
+    if fresh {
+        return;
+    }
     if let Ok(f) = std::fs::OpenOptions::new().write(true).open(marker) {
-        let _ = f.set_modified(std::time::SystemTime::now());
+        let _ = f.set_modified(now);
     }
 }
 
@@ -886,17 +897,25 @@ fn lock_digest(cache_dir: &Path, digest: &str) -> Result<DigestLock> {
     Ok(DigestLock { _file: file })
 }
 
-/// The lock file of one digest (opened, not locked).
+/// The lock file of one digest (opened, not locked; `locks/` made on first use).
 fn lock_file(cache_dir: &Path, digest: &str) -> Result<std::fs::File> {
     let locks = cache_dir.join("locks");
-    create_dir_all(&locks)?;
     let p = locks.join(format!("{}.lock", digest_hex(digest)));
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| Error::io(&p, &e))
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+    };
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_dir_all(&locks)?;
+            open().map_err(|e| Error::io(&p, &e))
+        }
+        Err(e) => Err(Error::io(&p, &e)),
+    }
 }
 
 /// A hold on a cached plugin folder: a shared lock on its digest's lock file, which a host
@@ -922,10 +941,17 @@ pub fn hold(cache_dir: &Path, digest: &str) -> Result<Option<CacheHold>> {
     let file = lock_file(cache_dir, digest)?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared)
         .map_err(|e| err!(KEEL_ERR_IO, "{}: cannot lock: {e}", digest_hex(digest)))?;
-    Ok(cached(cache_dir, digest)?.map(|_| CacheHold {
-        _file: file,
-        digest: digest.to_string(),
-    }))
+    // Complete entries only ever appear by rename with their marker, and leave by rename:
+    // the marker's presence under the lock is the answer.
+    let marker = cache_dir.join("sha256").join(digest_hex(digest)).join(MARKER);
+    match std::fs::symlink_metadata(&marker) {
+        Ok(_) => Ok(Some(CacheHold {
+            _file: file,
+            digest: digest.to_string(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&marker, &e)),
+    }
 }
 
 /// What [`prune_cache`] did.
