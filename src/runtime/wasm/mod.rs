@@ -27,6 +27,45 @@
 //! (`KEEL_ERR_MEMORY_LIMIT`). An instance that trapped, ran out of budget, was interrupted or
 //! broke the ABI is discarded; the next call gets a fresh one.
 
+/// The Keel WASM ABI's exports (`keel_wasm.h`), by name and signature, once for both engine
+/// backends. `keel_exports!(struct F)` declares a backend's `Fns` with `F<Params, Results>`
+/// its engine's typed-function type; `keel_exports!(build exports)` fills one from the
+/// backend's own `get!($name)` / `get!(opt $present, $name)` lookup macro, which must be in
+/// scope where it is invoked (`exports`: the plugin's `OptionalExports`).
+macro_rules! keel_exports {
+    (struct $F:ident) => {
+        struct Fns {
+            abi_version: $F<(), i32>,
+            functions: $F<(), i64>,
+            alloc: $F<i32, i32>,
+            call: $F<(i32, i32, i32), i64>,
+            free: Option<$F<(i32, i32), ()>>,
+            init: Option<$F<(i32, i32), i64>>,
+            save_state: Option<$F<(), i64>>,
+            restore_state: Option<$F<(i32, i32), i64>>,
+            restore_state_versioned: Option<$F<(i32, i32, i32, i32), i64>>,
+            health: Option<$F<(), i32>>,
+            initialize: Option<$F<(), ()>>,
+        }
+    };
+    (build $o:expr) => {{
+        let o = $o;
+        Fns {
+            abi_version: get!("keel_abi_version"),
+            functions: get!("keel_functions"),
+            alloc: get!("keel_alloc"),
+            call: get!("keel_call"),
+            free: get!(opt o.free, "keel_free"),
+            init: get!(opt o.init, "keel_init"),
+            save_state: get!(opt o.save_state, "keel_save_state"),
+            restore_state: get!(opt o.restore_state, "keel_restore_state"),
+            restore_state_versioned: get!(opt o.restore_state_versioned, "keel_restore_state_versioned"),
+            health: get!(opt o.health, "keel_health"),
+            initialize: get!(opt o.initialize, "_initialize"),
+        }
+    }};
+}
+
 pub mod cache;
 pub mod engine;
 pub mod imports;

@@ -22,19 +22,7 @@ pub struct Code {
     pub module: Module,
 }
 
-struct Fns {
-    abi_version: TypedFunction<(), i32>,
-    functions: TypedFunction<(), i64>,
-    alloc: TypedFunction<i32, i32>,
-    call: TypedFunction<(i32, i32, i32), i64>,
-    free: Option<TypedFunction<(i32, i32), ()>>,
-    init: Option<TypedFunction<(i32, i32), i64>>,
-    save_state: Option<TypedFunction<(), i64>>,
-    restore_state: Option<TypedFunction<(i32, i32), i64>>,
-    restore_state_versioned: Option<TypedFunction<(i32, i32, i32, i32), i64>>,
-    health: Option<TypedFunction<(), i32>>,
-    initialize: Option<TypedFunction<(), ()>>,
-}
+keel_exports!(struct TypedFunction);
 
 /// One wasmer instance: its own store, memory, exports and metering globals.
 pub struct Instance {
@@ -91,20 +79,7 @@ impl Instance {
                 }
             };
         }
-        let o = shared.exports;
-        let fns = Fns {
-            abi_version: get!("keel_abi_version"),
-            functions: get!("keel_functions"),
-            alloc: get!("keel_alloc"),
-            call: get!("keel_call"),
-            free: get!(opt o.free, "keel_free"),
-            init: get!(opt o.init, "keel_init"),
-            save_state: get!(opt o.save_state, "keel_save_state"),
-            restore_state: get!(opt o.restore_state, "keel_restore_state"),
-            restore_state_versioned: get!(opt o.restore_state_versioned, "keel_restore_state_versioned"),
-            health: get!(opt o.health, "keel_health"),
-            initialize: get!(opt o.initialize, "_initialize"),
-        };
+        let fns = keel_exports!(build shared.exports);
         let memory = ex.get_memory("memory").map_err(|e| instantiate_error(name, e))?.clone();
         let meter = if shared.metering {
             let left = ex

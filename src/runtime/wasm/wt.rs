@@ -246,19 +246,7 @@ impl Code {
     }
 }
 
-struct Fns {
-    abi_version: TypedFunc<(), i32>,
-    functions: TypedFunc<(), i64>,
-    alloc: TypedFunc<i32, i32>,
-    call: TypedFunc<(i32, i32, i32), i64>,
-    free: Option<TypedFunc<(i32, i32), ()>>,
-    init: Option<TypedFunc<(i32, i32), i64>>,
-    save_state: Option<TypedFunc<(), i64>>,
-    restore_state: Option<TypedFunc<(i32, i32), i64>>,
-    restore_state_versioned: Option<TypedFunc<(i32, i32, i32, i32), i64>>,
-    health: Option<TypedFunc<(), i32>>,
-    initialize: Option<TypedFunc<(), ()>>,
-}
+keel_exports!(struct TypedFunc);
 
 /// One wasmtime instance: its own store, memory and exports.
 pub struct Instance {
@@ -324,20 +312,7 @@ impl Instance {
                 }
             };
         }
-        let o = shared.exports;
-        let fns = Fns {
-            abi_version: get!("keel_abi_version"),
-            functions: get!("keel_functions"),
-            alloc: get!("keel_alloc"),
-            call: get!("keel_call"),
-            free: get!(opt o.free, "keel_free"),
-            init: get!(opt o.init, "keel_init"),
-            save_state: get!(opt o.save_state, "keel_save_state"),
-            restore_state: get!(opt o.restore_state, "keel_restore_state"),
-            restore_state_versioned: get!(opt o.restore_state_versioned, "keel_restore_state_versioned"),
-            health: get!(opt o.health, "keel_health"),
-            initialize: get!(opt o.initialize, "_initialize"),
-        };
+        let fns = keel_exports!(build shared.exports);
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| instantiate_error(name, "no memory export 'memory'"))?;
