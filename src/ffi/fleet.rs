@@ -198,15 +198,8 @@ fn load_oci(
     out: *mut *mut keel_plugin,
     digest: *mut keel_buffer,
 ) -> keel_status {
-    let mut digest_buf = if digest.is_null() {
-        None
-    } else {
-        // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
-        unsafe { borrow_mut(digest, "digest") }.ok()
-    };
-    if let Some(b) = digest_buf.as_mut() {
-        b.clear();
-    }
+    // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
+    let mut digest_buf = unsafe { optional_cleared(digest) };
     boundary(|| {
         // SAFETY: caller contract for every pointer argument.
         let (h, out) = unsafe { (borrow(host, "host")?, Out::optional(out)) };
@@ -273,15 +266,8 @@ fn oci_pull(
     manifest_path: *mut keel_buffer,
     digest: *mut keel_buffer,
 ) -> keel_status {
-    let mut digest_buf = if digest.is_null() {
-        None
-    } else {
-        // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
-        unsafe { borrow_mut(digest, "digest") }.ok()
-    };
-    if let Some(b) = digest_buf.as_mut() {
-        b.clear();
-    }
+    // SAFETY: caller contract: `digest` is NULL or a buffer the caller owns for the call.
+    let mut digest_buf = unsafe { optional_cleared(digest) };
     fill_buffer(manifest_path, |out| {
         // SAFETY: caller contract for every pointer argument.
         let (reference, cache_dir) = unsafe { (arg_str(reference, "reference")?, arg_str(cache_dir, "cache_dir")?) };
@@ -334,6 +320,17 @@ pub extern "C" fn keel_host_prune_oci_cache(
         }
         Ok(())
     })
+}
+
+/// An optional output buffer (NULL: none), emptied now so that it stays empty on failure.
+///
+/// # Safety
+/// `buf` is NULL or a `keel_buffer` the caller owns and nobody else uses for `'a`.
+unsafe fn optional_cleared<'a>(buf: *mut keel_buffer) -> Option<&'a mut Vec<u8>> {
+    // SAFETY: per this function's contract.
+    let b = unsafe { borrow_mut(buf, "buffer") }.ok()?;
+    b.clear();
+    Some(b)
 }
 
 fn non_empty(cache_dir: &str) -> crate::error::Result<&Path> {
