@@ -72,6 +72,25 @@ fn thread_number() -> usize {
     })
 }
 
+/// The calling thread's own slot in a pool of `n` slots: its number modulo `n`, kept per
+/// thread for the last `n` seen (pools of one host share their size), so a claim divides
+/// only when the size changes.
+#[inline]
+fn start_slot(n: usize) -> usize {
+    thread_local! {
+        static LAST: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+    LAST.with(|c| {
+        let (last_n, start) = c.get();
+        if last_n == n {
+            return start;
+        }
+        let start = thread_number() % n;
+        c.set((n, start));
+        start
+    })
+}
+
 impl<T> Pool<T> {
     pub fn new(size: usize) -> Pool<T> {
         let slots = (0..size.max(1))
@@ -91,9 +110,9 @@ impl<T> Pool<T> {
     #[inline]
     pub fn claim(&self) -> Option<Claim<'_, T>> {
         let n = self.slots.len();
-        let start = thread_number() % n;
-        for i in 0..n {
-            let slot = &self.slots[(start + i) % n];
+        let mut i = start_slot(n);
+        for _ in 0..n {
+            let slot = &self.slots[i];
             if !slot.busy.load(Ordering::Relaxed)
                 && slot
                     .busy
@@ -101,6 +120,10 @@ impl<T> Pool<T> {
                     .is_ok()
             {
                 return Some(Claim { slot });
+            }
+            i += 1;
+            if i == n {
+                i = 0;
             }
         }
         None

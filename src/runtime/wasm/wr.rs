@@ -4,9 +4,10 @@
 //! cancellation are the stop checks of [`super::interrupt`]; the memory cap is the engine's
 //! tunables ([`super::tunables`]).
 
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-use wasmer::sys::vm::TrapCode;
+use wasmer::sys::vm::{TrapCode, VMMemoryDefinition};
 use wasmer::{
     Engine, FunctionEnv, Global, Instance as WasmerInstance, Memory, Module, RuntimeError, Store, TypedFunction, Value,
 };
@@ -28,8 +29,12 @@ keel_exports!(struct TypedFunction);
 pub struct Instance {
     store: Store,
     fns: Fns,
-    memory: Memory,
+    /// The linear memory's definition (base, current length) where the instance's compiled
+    /// code reads it: [`Backend::memory`] reads two words instead of building a
+    /// `MemoryView` (two store look-ups and two dynamic calls) per call.
+    memory_def: NonNull<VMMemoryDefinition>,
     meter: Option<(Global, Global)>,
+    _memory: Memory,
     _instance: WasmerInstance,
 }
 
@@ -93,19 +98,42 @@ impl Instance {
             None
         };
         env.as_mut(&mut store).memory = Some(memory.clone());
+        let memory_def = memory_definition(&mut store, &memory)
+            .ok_or_else(|| instantiate_error(name, "the memory's definition does not match its view"))?;
         let stop = StopFlag::of(&mut store, &instance)
             .ok_or_else(|| instantiate_error(name, "the compiled module has no stop flag"))?;
         Ok((
             Instance {
                 store,
                 fns,
-                memory,
+                memory_def,
                 meter,
+                _memory: memory,
                 _instance: instance,
             },
             stop,
         ))
     }
+}
+
+/// Where `memory`'s definition lives: in the owning instance's VM context for a memory the
+/// module defines (Keel refuses imported memories), updated in place when the memory grows
+/// and valid for as long as the instance (kept alive with the store by [`Instance`]).
+fn memory_definition(store: &mut Store, memory: &Memory) -> Option<NonNull<VMMemoryDefinition>> {
+    use wasmer::sys::vm::LinearMemory;
+    use wasmer::AsStoreMut;
+    // `unwrap_sys` cannot fail: `sys` is the only backend Keel builds wasmer with.
+    let wasmer::sys::vm::VMExtern::Memory(handle) = wasmer::Extern::Memory(memory.clone()).to_vm_extern().unwrap_sys()
+    else {
+        return None;
+    };
+    let def = handle.get(store.objects_mut().as_sys()).vmmemory();
+    // The definition must describe the memory wasmer's own view sees.
+    let view = memory.view(store);
+    // SAFETY: `vmmemory` returns the live definition of a memory of this store; no guest
+    // code runs during instantiation.
+    let d = unsafe { def.as_ref() };
+    (d.base == view.data_ptr() && d.current_length as u64 == view.data_size()).then_some(def)
 }
 
 #[cold]
@@ -126,8 +154,12 @@ impl Backend for Instance {
 
     #[inline]
     fn memory(&self) -> (*mut u8, u64) {
-        let view = self.memory.view(&self.store);
-        (view.data_ptr(), view.data_size())
+        // SAFETY: `memory_def` points into this instance's VM context (see
+        // `memory_definition`), alive while `self` is; only the engine writes it, while
+        // guest code runs (memory.grow), and no guest code runs on this instance while the
+        // thread that has it (`&self`) is here: plain reads cannot race.
+        let d = unsafe { self.memory_def.as_ref() };
+        (d.base, d.current_length as u64)
     }
 
     #[inline(always)]
