@@ -5,7 +5,10 @@
 //!     call through Keel — the C ABI's `keel_call` on a Host and `Instance::call` — pairing
 //!     like with like: Keel unmetered vs raw wasmer unmetered, Keel metered vs raw wasmer
 //!     with wasmer-middlewares `Metering` (Keel's cost function). Goals: unmetered <= 1.2x,
-//!     metered <= 1.5x.
+//!     metered <= 1.5x. Two raw baselines: the bare typed call (its input written once
+//!     beforehand, its result not read), and the same call doing the work a raw embedding
+//!     must do to pass bytes, which Keel's call does too: the 8-byte input written into guest
+//!     memory, the result decoded, the 4-byte output copied out (`raw_wasmer_io`).
 //! (b) kernels over 4 KiB, the same C (tests/fixtures/wasm/c/kernel.h) built by clang three
 //!     ways: called directly (benches/kernels/direct.c, dlopen + dlsym), as a native plugin
 //!     through Keel, and for wasm32 through Keel (metered and unmetered). Two kernels:
@@ -37,6 +40,7 @@ const ADD: i32 = 1;
 struct Raw {
     store: wasmer::Store,
     call: wasmer::TypedFunction<(i32, i32, i32), i64>,
+    memory: wasmer::Memory,
     ptr: i32,
 }
 
@@ -71,12 +75,34 @@ impl Raw {
             .write(ptr as u64, &ADD_INPUT)
             .unwrap();
         let call = instance.exports.get_typed_function(&store, "keel_call").unwrap();
-        Raw { store, call, ptr }
+        let memory = instance.exports.get_memory("memory").unwrap().clone();
+        Raw {
+            store,
+            call,
+            memory,
+            ptr,
+        }
     }
 
     #[inline]
     fn call(&mut self) -> i64 {
         self.call.call(&mut self.store, ADD, self.ptr, 8).unwrap()
+    }
+
+    /// The same call with its bytes in and out: `input` written into guest memory, the
+    /// result decoded and its bytes appended to `out`.
+    #[inline]
+    fn call_io(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.memory.view(&self.store).write(self.ptr as u64, input).unwrap();
+        let r = self
+            .call
+            .call(&mut self.store, ADD, self.ptr, input.len() as i32)
+            .unwrap() as u64;
+        assert_eq!(r >> 63, 0);
+        let (p, l) = (r as u32 as usize, ((r >> 32) & 0x7fff_ffff) as usize);
+        let view = self.memory.view(&self.store);
+        // SAFETY: the bench's own instance; no guest code runs while the slice lives.
+        out.extend_from_slice(&unsafe { view.data_unchecked() }[p..p + l]);
     }
 }
 
@@ -200,9 +226,26 @@ fn main() {
     let n = common::env_u64("KEEL_BENCH_CALLS", 200_000);
     let mut o1 = Vec::with_capacity(64);
     let mut o2 = Vec::with_capacity(64);
+    let (mut o3, mut o4) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    let (mut raw_io, mut raw_io_metered) = (Raw::new(false), Raw::new(true));
+    raw_io.call_io(&ADD_INPUT, &mut o3);
+    raw_io_metered.call_io(&ADD_INPUT, &mut o4);
+    assert_eq!((&o3[..], &o4[..]), (&42i32.to_le_bytes()[..], &42i32.to_le_bytes()[..]));
     let r = common::interleave(
         rounds,
         &mut [
+            ("raw_wasmer_io", &mut || {
+                common::ns_per_call(n, &mut || {
+                    o3.clear();
+                    raw_io.call_io(std::hint::black_box(&ADD_INPUT), &mut o3);
+                })
+            }),
+            ("raw_wasmer_io_metered", &mut || {
+                common::ns_per_call(n, &mut || {
+                    o4.clear();
+                    raw_io_metered.call_io(std::hint::black_box(&ADD_INPUT), &mut o4);
+                })
+            }),
             ("raw_wasmer", &mut || {
                 common::ns_per_call(n, &mut || {
                     std::hint::black_box(raw.call());
@@ -238,13 +281,25 @@ fn main() {
         ],
     );
     r.ratio(
-        "wasm keel_call / raw wasmer, unmetered both (goal <= 1.2)",
+        "wasm keel_call / raw wasmer with bytes in and out, unmetered both (goal <= 1.2)",
+        "keel_call",
+        "raw_wasmer_io",
+        "ns",
+    );
+    r.ratio(
+        "wasm keel_call / raw wasmer with bytes in and out, metered both",
+        "keel_call_metered",
+        "raw_wasmer_io_metered",
+        "ns",
+    );
+    r.ratio(
+        "wasm keel_call / bare raw wasmer call, unmetered both",
         "keel_call",
         "raw_wasmer",
         "ns",
     );
     r.ratio(
-        "wasm keel_call / raw wasmer, metered both (goal <= 1.5)",
+        "wasm keel_call / bare raw wasmer call, metered both (goal <= 1.5)",
         "keel_call_metered",
         "raw_wasmer_metered",
         "ns",
