@@ -223,6 +223,19 @@ fn a_pooled_plugin_keeps_serving_from_several_threads_while_it_switches() {
 }
 
 #[test]
+fn pooled_instances_made_after_the_switch_get_the_pools_handed_over_state() {
+    let rt = runtime(WasmCompiler::Tiered, None);
+    let p = load(&rt, "counter", json!({"instances": "pooled"}));
+    p.restore_state(&41u64.to_le_bytes()).unwrap();
+    assert_eq!(p.wait_for_tier_up(TIER_UP), TierUp::Switched);
+    // The switch dropped the idle Singlepass instances: the next ones are made from the
+    // Cranelift code, with keel_init and the restored state, as before the switch.
+    assert_eq!(p.tier(), WasmTier::Cranelift);
+    assert_eq!(u64le(&call(&p, "get", b"").unwrap()), 41);
+    assert_eq!(p.kept_instances(), 1);
+}
+
+#[test]
 fn the_cache_then_holds_the_cranelift_code_and_the_next_load_skips_the_first_tier() {
     let d = tempfile::tempdir().unwrap();
     let rt = runtime(WasmCompiler::Tiered, cache(d.path()));
