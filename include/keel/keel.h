@@ -620,6 +620,61 @@ typedef uint32_t keel_wasm_engine;
 #endif // __cplusplus
 
 /**
+ * How the host compiles plugins on wasmer (`compiler` of `keel_host_set_wasm_compiler`;
+ * docs/wasm.md, "Compilers and tiering").
+ */
+enum keel_wasm_compiler
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The default: Cranelift (optimised for speed). Fastest code, slowest compile.
+   */
+  KEEL_WASM_COMPILER_CRANELIFT = 0,
+  /**
+   * Singlepass: compiles in about linear time (fast loads); its code runs slower.
+   */
+  KEEL_WASM_COMPILER_SINGLEPASS = 1,
+  /**
+   * Singlepass at load, then Cranelift compiled in the background and switched to.
+   */
+  KEEL_WASM_COMPILER_TIERED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_wasm_compiler keel_wasm_compiler;
+#else
+typedef uint32_t keel_wasm_compiler;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * The compiler that made a WASM plugin's running code (`keel_plugin_wasm_tier`).
+ */
+enum keel_wasm_tier
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Cranelift (wasmer's or wasmtime's).
+   */
+  KEEL_WASM_TIER_CRANELIFT = 0,
+  /**
+   * wasmer's Singlepass (a `singlepass` node, or a `tiered` plugin before its tier-up).
+   */
+  KEEL_WASM_TIER_SINGLEPASS = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum keel_wasm_tier keel_wasm_tier;
+#else
+typedef uint32_t keel_wasm_tier;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A growable byte buffer that receives results (see "Output buffers" at the top of this
  * header). Owned by the caller (`keel_buffer_new` / `keel_buffer_free`) and reused across
  * calls: its memory is kept, so steady-state calls allocate nothing. Not thread-safe: use
@@ -1656,6 +1711,42 @@ keel_status keel_host_set_wasm_engine(const keel_host *host,
 keel_status keel_host_wasm_engine(const keel_host *host,
                                   uint32_t *engine,
                                   bool *manifest_may_choose);
+
+/**
+ * Choose how the host compiles WASM plugins on wasmer: `compiler` is a `keel_wasm_compiler`
+ * value (`KEEL_WASM_COMPILER_CRANELIFT`, the default; `KEEL_WASM_COMPILER_SINGLEPASS`;
+ * `KEEL_WASM_COMPILER_TIERED`: Singlepass at load, then Cranelift in the background). The
+ * compiler is part of the compiled-module cache key. `keel_host_set_wasm_config` keeps the
+ * compiler set here.
+ *
+ * Must be called before the first WASM plugin is loaded; afterwards it fails with
+ * `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a `keel_wasm_compiler`
+ * value, or the runtime already runs), `KEEL_ERR_UNSUPPORTED` (Singlepass or tiered on a
+ * host whose engine is wasmtime, which compiles with Cranelift only; a host that sets the
+ * wasmtime engine afterwards keeps the policy for the plugins a manifest puts on wasmer).
+ */
+keel_status keel_host_set_wasm_compiler(const keel_host *host, uint32_t compiler);
+
+/**
+ * The host's WASM compiler policy (a `keel_wasm_compiler` value) into `*compiler`: the one in
+ * force, or the one the runtime will start with. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`.
+ */
+keel_status keel_host_wasm_compiler(const keel_host *host, uint32_t *compiler);
+
+/**
+ * The compiler that made the code of the current generation of WASM plugin `plugin` (a
+ * `keel_wasm_tier` value) into `*tier`: `KEEL_WASM_TIER_SINGLEPASS` on a `singlepass` host,
+ * and on a `tiered` host until the plugin's tier-up switched it to Cranelift; else
+ * `KEEL_WASM_TIER_CRANELIFT`. Thread-safe.
+ *
+ * Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_PLUGIN_UNLOADED`, `KEEL_ERR_UNSUPPORTED` (not a
+ * WASM plugin).
+ */
+keel_status keel_plugin_wasm_tier(const keel_plugin *plugin, uint32_t *tier);
 
 /**
  * Take a lease on the type-specific object of a ThemisDB legacy plugin's current generation:

@@ -399,6 +399,22 @@ enum class WasmEngine : std::uint32_t {
     Wasmtime = KEEL_WASM_ENGINE_WASMTIME,
 };
 
+/** How the host compiles plugins on wasmer (Host::set_wasm_compiler; docs/wasm.md). */
+enum class WasmCompiler : std::uint32_t {
+    /** Default: Cranelift (fastest code, slowest compile). */
+    Cranelift = KEEL_WASM_COMPILER_CRANELIFT,
+    /** Singlepass: compiles in about linear time; slower code. */
+    Singlepass = KEEL_WASM_COMPILER_SINGLEPASS,
+    /** Singlepass at load, Cranelift compiled in the background and switched to. */
+    Tiered = KEEL_WASM_COMPILER_TIERED,
+};
+
+/** The compiler that made a WASM plugin's running code (Plugin::wasm_tier). */
+enum class WasmTier : std::uint32_t {
+    Cranelift = KEEL_WASM_TIER_CRANELIFT,
+    Singlepass = KEEL_WASM_TIER_SINGLEPASS,
+};
+
 /** Settings of the host's WASM runtime (Host::set_wasm_config). Default-constructed with
  *  Keel's defaults (keel_wasm_config_default, no module cache): change what you need. */
 struct WasmConfig {
@@ -696,6 +712,13 @@ public:
         keel_lifecycle_state s{};
         Error::check(keel_plugin_state(p_, &s));
         return s;
+    }
+    /** The compiler that made this WASM plugin's running code (Singlepass until a tiered
+     *  plugin's tier-up). Throws KEEL_ERR_UNSUPPORTED for other runtimes. */
+    WasmTier wasm_tier() const {
+        std::uint32_t t = 0;
+        Error::check(keel_plugin_wasm_tier(p_, &t));
+        return static_cast<WasmTier>(t);
     }
     /** The health monitor's last report (KEEL_HEALTH_STATUS_UNKNOWN before any check). */
     HealthReport health() const {
@@ -1419,6 +1442,16 @@ public:
         bool b = false;
         Error::check(keel_host_wasm_engine(h(), nullptr, &b));
         return b;
+    }
+    /** How plugins on wasmer are compiled. Before the first WASM plugin is loaded (kept by
+     *  set_wasm_config); Singlepass and Tiered are refused on a wasmtime host. */
+    void set_wasm_compiler(WasmCompiler compiler) const {
+        Error::check(keel_host_set_wasm_compiler(h(), static_cast<std::uint32_t>(compiler)));
+    }
+    WasmCompiler wasm_compiler() const {
+        std::uint32_t c = 0;
+        Error::check(keel_host_wasm_compiler(h(), &c));
+        return static_cast<WasmCompiler>(c);
     }
     WasmCacheStats wasm_cache_stats() const {
         WasmCacheStats s{};

@@ -4,10 +4,12 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::host::keel_host;
+use super::host::{current, keel_host, keel_plugin};
 use super::{arg_str, borrow, boundary, Out};
 use crate::error::keel_status;
-use crate::runtime::wasm::{CacheConfig, MemoryMode, WasmConfig, WasmEngine, WasmLimits};
+use crate::runtime::wasm::{
+    CacheConfig, MemoryMode, WasmCompiler, WasmConfig, WasmEngine, WasmLimits, WasmPlugin, WasmTier,
+};
 
 /// Limits of one WASM call or instance.
 #[repr(C)]
@@ -116,7 +118,8 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 key: c.cache_key,
             })
         };
-        // The memory mode and the engine have their own setters (keel_host_set_wasm_memory_mode): kept as it is.
+        // The memory mode, the engine and the compiler have their own setters
+        // (keel_host_set_wasm_memory_mode, _engine, _compiler): kept as they are.
         h.update_wasm_config(|cur| {
             *cur = WasmConfig {
                 defaults: limits_from_c(&c.defaults),
@@ -128,6 +131,7 @@ pub extern "C" fn keel_host_set_wasm_config(host: *const keel_host, config: *con
                 memory: cur.memory,
                 engine: cur.engine,
                 manifest_engine: cur.manifest_engine,
+                compiler: cur.compiler,
             }
         })
     })
@@ -347,6 +351,135 @@ pub extern "C" fn keel_host_wasm_engine(
             // SAFETY: caller contract: a non-NULL `manifest_may_choose` is valid for a write.
             unsafe { Out::new(manifest_may_choose, "manifest_may_choose") }?.set(c.manifest_engine);
         }
+        Ok(())
+    })
+}
+
+/// How the host compiles plugins on wasmer (`compiler` of `keel_host_set_wasm_compiler`;
+/// docs/wasm.md, "Compilers and tiering").
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum keel_wasm_compiler {
+    /// The default: Cranelift (optimised for speed). Fastest code, slowest compile.
+    KEEL_WASM_COMPILER_CRANELIFT = 0,
+    /// Singlepass: compiles in about linear time (fast loads); its code runs slower.
+    KEEL_WASM_COMPILER_SINGLEPASS = 1,
+    /// Singlepass at load, then Cranelift compiled in the background and switched to.
+    KEEL_WASM_COMPILER_TIERED = 2,
+}
+
+impl From<keel_wasm_compiler> for WasmCompiler {
+    fn from(c: keel_wasm_compiler) -> WasmCompiler {
+        match c {
+            keel_wasm_compiler::KEEL_WASM_COMPILER_CRANELIFT => WasmCompiler::Cranelift,
+            keel_wasm_compiler::KEEL_WASM_COMPILER_SINGLEPASS => WasmCompiler::Singlepass,
+            keel_wasm_compiler::KEEL_WASM_COMPILER_TIERED => WasmCompiler::Tiered,
+        }
+    }
+}
+
+impl From<WasmCompiler> for keel_wasm_compiler {
+    fn from(c: WasmCompiler) -> keel_wasm_compiler {
+        match c {
+            WasmCompiler::Cranelift => keel_wasm_compiler::KEEL_WASM_COMPILER_CRANELIFT,
+            WasmCompiler::Singlepass => keel_wasm_compiler::KEEL_WASM_COMPILER_SINGLEPASS,
+            WasmCompiler::Tiered => keel_wasm_compiler::KEEL_WASM_COMPILER_TIERED,
+        }
+    }
+}
+
+/// The compiler that made a WASM plugin's running code (`keel_plugin_wasm_tier`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum keel_wasm_tier {
+    /// Cranelift (wasmer's or wasmtime's).
+    KEEL_WASM_TIER_CRANELIFT = 0,
+    /// wasmer's Singlepass (a `singlepass` node, or a `tiered` plugin before its tier-up).
+    KEEL_WASM_TIER_SINGLEPASS = 1,
+}
+
+/// Choose how the host compiles WASM plugins on wasmer: `compiler` is a `keel_wasm_compiler`
+/// value (`KEEL_WASM_COMPILER_CRANELIFT`, the default; `KEEL_WASM_COMPILER_SINGLEPASS`;
+/// `KEEL_WASM_COMPILER_TIERED`: Singlepass at load, then Cranelift in the background). The
+/// compiler is part of the compiled-module cache key. `keel_host_set_wasm_config` keeps the
+/// compiler set here.
+///
+/// Must be called before the first WASM plugin is loaded; afterwards it fails with
+/// `KEEL_ERR_INVALID_ARGUMENT` and nothing changes. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_INVALID_ARGUMENT` (not a `keel_wasm_compiler`
+/// value, or the runtime already runs), `KEEL_ERR_UNSUPPORTED` (Singlepass or tiered on a
+/// host whose engine is wasmtime, which compiles with Cranelift only; a host that sets the
+/// wasmtime engine afterwards keeps the policy for the plugins a manifest puts on wasmer).
+#[no_mangle]
+pub extern "C" fn keel_host_set_wasm_compiler(host: *const keel_host, compiler: u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for `host`.
+        let h = unsafe { borrow(host, "host") }?;
+        let c = match compiler {
+            0 => keel_wasm_compiler::KEEL_WASM_COMPILER_CRANELIFT,
+            1 => keel_wasm_compiler::KEEL_WASM_COMPILER_SINGLEPASS,
+            2 => keel_wasm_compiler::KEEL_WASM_COMPILER_TIERED,
+            _ => crate::bail!(
+                KEEL_ERR_INVALID_ARGUMENT,
+                "{compiler} is not a keel_wasm_compiler (0 cranelift, 1 singlepass, 2 tiered)"
+            ),
+        };
+        let compiler: WasmCompiler = c.into();
+        if compiler != WasmCompiler::Cranelift && h.wasm_config().engine == WasmEngine::Wasmtime {
+            crate::bail!(
+                KEEL_ERR_UNSUPPORTED,
+                "the WASM compiler '{}' is wasmer's; this host runs WASM plugins on wasmtime, which compiles with Cranelift only (keel_host_set_wasm_engine first, or KEEL_WASM_COMPILER_CRANELIFT)",
+                compiler.as_str()
+            );
+        }
+        h.update_wasm_config(|cfg| cfg.compiler = compiler)
+    })
+}
+
+/// The host's WASM compiler policy (a `keel_wasm_compiler` value) into `*compiler`: the one in
+/// force, or the one the runtime will start with. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`.
+#[no_mangle]
+pub extern "C" fn keel_host_wasm_compiler(host: *const keel_host, compiler: *mut u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (h, out) = unsafe { (borrow(host, "host")?, Out::new(compiler, "compiler")?) };
+        out.set(keel_wasm_compiler::from(h.wasm_config().compiler) as u32);
+        Ok(())
+    })
+}
+
+/// The compiler that made the code of the current generation of WASM plugin `plugin` (a
+/// `keel_wasm_tier` value) into `*tier`: `KEEL_WASM_TIER_SINGLEPASS` on a `singlepass` host,
+/// and on a `tiered` host until the plugin's tier-up switched it to Cranelift; else
+/// `KEEL_WASM_TIER_CRANELIFT`. Thread-safe.
+///
+/// Errors: `KEEL_ERR_NULL_POINTER`, `KEEL_ERR_PLUGIN_UNLOADED`, `KEEL_ERR_UNSUPPORTED` (not a
+/// WASM plugin).
+#[no_mangle]
+pub extern "C" fn keel_plugin_wasm_tier(plugin: *const keel_plugin, tier: *mut u32) -> keel_status {
+    boundary(|| {
+        // SAFETY: caller contract for every pointer argument.
+        let (slot, out) = unsafe { (borrow(plugin, "plugin")?, Out::new(tier, "tier")?) };
+        let generation = current(slot)?;
+        let wasm = generation
+            .instance
+            .as_any()
+            .and_then(|a| a.downcast_ref::<WasmPlugin>())
+            .ok_or_else(|| {
+                crate::err!(
+                    KEEL_ERR_UNSUPPORTED,
+                    "plugin '{}' is not a WASM plugin (runtime {:?}): it has no compiler tier",
+                    slot.name(),
+                    generation.manifest.runtime
+                )
+            })?;
+        out.set(match wasm.tier() {
+            WasmTier::Cranelift => keel_wasm_tier::KEEL_WASM_TIER_CRANELIFT,
+            WasmTier::Singlepass => keel_wasm_tier::KEEL_WASM_TIER_SINGLEPASS,
+        } as u32);
         Ok(())
     })
 }

@@ -35,4 +35,5 @@ mod wasm;
 mod wasm_config;
 mod wasm_engines;
 mod wasm_memory;
+mod wasm_tiers;
 mod watch;

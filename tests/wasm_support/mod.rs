@@ -135,3 +135,26 @@ pub fn build_c_native(name: &str, out_dir: &Path) -> PathBuf {
     );
     out
 }
+
+/// A module of about 100 KB: compute.wat plus 1100 small exported functions (what the
+/// cold-start figures of benches/wasm.rs and the tiering tests compile).
+pub fn big_module() -> Vec<u8> {
+    let base = std::fs::read_to_string(fixture_dir().join("compute.wat")).unwrap();
+    let body_end = base.rfind(')').unwrap();
+    let mut wat = base[..body_end].to_string();
+    let n = 1100;
+    for i in 0..n {
+        wat.push_str(&format!(
+            "(func $g{i} (export \"g{i}\") (param $x i32) (param $y i32) (result i32) (local $t i32)
+               (local.set $t (i32.mul (local.get $x) (i32.const {k})))
+               (if (i32.gt_u (local.get $t) (local.get $y))
+                 (then (local.set $t (i32.xor (local.get $t) (i32.rotl (local.get $y) (i32.const 7)))))
+                 (else (local.set $t (i32.add (local.get $t) (i32.load (i32.and (local.get $y) (i32.const 1020)))))))
+               (i32.store (i32.const 2048) (local.get $t))
+               (i32.add (local.get $t) (i32.shr_u (local.get $x) (i32.const 3))))\n",
+            k = i * 2 + 1
+        ));
+    }
+    wat.push(')');
+    wat::parse_str(&wat).unwrap()
+}

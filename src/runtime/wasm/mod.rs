@@ -72,6 +72,7 @@ pub mod imports;
 pub mod interrupt;
 pub mod plugin;
 pub mod pool;
+pub mod tier;
 pub mod tunables;
 pub mod watchdog;
 pub mod wr;
@@ -81,6 +82,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use wasmer::{ExternType, Module, Pages, Type};
 
@@ -92,6 +94,7 @@ use crate::{bail, err};
 
 pub use cache::{CacheConfig, ModuleCache};
 pub use plugin::{EffectiveLimits, WasmPlugin};
+pub use tier::{TierUp, TierWatch};
 pub use tunables::MemoryMode;
 
 use cache::Lookup;
@@ -131,6 +134,68 @@ impl WasmEngine {
             .ok()
             .and_then(|v| WasmEngine::parse(v.trim()))
             .unwrap_or_default()
+    }
+}
+
+/// The node's policy for compiling WASM plugins on wasmer (docs/wasm.md, "Compilers and
+/// tiering"). Plugins on wasmtime always use Cranelift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WasmCompiler {
+    /// Cranelift, optimised for speed: the fastest code, the slowest compile.
+    #[default]
+    Cranelift,
+    /// Singlepass: compiles in about linear time; its code runs slower.
+    Singlepass,
+    /// Singlepass at load (fast first call), then Cranelift compiled in the background and
+    /// switched to ([`WasmPlugin::tier`], [`WasmPlugin::wait_for_tier_up`]); a compiled-module
+    /// cache hit of Cranelift code skips the first tier.
+    Tiered,
+}
+
+impl WasmCompiler {
+    /// The name used in configuration and messages (`cranelift`, `singlepass`, `tiered`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasmCompiler::Cranelift => "cranelift",
+            WasmCompiler::Singlepass => "singlepass",
+            WasmCompiler::Tiered => "tiered",
+        }
+    }
+
+    /// The policy called `name` (see [`WasmCompiler::as_str`]).
+    pub fn parse(name: &str) -> Option<WasmCompiler> {
+        [WasmCompiler::Cranelift, WasmCompiler::Singlepass, WasmCompiler::Tiered]
+            .into_iter()
+            .find(|c| c.as_str() == name)
+    }
+
+    /// The policy of a node that sets none: Cranelift, unless the environment variable
+    /// `KEEL_WASM_COMPILER` names another policy (how the WASM suites run on Singlepass;
+    /// any other value is ignored).
+    pub fn node_default() -> WasmCompiler {
+        std::env::var("KEEL_WASM_COMPILER")
+            .ok()
+            .and_then(|v| WasmCompiler::parse(v.trim()))
+            .unwrap_or_default()
+    }
+}
+
+/// The compiler that made a plugin's running code (its tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WasmTier {
+    /// wasmer's Singlepass (the first tier of [`WasmCompiler::Tiered`]).
+    Singlepass,
+    /// Cranelift (wasmer's, or wasmtime's).
+    Cranelift,
+}
+
+impl WasmTier {
+    /// `singlepass` or `cranelift`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasmTier::Singlepass => "singlepass",
+            WasmTier::Cranelift => "cranelift",
+        }
     }
 }
 
@@ -188,6 +253,10 @@ pub struct WasmConfig {
     /// that asks for an engine other than [`WasmConfig::engine`] is refused with
     /// `KEEL_ERR_MANIFEST_INVALID`.
     pub manifest_engine: bool,
+    /// How plugins on wasmer are compiled ([`WasmCompiler::node_default`]: Cranelift).
+    /// Plugins on wasmtime (the node's engine, or a manifest's choice) compile with
+    /// Cranelift whatever this says.
+    pub compiler: WasmCompiler,
 }
 
 impl Default for WasmConfig {
@@ -212,6 +281,7 @@ impl Default for WasmConfig {
             memory: MemoryMode::default(),
             engine: WasmEngine::node_default(),
             manifest_engine: false,
+            compiler: WasmCompiler::node_default(),
         }
     }
 }
@@ -267,20 +337,22 @@ pub struct CacheStats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     hits: AtomicU64,
-    compiles: AtomicU64,
+    pub(crate) compiles: AtomicU64,
     rejected: AtomicU64,
 }
 
 /// The WASM runtime of one host.
 pub struct WasmRuntime {
     config: WasmConfig,
-    cache: Option<ModuleCache>,
+    /// Shared with the tier-up threads of tiered plugins (they store Cranelift code).
+    cache: Option<Arc<ModuleCache>>,
     dog: Arc<watchdog::Watchdog>,
-    counters: Counters,
-    /// Serialises cache writes of the same entry by concurrent loads (never taken by calls).
-    cache_lock: Mutex<()>,
+    counters: Arc<Counters>,
+    /// Serialises cache writes of the same entry by concurrent loads and tier-ups (never
+    /// taken by calls).
+    cache_lock: Arc<Mutex<()>>,
     /// The wasmtime engines made so far (one per distinct setting).
     wasmtime: wt::Engines,
 }
@@ -313,15 +385,15 @@ const EXPORTS: &[(&str, bool, &[Type], &[Type])] = &[
 
 impl WasmRuntime {
     pub fn new(config: WasmConfig) -> Result<WasmRuntime> {
-        let cache = config.cache.clone().map(ModuleCache::open).transpose()?;
+        let cache = config.cache.clone().map(ModuleCache::open).transpose()?.map(Arc::new);
         let dog = watchdog::Watchdog::start(config.watchdog_tick)
             .map_err(|e| err!(KEEL_ERR_INTERNAL, "starting the WASM watchdog thread failed: {e}"))?;
         Ok(WasmRuntime {
             config,
             cache,
             dog: Arc::new(dog),
-            counters: Counters::default(),
-            cache_lock: Mutex::new(()),
+            counters: Arc::default(),
+            cache_lock: Arc::default(),
             wasmtime: wt::Engines::default(),
         })
     }
@@ -361,9 +433,40 @@ impl WasmRuntime {
         let limits = WasmLimits::resolve(m.limits.as_ref(), &self.config.defaults, &self.config.ceilings);
         let engine = self.engine_for(name, m.wasm_engine.as_deref())?;
         let memory_mode = self.config.memory;
+        let mut tier_up = None;
         let (code, used_imports, exports, fixed_base) = match engine {
             WasmEngine::Wasmer => {
-                let code = self.wasmer_module(name, artifact.sha256(), bytes, Pages(limits.memory_pages), ctx)?;
+                let cap = Pages(limits.memory_pages);
+                let code = match self.config.compiler {
+                    WasmCompiler::Cranelift => {
+                        self.wasmer_module(name, artifact.sha256(), bytes, cap, WasmTier::Cranelift, ctx)?
+                    }
+                    WasmCompiler::Singlepass => {
+                        self.wasmer_module(name, artifact.sha256(), bytes, cap, WasmTier::Singlepass, ctx)?
+                    }
+                    WasmCompiler::Tiered => match self.cached_wasmer(name, artifact.sha256(), cap, ctx) {
+                        // Cranelift code from the cache (an earlier tier-up or load wrote it).
+                        Some(code) => code,
+                        None => {
+                            // Singlepass now (not cached: the tier-up writes the Cranelift
+                            // code under this module's entry), Cranelift in the background.
+                            let code = self.compile_wasmer(name, bytes, cap, WasmTier::Singlepass)?;
+                            self.counters.compiles.fetch_add(1, Ordering::Relaxed);
+                            tier_up = Some(tier::Job {
+                                name: Arc::from(name),
+                                bytes: bytes.clone(),
+                                sha256: *artifact.sha256(),
+                                cap,
+                                metering: self.config.metering,
+                                mode: memory_mode,
+                                cache: self.cache.clone(),
+                                cache_lock: self.cache_lock.clone(),
+                                counters: self.counters.clone(),
+                            });
+                            code
+                        }
+                    },
+                };
                 let (used, exports) = check_module(name, &Shape::of_wasmer(&code.module), ctx, &limits)?;
                 (Code::Wasmer(code), used, exports, memory_mode.fixed_base())
             }
@@ -379,7 +482,7 @@ impl WasmRuntime {
         let pooled = m.instances.unwrap_or_default() == InstanceMode::Pooled;
         let shared = PluginShared {
             name: Arc::from(name),
-            code,
+            code: ArcSwap::from_pointee(code),
             used_imports,
             services: ctx.services.clone(),
             metrics: ctx
@@ -399,7 +502,13 @@ impl WasmRuntime {
             memory_bytes: AtomicU64::new(0),
             fixed_base,
         };
-        WasmPlugin::start(shared, self.config.pool_size)
+        let mut plugin = WasmPlugin::start(shared, self.config.pool_size)?;
+        if let Some(job) = tier_up {
+            // Only once the first tier has started (keel_init passed): a module that fails to
+            // load never costs a Cranelift compile.
+            plugin.start_tier_up(job)?;
+        }
+        Ok(plugin)
     }
 
     /// The engine of plugin `name`, whose manifest asks for `asked` (or nothing).
@@ -484,44 +593,90 @@ impl WasmRuntime {
         Ok(module)
     }
 
-    /// The module compiled by wasmer (an engine of its own per plugin: see `engine`).
+    /// The module compiled by wasmer with `tier`'s compiler (an engine of its own per
+    /// plugin: see `engine`), from the cache when it holds that compiler's code.
     fn wasmer_module(
         &self,
         name: &str,
         sha256: &[u8; 32],
         bytes: &[u8],
         cap: Pages,
+        tier: WasmTier,
         ctx: &LoadContext<'_>,
     ) -> Result<wr::Code> {
         let mode = self.config.memory;
-        let metering = self.config.metering;
-        let key = engine::engine_key(cap, metering, mode);
+        let key = engine::engine_key(tier, cap, self.config.metering, mode);
         self.cached(
             name,
             sha256,
             &key,
             "wasmer",
             ctx,
-            |serialized| {
-                let engine = engine::headless(cap, mode);
-                // SAFETY: the bytes carry a valid HMAC under this node's key over this
-                // module's digest and engine key: this node wrote them from
-                // `Module::serialize` of the same module and engine configuration.
-                let module = unsafe { Module::deserialize(&engine, serialized) }.map_err(|e| e.to_string())?;
-                Ok(wr::Code { engine, module })
-            },
-            || {
-                let engine = engine::compiling(cap, metering, mode);
-                let module = Module::from_binary(&engine, bytes).map_err(|e| {
-                    err!(
-                        KEEL_ERR_WASM_COMPILE,
-                        "plugin '{name}': the module does not compile: {e}"
-                    )
-                })?;
-                Ok(wr::Code { engine, module })
-            },
+            |serialized| Self::deserialize_wasmer(serialized, cap, mode, tier),
+            || self.compile_wasmer(name, bytes, cap, tier),
             |code| code.module.serialize().map(|b| b.to_vec()).map_err(|e| e.to_string()),
         )
+    }
+
+    /// Cranelift code of this module from the cache, if it holds an entry that authenticates
+    /// and deserializes (a tiered load: a miss compiles Singlepass and tiers up).
+    fn cached_wasmer(&self, name: &str, sha256: &[u8; 32], cap: Pages, ctx: &LoadContext<'_>) -> Option<wr::Code> {
+        let cache = self.cache.as_ref()?;
+        let (mode, tier) = (self.config.memory, WasmTier::Cranelift);
+        let key = engine::engine_key(tier, cap, self.config.metering, mode);
+        match cache.load(sha256, &key) {
+            Lookup::Hit(serialized) => match Self::deserialize_wasmer(serialized.as_ref(), cap, mode, tier) {
+                Ok(code) => {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    Some(code)
+                }
+                Err(e) => {
+                    cache.discard(sha256, &key);
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    ctx.services.log(
+                        name,
+                        LogLevel::Warn,
+                        &format!("compiled-module cache entry refused by wasmer ({e}); compiling"),
+                    );
+                    None
+                }
+            },
+            Lookup::Rejected(why) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                ctx.services.log(
+                    name,
+                    LogLevel::Warn,
+                    &format!("compiled-module cache entry rejected and removed ({why}); compiling"),
+                );
+                None
+            }
+            Lookup::Miss => None,
+        }
+    }
+
+    fn deserialize_wasmer(
+        serialized: &[u8],
+        cap: Pages,
+        mode: MemoryMode,
+        tier: WasmTier,
+    ) -> std::result::Result<wr::Code, String> {
+        let engine = engine::headless(cap, mode);
+        // SAFETY: the bytes carry a valid HMAC under this node's key over this module's
+        // digest and engine key (which names the compiler): this node wrote them from
+        // `Module::serialize` of the same module and engine configuration.
+        let module = unsafe { Module::deserialize(&engine, serialized) }.map_err(|e| e.to_string())?;
+        Ok(wr::Code { engine, module, tier })
+    }
+
+    fn compile_wasmer(&self, name: &str, bytes: &[u8], cap: Pages, tier: WasmTier) -> Result<wr::Code> {
+        let engine = engine::compiling(tier, cap, self.config.metering, self.config.memory);
+        let module = Module::from_binary(&engine, bytes).map_err(|e| {
+            err!(
+                KEEL_ERR_WASM_COMPILE,
+                "plugin '{name}': the module does not compile: {e}"
+            )
+        })?;
+        Ok(wr::Code { engine, module, tier })
     }
 
     /// The module compiled by wasmtime (engines shared by plugins with the same settings).

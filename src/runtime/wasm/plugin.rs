@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::imports::{self, HostTrap};
@@ -53,8 +54,10 @@ pub struct OptionalExports {
 /// What every instance of one plugin generation shares.
 pub struct PluginShared {
     pub name: Arc<str>,
-    /// The compiled module, for the engine that runs it.
-    pub code: Code,
+    /// The compiled module, for the engine that runs it. Read when an instance is made (never
+    /// per call); a tiered plugin's tier-up stores its Cranelift code here, then bumps
+    /// `epoch` (pooled) so that instances of the first tier are replaced.
+    pub code: ArcSwap<Code>,
     pub used_imports: imports::UsedImports,
     pub services: HostServices,
     /// The plugin's metric set when `metrics:write` is granted.
@@ -74,7 +77,8 @@ pub struct PluginShared {
     /// The version of the plugin that saved `restored` (None when the server restored a
     /// state itself through `restore_state`).
     pub restored_version: Mutex<Option<Arc<str>>>,
-    /// Bumped by restore_state in pooled mode; instances of older epochs are dropped.
+    /// Bumped by restore_state and by a tier-up in pooled mode; instances of older epochs are
+    /// dropped.
     pub epoch: AtomicU64,
     /// Linear memory of every live instance, in bytes (`plugin_memory_bytes`): each instance
     /// adds its size when created and after every entry whose memory grew, and subtracts what
@@ -90,6 +94,16 @@ pub struct PluginShared {
 pub enum Code {
     Wasmer(super::wr::Code),
     Wasmtime(super::wt::Code),
+}
+
+impl Code {
+    /// The compiler that made this code.
+    pub fn tier(&self) -> super::WasmTier {
+        match self {
+            Code::Wasmer(c) => c.tier,
+            Code::Wasmtime(_) => super::WasmTier::Cranelift,
+        }
+    }
 }
 
 /// Decode a `keel_result`: (error flag, pointer, length).
@@ -479,7 +493,8 @@ impl Ctl {
 impl<B: Backend> Guest<B> {
     /// Wrap a fresh instance of the plugin (made by the engine's backend, with its stop
     /// flag), watch it, and run its lifecycle up to the first call.
-    pub fn new(shared: &Arc<PluginShared>, b: B, stop: StopFlag) -> Result<Guest<B>> {
+    /// `epoch`: the plugin's epoch read before its code was (see [`AnyGuest::new`]).
+    pub fn new(shared: &Arc<PluginShared>, b: B, stop: StopFlag, epoch: u64) -> Result<Guest<B>> {
         let watch = shared.dog.register(stop, shared.limits.timeout);
         let mut g = Guest {
             b,
@@ -490,7 +505,7 @@ impl<B: Backend> Guest<B> {
                 input: (0, 0),
                 broken: false,
                 refusals_before: 0,
-                epoch: shared.epoch.load(Ordering::Acquire),
+                epoch,
                 accounted: 0,
             },
         };
@@ -862,16 +877,32 @@ macro_rules! on_guest {
 impl AnyGuest {
     /// Create and initialise one instance on the plugin's engine.
     pub fn new(shared: &Arc<PluginShared>) -> Result<AnyGuest> {
-        Ok(match &shared.code {
+        // The epoch before the code: a tier-up stores its code before it bumps the epoch, so
+        // an instance made from the first tier's code never carries the new epoch (it would
+        // be kept for good), while one that carries the old epoch is replaced when next
+        // claimed even if it was made from the new code.
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        let code = shared.code.load();
+        AnyGuest::of_code(shared, &code, epoch)
+    }
+
+    /// Create and initialise one instance of `code` (the plugin's, or the code a tier-up is
+    /// about to switch to).
+    pub(crate) fn of_code(shared: &Arc<PluginShared>, code: &Code, epoch: u64) -> Result<AnyGuest> {
+        Ok(match code {
             Code::Wasmer(c) => {
                 let (b, stop) = super::wr::Instance::new(shared, c)?;
-                AnyGuest::Wasmer(Guest::new(shared, b, stop)?)
+                AnyGuest::Wasmer(Guest::new(shared, b, stop, epoch)?)
             }
             Code::Wasmtime(c) => {
                 let (b, stop) = super::wt::Instance::new(shared, c)?;
-                AnyGuest::Wasmtime(Guest::new(shared, b, stop)?)
+                AnyGuest::Wasmtime(Guest::new(shared, b, stop, epoch)?)
             }
         })
+    }
+
+    pub(crate) fn ctl_epoch(&self) -> u64 {
+        self.ctl().epoch
     }
 
     fn ctl(&self) -> &Ctl {
@@ -912,7 +943,7 @@ impl AnyGuest {
     }
 }
 
-enum Mode {
+pub(crate) enum Mode {
     Pooled(Pool<AnyGuest>),
     Serial(Box<Mutex<Option<AnyGuest>>>),
 }
@@ -953,7 +984,12 @@ fn run_in<R>(
 pub struct WasmPlugin {
     shared: Arc<PluginShared>,
     functions: Vec<String>,
-    mode: Mode,
+    /// Shared (weakly) with a tiered plugin's tier-up thread, which replaces the instances.
+    mode: Arc<Mode>,
+    /// The tier-up of a tiered plugin loaded on its first tier (None otherwise).
+    tier_up: Option<super::tier::TierWatch>,
+    /// The tier the plugin was loaded on (its first instance's code).
+    loaded_tier: super::WasmTier,
 }
 
 impl WasmPlugin {
@@ -961,6 +997,7 @@ impl WasmPlugin {
     /// function list.
     pub fn start(shared: PluginShared, pool_size: usize) -> Result<WasmPlugin> {
         let shared = Arc::new(shared);
+        let loaded_tier = shared.code.load().tier();
         let mut first = AnyGuest::new(&shared)?;
         let functions = first.function_names()?;
         let mode = if shared.pooled {
@@ -973,17 +1010,61 @@ impl WasmPlugin {
         Ok(WasmPlugin {
             shared,
             functions,
-            mode,
+            mode: Arc::new(mode),
+            tier_up: None,
+            loaded_tier,
         })
     }
 
+    /// Start compiling the plugin's Cranelift code in the background (`job`), and switch to
+    /// it when done (see [`super::tier`]).
+    pub(crate) fn start_tier_up(&mut self, job: super::tier::Job) -> Result<()> {
+        let watch = super::tier::spawn(job, Arc::downgrade(&self.shared), Arc::downgrade(&self.mode))?;
+        self.tier_up = Some(watch);
+        Ok(())
+    }
+
+    /// The compiler that made the code new instances of this plugin are made from: Singlepass
+    /// for a tiered plugin until its tier-up switched it (and for a node that compiles with
+    /// Singlepass), else Cranelift. A pooled plugin's instances in flight during the switch
+    /// finish their call on the first tier.
+    pub fn tier(&self) -> super::WasmTier {
+        self.shared.code.load().tier()
+    }
+
+    /// The tier the plugin was loaded on: Singlepass for a tiered plugin compiled at load,
+    /// Cranelift for one whose Cranelift code came from the cache.
+    pub fn loaded_tier(&self) -> super::WasmTier {
+        self.loaded_tier
+    }
+
+    /// The tier-up of a tiered plugin loaded on its first tier, as it is now
+    /// ([`super::TierUp::NotTiered`] for every other plugin).
+    pub fn tier_up(&self) -> super::TierUp {
+        self.tier_up.as_ref().map_or(super::TierUp::NotTiered, |w| w.status())
+    }
+
+    /// Wait up to `timeout` for the tier-up to end (switched, kept on the first tier, failed,
+    /// abandoned); returns its status then, [`super::TierUp::Compiling`] if it has not ended.
+    pub fn wait_for_tier_up(&self, timeout: Duration) -> super::TierUp {
+        self.tier_up
+            .as_ref()
+            .map_or(super::TierUp::NotTiered, |w| w.wait(timeout))
+    }
+
+    /// A handle on the tier-up that outlives the plugin (to see a tier-up end after an
+    /// unload); None when the plugin has no tier-up.
+    pub fn tier_up_watch(&self) -> Option<super::tier::TierWatch> {
+        self.tier_up.clone()
+    }
+
     pub fn is_pooled(&self) -> bool {
-        matches!(self.mode, Mode::Pooled(_))
+        matches!(*self.mode, Mode::Pooled(_))
     }
 
     /// The engine this plugin runs on.
     pub fn engine(&self) -> super::WasmEngine {
-        match self.shared.code {
+        match **self.shared.code.load() {
             Code::Wasmer(_) => super::WasmEngine::Wasmer,
             Code::Wasmtime(_) => super::WasmEngine::Wasmtime,
         }
@@ -996,7 +1077,7 @@ impl WasmPlugin {
 
     /// Instances kept for reuse: in the pool's slots (pooled), or 0 or 1 (serial).
     pub fn kept_instances(&self) -> usize {
-        match &self.mode {
+        match &*self.mode {
             Mode::Pooled(p) => p.retain(|_| true),
             Mode::Serial(m) => m.lock().is_some() as usize,
         }
@@ -1007,7 +1088,7 @@ impl WasmPlugin {
     /// that failed in a way that may have left it broken is dropped, not returned.
     #[inline]
     fn with_guest<R>(&self, f: impl FnOnce(&mut AnyGuest) -> Result<R>) -> Result<R> {
-        match &self.mode {
+        match &*self.mode {
             Mode::Pooled(pool) => match pool.claim() {
                 Some(mut claim) => {
                     let slot = claim.guest();
@@ -1015,7 +1096,8 @@ impl WasmPlugin {
                         .as_ref()
                         .is_some_and(|g| g.ctl().epoch != self.shared.epoch.load(Ordering::Acquire))
                     {
-                        // Created before restore_state handed the pool a new state.
+                        // Created before restore_state handed the pool a new state, or
+                        // before a tier-up switched the plugin's code.
                         *slot = None;
                     }
                     run_in(slot, &self.shared, f)
@@ -1079,7 +1161,7 @@ impl Instance for WasmPlugin {
                 self.shared.name
             );
         }
-        match &self.mode {
+        match &*self.mode {
             Mode::Serial(_) => self.with_guest(|g| g.restore_state(state)),
             Mode::Pooled(pool) => {
                 // Every instance created from now on starts from this state; idle instances
@@ -1107,6 +1189,11 @@ impl Instance for WasmPlugin {
     fn memory_bytes(&self) -> Option<u64> {
         Some(self.shared.memory_bytes.load(Ordering::Relaxed))
     }
+
+    /// The [`WasmPlugin`] itself (its compiler tier: `keel_plugin_wasm_tier`).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -1115,6 +1202,7 @@ impl std::fmt::Debug for WasmPlugin {
             .field("name", &self.shared.name)
             .field("functions", &self.functions)
             .field("engine", &self.engine())
+            .field("tier", &self.tier())
             .field("pooled", &self.is_pooled())
             .field("limits", &self.shared.limits)
             .finish()

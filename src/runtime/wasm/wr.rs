@@ -17,10 +17,12 @@ use super::interrupt::StopFlag;
 use super::plugin::{instantiate_error, Backend, Entry, PluginShared, TrapInfo};
 use crate::error::Result;
 
-/// A plugin generation's code on wasmer: its engine (tunables, metering) and module.
+/// A plugin generation's code on wasmer: its engine (tunables, metering), module, and the
+/// compiler that made it.
 pub struct Code {
     pub engine: Engine,
     pub module: Module,
+    pub tier: super::WasmTier,
 }
 
 keel_exports!(struct TypedFunction);

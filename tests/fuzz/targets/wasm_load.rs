@@ -71,6 +71,8 @@ fn fixture() -> &'static Fixture {
             // The node default: wasmer, or the engine KEEL_WASM_ENGINE names.
             engine: keel::runtime::wasm::WasmEngine::node_default(),
             manifest_engine: false,
+            // The node default: Cranelift, or the policy KEEL_WASM_COMPILER names.
+            compiler: keel::runtime::wasm::WasmCompiler::node_default(),
         };
         let manifest = manifest::parse_keel_value(serde_json::json!({
             "manifest_version": 1,
