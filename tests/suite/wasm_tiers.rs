@@ -305,6 +305,22 @@ fn unloading_during_the_tier_up_compile_is_clean() {
 }
 
 #[test]
+fn tier_up_compiles_take_turns_and_a_waiting_one_whose_plugin_went_never_compiles() {
+    let rt = runtime(WasmCompiler::Tiered, None);
+    let a = load_bytes(&rt, big_module(), "big-a", json!({"instances": "pooled"}));
+    let b = load_bytes(&rt, big_module(), "big-b", json!({"instances": "pooled"}));
+    let (wa, wb) = (a.tier_up_watch().unwrap(), b.tier_up_watch().unwrap());
+    // Two first-tier compiles so far; a's Cranelift compile holds the turn (it started a whole
+    // Singlepass compile earlier), b's waits for it. Dropped while waiting, b never compiles.
+    assert_eq!(rt.cache_stats().compiles, 2);
+    drop(b);
+    assert_eq!(wb.wait(TIER_UP), TierUp::Abandoned);
+    assert_eq!(wa.wait(TIER_UP), TierUp::Switched);
+    assert_eq!(rt.cache_stats().compiles, 3, "only a's tier-up compiled");
+    assert_eq!(a.tier(), WasmTier::Cranelift);
+}
+
+#[test]
 fn plugins_on_wasmtime_compile_with_cranelift_whatever_the_policy() {
     let rt = WasmRuntime::new(WasmConfig {
         engine: WasmEngine::Wasmer,

@@ -242,9 +242,9 @@ struct Ctl {
 /// As `std::ptr::copy_nonoverlapping(src, dst, len)`.
 #[inline(always)]
 unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
-    // SAFETY (every block below): the caller guarantees `src..src+len` readable and
-    // `dst..dst+len` writable, not overlapping; each access stays within those ranges
-    // (`len - 8 >= 0` in the 8..=16 arm, `len - 4 >= 0` in the 4..8 arm) and is unaligned.
+    // SAFETY: the caller guarantees `src..src+len` readable and `dst..dst+len` writable, not
+    // overlapping; each access stays within those ranges (`len - 8 >= 0` in the 8..=16 arm,
+    // `len - 4 >= 0` in the 4..8 arm) and is unaligned.
     unsafe {
         match len {
             8..=16 => {

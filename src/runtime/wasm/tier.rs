@@ -18,6 +18,10 @@
 //! - serial without them: the plugin keeps its first tier until its next reload (whose load
 //!   hits the Cranelift code in the cache, if there is one).
 //!
+//! One Cranelift compile of a tier-up runs at a time in the process (wasmer's Cranelift
+//! already compiles a module's functions on every core): tier-up threads of further plugins
+//! wait their turn asleep, and one whose plugin was unloaded meanwhile ends without compiling.
+//!
 //! The thread holds the plugin weakly: a plugin unloaded during the compile is freed as
 //! usual (its instances are dropped by whoever drops the plugin), and the thread ends after
 //! the compile without touching it ([`TierUp::Abandoned`]).
@@ -127,7 +131,11 @@ fn log(shared: &Weak<PluginShared>, name: &str, level: LogLevel, msg: &str) {
     }
 }
 
+/// Held by the tier-up whose Cranelift compile is running.
+static COMPILE_TURN: Mutex<()> = parking_lot::const_mutex(());
+
 fn run(job: Job, shared: &Weak<PluginShared>, mode: &Weak<Mode>) -> TierUp {
+    let _turn = COMPILE_TURN.lock();
     if shared.strong_count() == 0 {
         return TierUp::Abandoned;
     }
