@@ -408,6 +408,28 @@ fn the_compiler_through_the_c_abi_and_hostile_values() {
     );
     assert_eq!(keel_plugin_wasm_tier(p.0, ptr::null_mut()), KEEL_ERR_NULL_POINTER);
     assert_eq!(keel_plugin_wasm_tier(ptr::null(), &mut t), KEEL_ERR_NULL_POINTER);
+    // A serial plugin without save/restore (echo.wat) keeps Singlepass until its next reload:
+    // the tier C reads is then certain.
+    let echo = wat_fixture("echo");
+    std::fs::write(dir.join("echo.wasm"), &echo).unwrap();
+    let m = json!({
+        "manifest_version": 1, "name": "echo-serial", "version": "1.0.0", "runtime": "wasm",
+        "binary": {"wasm32": "echo.wasm"}, "sha256": keel::trust::digest::sha256_hex(&echo),
+    });
+    let path = dir.join("echo.json");
+    std::fs::write(&path, m.to_string()).unwrap();
+    let e = h.load_plugin(&path).unwrap_or_else(|s| panic!("{s}: {}", last_error()));
+    assert_eq!(keel_plugin_wasm_tier(e.0, &mut t), KEEL_OK);
+    assert_eq!(t, keel_wasm_tier::KEEL_WASM_TIER_SINGLEPASS as u32);
+    // A native plugin has no WASM tier.
+    let (_native_dir, native) = common::echo_plugin("wasm-tier-native", &[], json!({}));
+    let n = h
+        .load_plugin(&native)
+        .unwrap_or_else(|s| panic!("{s}: {}", last_error()));
+    t = 7;
+    assert_eq!(keel_plugin_wasm_tier(n.0, &mut t), KEEL_ERR_UNSUPPORTED);
+    assert!(last_error().contains("WASM"), "{}", last_error());
+    assert_eq!(t, 7, "nothing written on failure");
     // The runtime runs now: the compiler is fixed.
     assert_eq!(keel_host_set_wasm_compiler(h.0, 0), KEEL_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("already running"), "{}", last_error());
