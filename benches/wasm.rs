@@ -8,7 +8,10 @@
 //!     metered <= 1.5x. Two raw baselines: the bare typed call (its input written once
 //!     beforehand, its result not read), and the same call doing the work a raw embedding
 //!     must do to pass bytes, which Keel's call does too: the 8-byte input written into guest
-//!     memory, the result decoded, the 4-byte output copied out (`raw_wasmer_io`).
+//!     memory, the result decoded, the 4-byte output copied out (`raw_wasmer_io`). A third:
+//!     that call made callable from any thread, as a server must (a wasmer `Store` needs
+//!     `&mut`): the instance behind a `parking_lot::Mutex`, locked per call
+//!     (`raw_wasmer_io_locked`; Keel's equivalent is its pool's claim).
 //! (b) kernels over 4 KiB, the same C (tests/fixtures/wasm/c/kernel.h) built by clang three
 //!     ways: called directly (benches/kernels/direct.c, dlopen + dlsym), as a native plugin
 //!     through Keel, and for wasm32 through Keel (metered and unmetered). Two kernels:
@@ -206,6 +209,10 @@ fn main() {
     let mut o2 = Vec::with_capacity(64);
     let (mut o3, mut o4) = (Vec::with_capacity(64), Vec::with_capacity(64));
     let (mut raw_io, mut raw_io_metered) = (Raw::new(false), Raw::new(true));
+    let raw_locked = parking_lot::Mutex::new(Raw::new(false));
+    let mut o5 = Vec::with_capacity(64);
+    raw_locked.lock().call_io(&ADD_INPUT, &mut o5);
+    assert_eq!(o5, 42i32.to_le_bytes());
     raw_io.call_io(&ADD_INPUT, &mut o3);
     raw_io_metered.call_io(&ADD_INPUT, &mut o4);
     assert_eq!((&o3[..], &o4[..]), (&42i32.to_le_bytes()[..], &42i32.to_le_bytes()[..]));
@@ -222,6 +229,12 @@ fn main() {
                 common::ns_per_call(n, &mut || {
                     o4.clear();
                     raw_io_metered.call_io(std::hint::black_box(&ADD_INPUT), &mut o4);
+                })
+            }),
+            ("raw_wasmer_io_locked", &mut || {
+                common::ns_per_call(n, &mut || {
+                    o5.clear();
+                    raw_locked.lock().call_io(std::hint::black_box(&ADD_INPUT), &mut o5);
                 })
             }),
             ("raw_wasmer", &mut || {
@@ -268,6 +281,12 @@ fn main() {
         "wasm keel_call / raw wasmer with bytes in and out, metered both",
         "keel_call_metered",
         "raw_wasmer_io_metered",
+        "ns",
+    );
+    r.ratio(
+        "wasm keel_call / raw wasmer with bytes in and out behind a mutex (callable from any thread), unmetered both",
+        "keel_call",
+        "raw_wasmer_io_locked",
         "ns",
     );
     r.ratio(
