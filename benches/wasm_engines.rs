@@ -6,7 +6,10 @@
 //!     output copied out) vs the C ABI's `keel_call` on a Host running that engine (Keel's
 //!     defaults: metered, deadline armed). Raw wasmtime twice: plain, and with fuel + epoch
 //!     interruption (fuel set and epoch deadline armed per call, as an embedding with the same
-//!     guarantees would). Goal: Keel-on-wasmtime / raw wasmtime with fuel + epoch <= 1.2x.
+//!     guarantees would); and that guarded call made callable from any thread, as a server
+//!     must (a wasmtime `Store` needs `&mut`): behind a `parking_lot::Mutex` locked per call
+//!     (Keel's equivalent is its pool's claim). Goal: Keel-on-wasmtime / raw wasmtime with
+//!     fuel + epoch <= 1.2x.
 //! (b) a throughput-bound kernel: the byte sum of 4 KiB (tests/fixtures/wasm/c/compute.c)
 //!     through Keel on each engine.
 //! (c) cold start of the ~100 KB module of benches/wasm.rs on each engine: cache miss
@@ -268,6 +271,7 @@ fn main() {
     let mut raw_wr = RawWasmer::new();
     let mut raw_wt = RawWasmtime::new(false);
     let mut raw_wt_guarded = RawWasmtime::new(true);
+    let raw_wt_locked = parking_lot::Mutex::new(RawWasmtime::new(true));
     let kb: Vec<u8> = (0..1024u32).map(|i| (i * 7 + 3) as u8).collect();
     for (name, f, input, want) in [
         ("add", ADD, &ADD_INPUT[..], &42i32.to_le_bytes()[..]),
@@ -286,7 +290,9 @@ fn main() {
         assert_eq!(o, want, "{name}");
         assert_eq!(keel_wr.call(input, buf.0), keel::keel_status::KEEL_OK);
         assert_eq!(keel_wt.call(input, buf.0), keel::keel_status::KEEL_OK);
-        let (mut o1, mut o2, mut o3) = (o.clone(), o.clone(), o.clone());
+        raw_wt_locked.lock().call(f, input, &mut o);
+        assert_eq!(o, want, "{name}");
+        let (mut o1, mut o2, mut o3, mut o4) = (o.clone(), o.clone(), o.clone(), o.clone());
         let r = common::interleave(
             rounds,
             &mut [
@@ -298,6 +304,11 @@ fn main() {
                 }),
                 ("raw_wasmtime_fuel_epoch", &mut || {
                     common::ns_per_call(n, &mut || raw_wt_guarded.call(f, std::hint::black_box(input), &mut o3))
+                }),
+                ("raw_wasmtime_fuel_epoch_locked", &mut || {
+                    common::ns_per_call(n, &mut || {
+                        raw_wt_locked.lock().call(f, std::hint::black_box(input), &mut o4)
+                    })
                 }),
                 ("keel_call_wasmer", &mut || {
                     common::ns_per_call(n, &mut || {
@@ -327,6 +338,12 @@ fn main() {
             &format!("{name}: keel_call on wasmtime / raw wasmtime with fuel + epoch (goal <= 1.2)"),
             "keel_call_wasmtime",
             "raw_wasmtime_fuel_epoch",
+            "ns",
+        );
+        r.ratio(
+            &format!("{name}: keel_call on wasmtime / raw wasmtime with fuel + epoch behind a mutex (callable from any thread)"),
+            "keel_call_wasmtime",
+            "raw_wasmtime_fuel_epoch_locked",
             "ns",
         );
         r.ratio(
