@@ -20,6 +20,7 @@
 //! - **host functions**: the handlers of [`super::imports`], through a `Linker` built once
 //!   per plugin generation (and an `InstancePre`: instantiation does no name resolution).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicI32;
 use std::sync::Arc;
@@ -137,12 +138,18 @@ pub struct WtData {
 
 /// Refuses memory growth past the cap (the guest's `memory.grow` returns -1), counting each
 /// refusal where the call path looks for it ([`tunables::grow_refusals`]).
+///
+/// Every change of the memory's size (or, for moving memories, its base) goes through it, so
+/// it also records that the call path's copy of (base, size) must be read again
+/// ([`Instance`]'s `view`).
 struct CapLimiter {
     cap_bytes: usize,
+    changed: Cell<bool>,
 }
 
 impl ResourceLimiter for CapLimiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        self.changed.set(true);
         if desired > self.cap_bytes {
             tunables::note_refusal();
             return Ok(false);
@@ -151,6 +158,7 @@ impl ResourceLimiter for CapLimiter {
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.changed.set(true);
         // Growth within the cap that the engine could not map: the guest sees -1 as well.
         tunables::note_refusal();
         Ok(())
@@ -253,6 +261,11 @@ pub struct Instance {
     store: Store<WtData>,
     fns: Fns,
     memory: Memory,
+    /// The memory's (base, size) as last read from wasmtime; read again only after the
+    /// store's limiter saw a growth (each read is a chain of look-ups through the store).
+    /// The base is kept as an address (the instance stays `Send`; it is only turned back into
+    /// the pointer wasmtime gave).
+    view: Cell<(usize, u64)>,
 }
 
 impl Instance {
@@ -272,6 +285,7 @@ impl Instance {
                 memory: None,
                 limits: CapLimiter {
                     cap_bytes: shared.limits.memory_pages as usize * 65536,
+                    changed: Cell::new(false),
                 },
             },
         );
@@ -318,7 +332,17 @@ impl Instance {
             .ok_or_else(|| instantiate_error(name, "no memory export 'memory'"))?;
         store.data_mut().memory = Some(memory);
         let stop = StopFlag::epoch(flag, code.engine.clone());
-        Ok((Instance { store, fns, memory }, stop))
+        let view = Cell::new((memory.data_ptr(&store) as usize, memory.data_size(&store) as u64));
+        store.data().limits.changed.set(false);
+        Ok((
+            Instance {
+                store,
+                fns,
+                memory,
+                view,
+            },
+            stop,
+        ))
     }
 }
 
@@ -337,10 +361,16 @@ impl Backend for Instance {
 
     #[inline]
     fn memory(&self) -> (*mut u8, u64) {
-        (
-            self.memory.data_ptr(&self.store),
-            self.memory.data_size(&self.store) as u64,
-        )
+        let changed = &self.store.data().limits.changed;
+        if changed.get() {
+            changed.set(false);
+            self.view.set((
+                self.memory.data_ptr(&self.store) as usize,
+                self.memory.data_size(&self.store) as u64,
+            ));
+        }
+        let (base, size) = self.view.get();
+        (base as *mut u8, size)
     }
 
     #[inline(always)]
