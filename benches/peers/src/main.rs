@@ -6,9 +6,10 @@
 //!   written into guest memory, output read back), and two 4 KiB kernels of compute.c built
 //!   for wasm32 by clang (FNV-1a and a byte sum);
 //! - each engine plain and with its interruption mechanism: Keel metered / unmetered (Keel's
-//!   unmetered calls are still bounded by its deadline watchdog, which interrupts from the
-//!   host: no cost in the guest code), wasmer with and without wasmer-middlewares `Metering`
-//!   (Keel's cost function), wasmtime plain, with fuel and with epoch interruption;
+//!   unmetered calls are still bounded by its deadline watchdog, which stops a guest through
+//!   a flag its compiled code checks at function entries and loop heads), wasmer with and
+//!   without wasmer-middlewares `Metering` (Keel's cost function), wasmtime plain, with fuel
+//!   and with epoch interruption;
 //! - cold start of a ~100 KB module: compile + instantiate + init, and the same from each
 //!   engine's cache (Keel: its authenticated on-disk cache; wasmer and wasmtime: deserialize
 //!   a module they serialized).
