@@ -456,9 +456,7 @@ fn main() {
         drop(p);
         d.as_secs_f64() * 1e3
     };
-    let cold_rounds = rounds
-        .min(common::env_u64("KEEL_BENCH_COLD_ROUNDS", 15) as usize)
-        .max(15);
+    let cold_rounds = common::cold_rounds(rounds);
     let r = common::interleave(
         cold_rounds,
         &mut [

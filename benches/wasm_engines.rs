@@ -239,28 +239,6 @@ fn runtime(engine: WasmEngine, cache: Option<CacheConfig>) -> WasmRuntime {
     .unwrap()
 }
 
-/// A ~100 KB module speaking the Keel ABI: compute.wat plus many small functions (the same
-/// module as benches/wasm.rs's cold start).
-fn big_module() -> Vec<u8> {
-    let base = std::fs::read_to_string(fixture_dir().join("compute.wat")).unwrap();
-    let body_end = base.rfind(')').unwrap();
-    let mut wat = base[..body_end].to_string();
-    for i in 0..1100 {
-        wat.push_str(&format!(
-            "(func $g{i} (export \"g{i}\") (param $x i32) (param $y i32) (result i32) (local $t i32)
-               (local.set $t (i32.mul (local.get $x) (i32.const {k})))
-               (if (i32.gt_u (local.get $t) (local.get $y))
-                 (then (local.set $t (i32.xor (local.get $t) (i32.rotl (local.get $y) (i32.const 7)))))
-                 (else (local.set $t (i32.add (local.get $t) (i32.load (i32.and (local.get $y) (i32.const 1020)))))))
-               (i32.store (i32.const 2048) (local.get $t))
-               (i32.add (local.get $t) (i32.shr_u (local.get $x) (i32.const 3))))\n",
-            k = i * 2 + 1
-        ));
-    }
-    wat.push(')');
-    wat::parse_str(&wat).unwrap()
-}
-
 fn main() {
     println!("{}", common::conditions());
     let rounds = common::rounds();

@@ -19,7 +19,7 @@ mod wasm_support;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use keel::runtime::wasm::{CacheConfig, TierUp, WasmCompiler, WasmConfig, WasmEngine, WasmPlugin, WasmRuntime};
+use keel::runtime::wasm::{CacheConfig, TierUp, WasmCompiler, WasmPlugin, WasmRuntime};
 use keel::runtime::{HostServices, Instance};
 use serde_json::json;
 use wasm_support::*;
@@ -27,13 +27,7 @@ use wasm_support::*;
 const ADD_INPUT: [u8; 8] = [40, 0, 0, 0, 2, 0, 0, 0];
 
 fn runtime(compiler: WasmCompiler, cache: Option<CacheConfig>) -> WasmRuntime {
-    WasmRuntime::new(WasmConfig {
-        engine: WasmEngine::Wasmer,
-        compiler,
-        cache,
-        ..WasmConfig::default()
-    })
-    .unwrap()
+    wasmer_runtime(compiler, cache)
 }
 
 fn load(rt: &WasmRuntime, wasm: &[u8], name: &str, extra: serde_json::Value) -> WasmPlugin {
@@ -90,9 +84,7 @@ fn main() {
     };
     let tier_up_ms = RefCell::new(Vec::new());
     let tier_up_cached_ms = RefCell::new(Vec::new());
-    let cold_rounds = rounds
-        .min(common::env_u64("KEEL_BENCH_COLD_ROUNDS", 15) as usize)
-        .max(15);
+    let cold_rounds = common::cold_rounds(rounds);
     let r = common::interleave(
         cold_rounds,
         &mut [

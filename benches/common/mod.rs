@@ -136,6 +136,12 @@ pub fn rounds() -> usize {
     env_u64("KEEL_BENCH_ROUNDS", 21).max(15) as usize
 }
 
+/// Rounds for cold starts (each round compiles a module per variant): `rounds` capped by
+/// `KEEL_BENCH_COLD_ROUNDS` (default 15), at least 15.
+pub fn cold_rounds(rounds: usize) -> usize {
+    rounds.min(env_u64("KEEL_BENCH_COLD_ROUNDS", 15) as usize).max(15)
+}
+
 /// The per-round figures of `k` variants (one value per variant per round, e.g. ns/op).
 pub struct Rounds {
     pub names: Vec<String>,

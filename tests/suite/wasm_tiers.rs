@@ -28,13 +28,7 @@ use wasm_support::*;
 const TIER_UP: Duration = Duration::from_secs(120);
 
 fn runtime(compiler: WasmCompiler, cache: Option<CacheConfig>) -> WasmRuntime {
-    WasmRuntime::new(WasmConfig {
-        engine: WasmEngine::Wasmer,
-        compiler,
-        cache,
-        ..WasmConfig::default()
-    })
-    .unwrap()
+    wasmer_runtime(compiler, cache)
 }
 
 fn cache(dir: &std::path::Path) -> Option<CacheConfig> {

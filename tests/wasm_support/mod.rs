@@ -158,3 +158,17 @@ pub fn big_module() -> Vec<u8> {
     wat.push(')');
     wat::parse_str(&wat).unwrap()
 }
+
+/// A runtime on wasmer with compiler policy `compiler` and `cache`, the rest defaults.
+pub fn wasmer_runtime(
+    compiler: keel::runtime::wasm::WasmCompiler,
+    cache: Option<keel::runtime::wasm::CacheConfig>,
+) -> keel::runtime::wasm::WasmRuntime {
+    keel::runtime::wasm::WasmRuntime::new(keel::runtime::wasm::WasmConfig {
+        engine: keel::runtime::wasm::WasmEngine::Wasmer,
+        compiler,
+        cache,
+        ..keel::runtime::wasm::WasmConfig::default()
+    })
+    .unwrap()
+}
